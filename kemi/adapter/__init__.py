@@ -1,0 +1,1 @@
+"""KEMI adapter: the only code that talks to Kamailio's KSR module."""

@@ -1,0 +1,168 @@
+"""The thin KEMI layer shared by every role: start-up, message snapshots, replies.
+
+This package is the only code that imports ``KSR``. It reads the message into
+plain values, calls the pure core in ``outbound`` and carries the decision out.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable, TypeVar
+
+import KSR  # provided by app_python3 inside Kamailio
+import yaml
+
+from outbound.config import Config, ConfigError, load_keys, parse_config
+from outbound.decisions import Reply
+from outbound.sipmsg import Headers, SipSyntaxError, header_block
+from outbound.tokens import FlowTokenCodec
+
+# Branch flag that marks a binding as an outbound flow (stored in usrloc cflags).
+# Mirrors FLB_OUTBOUND in cfg/*.cfg.
+FLB_OUTBOUND = 6
+
+# Kamailio cfg defines that override YAML keys (set with -A or from the environment).
+DEFINE_OVERRIDES = {
+    "KO_REGISTRAR": "edge.registrar",
+    "KO_FORCE_OUTBOUND": "edge.force_outbound",
+    "KO_FLOW_KEYS_FILE": "flow_tokens.keys_file",
+    "KO_FLOW_TIMER": "registrar.flow_timer",
+    "KO_DEFAULT_EXPIRES": "registrar.default_expires",
+}
+
+WANTED_HEADERS = frozenset(
+    {"via", "contact", "path", "route", "supported", "require", "expires"}
+)
+
+
+def define(name: str) -> str | None:
+    """Value of a Kamailio cfg ``#!define`` (quotes removed), None when undefined."""
+    value = KSR.kx.get_def(name)
+    if value is None:
+        return None
+    value = str(value).strip()
+    if len(value) >= 2 and value[0] == value[-1] == '"':
+        value = value[1:-1]
+    return value
+
+
+def _read_text(path: str) -> str:
+    with open(path, encoding="utf-8") as handle:
+        return handle.read()
+
+
+@dataclass(frozen=True, slots=True)
+class Runtime:
+    """Built once per process at mod_init: config, token codec."""
+
+    config: Config
+    codec: FlowTokenCodec | None
+
+
+def bootstrap(role: str, *, needs_keys: bool) -> Runtime:
+    """Load and validate cfg/outbound.yaml; raise (and so stop Kamailio) when invalid."""
+    path = define("KO_CONFIG") or os.environ.get("KO_CONFIG") or ""
+    try:
+        if not path:
+            raise ConfigError("(no file)", "KO_CONFIG", "define KO_CONFIG (-A or environment) to the YAML path")
+        try:
+            data = yaml.safe_load(_read_text(path))
+        except OSError as exc:
+            raise ConfigError(path, "(file)", f"cannot read: {exc}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(path, "(syntax)", str(exc).replace("\n", " ")) from None
+        overrides = {key: v for name, key in DEFINE_OVERRIDES.items() if (v := define(name))}
+        config = parse_config(data, path, overrides)
+        codec = FlowTokenCodec(load_keys(config, os.environ, _read_text)) if needs_keys else None
+    except ConfigError as exc:
+        KSR.err(f"kemi-outbound {role}: configuration error: {exc}\n")
+        raise
+    KSR.info(f"kemi-outbound {role}: configuration loaded from {path}\n")
+    return Runtime(config, codec)
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """The parts of the current request the core reads."""
+
+    method: str
+    headers: Headers
+    transport: str
+    src_ip: str
+    src_port: int
+    rcv_ip: str
+    rcv_port: int
+    conn_id: int
+
+
+def snapshot() -> Snapshot:
+    raw = KSR.kx.get_msgbuf()
+    conn_id = KSR.kx.get_conid()
+    return Snapshot(
+        method=KSR.kx.get_method(),
+        headers=Headers(header_block(raw), WANTED_HEADERS),
+        transport=str(KSR.kx.get_proto()).lower(),
+        src_ip=KSR.kx.get_srcip(),
+        src_port=int(KSR.kx.get_srcport()),
+        rcv_ip=KSR.kx.get_rcvip(),
+        rcv_port=int(KSR.kx.get_rcvport()),
+        conn_id=conn_id if isinstance(conn_id, int) and conn_id > 0 else 0,
+    )
+
+
+def send_reply(reply: Reply) -> None:
+    """Send a core ``Reply`` (through tm when a transaction exists) and log why."""
+    KSR.notice(
+        f"kemi-outbound: {reply.code} {reply.reason} to {KSR.kx.get_method()} "
+        f"from {KSR.kx.get_srcip()}:{KSR.kx.get_srcport()}: {reply.log}\n"
+    )
+    for header in reply.headers:
+        KSR.hdr.append_to_reply(header + "\r\n")
+    KSR.sl.send_reply(reply.code, reply.reason)
+
+
+Route = TypeVar("Route", bound=Callable[..., int])
+
+
+def guarded(route: Route) -> Route:
+    """Turn any Python exception inside a route into a logged traceback and a
+    500 reply (never silence, never a hung transaction)."""
+
+    @functools.wraps(route)
+    def wrapper(self: Any, msg: Any, *args: Any) -> int:
+        try:
+            return route(self, msg, *args)
+        except SipSyntaxError as exc:
+            _fail(400, "Bad Request", f"unparsable header: {exc}")
+        except UnicodeDecodeError as exc:
+            _fail(400, "Bad Request", f"message is not UTF-8: {exc}")
+        except Exception:  # noqa: BLE001 - the last line of defence
+            _fail(500, "Server Internal Error", "exception in route:\n" + traceback.format_exc())
+        return 1
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _fail(code: int, reason: str, why: str) -> None:
+    KSR.err(f"kemi-outbound: {why.rstrip()}\n")
+    try:
+        if KSR.is_ACK() or KSR.kx.get_msgtype() != 1:
+            return
+        KSR.sl.send_reply(code, reason)
+    except Exception:  # noqa: BLE001
+        KSR.err("kemi-outbound: could not send the error reply:\n" + traceback.format_exc())
+
+
+class InjectedFault(RuntimeError):
+    """Raised on purpose by the test hook ``testing.fault_injection_header``."""
+
+
+def check_fault_injection(runtime: Runtime) -> None:
+    """Test hook (off unless configured): a request carrying the configured
+    header raises inside the route, to prove exceptions end in a 500."""
+    name = runtime.config.fault_injection_header
+    if name and KSR.hdr.is_present(name) > 0:
+        raise InjectedFault(f"fault injected by header {name}")

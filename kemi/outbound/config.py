@@ -1,0 +1,168 @@
+"""The Python-side tunables (cfg/outbound.yaml), validated once at start.
+
+Every error names the key and the file so an operator can fix it without
+reading code. Parsing is pure: the YAML text, the environment and the file
+reader are passed in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+from .sipmsg import SipSyntaxError, SipUri
+from .tokens import MIN_KEY_BYTES, parse_key
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message names the file and the key."""
+
+    def __init__(self, source: str, key: str, problem: str) -> None:
+        super().__init__(f"{source}: {key}: {problem}")
+        self.source = source
+        self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    source: str
+    keys_env: str
+    keys_file: str
+    registrar_uri: str
+    force_outbound: bool
+    location_table: str
+    default_expires: int
+    flow_timer: int
+    fault_injection_header: str
+
+
+_SCHEMA: dict[str, dict[str, type]] = {
+    "flow_tokens": {"keys_env": str, "keys_file": str},
+    "edge": {"registrar": str, "force_outbound": bool},
+    "registrar": {"location_table": str, "default_expires": int, "flow_timer": int},
+    "testing": {"fault_injection_header": str},
+}
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "flow_tokens": {"keys_env": "KO_FLOW_KEYS", "keys_file": ""},
+    "edge": {"registrar": "", "force_outbound": False},
+    "registrar": {"location_table": "location", "default_expires": 3600, "flow_timer": 25},
+    "testing": {"fault_injection_header": ""},
+}
+
+
+def parse_config(data: object, source: str, overrides: Mapping[str, str] | None = None) -> Config:
+    """Validate the YAML document ``data``; ``overrides`` ("section.key" -> text)
+    come from Kamailio cfg defines and win over the file."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(source, "(top level)", "must be a mapping of sections")
+    merged: dict[str, dict[str, Any]] = {}
+    for section, value in data.items():
+        if section not in _SCHEMA:
+            raise ConfigError(source, str(section), f"unknown section (known: {', '.join(_SCHEMA)})")
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise ConfigError(source, section, "must be a mapping")
+        for key, item in value.items():
+            expected = _SCHEMA[section].get(key)
+            if expected is None:
+                raise ConfigError(source, f"{section}.{key}", "unknown key")
+            if not _is_type(item, expected):
+                raise ConfigError(source, f"{section}.{key}", f"must be {expected.__name__}, got {item!r}")
+        merged[section] = dict(value)
+    values = {s: {**DEFAULTS[s], **merged.get(s, {})} for s in _SCHEMA}
+    for dotted, text in (overrides or {}).items():
+        section, _, key = dotted.partition(".")
+        expected = _SCHEMA.get(section, {}).get(key)
+        if expected is None:
+            raise ConfigError(source, dotted, "unknown override key")
+        values[section][key] = _coerce(text, expected, source, dotted)
+    return _build(values, source)
+
+
+def _is_type(item: object, expected: type) -> bool:
+    if expected is int:
+        return isinstance(item, int) and not isinstance(item, bool)
+    return isinstance(item, expected)
+
+
+def _coerce(text: str, expected: type, source: str, key: str) -> Any:
+    if expected is bool:
+        lowered = text.strip().lower()
+        if lowered in ("1", "yes", "true", "on"):
+            return True
+        if lowered in ("0", "no", "false", "off"):
+            return False
+        raise ConfigError(source, key, f"not a boolean: {text!r}")
+    if expected is int:
+        if not text.strip().lstrip("-").isdigit():
+            raise ConfigError(source, key, f"not an integer: {text!r}")
+        return int(text)
+    return text
+
+
+def _build(values: dict[str, dict[str, Any]], source: str) -> Config:
+    registrar = values["edge"]["registrar"]
+    if registrar:
+        try:
+            SipUri.parse(registrar)
+        except SipSyntaxError as exc:
+            raise ConfigError(source, "edge.registrar", str(exc)) from None
+    expires = values["registrar"]["default_expires"]
+    if not 0 < expires <= 2**31:
+        raise ConfigError(source, "registrar.default_expires", "must be a positive number of seconds")
+    flow_timer = values["registrar"]["flow_timer"]
+    if not 0 <= flow_timer <= 999:
+        raise ConfigError(source, "registrar.flow_timer", "must be 0 (off) to 999 seconds")
+    table = values["registrar"]["location_table"]
+    if not table.isidentifier():
+        raise ConfigError(source, "registrar.location_table", f"not a table name: {table!r}")
+    return Config(
+        source=source,
+        keys_env=values["flow_tokens"]["keys_env"],
+        keys_file=values["flow_tokens"]["keys_file"],
+        registrar_uri=registrar,
+        force_outbound=values["edge"]["force_outbound"],
+        location_table=table,
+        default_expires=expires,
+        flow_timer=flow_timer,
+        fault_injection_header=values["testing"]["fault_injection_header"].strip().lower(),
+    )
+
+
+def load_keys(
+    config: Config, environ: Mapping[str, str], read_text: Callable[[str], str]
+) -> list[bytes]:
+    """Flow-token keys: the file (one key per line, ``#`` comments) and/or the
+    environment variable (comma-separated). The first key signs; all verify.
+    There is no built-in default: without a key the edge refuses to start."""
+    texts: list[tuple[str, str]] = []
+    if config.keys_file:
+        try:
+            content = read_text(config.keys_file)
+        except OSError as exc:
+            raise ConfigError(config.source, "flow_tokens.keys_file", f"cannot read {config.keys_file}: {exc}") from None
+        texts += [("flow_tokens.keys_file", line) for line in content.splitlines()]
+    if config.keys_env and environ.get(config.keys_env):
+        texts += [("flow_tokens.keys_env", part) for part in environ[config.keys_env].split(",")]
+    keys: list[bytes] = []
+    for key_name, text in texts:
+        text = text.strip()
+        if not text or text.startswith("#"):
+            continue
+        try:
+            key = parse_key(text)
+        except ValueError as exc:
+            raise ConfigError(config.source, key_name, f"unreadable key: {exc}") from None
+        if len(key) < MIN_KEY_BYTES:
+            raise ConfigError(config.source, key_name, f"a key needs at least {MIN_KEY_BYTES} bytes")
+        keys.append(key)
+    if not keys:
+        raise ConfigError(
+            config.source, "flow_tokens",
+            f"no key: set ${config.keys_env or 'KO_FLOW_KEYS'} or flow_tokens.keys_file",
+        )
+    return keys

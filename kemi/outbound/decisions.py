@@ -1,0 +1,35 @@
+"""What the pure core asks the KEMI adapter to do (sans-I/O decisions)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """Answer the request statelessly-or-not with ``code``; ``log`` says why."""
+
+    code: int
+    reason: str
+    log: str
+    headers: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class SaveBinding:
+    """Hand the REGISTER to Kamailio's registrar.
+
+    ``outbound`` marks the bindings as outbound flows (RFC 5626 §6 applied);
+    ``reply_headers`` go into the 2xx (``Require: outbound``, ``Flow-Timer``).
+    """
+
+    outbound: bool
+    reply_headers: tuple[str, ...] = ()
+
+
+class PathKind(Enum):
+    """Which Path the edge adds to a REGISTER (RFC 5626 §5.1, RFC 3327 §4)."""
+
+    PLAIN = "plain"  # <sip:edge;lr>
+    FLOW = "flow"  # <sip:TOKEN@edge;lr;ob>

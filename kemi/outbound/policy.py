@@ -1,0 +1,121 @@
+"""Does outbound apply? Decisions for the edge (RFC 5626 §5.1) and registrar (§6).
+
+Pure functions of a request snapshot; no Kamailio, no clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .decisions import PathKind, Reply, SaveBinding
+from .sipmsg import NameAddr, SipSyntaxError
+
+REG_ID_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterView:
+    """What outbound needs to know about one REGISTER."""
+
+    via_count: int
+    contacts: tuple[NameAddr, ...]
+    paths: tuple[NameAddr, ...]
+    expires_header: int | None
+    supported: frozenset[str]
+
+
+def edge_path_kind(via_count: int, contacts: tuple[NameAddr, ...], force_outbound: bool) -> PathKind:
+    """RFC 5626 §5.1: a REGISTER whose Contact has ``reg-id``, received as first hop
+    (a single Via), gets a flow token and ``;ob`` in the Path. ``force_outbound``
+    makes the edge treat every REGISTER as an outbound one from a first hop (for
+    edges behind a load balancer that adds its own Via, checklist D5)."""
+    if force_outbound:
+        return PathKind.FLOW
+    if via_count == 1 and any("reg-id" in c.params for c in contacts):
+        return PathKind.FLOW
+    return PathKind.PLAIN
+
+
+def has_instance(contact: NameAddr) -> bool:
+    value = contact.params.get("+sip.instance")
+    return bool(value and value.strip('"<> '))
+
+
+def contact_expiry(contact: NameAddr, expires_header: int | None, default_expires: int) -> int:
+    value = contact.params.get("expires")
+    if value is not None:
+        text = value.strip('"')
+        if not text.isdigit():
+            raise SipSyntaxError(f"bad Contact expires: {value[:20]!r}")
+        return int(text)
+    return default_expires if expires_header is None else expires_header
+
+
+def reg_id_value(contact: NameAddr) -> int | None:
+    """The reg-id of a Contact, validated against RFC 5626 §10 (1..2^31-1)."""
+    raw = contact.params.get("reg-id")
+    if raw is None:
+        return None
+    text = raw.strip('"')
+    if not text.isdigit() or not 1 <= int(text) <= REG_ID_MAX:
+        raise ValueError(text)
+    return int(text)
+
+
+def registrar_decision(
+    view: RegisterView, *, default_expires: int, flow_timer: int
+) -> Reply | SaveBinding:
+    """Validate a REGISTER at the registrar and decide whether outbound applies.
+
+    Order of the checks (each one cites its rule):
+    * ``Contact: *`` only alone and with ``Expires: 0`` (RFC 3261 §10.3 step 6);
+    * Path without ``Supported: path``: 420 (RFC 3327 §5.3);
+    * reg-id must be 1..2^31-1 when it counts (with +sip.instance; §10): 400;
+      reg-id without +sip.instance is ignored (§6);
+    * more than one Contact with non-zero expiry when one has reg-id: 400 (§6);
+    * not first hop and the top Path lacks ``ob``: no outbound; 439 when the UA
+      also sent ``Supported: outbound``, otherwise reg-id is ignored (§6);
+    * outbound applied: ``Require: outbound`` and ``Flow-Timer`` (§6, §5.4).
+    """
+    contacts = view.contacts
+    if not contacts:
+        return SaveBinding(outbound=False)
+    if any(c.star for c in contacts):
+        if len(contacts) != 1 or view.expires_header != 0:
+            return Reply(400, "Invalid Contact *", "Contact: * needs to be alone with Expires: 0")
+        return SaveBinding(outbound=False)
+    if view.paths and "path" not in view.supported:
+        return Reply(
+            420, "Bad Extension", "Path present but UA lacks Supported: path",
+            headers=("Unsupported: path",),
+        )
+    try:
+        expiries = [contact_expiry(c, view.expires_header, default_expires) for c in contacts]
+    except SipSyntaxError as exc:
+        return Reply(400, "Bad Request", str(exc))
+    outbound_contacts = []
+    for contact in contacts:
+        if not has_instance(contact) or "reg-id" not in contact.params:
+            continue
+        try:
+            reg_id_value(contact)
+        except ValueError:
+            return Reply(
+                400, "Invalid reg-id",
+                f"reg-id {contact.params.get('reg-id')!r} outside 1..{REG_ID_MAX}",
+            )
+        outbound_contacts.append(contact)
+    if not outbound_contacts:
+        return SaveBinding(outbound=False)
+    if sum(1 for e in expiries if e > 0) > 1:
+        return Reply(400, "Multiple Contacts with reg-id", "more than one live Contact with reg-id")
+    first_hop = view.via_count == 1
+    edge_ob = bool(view.paths) and "ob" in view.paths[0].sip_uri.params
+    if not (first_hop or edge_ob):
+        if "outbound" in view.supported:
+            return Reply(439, "First Hop Lacks Outbound Support", "reg-id via an edge without ;ob")
+        return SaveBinding(outbound=False)
+    headers = ["Require: outbound"]
+    if flow_timer > 0 and any(e > 0 for e in expiries):
+        headers.append(f"Flow-Timer: {flow_timer}")
+    return SaveBinding(outbound=True, reply_headers=tuple(headers))

@@ -1,0 +1,222 @@
+"""Start real Kamailio and SIPp processes for the tests, and talk JSON-RPC to Kamailio.
+
+Every process is started by us, tracked by PID (pid file for Kamailio) and stopped
+by PID. Readiness is an RPC answer, never a sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+KEMI_DIR = ROOT / "kemi"
+CFG_DIR = ROOT / "cfg"
+SIPP_DIR = ROOT / "tests" / "sipp"
+TEST_KEY = "hex:" + "5eed" * 16
+OTHER_KEY = "hex:" + "0bad" * 16
+
+
+class ProcessError(RuntimeError):
+    pass
+
+
+@dataclass
+class Kamailio:
+    """One Kamailio process group running one of our cfg files."""
+
+    name: str
+    cfg: str
+    workdir: Path
+    addr: str
+    port: int
+    defines: dict[str, str] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+    yaml_text: str | None = None
+    proc: subprocess.Popen | None = None
+
+    @property
+    def rpc_socket(self) -> Path:
+        return self.workdir / f"{self.name}.rpc.sock"
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"{self.name}.log"
+
+    @property
+    def uri(self) -> str:
+        return f"sip:{self.addr}:{self.port}"
+
+    def command(self) -> list[str]:
+        yaml_path = self.workdir / f"{self.name}.yaml"
+        yaml_path.write_text(self.yaml_text if self.yaml_text is not None else (CFG_DIR / "outbound.yaml").read_text())
+        defines = {
+            "KO_ADDR": self.addr,
+            "KO_PORT": str(self.port),
+            "KO_KEMI_DIR": f'"{KEMI_DIR}"',
+            "KO_CONFIG": f'"{yaml_path}"',
+            "KO_RPC_SOCKET": f'"{self.rpc_socket}"',
+            **self.defines,
+        }
+        cmd = ["kamailio", "-f", str(CFG_DIR / self.cfg), "-DD", "-E", "-m", "96", "-M", "16",
+               "-P", str(self.workdir / f"{self.name}.pid"), "-Y", str(self.workdir)]
+        for key, value in defines.items():
+            cmd += ["-A", f"{key}={value}" if value != "" else key]
+        return cmd
+
+    def check(self) -> subprocess.CompletedProcess:
+        return subprocess.run(self.command()[:3] + ["-c"] + self.command()[3:], capture_output=True,
+                              text=True, env={**os.environ, **self.env}, timeout=60)
+
+    def start(self, timeout: float = 20.0) -> "Kamailio":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, **self.env}, start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise ProcessError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                self.rpc("core.uptime", timeout=0.5)
+                return self
+            except (OSError, ProcessError):
+                time.sleep(0.05)
+        raise ProcessError(f"{self.name} not ready after {timeout}s:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+        except ProcessLookupError:
+            pass
+
+    def kill(self) -> None:
+        """Hard crash of the whole Kamailio process group (an edge dying)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=10)
+
+    def log(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def rpc(self, method: str, *params: object, timeout: float = 5.0) -> object:
+        client_path = self.workdir / f"rpc-client-{os.getpid()}-{time.monotonic_ns()}.sock"
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            sock.bind(str(client_path))
+            sock.settimeout(timeout)
+            request = {"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1}
+            sock.sendto(json.dumps(request).encode(), str(self.rpc_socket))
+            data, _ = sock.recvfrom(1 << 20)
+        finally:
+            sock.close()
+            client_path.unlink(missing_ok=True)
+        answer = json.loads(data.decode(errors="replace"))
+        if "error" in answer:
+            raise ProcessError(f"rpc {method}: {answer['error']}")
+        return answer.get("result")
+
+    def bindings(self, aor: str | None = None) -> list[dict]:
+        """Every contact in the location table, flattened, optionally for one AOR."""
+        result = self.rpc("ul.dump")
+        out = []
+        for domain in result.get("Domains", []) if isinstance(result, dict) else []:
+            for record in domain.get("Domain", {}).get("AoRs", []) or []:
+                info = record.get("Info", {})
+                if aor is not None and info.get("AoR") != aor:
+                    continue
+                for contact in info.get("Contacts", []) or []:
+                    entry = dict(contact.get("Contact", {}))
+                    entry["AoR"] = info.get("AoR")
+                    out.append(entry)
+        return out
+
+
+@dataclass
+class SippResult:
+    returncode: int
+    log: str
+    stdout: str
+    messages: str
+
+    def values(self, key: str) -> list[str]:
+        prefix = key + "="
+        return [line[len(prefix):].strip() for line in self.log.splitlines() if line.startswith(prefix)]
+
+    def value(self, key: str) -> str:
+        found = self.values(key)
+        return found[-1] if found else ""
+
+
+def sipp(scenario: str, remote: str, *, workdir: Path, local_ip: str = "127.0.0.1",
+         local_port: int = 0, transport: str = "udp", keys: dict[str, str] | None = None, extra: list[str] | None = None,
+         calls: int = 1, timeout: int = 20, oocsf: str | None = None, check: bool = True,
+         background: bool = False, name: str | None = None) -> SippResult | subprocess.Popen:
+    """Run SIPp with a scenario from tests/sipp/<name>/; bounded in calls and time."""
+    folder, _, xml = scenario.partition("/")
+    xml = xml or "uac.xml"
+    tag = name or f"{folder}-{time.monotonic_ns()}"
+    run_dir = workdir / tag
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cmd = ["sipp", remote, "-i", local_ip, "-p", str(local_port), "-t", {"udp": "u1", "tcp": "t1"}[transport],
+           "-m", str(calls), "-timeout", f"{timeout}s", "-timeout_error", "-nostdin", "-nd",
+           "-max_recv_loops", "1000", "-trace_msg", "-message_file", str(run_dir / "messages.log"),
+           "-trace_logs", "-log_file", str(run_dir / "log.log"), "-trace_err",
+           "-error_file", str(run_dir / "errors.log")]
+    for key, value in (keys or {}).items():
+        cmd += ["-key", key, value]
+    cmd += ["-sf", str(SIPP_DIR / folder / xml)]
+    if oocsf:
+        cmd += ["-oocsf", str(SIPP_DIR / oocsf)]
+    cmd += extra or []
+    stdout = open(run_dir / "stdout.log", "wb")
+    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.STDOUT, cwd=run_dir, start_new_session=True)
+    if background:
+        proc.run_dir = run_dir  # type: ignore[attr-defined]
+        return proc
+    try:
+        proc.wait(timeout=timeout + 15)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    result = collect(proc.returncode, run_dir)
+    if check and result.returncode != 0:
+        raise ProcessError(f"sipp {scenario} exited {result.returncode}\n{describe(result)}")
+    return result
+
+
+def collect(returncode: int, run_dir: Path) -> SippResult:
+    def read(name: str) -> str:
+        path = run_dir / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    return SippResult(returncode, read("log.log"), read("stdout.log") + read("errors.log"), read("messages.log"))
+
+
+def wait_sipp(proc: subprocess.Popen, timeout: float) -> SippResult:
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    return collect(proc.returncode, proc.run_dir)  # type: ignore[attr-defined]
+
+
+def describe(result: SippResult) -> str:
+    return (f"--- sipp output ---\n{result.stdout[-4000:]}\n--- sipp log ---\n{result.log[-3000:]}\n"
+            f"--- sipp messages ---\n{result.messages[-6000:]}")

@@ -74,7 +74,7 @@ class Kamailio:
         return subprocess.run(self.command()[:3] + ["-c"] + self.command()[3:], capture_output=True,
                               text=True, env={**os.environ, **self.env}, timeout=60)
 
-    def start(self, timeout: float = 20.0) -> "Kamailio":
+    def start(self, timeout: float = 20.0) -> Kamailio:
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
@@ -164,7 +164,8 @@ class SippResult:
 
 
 def sipp(scenario: str, remote: str, *, workdir: Path, local_ip: str = "127.0.0.1",
-         local_port: int = 0, transport: str = "udp", keys: dict[str, str] | None = None, extra: list[str] | None = None,
+         local_port: int = 0, transport: str = "udp", keys: dict[str, str] | None = None,
+         extra: list[str] | None = None,
          calls: int = 1, timeout: int = 20, oocsf: str | None = None, check: bool = True,
          background: bool = False, name: str | None = None) -> SippResult | subprocess.Popen:
     """Run SIPp with a scenario from tests/sipp/<name>/; bounded in calls and time."""

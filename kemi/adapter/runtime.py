@@ -9,8 +9,9 @@ from __future__ import annotations
 import functools
 import os
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
 import KSR  # provided by app_python3 inside Kamailio
 import yaml
@@ -136,19 +137,19 @@ def guarded(route: Route) -> Route:
         try:
             return route(self, msg, *args)
         except SipSyntaxError as exc:
-            _fail(400, "Bad Request", f"unparsable header: {exc}")
+            _fail(400, "Bad Request", f"unparsable header: {exc}", KSR.notice)
         except UnicodeDecodeError as exc:
-            _fail(400, "Bad Request", f"message is not UTF-8: {exc}")
+            _fail(400, "Bad Request", f"message is not UTF-8: {exc}", KSR.notice)
         except Exception:  # noqa: BLE001 - the last line of defence
-            _fail(500, "Server Internal Error", "exception in route:\n" + traceback.format_exc())
+            _fail(500, "Server Internal Error", "exception in route:\n" + traceback.format_exc(), KSR.err)
         return 1
 
     return wrapper  # type: ignore[return-value]
 
 
-def _fail(code: int, reason: str, why: str) -> None:
-    KSR.err(f"kemi-outbound: {why.rstrip()}\n")
+def _fail(code: int, reason: str, why: str, log: Callable[[str], Any]) -> None:
     try:
+        log(f"kemi-outbound: {code} {reason} to {KSR.kx.get_method()} from {KSR.kx.get_srcip()}: {why.rstrip()}\n")
         if KSR.is_ACK() or KSR.kx.get_msgtype() != 1:
             return
         KSR.sl.send_reply(code, reason)

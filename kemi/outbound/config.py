@@ -7,8 +7,9 @@ reader are passed in.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .sipmsg import SipSyntaxError, SipUri
 from .tokens import MIN_KEY_BYTES, parse_key
@@ -98,9 +99,10 @@ def _coerce(text: str, expected: type, source: str, key: str) -> Any:
             return False
         raise ConfigError(source, key, f"not a boolean: {text!r}")
     if expected is int:
-        if not text.strip().lstrip("-").isdigit():
-            raise ConfigError(source, key, f"not an integer: {text!r}")
-        return int(text)
+        try:
+            return int(text.strip())
+        except ValueError:
+            raise ConfigError(source, key, f"not an integer: {text!r}") from None
     return text
 
 
@@ -144,7 +146,8 @@ def load_keys(
         try:
             content = read_text(config.keys_file)
         except OSError as exc:
-            raise ConfigError(config.source, "flow_tokens.keys_file", f"cannot read {config.keys_file}: {exc}") from None
+            problem = f"cannot read {config.keys_file}: {exc}"
+            raise ConfigError(config.source, "flow_tokens.keys_file", problem) from None
         texts += [("flow_tokens.keys_file", line) for line in content.splitlines()]
     if config.keys_env and environ.get(config.keys_env):
         texts += [("flow_tokens.keys_env", part) for part in environ[config.keys_env].split(",")]

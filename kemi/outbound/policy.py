@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .decisions import PathKind, Reply, SaveBinding
-from .sipmsg import NameAddr, SipSyntaxError
+from .sipmsg import NameAddr, SipSyntaxError, is_digits
 
 REG_ID_MAX = 2**31 - 1
 
@@ -45,7 +45,7 @@ def contact_expiry(contact: NameAddr, expires_header: int | None, default_expire
     value = contact.params.get("expires")
     if value is not None:
         text = value.strip('"')
-        if not text.isdigit():
+        if not is_digits(text):
             raise SipSyntaxError(f"bad Contact expires: {value[:20]!r}")
         return int(text)
     return default_expires if expires_header is None else expires_header
@@ -53,11 +53,10 @@ def contact_expiry(contact: NameAddr, expires_header: int | None, default_expire
 
 def reg_id_value(contact: NameAddr) -> int | None:
     """The reg-id of a Contact, validated against RFC 5626 §10 (1..2^31-1)."""
-    raw = contact.params.get("reg-id")
-    if raw is None:
+    if "reg-id" not in contact.params:
         return None
-    text = raw.strip('"')
-    if not text.isdigit() or not 1 <= int(text) <= REG_ID_MAX:
+    text = (contact.params["reg-id"] or "").strip('"')  # a bare ";reg-id" has no value: invalid
+    if not is_digits(text) or not 1 <= int(text) <= REG_ID_MAX:
         raise ValueError(text)
     return int(text)
 

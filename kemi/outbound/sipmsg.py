@@ -8,8 +8,8 @@ cannot read raises :class:`SipSyntaxError`, which the caller answers with 400.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Iterator
 
 COMPACT_FORMS = {
     "v": "via",
@@ -159,16 +159,43 @@ class NameAddr:
     star: bool = False
 
     @property
-    def sip_uri(self) -> "SipUri":
+    def sip_uri(self) -> SipUri:
         return SipUri.parse(self.uri)
+
+
+def is_digits(text: str) -> bool:
+    """ASCII digits only (``str.isdigit`` also accepts "²", which ``int`` rejects)."""
+    return text.isascii() and text.isdigit()
+
+
+def _find_outside_quotes(text: str, char: str) -> int:
+    """Index of the first ``char`` outside a quoted string, -1 when there is none."""
+    in_quotes = False
+    escaped = False
+    for index, current in enumerate(text):
+        if escaped:
+            escaped = False
+        elif in_quotes:
+            if current == "\\":
+                escaped = True
+            elif current == '"':
+                in_quotes = False
+        elif current == '"':
+            in_quotes = True
+        elif current == char:
+            return index
+    if in_quotes:
+        raise SipSyntaxError(f"unterminated quote in {text[:60]!r}")
+    return -1
 
 
 def parse_name_addr(value: str) -> NameAddr:
     value = value.strip()
     if value == "*":
         return NameAddr(uri="*", star=True)
-    if "<" in value:
-        opening = value.index("<")
+    # A '<' inside quotes (display name, +sip.instance="<urn:...>") does not open the URI.
+    opening = _find_outside_quotes(value, "<")
+    if opening >= 0:
         closing = value.find(">", opening)
         if closing < 0:
             raise SipSyntaxError(f"unterminated <...> in {value[:60]!r}")
@@ -194,7 +221,7 @@ class SipUri:
     params: dict[str, str | None]
 
     @classmethod
-    def parse(cls, uri: str) -> "SipUri":
+    def parse(cls, uri: str) -> SipUri:
         scheme, colon, rest = uri.partition(":")
         scheme = scheme.strip().lower()
         if not colon or scheme not in ("sip", "sips"):
@@ -225,7 +252,7 @@ def _split_hostport(hostport: str) -> tuple[str, int | None]:
         raise SipSyntaxError("empty host")
     if not port_text:
         return host.lower(), None
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+    if not is_digits(port_text) or not 0 < int(port_text) < 65536:
         raise SipSyntaxError(f"bad port: {port_text[:10]!r}")
     return host.lower(), int(port_text)
 
@@ -239,6 +266,6 @@ def parse_delta_seconds(text: str | None) -> int | None:
     if text is None:
         return None
     text = text.strip().strip('"')
-    if not text.isdigit():
+    if not is_digits(text):
         raise SipSyntaxError(f"bad expires value: {text[:20]!r}")
     return min(int(text), 2**32 - 1)

@@ -32,9 +32,9 @@ import hashlib
 import hmac
 import ipaddress
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import Enum
-from typing import Sequence
 
 MAC_BYTES = 10
 FORMAT_VERSION = 1

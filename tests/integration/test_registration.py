@@ -1,0 +1,207 @@
+"""Outbound registration through real edges to a real registrar (issue 2).
+
+SIPp (tests/sipp/register_expect) is the UA; Kamailio 5.6 runs our KEMI Python.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import FAULT_HEADER, edge, registrar, start, stop
+from harness import TEST_KEY, Kamailio, ProcessError, SippResult, sipp
+from outbound.sipmsg import parse_name_addr
+from outbound.tokens import FlowTokenCodec, Verdict, parse_key
+
+UA_IP = "127.0.0.10"
+INSTANCE = '"<urn:uuid:6f1a2b3c-0000-4000-8000-00000000a001>"'
+CODEC = FlowTokenCodec([parse_key(TEST_KEY)])
+
+
+def register(kam: Kamailio, workdir: Path, port: int, *, user: str, contact_params: str = "",
+             transport: str = "udp", expires: str = "600", supported: str = "path, outbound",
+             extra: str = "X-Case: plain", contact: str | None = None, cid: str | None = None,
+             cseq: int = 1) -> SippResult:
+    uri = f"<sip:{user}@{UA_IP}:{port};transport={transport};ob>"
+    keys = {
+        "user": user, "domain": "example.com", "expires": expires, "supported": supported,
+        "extra": extra, "cseq": str(cseq),
+        "contact": contact if contact is not None else uri + contact_params,
+    }
+    extra_args = ["-cid_str", cid] if cid else []
+    result = sipp("register_expect", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA_IP,
+                  local_port=port, transport=transport, keys=keys, extra=extra_args)
+    assert isinstance(result, SippResult)
+    return result
+
+
+def ob_params(reg_id: str = "1", instance: str = INSTANCE) -> str:
+    return f";+sip.instance={instance};reg-id={reg_id}"
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_register_through_edge_applies_outbound(topology, workdir, local_port, transport):
+    """RFC 5626 §5.1/§6: Path with token and ;ob, 200 with Require: outbound and Flow-Timer."""
+    user = f"alice-{transport}"
+    result = register(topology["edge1"], workdir, local_port, user=user, contact_params=ob_params(),
+                      transport=transport)
+    assert result.value("final") == "200", result.log
+    assert result.value("require") == "outbound"
+    assert result.value("flowtimer") == "25"
+    path = parse_name_addr(result.value("path"))
+    uri = path.sip_uri
+    assert uri.host == "127.0.0.2" and "lr" in uri.params and "ob" in uri.params
+    decoded = CODEC.decode(uri.user or "")
+    assert decoded.verdict is Verdict.VALID
+    assert decoded.flow is not None
+    assert (decoded.flow.transport, decoded.flow.remote_ip, decoded.flow.local_ip) == (transport, UA_IP, "127.0.0.2")
+    if transport == "udp":
+        assert decoded.flow.remote_port == local_port and decoded.flow.conn_id == 0
+    else:
+        assert decoded.flow.conn_id > 0
+
+    [binding] = topology["registrar"].bindings(user)
+    assert binding["Instance"] == INSTANCE.strip('"')
+    assert binding["Reg-Id"] == 1
+    assert binding["Path"] == result.value("path")
+    assert binding["CFlags"] & (1 << 6), "binding not marked as an outbound flow"
+
+
+def test_one_instance_two_reg_ids_through_two_edges(topology, workdir, local_port):
+    """RFC 5626 §6, checklist A3.7/A3.11: (AOR, instance, reg-id) keys two bindings."""
+    user = "bob-two-flows"
+    first = register(topology["edge1"], workdir, local_port, user=user, contact_params=ob_params("1"),
+                     cid="flow1-%u@%s")
+    second = register(topology["edge2"], workdir, local_port + 1000, user=user, contact_params=ob_params("2"),
+                      cid="flow2-%u@%s")
+    assert first.value("final") == second.value("final") == "200"
+    bindings = {b["Reg-Id"]: b for b in topology["registrar"].bindings(user)}
+    assert sorted(bindings) == [1, 2]
+    assert "@127.0.0.2;" in bindings[1]["Path"] and "@127.0.0.3;" in bindings[2]["Path"]
+    assert bindings[1]["Instance"] == bindings[2]["Instance"] == INSTANCE.strip('"')
+
+    # Expires: 0 for reg-id 1 removes that binding only (RFC 5626 §4.2.2, A3.12).
+    removed = register(topology["edge1"], workdir, local_port, user=user, contact_params=ob_params("1"),
+                       expires="0", cid="flow1-%u@%s", cseq=2)
+    assert removed.value("final") == "200"
+    assert removed.value("flowtimer") == ""
+    assert [b["Reg-Id"] for b in topology["registrar"].bindings(user)] == [2]
+
+    # Contact: * with Expires: 0 removes every binding, outbound ones too (RFC 3261 §10.3).
+    star = register(topology["edge2"], workdir, local_port + 1000, user=user, contact="*", expires="0",
+                    cid="flow2-%u@%s", cseq=3)
+    assert star.value("final") == "200"
+    assert topology["registrar"].bindings(user) == []
+
+
+NOT_FIRST_HOP = "Via: SIP/2.0/UDP 127.0.0.99:5999;branch=z9hG4bK-lb-1"
+
+BAD_CASES = [
+    pytest.param(dict(contact_params=ob_params("0")), "400", id="reg-id-zero"),
+    pytest.param(dict(contact_params=ob_params("2147483648")), "400", id="reg-id-too-big"),
+    pytest.param(dict(contact_params=ob_params("abc")), "400", id="reg-id-not-a-number"),
+    pytest.param(dict(contact_params=ob_params("1") + f", <sip:x@{UA_IP}:5999>" + ob_params("2")), "400",
+                 id="two-contacts-with-reg-id"),
+    pytest.param(dict(contact_params=ob_params("1"), extra=NOT_FIRST_HOP), "439", id="first-hop-lacks-outbound"),
+    pytest.param(dict(contact_params=ob_params("1"), supported="outbound"), "420", id="no-supported-path"),
+    pytest.param(dict(contact="*", expires="3600"), "400", id="star-with-expiry"),
+    pytest.param(dict(contact=f"<sip:x@{UA_IP}:5999;ob", contact_params=""), "400", id="unterminated-contact"),
+]
+
+
+@pytest.mark.parametrize(("case", "status"), BAD_CASES)
+def test_bad_register_gets_its_status_and_stores_nothing(topology, workdir, local_port, case, status):
+    user = f"bad-{local_port}"
+    result = register(topology["edge1"], workdir, local_port, user=user, **case)
+    assert result.value("final") == status, result.messages[-3000:]
+    assert result.value("require") == ("path" if status == "420" else "")
+    assert topology["registrar"].bindings(user) == []
+
+
+def test_reg_id_without_instance_is_ignored_not_an_error(topology, workdir, local_port):
+    """RFC 5626 §6 (checklist A3.3, D3): no 400, no Require: outbound."""
+    user = "carol-no-instance"
+    result = register(topology["edge1"], workdir, local_port, user=user, contact_params=";reg-id=1")
+    assert result.value("final") == "200"
+    assert result.value("require") == "" and result.value("flowtimer") == ""
+    [binding] = topology["registrar"].bindings(user)
+    assert binding["Reg-Id"] == 0 and not binding["CFlags"] & (1 << 6)
+
+
+def test_not_first_hop_without_supported_outbound_ignores_reg_id(topology, workdir, local_port):
+    """RFC 5626 §6: not first hop, no ;ob, no Supported: outbound -> reg-id ignored, no Require."""
+    user = "dave-behind-lb"
+    result = register(topology["edge1"], workdir, local_port, user=user, contact_params=ob_params("1"),
+                      supported="path", extra=NOT_FIRST_HOP)
+    assert result.value("final") == "200"
+    assert result.value("require") == "" and result.value("flowtimer") == ""
+    path = parse_name_addr(result.value("path")).sip_uri
+    assert path.user is None and "ob" not in path.params, "a non-first hop must not add ;ob"
+    [binding] = topology["registrar"].bindings(user)
+    assert not binding["CFlags"] & (1 << 6)
+
+
+def test_register_without_reg_id_gets_plain_path_and_no_require(topology, workdir, local_port):
+    user = "erin-plain"
+    result = register(topology["edge1"], workdir, local_port, user=user, contact_params="")
+    assert result.value("final") == "200"
+    assert result.value("require") == ""
+    path = parse_name_addr(result.value("path")).sip_uri
+    assert path.user is None and "ob" not in path.params and "lr" in path.params
+
+
+@pytest.mark.parametrize("target", ["edge1", "registrar"])
+def test_python_exception_in_route_ends_in_500_and_logged_traceback(topology, workdir, local_port, target):
+    kam = topology[target]
+    user = f"fault-{target}"
+    result = register(kam, workdir, local_port, user=user, contact_params=ob_params(),
+                      extra=f"{FAULT_HEADER}: on")
+    assert result.value("final") == "500"
+    log = kam.log()
+    assert "Traceback (most recent call last)" in log and "InjectedFault" in log
+    assert topology["registrar"].bindings(user) == []
+
+
+@pytest.mark.parametrize("cfg", ["edge.cfg", "registrar.cfg"])
+def test_kamailio_check_passes_for_every_cfg(workdir, cfg):
+    kam = Kamailio(f"check-{cfg}", cfg, workdir, "127.0.0.1", 5099)
+    workdir.mkdir(parents=True, exist_ok=True)
+    result = kam.check()
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_invalid_yaml_stops_kamailio_naming_key_and_file(workdir):
+    kam = registrar(workdir, name="bad-yaml", port=5098)
+    kam.yaml_text = "registrar:\n  flow_timer: 5000\n"
+    with pytest.raises(ProcessError):
+        start(kam)
+    stop(kam)
+    assert "registrar.flow_timer" in kam.log() and "bad-yaml.yaml" in kam.log()
+
+
+def test_edge_without_key_refuses_to_start(workdir):
+    kam = edge(workdir, "no-key", "127.0.0.4", "sip:127.0.0.1:5070", key="")
+    with pytest.raises(ProcessError):
+        start(kam)
+    stop(kam)
+    assert "flow_tokens" in kam.log() and "no key" in kam.log()
+
+
+def test_flow_token_survives_restart_and_is_valid_on_a_peer_edge(workdir, local_port):
+    """Tokens come from configured keys, so another edge sharing the key (or this
+    one after a restart) decodes them (unlike Kamailio 5.6's flow_token_secret)."""
+    reg = start(registrar(workdir, name="restart-reg", addr="127.0.0.5"))
+    try:
+        tokens = []
+        for run in range(2):
+            kam = start(edge(workdir, f"restart-edge-{run}", "127.0.0.6", reg.uri))
+            try:
+                result = register(kam, workdir, local_port, user="frank", contact_params=ob_params())
+                tokens.append(parse_name_addr(result.value("path")).sip_uri.user)
+            finally:
+                stop(kam)
+        assert tokens[0] == tokens[1], "same UDP flow, same key: same token across a restart"
+        assert CODEC.decode(tokens[0] or "").verdict is Verdict.VALID
+    finally:
+        stop(reg)

@@ -8,10 +8,33 @@ import KSR
 
 from outbound.decisions import PathKind, Reply
 from outbound.policy import edge_path_kind
-from outbound.sipmsg import parse_name_addrs
+from outbound.routing import (
+    DIALOG_FORMING,
+    Outgoing,
+    RouteDecision,
+    RouteView,
+    ToFlow,
+    flow_failed,
+    record_route_token,
+    route_decision,
+)
+from outbound.sipmsg import NameAddr, parse_name_addrs
 from outbound.tokens import Flow
 
-from .runtime import Runtime, check_fault_injection, guarded, send_reply, snapshot
+from .runtime import Runtime, Snapshot, check_fault_injection, guarded, send_reply, snapshot
+
+# The rr module takes the Record-Route user part from this AVP (cfg: custom_user_avp).
+RR_USER_AVP = "$avp(ko_rr_user)"
+
+
+def bracket(ip: str) -> str:
+    return f"[{ip}]" if ":" in ip else ip
+
+
+def source_flow(snap: Snapshot) -> Flow:
+    """The flow the current request arrived on (RFC 5626 §3.3)."""
+    return Flow(snap.transport, snap.rcv_ip, snap.rcv_port, snap.src_ip, snap.src_port,
+                snap.conn_id if snap.transport != "udp" else 0)
 
 
 class EdgeRoutes:
@@ -65,20 +88,94 @@ class EdgeRoutes:
         via_count = len(snap.headers.values("via"))
         kind = edge_path_kind(via_count, contacts, self.runtime.config.force_outbound)
         if kind is PathKind.FLOW:
-            token = self.codec.encode(
-                Flow(snap.transport, snap.rcv_ip, snap.rcv_port, snap.src_ip, snap.src_port,
-                     snap.conn_id if snap.transport != "udp" else 0)
-            )
+            token = self.codec.encode(source_flow(snap))
             KSR.path.add_path_user_params(token, "ob")
         else:
             KSR.path.add_path()
         return kind
 
-    def _initial(self) -> int:
-        if KSR.is_method_in("IS"):  # INVITE, SUBSCRIBE
-            KSR.rr.record_route()
+    def route_view(self) -> RouteView:
         snap = snapshot()
-        if len(snap.headers.values("via")) == 1:
+        routes = parse_name_addrs(snap.headers, "route")
+        top = routes[0] if routes else None
+        contacts = parse_name_addrs(snap.headers, "contact")
+        return RouteView(
+            method=snap.method.upper(),
+            via_count=len(snap.headers.values("via")),
+            has_to_tag=KSR.siputils.has_totag() > 0,
+            top_route=top,
+            top_route_is_me=top is not None and self._is_me(top),
+            contact_has_ob=bool(contacts) and not contacts[0].star and "ob" in contacts[0].sip_uri.params,
+            source=source_flow(snap),
+        )
+
+    @staticmethod
+    def _is_me(route: NameAddr) -> bool:
+        uri = route.sip_uri
+        port = f":{uri.port}" if uri.port else ""
+        transport = f";transport={uri.params['transport']}" if uri.params.get("transport") else ""
+        return KSR.is_myself(f"sip:{uri.host}{port}{transport}") > 0
+
+    def outbound_route(self, view: RouteView) -> RouteDecision:
+        """Replacement for loose_route (RFC 5626 §5.3): a forged token is answered
+        403, an incoming request is sent over its flow (or answered 430). The
+        decision is returned; after ``Outgoing`` or ``LooseRoute`` ordinary routing
+        goes on in the caller."""
+        decision = route_decision(view, self.codec)
+        if isinstance(decision, Reply):
+            send_reply(decision)
+        elif isinstance(decision, ToFlow):
+            self._send_to_flow(decision)
+        return decision
+
+    def _send_to_flow(self, decision: ToFlow) -> None:
+        flow = decision.flow
+        if flow.is_stream and KSR.tcpops.tcp_conid_state(flow.conn_id) <= 0:
+            if not KSR.is_ACK():
+                send_reply(flow_failed())
+            KSR.notice(f"kemi-outbound: flow {flow} is gone, no new connection opened\n")
+            return
+        if KSR.rr.loose_route() < 0:
+            KSR.notice("kemi-outbound: loose_route found no Route of ours to remove\n")
+        if decision.record_route:
+            self._record_route(decision.token)
+        KSR.pv.sets("$fs", f"{flow.transport}:{bracket(flow.local_ip)}:{flow.local_port}")
+        KSR.setdsturi(f"sip:{bracket(flow.remote_ip)}:{flow.remote_port};transport={flow.transport}")
+        KSR.set_forward_no_connect()
+        if flow.is_stream:
+            KSR.tcpops.tcp_set_otcpid(flow.conn_id)
+            KSR.tcpops.tcp_set_otcpid_flag(1)
+        if KSR.is_ACK():
+            KSR.tm.t_relay()
+            return
+        KSR.tm.t_on_failure("ksr_failure_flow")
+        if KSR.tm.t_relay() < 0:
+            KSR.notice(f"kemi-outbound: sending over flow {flow} failed\n")
+            KSR.tm.t_reply(430, "Flow Failed")
+
+    def outbound_record_route(self, view: RouteView) -> bool:
+        """Record-Route for an outgoing dialog-forming request (RFC 5626 §5.3.2):
+        with the flow token as user part when outbound applies, plain otherwise."""
+        if record_route_token(view, self.runtime.config.force_outbound):
+            self._record_route(self.codec.encode(view.source))
+            return True
+        if view.method in DIALOG_FORMING and not view.has_to_tag:
+            self._record_route("")
+        return False
+
+    @staticmethod
+    def _record_route(user: str) -> None:
+        KSR.pv.sets(RR_USER_AVP, user)
+        KSR.rr.record_route()
+
+    def _initial(self) -> int:
+        view = self.route_view()
+        decision = self.outbound_route(view)
+        if isinstance(decision, Reply | ToFlow):
+            return 1
+        if view.via_count == 1 or isinstance(decision, Outgoing):
+            # from the UA: record-route, then on to the home proxy
+            self.outbound_record_route(view)
             KSR.hdr.remove("Route")
             if not self.registrar:
                 send_reply(Reply(500, "Server Internal Error", "edge.registrar is not configured"))
@@ -91,6 +188,8 @@ class EdgeRoutes:
         return 1
 
     def _within_dialog(self) -> int:
+        if isinstance(self.outbound_route(self.route_view()), Reply | ToFlow):
+            return 1
         if KSR.rr.loose_route() > 0:
             self._relay()
             return 1
@@ -107,6 +206,14 @@ class EdgeRoutes:
 
     @guarded
     def ksr_reply_route(self, msg: Any) -> int:
+        return 1
+
+    @guarded
+    def ksr_failure_flow(self, msg: Any) -> int:
+        """No reply at all from the UA over its flow: tell the home proxy 430."""
+        if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0:
+            KSR.notice("kemi-outbound: no reply over the flow, answering 430\n")
+            KSR.tm.t_reply(430, "Flow Failed")
         return 1
 
     def ksr_onsend_route(self, msg: Any) -> int:

@@ -83,6 +83,7 @@ class RegistrarRoutes:
             else:
                 send_reply(Reply(404, "Not Found", f"no binding for {KSR.kx.get_ruri()}"))
             return 1
+        KSR.tm.t_on_failure("ksr_failure_location")
         self._relay()
         return 1
 
@@ -103,6 +104,13 @@ class RegistrarRoutes:
 
     @guarded
     def ksr_reply_route(self, msg: Any) -> int:
+        return 1
+
+    @guarded
+    def ksr_failure_location(self, msg: Any) -> int:
+        """A 430 is for proxies only (RFC 5626 §11.5): callers get 480."""
+        if KSR.tm.t_check_status("430") > 0:
+            KSR.tm.t_reply(480, "Temporarily Unavailable")
         return 1
 
     def ksr_onsend_route(self, msg: Any) -> int:

@@ -1,0 +1,107 @@
+"""Edge routing of non-REGISTER requests (RFC 5626 §5.3).
+
+``route_decision`` replaces ``loose_route`` for a request whose top Route names
+this edge: it tells apart a forged token (403), a request coming *from* the
+flow (outgoing: ordinary loose routing) and one going *to* the flow (incoming:
+send over exactly that flow, 430 when it is gone). ``record_route_token``
+decides when an outgoing dialog-forming request gets a token in its
+Record-Route (§5.3.2) so that mid-dialog requests come back over the flow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .decisions import Reply
+from .sipmsg import NameAddr
+from .tokens import Flow, FlowTokenCodec, Verdict
+
+DIALOG_FORMING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
+MAX_ROUTE_USER = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RouteView:
+    """What the routing decision needs to know about one request."""
+
+    method: str
+    via_count: int
+    has_to_tag: bool
+    top_route: NameAddr | None
+    top_route_is_me: bool
+    contact_has_ob: bool
+    source: Flow
+
+
+@dataclass(frozen=True, slots=True)
+class LooseRoute:
+    """Ordinary RFC 3261 §16.4 route processing (our token played no part)."""
+
+    why: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """The request came over the flow its token names: loose-route it on."""
+
+    flow: Flow
+
+
+@dataclass(frozen=True, slots=True)
+class ToFlow:
+    """Incoming request: send over ``flow``; add a token Record-Route when
+    ``record_route`` (dialog-forming request whose Route had ``ob``, §5.3.1)."""
+
+    flow: Flow
+    token: str
+    record_route: bool
+
+
+RouteDecision = LooseRoute | Outgoing | ToFlow | Reply
+
+
+def route_decision(view: RouteView, codec: FlowTokenCodec) -> RouteDecision:
+    """RFC 5626 §5.3: route processing when the top Route is us and has a token."""
+    route = view.top_route
+    if route is None:
+        return LooseRoute("no Route header")
+    if not view.top_route_is_me:
+        return LooseRoute("top Route is not this edge")
+    user = route.sip_uri.user
+    if not user:
+        return LooseRoute("our Route carries no flow token")
+    if len(user) > MAX_ROUTE_USER:
+        return Reply(400, "Bad Request", f"Route user part of {len(user)} bytes")
+    decoded = codec.decode(user)
+    if decoded.verdict is Verdict.NOT_A_TOKEN:
+        return LooseRoute("user part of our Route is not a flow token")
+    if decoded.verdict is Verdict.FORGED or decoded.flow is None:
+        return Reply(403, "Forbidden", f"forged flow token {user[:80]!r}")
+    if decoded.flow == view.source:
+        return Outgoing(decoded.flow)
+    record = (
+        view.method in DIALOG_FORMING and not view.has_to_tag and "ob" in route.sip_uri.params
+    )
+    return ToFlow(decoded.flow, user, record)
+
+
+def record_route_token(view: RouteView, force_outbound: bool) -> bool:
+    """RFC 5626 §5.3.2: an outgoing dialog-forming request from the UA (first hop)
+    with ``;ob`` in its Contact or in a top Route naming us, or force_outbound,
+    gets a Record-Route carrying the flow token. Instance-id is not required
+    (Kamailio issue 3190)."""
+    if view.method not in DIALOG_FORMING or view.has_to_tag:
+        return False
+    if force_outbound:
+        return True
+    if view.via_count != 1:
+        return False
+    route_has_ob = (
+        view.top_route is not None and view.top_route_is_me and "ob" in view.top_route.sip_uri.params
+    )
+    return view.contact_has_ob or route_has_ob
+
+
+def flow_failed() -> Reply:
+    """RFC 5626 §5.3.1 / §11.5: the flow named by a valid token is gone."""
+    return Reply(430, "Flow Failed", "flow of the token is gone")

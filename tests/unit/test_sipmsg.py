@@ -1,0 +1,215 @@
+"""The small SIP header parser (RFC 3261 §7.3, §19.1, §20, §25)."""
+
+import pytest
+
+from outbound.sipmsg import (
+    Headers,
+    SipSyntaxError,
+    SipUri,
+    header_block,
+    iter_headers,
+    parse_delta_seconds,
+    parse_name_addr,
+    parse_name_addrs,
+    parse_params,
+    split_values,
+)
+
+INSTANCE = '"<urn:uuid:00000000-0000-1000-8000-000A95A0E128>"'
+
+
+def block(*lines: str) -> str:
+    return "\r\n".join(lines) + "\r\n"
+
+
+def test_header_block_drops_start_line_and_body():
+    raw = "REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP a\r\nCSeq: 1 REGISTER\r\n\r\nbody: no\r\n"
+
+    assert header_block(raw) == "Via: SIP/2.0/UDP a\r\nCSeq: 1 REGISTER"
+
+
+def test_compact_forms_map_to_full_names():
+    """RFC 3261 §7.3.3: v = Via, m = Contact, k = Supported."""
+    headers = Headers(block("v: SIP/2.0/UDP 192.0.2.1", "m: <sip:ua@192.0.2.1>", "k: outbound"))
+
+    assert headers.values("via") == ["SIP/2.0/UDP 192.0.2.1"]
+    assert headers.values("contact") == ["<sip:ua@192.0.2.1>"]
+    assert headers.option_tags("supported") == {"outbound"}
+
+
+def test_header_names_are_case_insensitive():
+    headers = Headers(block("SUPPORTED: Path, OUTBOUND", "cOnTaCt: <sip:ua@h>"))
+
+    assert headers.option_tags("supported") == {"path", "outbound"}
+    assert headers.first("contact") == "<sip:ua@h>"
+
+
+def test_folded_lines_are_joined():
+    """RFC 3261 §7.3.1: a line starting with whitespace continues the previous header."""
+    pairs = list(iter_headers(block("Contact: <sip:a@h>,", "\t<sip:b@h>", "Supported: path,", "  outbound")))
+
+    assert pairs == [("contact", "<sip:a@h>, <sip:b@h>"), ("supported", "path, outbound")]
+
+
+def test_header_line_without_name_is_a_syntax_error():
+    with pytest.raises(SipSyntaxError):
+        list(iter_headers(block("Via: SIP/2.0/UDP a", "no colon here")))
+
+
+def test_wanted_filter_keeps_only_named_headers():
+    headers = Headers(block("Via: SIP/2.0/UDP a", "Contact: <sip:a@h>"), wanted=frozenset({"contact"}))
+
+    assert headers.bodies("via") == []
+    assert headers.bodies("contact") == ["<sip:a@h>"]
+
+
+def test_comma_split_respects_quotes_and_angle_brackets():
+    body = '"Doe, John" <sip:john@h;x=a,b>;q=0.5, <sip:b@h>;p="x,\\"y", sip:c@h'
+
+    assert split_values(body) == ['"Doe, John" <sip:john@h;x=a,b>;q=0.5', '<sip:b@h>;p="x,\\"y"', "sip:c@h"]
+
+
+@pytest.mark.parametrize("body", ['"open <sip:a@h>', "<sip:a@h", '<sip:a@h>;p="x'], ids=["quote", "angle", "param"])
+def test_comma_split_rejects_unterminated_quote_or_bracket(body):
+    with pytest.raises(SipSyntaxError):
+        split_values(body)
+
+
+def test_comma_split_drops_empty_values():
+    assert split_values(" , a ,, b , ") == ["a", "b"]
+    assert split_values("") == []
+
+
+def test_via_count_counts_values_in_one_header_and_across_headers():
+    """RFC 3261 §7.3.1: several values in one header equal several headers."""
+    headers = Headers(block(
+        "Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1, SIP/2.0/TCP [2001:db8::1]:5060;branch=z9hG4bK2",
+        "Contact: <sip:ua@h>",
+        "v: SIP/2.0/TLS 198.51.100.3;branch=z9hG4bK3;received=\"a,b\"",
+    ))
+
+    assert len(headers.values("via")) == 3
+
+
+def test_parse_name_addr_with_display_name_and_params():
+    contact = parse_name_addr(f'"Alice, A." <sip:alice@192.0.2.1:5060;transport=tcp>;+sip.instance={INSTANCE};reg-id=1')
+
+    assert contact.uri == "sip:alice@192.0.2.1:5060;transport=tcp"
+    assert contact.params == {"+sip.instance": INSTANCE, "reg-id": "1"}
+    assert not contact.star
+
+
+def test_param_names_are_case_insensitive_values_kept():
+    contact = parse_name_addr("<sip:ua@h>;Reg-ID=1;EXPIRES=60;Lr")
+
+    assert contact.params == {"reg-id": "1", "expires": "60", "lr": None}
+
+
+def test_parse_params_keeps_quoted_semicolons():
+    assert parse_params(';a=1;b;c="x;y"') == {"a": "1", "b": None, "c": '"x;y"'}
+
+
+def test_star_contact():
+    contact = parse_name_addr(" * ")
+
+    assert contact.star
+    assert contact.uri == "*"
+
+
+def test_params_after_a_bare_uri_belong_to_the_header():
+    """RFC 3261 §20: without <>, everything after the first ';' is a header parameter."""
+    contact = parse_name_addr("sip:ua@192.0.2.1;expires=0;reg-id=2")
+
+    assert contact.uri == "sip:ua@192.0.2.1"
+    assert contact.params == {"expires": "0", "reg-id": "2"}
+
+
+def test_quoted_angle_brackets_in_params_of_a_bare_uri():
+    """RFC 5626 §4.1: +sip.instance carries "<urn:...>"; that '<' does not open the URI."""
+    contact = parse_name_addr(f"sip:ua@192.0.2.1;+sip.instance={INSTANCE};reg-id=1")
+
+    assert contact.uri == "sip:ua@192.0.2.1"
+    assert contact.params == {"+sip.instance": INSTANCE, "reg-id": "1"}
+
+
+def test_angle_bracket_inside_quoted_display_name():
+    contact = parse_name_addr('"a<b>c" <sip:ua@h>;reg-id=1')
+
+    assert contact.uri == "sip:ua@h"
+    assert contact.params == {"reg-id": "1"}
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["<sip:ua@h", '"Bob <sip:ua@h>', "<>", "no-uri-here"],
+    ids=["unterminated-angle", "unterminated-quote", "empty-uri", "not-a-uri"],
+)
+def test_unparsable_name_addr_is_a_syntax_error(value):
+    with pytest.raises(SipSyntaxError):
+        parse_name_addr(value)
+
+
+def test_parse_name_addrs_reads_every_value_of_every_header():
+    headers = Headers(block("Path: <sip:edge1;lr;ob>, <sip:edge2;lr>", "Path: <sip:edge3;lr>"))
+
+    assert [p.uri for p in parse_name_addrs(headers, "path")] == ["sip:edge1;lr;ob", "sip:edge2;lr", "sip:edge3;lr"]
+
+
+def test_sip_uri_with_user_ipv6_reference_port_and_params():
+    uri = SipUri.parse("SIPS:Tok-En_1@[2001:DB8::1]:5061;Transport=TLS;ob?subject=x")
+
+    assert uri == SipUri("sips", "Tok-En_1", "[2001:db8::1]", 5061, {"transport": "TLS", "ob": None})
+
+
+def test_sip_uri_password_is_not_part_of_user_and_port_is_optional():
+    uri = SipUri.parse("sip:alice:secret@Example.COM;lr")
+
+    assert (uri.user, uri.host, uri.port, uri.params) == ("alice", "example.com", None, {"lr": None})
+
+
+def test_path_uri_ob_param_is_visible_through_name_addr():
+    path = parse_name_addr("<sip:TOKEN@edge.example.com;lr;ob>")
+
+    assert "ob" in path.sip_uri.params
+    assert path.sip_uri.user == "TOKEN"
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "sip:h:0",
+        "sip:h:65536",
+        "sip:h:50x",
+        "sip:h:\u00b2",
+        "sip:[2001:db8::1]:abc",
+        "sip:[2001:db8::1",
+        "sip:[2001:db8::1]x",
+        "sip:2001:db8::1",
+        "sip:",
+        "sip:@",
+        "tel:+15551234",
+        "no scheme",
+    ],
+    ids=["port-0", "port-65536", "port-letters", "port-superscript", "v6-port-letters", "v6-unterminated",
+         "v6-junk", "v6-unbracketed", "empty-host", "empty-host-with-user", "tel", "no-scheme"],
+)
+def test_bad_sip_uri_is_a_syntax_error(uri):
+    with pytest.raises(SipSyntaxError):
+        SipUri.parse(uri)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [(None, None), ("0", 0), (" 3600 ", 3600), ('"60"', 60), ("99999999999", 2**32 - 1)],
+    ids=["absent", "zero", "spaces", "quoted", "clamped"],
+)
+def test_parse_delta_seconds(text, seconds):
+    """RFC 3261 §20.19: delta-seconds, capped at 2^32-1."""
+    assert parse_delta_seconds(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "-1", "1.5", "soon", "\u00b2", "\u0663"], ids=[
+    "empty", "negative", "fraction", "word", "superscript-digit", "arabic-indic-digit"])
+def test_parse_delta_seconds_rejects_non_numbers(text):
+    with pytest.raises(SipSyntaxError):
+        parse_delta_seconds(text)

@@ -1,0 +1,198 @@
+"""Flow tokens (RFC 5626 §5.2): round trip, tamper evidence, key rotation, input checks."""
+
+import base64
+import re
+
+import pytest
+
+from outbound.tokens import Flow, FlowTokenCodec, TokenError, Verdict, parse_key
+
+OLD_KEY = b"old-key-0123456789abcdef"
+NEW_KEY = b"new-key-0123456789abcdef"
+OTHER_KEY = b"someone-elses-key-0123456"
+
+UDP_V4 = Flow("udp", "192.0.2.10", 5060, "198.51.100.7", 40000, 0)
+TCP_V4 = Flow("tcp", "192.0.2.10", 5060, "198.51.100.7", 49152, 1234)
+TLS_V6 = Flow("tls", "2001:db8::10", 5061, "2001:db8:ffff::7", 50001, 4294967295)
+
+# RFC 3261 §25.1: these are "unreserved" in a user part, so the token needs no escaping.
+URI_USER_SAFE = re.compile(r"[A-Za-z0-9_-]+")
+
+
+@pytest.fixture
+def codec() -> FlowTokenCodec:
+    return FlowTokenCodec([OLD_KEY])
+
+
+def flip_bit(token: str, bit: int) -> str:
+    raw = bytearray(base64.urlsafe_b64decode(token))
+    raw[bit // 8] ^= 1 << (bit % 8)
+    return base64.urlsafe_b64encode(bytes(raw)).decode("ascii")
+
+
+@pytest.mark.parametrize(
+    ("flow", "length"),
+    [(UDP_V4, 36), (TCP_V4, 36), (TLS_V6, 68)],
+    ids=["udp-v4-no-conn-id", "tcp-v4-conn-id", "tls-v6"],
+)
+def test_token_round_trips_to_the_same_flow(codec, flow, length):
+    token = codec.encode(flow)
+
+    assert len(token) == length
+    assert URI_USER_SAFE.fullmatch(token)
+    decoded = codec.decode(token)
+    assert decoded.verdict is Verdict.VALID
+    assert decoded.flow == flow
+
+
+def test_transport_name_is_case_insensitive_and_decodes_lower_case(codec):
+    token = codec.encode(Flow("TCP", "192.0.2.10", 5060, "198.51.100.7", 49152, 7))
+
+    assert codec.decode(token).flow == Flow("tcp", "192.0.2.10", 5060, "198.51.100.7", 49152, 7)
+
+
+def test_bracketed_ipv6_addresses_are_accepted(codec):
+    token = codec.encode(Flow("tls", "[2001:db8::10]", 5061, "[2001:db8:ffff::7]", 50001, 1))
+
+    assert codec.decode(token).flow == Flow("tls", "2001:db8::10", 5061, "2001:db8:ffff::7", 50001, 1)
+
+
+@pytest.mark.parametrize("flow", [UDP_V4, TLS_V6], ids=["v4", "v6"])
+def test_every_single_bit_flip_is_forged(codec, flow):
+    """RFC 5626 §5.2: the edge must detect any tampering with the token."""
+    token = codec.encode(flow)
+    bits = len(base64.urlsafe_b64decode(token)) * 8
+
+    verdicts = {bit: codec.decode(flip_bit(token, bit)).verdict for bit in range(bits)}
+
+    assert bits in (27 * 8, 51 * 8)
+    assert {bit: v for bit, v in verdicts.items() if v is not Verdict.FORGED} == {}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "A" * 35,
+        "A" * 37,
+        "A" * 1100,
+        "A" * 35 + "+",
+        "A" * 35 + "/",
+        "A" * 35 + "=",
+        "A" * 35 + "@",
+        "A" * 35 + ";",
+        "A" * 67 + "=",
+    ],
+    ids=["empty", "35-chars", "37-chars", "1k-chars", "plus", "slash", "padding", "at", "semicolon", "v6-padding"],
+)
+def test_text_that_cannot_be_a_token_is_not_a_token(codec, text):
+    decoded = codec.decode(text)
+
+    assert decoded.verdict is Verdict.NOT_A_TOKEN
+    assert decoded.flow is None
+
+
+def test_standard_base64_alphabet_of_a_real_token_is_not_a_token(codec):
+    token = codec.encode(TCP_V4)
+    standard = token.replace("-", "+").replace("_", "/")
+    if standard == token:  # make sure the case exercises the alphabet check
+        standard = "+" + token[1:]
+
+    assert codec.decode(standard).verdict is Verdict.NOT_A_TOKEN
+
+
+def test_old_key_tokens_still_verify_after_rotation():
+    token = FlowTokenCodec([OLD_KEY]).encode(TCP_V4)
+
+    decoded = FlowTokenCodec([NEW_KEY, OLD_KEY]).decode(token)
+
+    assert decoded.verdict is Verdict.VALID
+    assert decoded.flow == TCP_V4
+
+
+def test_first_key_signs_after_rotation():
+    token = FlowTokenCodec([NEW_KEY, OLD_KEY]).encode(TCP_V4)
+
+    assert FlowTokenCodec([NEW_KEY]).decode(token).verdict is Verdict.VALID
+    assert FlowTokenCodec([OLD_KEY]).decode(token).verdict is Verdict.FORGED
+
+
+def test_token_from_another_key_is_forged(codec):
+    token = FlowTokenCodec([OTHER_KEY]).encode(UDP_V4)
+
+    decoded = codec.decode(token)
+
+    assert decoded.verdict is Verdict.FORGED
+    assert decoded.flow is None
+
+
+def test_reconnect_from_same_addresses_is_a_new_flow(codec):
+    """RFC 5626 §3.4/§5.2: a token must not match a later connection from the same address."""
+    first = Flow("tcp", "192.0.2.10", 5060, "198.51.100.7", 49152, 100)
+    second = Flow("tcp", "192.0.2.10", 5060, "198.51.100.7", 49152, 101)
+
+    first_token, second_token = codec.encode(first), codec.encode(second)
+
+    assert first_token != second_token
+    assert codec.decode(first_token).flow.conn_id == 100
+    assert codec.decode(second_token).flow.conn_id == 101
+
+
+def test_encoding_is_deterministic(codec):
+    assert codec.encode(TLS_V6) == codec.encode(TLS_V6)
+
+
+@pytest.mark.parametrize(
+    "flow",
+    [
+        Flow("carrier-pigeon", "192.0.2.10", 5060, "198.51.100.7", 40000),
+        Flow("udp", "192.0.2.300", 5060, "198.51.100.7", 40000),
+        Flow("udp", "192.0.2.10", 5060, "edge.example.com", 40000),
+        Flow("udp", "192.0.2.10", 0, "198.51.100.7", 40000),
+        Flow("udp", "192.0.2.10", 5060, "198.51.100.7", 70000),
+        Flow("udp", "192.0.2.10", 5060, "2001:db8::7", 40000),
+        Flow("tcp", "192.0.2.10", 5060, "198.51.100.7", 40000, -1),
+        Flow("tcp", "192.0.2.10", 5060, "198.51.100.7", 40000, 2**32),
+    ],
+    ids=["unknown-transport", "bad-ip", "hostname", "port-0", "port-70000", "mixed-families",
+         "negative-conn-id", "conn-id-too-big"],
+)
+def test_unencodable_flow_raises_token_error(codec, flow):
+    with pytest.raises(TokenError):
+        codec.encode(flow)
+
+
+@pytest.mark.parametrize(
+    "keys",
+    [[], [b"x" * 15], [NEW_KEY, b"short"]],
+    ids=["no-key", "15-byte-key", "one-short-key-among-good"],
+)
+def test_codec_refuses_missing_or_short_keys(keys):
+    with pytest.raises(ValueError):
+        FlowTokenCodec(keys)
+
+
+def test_sixteen_byte_key_is_enough():
+    codec = FlowTokenCodec([b"k" * 16])
+
+    assert codec.decode(codec.encode(UDP_V4)).verdict is Verdict.VALID
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("hex:00112233445566778899aabbccddeeff", bytes(range(0, 256, 17))),
+        ("base64:" + base64.b64encode(b"sixteen byte key").decode(), b"sixteen byte key"),
+        ("  correct horse battery staple \n", b"correct horse battery staple"),
+        ("hexadecimal-looking passphrase", b"hexadecimal-looking passphrase"),
+    ],
+    ids=["hex", "base64", "passphrase-stripped", "passphrase-without-prefix"],
+)
+def test_parse_key_formats(text, key):
+    assert parse_key(text) == key
+
+
+@pytest.mark.parametrize("text", ["hex:zz", "base64:not base64!"], ids=["bad-hex", "bad-base64"])
+def test_parse_key_rejects_malformed_encodings(text):
+    with pytest.raises(ValueError):
+        parse_key(text)

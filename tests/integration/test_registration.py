@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import FAULT_HEADER, edge, registrar, start, stop
 from harness import TEST_KEY, Kamailio, ProcessError, SippResult, sipp
 from outbound.sipmsg import parse_name_addr
 from outbound.tokens import FlowTokenCodec, Verdict, parse_key
+from topology import FAULT_HEADER, edge, registrar, start, stop
 
 UA_IP = "127.0.0.10"
 INSTANCE = '"<urn:uuid:6f1a2b3c-0000-4000-8000-00000000a001>"'

@@ -1,0 +1,42 @@
+"""Kamailio topologies for the integration tests: who listens where."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from harness import CFG_DIR, ROOT, TEST_KEY, Kamailio
+
+WORK_ROOT = ROOT / "tests" / ".work"
+REGISTRAR_ADDR = "127.0.0.1"
+REGISTRAR_PORT = 5070
+FAULT_HEADER = "X-KO-Fault"
+RUNNING: list[Kamailio] = []
+PORTS = itertools.count(15000)
+
+
+def ko_yaml() -> str:
+    text = (CFG_DIR / "outbound.yaml").read_text()
+    return text.replace('fault_injection_header: ""', f'fault_injection_header: "{FAULT_HEADER}"')
+
+
+def start(kam: Kamailio) -> Kamailio:
+    RUNNING.append(kam)
+    return kam.start()
+
+
+def stop(kam: Kamailio) -> None:
+    kam.stop()
+    if kam in RUNNING:
+        RUNNING.remove(kam)
+
+
+def registrar(workdir: Path, name: str = "registrar", addr: str = REGISTRAR_ADDR,
+              port: int = REGISTRAR_PORT, **kw) -> Kamailio:
+    return Kamailio(name, "registrar.cfg", workdir, addr, port, yaml_text=ko_yaml(), **kw)
+
+
+def edge(workdir: Path, name: str, addr: str, registrar_uri: str, key: str = TEST_KEY,
+         port: int = 5060, **kw) -> Kamailio:
+    return Kamailio(name, "edge.cfg", workdir, addr, port, env={"KO_FLOW_KEYS": key},
+                    defines={"KO_REGISTRAR": f'"{registrar_uri}"'}, yaml_text=ko_yaml(), **kw)

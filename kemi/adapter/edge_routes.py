@@ -135,8 +135,9 @@ class EdgeRoutes:
                 send_reply(flow_failed())
             KSR.notice(f"kemi-outbound: flow {flow} is gone, no new connection opened\n")
             return
-        if KSR.rr.loose_route() < 0:
-            KSR.notice("kemi-outbound: loose_route found no Route of ours to remove\n")
+        # pops our Route entry (two with double Record-Route); for an initial
+        # request with a preloaded Route it removes it and answers "not driven"
+        KSR.rr.loose_route()
         if decision.record_route:
             self._record_route(decision.token)
         KSR.pv.sets("$fs", f"{flow.transport}:{bracket(flow.local_ip)}:{flow.local_port}")

@@ -1,0 +1,203 @@
+"""Calls to a registered outbound UA travel over its flow (issue 3, RFC 5626 §5.3).
+
+UA B (SIPp) registers through edge1 and keeps its flow; UA A (SIPp) calls it
+through edge2 and the registrar (home proxy). Everything is real Kamailio.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from harness import OTHER_KEY, TEST_KEY, Kamailio, SippResult, describe, sipp, wait_sipp
+from outbound.sipmsg import parse_name_addr, split_values
+from outbound.tokens import FlowTokenCodec, Verdict, parse_key
+from topology import edge, start, stop
+
+UA_A = "127.0.0.30"
+UA_B = "127.0.0.20"
+CORE = "127.0.0.40"
+CODEC = FlowTokenCodec([parse_key(TEST_KEY)])
+
+
+def instance(n: int) -> str:
+    return f"urn:uuid:00000000-0000-4000-8000-{n:012d}"
+
+
+def start_callee(kam: Kamailio, workdir: Path, port: int, user: str, *, transport: str = "tcp",
+                 uas: str = "uas.xml", regid: int = 1, timeout: int = 30) -> subprocess.Popen:
+    proc = sipp("callee_ob/register.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA_B,
+                local_port=port, transport=transport, background=True, timeout=timeout,
+                keys={"user": user, "domain": "example.com", "instance": instance(port), "regid": str(regid),
+                      "expires": "600", "who": user},
+                oocsf=f"callee_ob/{uas}")
+    assert isinstance(proc, subprocess.Popen)
+    return proc
+
+
+def wait_binding(registrar: Kamailio, user: str, proc: subprocess.Popen, timeout: float = 10.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = registrar.bindings(user)
+        if found:
+            return found[0]
+        if proc.poll() is not None:
+            raise AssertionError(f"callee SIPp exited {proc.returncode} before registering:\n"
+                                 + describe(wait_sipp(proc, 1)))
+        time.sleep(0.05)
+    raise AssertionError(f"no binding for {user} after {timeout}s")
+
+
+def call(kam: Kamailio, workdir: Path, port: int, callee: str, scenario: str = "uac.xml",
+         **keys: str) -> SippResult:
+    result = sipp(f"caller/{scenario}", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA_A,
+                  local_port=port, transport="udp", timeout=15, check=scenario != "uac_final.xml",
+                  keys={"callee": callee, "domain": "example.com", "user": "alice", **keys})
+    assert isinstance(result, SippResult)
+    return result
+
+
+def tcp_stat(kam: Kamailio, name: str) -> int:
+    for line in kam.rpc("stats.get_statistics", "tcp:"):
+        key, _, value = line.partition(" = ")
+        if key == f"tcp:{name}":
+            return int(value)
+    raise KeyError(name)
+
+
+def path_token(binding: dict) -> str:
+    return parse_name_addr(binding["Path"]).sip_uri.user or ""
+
+
+@pytest.mark.parametrize("transport", ["tcp", "udp"])
+@pytest.mark.parametrize("hangup", ["caller", "callee"])
+def test_call_reaches_callee_over_its_registered_flow(topology, workdir, local_port, transport, hangup):
+    """RFC 5626 §5.3.1: the edge sends over the flow of the token; in-dialog requests
+    (ACK, re-INVITE, BYE both ways) follow the token Record-Routes (§5.3.2)."""
+    user = f"bob-{transport}-{hangup}"
+    edge1 = topology["edge1"]
+    connects_before = tcp_stat(edge1, "connect_success")
+    callee = start_callee(edge1, workdir, local_port, user, transport=transport,
+                          uas="uas.xml" if hangup == "caller" else "uas_bye.xml")
+    binding = wait_binding(topology["registrar"], user, callee)
+    flow = CODEC.decode(path_token(binding)).flow
+    assert flow is not None and flow.remote_ip == UA_B and flow.transport == transport
+    if transport == "tcp":
+        [conn] = [c for c in edge1.rpc("core.tcp_list") if c["src_ip"] == UA_B and c["src_port"] == flow.remote_port]
+        assert conn["id"] == flow.conn_id, "token names the very TCP connection B opened"
+    else:
+        assert flow.remote_port == local_port
+
+    caller = call(topology["edge2"], workdir, local_port + 500, user,
+                  "uac.xml" if hangup == "caller" else "uac_wait_bye.xml")
+    assert caller.value("who") == user
+    if hangup == "caller":
+        assert caller.value("reinvite") == "200" and caller.value("bye") == "200"
+    else:
+        assert caller.value("bye") == "received"
+    record_routes = [parse_name_addr(v).sip_uri for v in split_values(caller.value("rr"))]
+    edge1_entries = [u for u in record_routes if u.host == "127.0.0.2"]
+    assert edge1_entries and all(CODEC.decode(u.user or "").flow == flow for u in edge1_entries)
+    if transport == "tcp":
+        assert len(edge1_entries) == 2, "double Record-Route where the edge changes transport"
+
+    callee_result = wait_sipp(callee, 20)
+    assert callee_result.returncode == 0, describe(callee_result)
+    assert "call ended" in callee_result.log
+    assert tcp_stat(edge1, "connect_success") == connects_before, "the edge opened a connection toward the UA"
+
+
+def test_closed_tcp_flow_gets_430_from_edge_and_480_for_the_caller(topology, workdir, local_port):
+    """RFC 5626 §5.3.1: flow gone -> 430 from the edge, no new connection; the home
+    proxy never passes 430 to the caller (§11.5)."""
+    user = "bob-gone"
+    edge1 = topology["edge1"]
+    callee = start_callee(edge1, workdir, local_port, user)
+    binding = wait_binding(topology["registrar"], user, callee)
+    flow = CODEC.decode(path_token(binding)).flow
+    assert flow is not None
+    callee.kill()  # SIGKILL: the kernel closes B's TCP connection
+    callee.wait()
+    deadline = time.monotonic() + 10
+    while any(c["id"] == flow.conn_id for c in edge1.rpc("core.tcp_list")):
+        assert time.monotonic() < deadline, "edge never noticed the closed connection"
+        time.sleep(0.05)
+    attempts_before = tcp_stat(edge1, "connect_success") + tcp_stat(edge1, "connect_failed")
+
+    # as the home proxy would send it: the stored Path as Route
+    direct = sipp("caller/uac_final.xml", f"{edge1.addr}:{edge1.port}", workdir=workdir, local_ip=CORE,
+                  local_port=local_port + 1, timeout=10,
+                  keys={"callee": user, "domain": "example.com", "user": "core",
+                        "ruri": binding["Address"], "extra": f"Route: {binding['Path']}"})
+    assert isinstance(direct, SippResult)
+    assert direct.value("final") == "430"
+
+    through_home = call(topology["edge2"], workdir, local_port + 2, user, "uac_final.xml",
+                        ruri=f"sip:{user}@example.com", extra="X-Case: via-home")
+    assert through_home.value("final") == "480"
+    attempts_after = tcp_stat(edge1, "connect_success") + tcp_stat(edge1, "connect_failed")
+    assert attempts_after == attempts_before, "the edge tried to connect toward the UA"
+    assert "is gone, no new connection opened" in edge1.log()
+
+
+def one_char_changed(token: str) -> str:
+    index = len(token) // 2
+    return token[:index] + ("A" if token[index] != "A" else "B") + token[index + 1:]
+
+
+def test_forged_tokens_get_403(topology, workdir, local_port):
+    """RFC 5626 §5.3.1: a tampered token SHOULD get 403; so does one from another key."""
+    edge1 = topology["edge1"]
+    rogue = start(edge(workdir, "edge-other-key", "127.0.0.4", topology["registrar"].uri, key=OTHER_KEY))
+    try:
+        callee = start_callee(rogue, workdir, local_port, "bob-rogue")
+        binding = wait_binding(topology["registrar"], "bob-rogue", callee)
+        callee.kill()
+        callee.wait()
+    finally:
+        stop(rogue)
+    foreign = path_token(binding)
+    assert CODEC.decode(foreign).verdict is Verdict.FORGED
+    own = sipp("register_expect", f"{edge1.addr}:{edge1.port}", workdir=workdir, local_ip=UA_B,
+               local_port=local_port + 1,
+               keys={"user": "bob-own", "domain": "example.com", "expires": "600", "supported": "path, outbound",
+                     "extra": "X-Case: own", "cseq": "1",
+                     "contact": f'<sip:bob-own@{UA_B}:{local_port + 1};ob>;+sip.instance="<{instance(1)}>";reg-id=1'})
+    assert isinstance(own, SippResult)
+    own_token = parse_name_addr(own.value("path")).sip_uri.user or ""
+    for token in (one_char_changed(own_token), foreign):
+        result = sipp("caller/uac_final.xml", f"{edge1.addr}:{edge1.port}", workdir=workdir, local_ip=CORE,
+                      local_port=local_port + 2, timeout=10,
+                      keys={"callee": "bob", "domain": "example.com", "user": "core",
+                            "ruri": f"sip:bob@{UA_B}:{local_port + 1}",
+                            "extra": f"Route: <sip:{token}@127.0.0.2;lr;ob>"})
+        assert isinstance(result, SippResult)
+        assert result.value("final") == "403", token
+    assert "forged flow token" in edge1.log()
+
+
+BAD_ROUTES = [
+    pytest.param("Route: <sip:abc@127.0.0.2;lr;ob>", "404", id="garbage-token-ordinary-routing"),
+    pytest.param("Route: <sip:@127.0.0.2;lr;ob>", "404", id="empty-token"),
+    pytest.param("Route: <sip:" + "A" * 1100 + "@127.0.0.2;lr;ob>", "400", id="oversized-token"),
+    pytest.param("Route: <sip:" + "A" * 36 + "@127.0.0.99;lr>", "404", id="token-in-foreign-route"),
+    pytest.param("Route: <sip:" + "A" * 36 + "@127.0.0.2>", "403", id="forged-token-without-lr"),
+    pytest.param("Route: <sip:abc@127.0.0.2>", "404", id="garbage-without-lr"),
+]
+
+
+@pytest.mark.parametrize(("route", "status"), BAD_ROUTES)
+def test_bad_routes_get_a_defined_answer(topology, workdir, local_port, route, status):
+    """Garbage, empty, oversized tokens, foreign Routes, Routes without ;lr: a defined
+    reply or ordinary routing (here: on to the home proxy, which knows no such user)."""
+    edge1 = topology["edge1"]
+    result = sipp("caller/uac_final.xml", f"{edge1.addr}:{edge1.port}", workdir=workdir, local_ip=UA_A,
+                  local_port=local_port, timeout=10,
+                  keys={"callee": "nobody", "domain": "example.com", "user": "alice",
+                        "ruri": "sip:nobody@example.com", "extra": route})
+    assert isinstance(result, SippResult)
+    assert result.value("final") == status
+    assert "Traceback" not in edge1.log()

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 from harness import CFG_DIR, ROOT, TEST_KEY, Kamailio
 
 WORK_ROOT = ROOT / "tests" / ".work"
-REGISTRAR_ADDR = "127.0.0.1"
+# All test addresses live in one /24 of loopback; KO_TEST_NET=127.0.5 moves a whole
+# run elsewhere so that two checkouts can run their suites side by side.
+TEST_NET = os.environ.get("KO_TEST_NET", "127.0.0")
+
+
+def net(host: int) -> str:
+    """Address ``host`` of the test network, e.g. net(2) == "127.0.0.2"."""
+    return f"{TEST_NET}.{host}"
+
+
+REGISTRAR_ADDR = net(1)
 REGISTRAR_PORT = 5070
 FAULT_HEADER = "X-KO-Fault"
 RUNNING: list[Kamailio] = []

@@ -74,12 +74,16 @@ class EdgeRoutes:
         """Forward a REGISTER to the registrar with our Path (RFC 5626 §5.1)."""
         KSR.hdr.remove("Route")
         self.outbound_add_path()
+        self.forward_to_home()
+        return 1
+
+    def forward_to_home(self) -> None:
+        """Send the request on to the registrar / home proxy (edge.registrar)."""
         if not self.registrar:
             send_reply(Reply(500, "Server Internal Error", "edge.registrar is not configured"))
-            return 1
+            return
         KSR.setdsturi(self.registrar)
         self._relay()
-        return 1
 
     def outbound_add_path(self) -> PathKind:
         """Path with a flow token and ``;ob`` when outbound applies, else plain."""
@@ -178,14 +182,11 @@ class EdgeRoutes:
             # from the UA: record-route, then on to the home proxy
             self.outbound_record_route(view)
             KSR.hdr.remove("Route")
-            if not self.registrar:
-                send_reply(Reply(500, "Server Internal Error", "edge.registrar is not configured"))
-                return 1
-            KSR.setdsturi(self.registrar)
+            self.forward_to_home()
         elif KSR.rr.loose_route() < 0:
             send_reply(Reply(404, "Not Found", "no route for an initial request from the core"))
-            return 1
-        self._relay()
+        else:
+            self._relay()
         return 1
 
     def _within_dialog(self) -> int:

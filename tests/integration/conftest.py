@@ -14,12 +14,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "kemi"))
 
 from harness import Kamailio  # noqa: E402
-from topology import PORTS, RUNNING, WORK_ROOT, edge, registrar, start, stop  # noqa: E402
+from topology import PORTS, RUNNING, WORK_ROOT, edge, net, registrar, start, stop  # noqa: E402
 
 
 @pytest.fixture(scope="session")
 def workdir() -> Path:
-    path = WORK_ROOT / time.strftime("%Y%m%d-%H%M%S")
+    path = WORK_ROOT / (time.strftime("%Y%m%d-%H%M%S") + "-" + net(0))
     shutil.rmtree(path, ignore_errors=True)
     path.mkdir(parents=True)
     return path
@@ -33,9 +33,9 @@ def local_port() -> int:
 
 @pytest.fixture(scope="module")
 def topology(workdir: Path) -> Iterator[dict[str, Kamailio]]:
-    """Registrar on 127.0.0.1:5070, edge1 on 127.0.0.2:5060, edge2 on 127.0.0.3:5060."""
+    """Registrar on net(1):5070, edge1 on net(2):5060, edge2 on net(3):5060."""
     reg = registrar(workdir)
-    edges = [edge(workdir, f"edge{i}", f"127.0.0.{i + 1}", reg.uri) for i in (1, 2)]
+    edges = [edge(workdir, f"edge{i}", net(i + 1), reg.uri) for i in (1, 2)]
     started: list[Kamailio] = []
     try:
         for kam in (reg, *edges):

@@ -15,11 +15,11 @@ import pytest
 from harness import OTHER_KEY, TEST_KEY, Kamailio, SippResult, describe, sipp, wait_sipp
 from outbound.sipmsg import parse_name_addr, split_values
 from outbound.tokens import FlowTokenCodec, Verdict, parse_key
-from topology import edge, start, stop
+from topology import edge, net, start, stop
 
-UA_A = "127.0.0.30"
-UA_B = "127.0.0.20"
-CORE = "127.0.0.40"
+UA_A = net(30)
+UA_B = net(20)
+CORE = net(40)
 CODEC = FlowTokenCodec([parse_key(TEST_KEY)])
 
 
@@ -99,7 +99,7 @@ def test_call_reaches_callee_over_its_registered_flow(topology, workdir, local_p
     else:
         assert caller.value("bye") == "received"
     record_routes = [parse_name_addr(v).sip_uri for v in split_values(caller.value("rr"))]
-    edge1_entries = [u for u in record_routes if u.host == "127.0.0.2"]
+    edge1_entries = [u for u in record_routes if u.host == net(2)]
     assert edge1_entries and all(CODEC.decode(u.user or "").flow == flow for u in edge1_entries)
     if transport == "tcp":
         assert len(edge1_entries) == 2, "double Record-Route where the edge changes transport"
@@ -151,7 +151,7 @@ def one_char_changed(token: str) -> str:
 def test_forged_tokens_get_403(topology, workdir, local_port):
     """RFC 5626 §5.3.1: a tampered token SHOULD get 403; so does one from another key."""
     edge1 = topology["edge1"]
-    rogue = start(edge(workdir, "edge-other-key", "127.0.0.4", topology["registrar"].uri, key=OTHER_KEY))
+    rogue = start(edge(workdir, "edge-other-key", net(4), topology["registrar"].uri, key=OTHER_KEY))
     try:
         callee = start_callee(rogue, workdir, local_port, "bob-rogue")
         binding = wait_binding(topology["registrar"], "bob-rogue", callee)
@@ -173,19 +173,19 @@ def test_forged_tokens_get_403(topology, workdir, local_port):
                       local_port=local_port + 2, timeout=10,
                       keys={"callee": "bob", "domain": "example.com", "user": "core",
                             "ruri": f"sip:bob@{UA_B}:{local_port + 1}",
-                            "extra": f"Route: <sip:{token}@127.0.0.2;lr;ob>"})
+                            "extra": f"Route: <sip:{token}@{net(2)};lr;ob>"})
         assert isinstance(result, SippResult)
         assert result.value("final") == "403", token
     assert "forged flow token" in edge1.log()
 
 
 BAD_ROUTES = [
-    pytest.param("Route: <sip:abc@127.0.0.2;lr;ob>", "404", id="garbage-token-ordinary-routing"),
-    pytest.param("Route: <sip:@127.0.0.2;lr;ob>", "404", id="empty-token"),
-    pytest.param("Route: <sip:" + "A" * 1100 + "@127.0.0.2;lr;ob>", "400", id="oversized-token"),
-    pytest.param("Route: <sip:" + "A" * 36 + "@127.0.0.99;lr>", "404", id="token-in-foreign-route"),
-    pytest.param("Route: <sip:" + "A" * 36 + "@127.0.0.2>", "403", id="forged-token-without-lr"),
-    pytest.param("Route: <sip:abc@127.0.0.2>", "404", id="garbage-without-lr"),
+    pytest.param(f"Route: <sip:abc@{net(2)};lr;ob>", "404", id="garbage-token-ordinary-routing"),
+    pytest.param(f"Route: <sip:@{net(2)};lr;ob>", "404", id="empty-token"),
+    pytest.param("Route: <sip:" + "A" * 1100 + f"@{net(2)};lr;ob>", "400", id="oversized-token"),
+    pytest.param("Route: <sip:" + "A" * 36 + f"@{net(99)};lr>", "404", id="token-in-foreign-route"),
+    pytest.param("Route: <sip:" + "A" * 36 + f"@{net(2)}>", "403", id="forged-token-without-lr"),
+    pytest.param(f"Route: <sip:abc@{net(2)}>", "404", id="garbage-without-lr"),
 ]
 
 

@@ -12,9 +12,9 @@ import pytest
 from harness import TEST_KEY, Kamailio, ProcessError, SippResult, sipp
 from outbound.sipmsg import parse_name_addr
 from outbound.tokens import FlowTokenCodec, Verdict, parse_key
-from topology import FAULT_HEADER, edge, registrar, start, stop
+from topology import FAULT_HEADER, edge, net, registrar, start, stop
 
-UA_IP = "127.0.0.10"
+UA_IP = net(10)
 INSTANCE = '"<urn:uuid:6f1a2b3c-0000-4000-8000-00000000a001>"'
 CODEC = FlowTokenCodec([parse_key(TEST_KEY)])
 
@@ -51,11 +51,11 @@ def test_register_through_edge_applies_outbound(topology, workdir, local_port, t
     assert result.value("flowtimer") == "25"
     path = parse_name_addr(result.value("path"))
     uri = path.sip_uri
-    assert uri.host == "127.0.0.2" and "lr" in uri.params and "ob" in uri.params
+    assert uri.host == net(2) and "lr" in uri.params and "ob" in uri.params
     decoded = CODEC.decode(uri.user or "")
     assert decoded.verdict is Verdict.VALID
     assert decoded.flow is not None
-    assert (decoded.flow.transport, decoded.flow.remote_ip, decoded.flow.local_ip) == (transport, UA_IP, "127.0.0.2")
+    assert (decoded.flow.transport, decoded.flow.remote_ip, decoded.flow.local_ip) == (transport, UA_IP, net(2))
     if transport == "udp":
         assert decoded.flow.remote_port == local_port and decoded.flow.conn_id == 0
     else:
@@ -78,7 +78,7 @@ def test_one_instance_two_reg_ids_through_two_edges(topology, workdir, local_por
     assert first.value("final") == second.value("final") == "200"
     bindings = {b["Reg-Id"]: b for b in topology["registrar"].bindings(user)}
     assert sorted(bindings) == [1, 2]
-    assert "@127.0.0.2;" in bindings[1]["Path"] and "@127.0.0.3;" in bindings[2]["Path"]
+    assert f"@{net(2)};" in bindings[1]["Path"] and f"@{net(3)};" in bindings[2]["Path"]
     assert bindings[1]["Instance"] == bindings[2]["Instance"] == INSTANCE.strip('"')
 
     # Expires: 0 for reg-id 1 removes that binding only (RFC 5626 §4.2.2, A3.12).
@@ -95,7 +95,7 @@ def test_one_instance_two_reg_ids_through_two_edges(topology, workdir, local_por
     assert topology["registrar"].bindings(user) == []
 
 
-NOT_FIRST_HOP = "Via: SIP/2.0/UDP 127.0.0.99:5999;branch=z9hG4bK-lb-1"
+NOT_FIRST_HOP = f"Via: SIP/2.0/UDP {net(99)}:5999;branch=z9hG4bK-lb-1"
 
 BAD_CASES = [
     pytest.param(dict(contact_params=ob_params("0")), "400", id="reg-id-zero"),
@@ -165,7 +165,7 @@ def test_python_exception_in_route_ends_in_500_and_logged_traceback(topology, wo
 
 @pytest.mark.parametrize("cfg", ["edge.cfg", "registrar.cfg"])
 def test_kamailio_check_passes_for_every_cfg(workdir, cfg):
-    kam = Kamailio(f"check-{cfg}", cfg, workdir, "127.0.0.1", 5099)
+    kam = Kamailio(f"check-{cfg}", cfg, workdir, net(1), 5099)
     workdir.mkdir(parents=True, exist_ok=True)
     result = kam.check()
     assert result.returncode == 0, result.stdout + result.stderr
@@ -181,7 +181,7 @@ def test_invalid_yaml_stops_kamailio_naming_key_and_file(workdir):
 
 
 def test_edge_without_key_refuses_to_start(workdir):
-    kam = edge(workdir, "no-key", "127.0.0.4", "sip:127.0.0.1:5070", key="")
+    kam = edge(workdir, "no-key", net(4), f"sip:{net(1)}:5070", key="")
     with pytest.raises(ProcessError):
         start(kam)
     stop(kam)
@@ -191,11 +191,11 @@ def test_edge_without_key_refuses_to_start(workdir):
 def test_flow_token_survives_restart_and_is_valid_on_a_peer_edge(workdir, local_port):
     """Tokens come from configured keys, so another edge sharing the key (or this
     one after a restart) decodes them (unlike Kamailio 5.6's flow_token_secret)."""
-    reg = start(registrar(workdir, name="restart-reg", addr="127.0.0.5"))
+    reg = start(registrar(workdir, name="restart-reg", addr=net(5)))
     try:
         tokens = []
         for run in range(2):
-            kam = start(edge(workdir, f"restart-edge-{run}", "127.0.0.6", reg.uri))
+            kam = start(edge(workdir, f"restart-edge-{run}", net(6), reg.uri))
             try:
                 result = register(kam, workdir, local_port, user="frank", contact_params=ob_params())
                 tokens.append(parse_name_addr(result.value("path")).sip_uri.user)

@@ -1,0 +1,634 @@
+#!/usr/bin/python3
+"""Benchmark: kemi-outbound (KEMI Python) against Kamailio's C outbound module.
+
+The same topology (registrar + edge1 + edge2 on loopback) is started twice per
+pair of rounds: once with cfg/*.cfg (our Python) and once with bench/native/*.cfg
+(C outbound module, registrar/tm failover recipe), alternated A B A B. Each
+round measures, with SIPp as the only load generator:
+
+* REGISTER ramps over UDP and TCP (users from an injection file);
+* call ramps to registered outbound UAs holding UDP or TCP flows;
+* CPU seconds of every Kamailio process (utime+stime from /proc) per step;
+* script time per message (core latency_cfg_log, switched on over RPC for a
+  short fixed-rate window only);
+* shared memory per registered TCP flow;
+* failover time: a flow dies (SIPp SIGKILL) and a call is answered on the
+  instance's other flow.
+
+All load goes to 127.x addresses of --net, every SIPp run is bounded with -m
+and -timeout, and every process is stopped by its own PID. Run with Debian's
+/usr/bin/python3 (see ``./run bench``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+import analysis  # noqa: E402
+from harness import TEST_KEY, Kamailio, ProcessError  # noqa: E402
+
+BENCH = ROOT / "bench"
+SIPP = BENCH / "sipp"
+IMPLS = {
+    "ours": {"edge": ROOT / "cfg" / "edge.cfg", "registrar": ROOT / "cfg" / "registrar.cfg"},
+    "native": {"edge": BENCH / "native" / "edge.cfg", "registrar": BENCH / "native" / "registrar.cfg"},
+}
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+RECV_TIMEOUT_MS = 5000
+
+
+def log(text: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+@dataclasses.dataclass
+class BenchKamailio(Kamailio):
+    """A harness Kamailio with our own cfg path, memory sizes and cfg_rpc loaded
+    (to switch latency_cfg_log on and off at run time)."""
+
+    cfg_path: Path = ROOT / "cfg" / "edge.cfg"
+    shm_mb: int = 512
+    pkg_mb: int = 16
+
+    def command(self) -> list[str]:
+        cmd = super().command()
+        cmd[cmd.index("-f") + 1] = str(self.cfg_path)
+        cmd[cmd.index("-m") + 1] = str(self.shm_mb)
+        cmd[cmd.index("-M") + 1] = str(self.pkg_mb)
+        return cmd + ["--loadmodule=cfg_rpc.so"]
+
+    def cpu_seconds(self) -> float:
+        assert self.proc is not None
+        return analysis.cpu_ticks(self.proc.pid, all_proc_stats()) / CLK_TCK
+
+    def pids(self) -> list[int]:
+        assert self.proc is not None
+        return [s.pid for s in analysis.descendants(self.proc.pid, all_proc_stats())]
+
+    def pss_kib(self) -> int:
+        """Proportional set size of all processes (shared pages split, not repeated)."""
+        total = 0
+        for pid in self.pids():
+            try:
+                text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+            except OSError:
+                continue
+            match = re.search(r"^Pss:\s+(\d+) kB", text, re.M)
+            total += int(match.group(1)) if match else 0
+        return total
+
+    def shm_used(self) -> int:
+        return int(self.rpc("core.shmmem")["real_used"])
+
+    def stat(self, name: str) -> int:
+        group = name.split(":", 1)[0] + ":"
+        for line in self.rpc("stats.get_statistics", group) or []:
+            key, _, value = line.partition(" = ")
+            if key == name:
+                return int(value)
+        raise KeyError(name)
+
+    def set_core_cfg(self, name: str, value: int) -> None:
+        self.rpc("cfg.seti", "core", name, value)
+
+
+def all_proc_stats() -> list[analysis.ProcStat]:
+    out = []
+    for entry in os.scandir("/proc"):
+        if entry.name.isdigit():
+            try:
+                out.append(analysis.parse_proc_stat(Path(entry.path, "stat").read_text()))
+            except (OSError, ValueError, IndexError):
+                continue
+    return out
+
+
+# ---------------------------------------------------------------- SIPp
+
+
+@dataclasses.dataclass
+class Sipp:
+    """One SIPp process we started (own session, stopped by PID)."""
+
+    proc: subprocess.Popen
+    run_dir: Path
+    timeout: float
+
+    def wait(self) -> int:
+        try:
+            return self.proc.wait(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.proc.wait()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+
+    def stats(self) -> analysis.SippStats:
+        try:
+            return analysis.parse_sipp_stat_csv((self.run_dir / "stat.csv").read_text())
+        except (OSError, ValueError, KeyError) as exc:
+            raise ProcessError(f"no SIPp statistics in {self.run_dir}: {exc}\n{self.text('stdout.log')[-2000:]}") from None
+
+    def text(self, name: str) -> str:
+        path = self.run_dir / name
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def start_sipp(run_dir: Path, scenario: str, remote: str, local_ip: str, transport: str, *,
+               calls: int, timeout: float, rate: float | None = None, inf: Path | None = None,
+               keys: dict[str, str] | None = None, extra: list[str] | None = None,
+               trace: bool = False) -> Sipp:
+    """Start SIPp on a bench scenario; bounded by -m and -timeout."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cmd = ["sipp", remote, "-i", local_ip, "-p", "0", "-t", transport, "-m", str(calls),
+           "-timeout", f"{int(timeout)}s", "-nostdin", "-nd", "-recv_timeout", str(RECV_TIMEOUT_MS),
+           "-trace_stat", "-stf", str(run_dir / "stat.csv"), "-fd", "1",
+           "-trace_err", "-error_file", str(run_dir / "errors.log"),
+           "-trace_logs", "-log_file", str(run_dir / "log.log")]
+    if trace:
+        cmd += ["-trace_msg", "-message_file", str(run_dir / "messages.log")]
+    if rate is not None:
+        cmd += ["-r", f"{rate:g}", "-rp", "1000", "-l", str(max(100, int(rate * 6)))]
+    for key, value in (keys or {}).items():
+        cmd += ["-key", key, value]
+    cmd += ["-sf", str(SIPP / scenario)]
+    if inf is not None:
+        cmd += ["-inf", str(inf)]
+    cmd += extra or []
+    (run_dir / "command.txt").write_text(" ".join(cmd) + "\n")
+    out = open(run_dir / "stdout.log", "wb")
+    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=run_dir, start_new_session=True)
+    return Sipp(proc, run_dir, timeout + 15)
+
+
+def write_users(path: Path, prefix: str, count: int, uuid_group: int) -> Path:
+    lines = ["SEQUENTIAL"]
+    lines += [f"{prefix}{i};00000000-0000-4000-{uuid_group:04d}-{i:012d}" for i in range(count)]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+# ---------------------------------------------------------------- settings
+
+
+@dataclasses.dataclass
+class Settings:
+    net: str
+    rounds: list[str]
+    step_seconds: float
+    register_rates: list[int]
+    call_rates: list[int]
+    overshoot: int
+    callees: int
+    memory_flows: int
+    tcp_sockets: int
+    failovers: int
+    latency_seconds: float
+    latency_register_rate: int
+    latency_call_rate: int
+    cpu_ref_register_rate: int
+    cpu_ref_call_rate: int
+    time_limit: float
+    workdir: Path
+
+    def addr(self, host: int) -> str:
+        return f"{self.net}.{host}"
+
+
+# ---------------------------------------------------------------- one round
+
+
+class Round:
+    """One implementation started fresh and measured once."""
+
+    def __init__(self, impl: str, index: int, settings: Settings) -> None:
+        self.impl = impl
+        self.index = index
+        self.s = settings
+        self.dir = settings.workdir / f"{index:02d}-{impl}"
+        self.result: dict = {"impl": impl, "index": index}
+        self.kams: list[BenchKamailio] = []
+        self.sipps: list[Sipp] = []
+        self.step_no = 0
+
+    # -- topology
+
+    def kamailio(self, name: str, role: str, addr: str, port: int, registrar_uri: str = "") -> BenchKamailio:
+        defines = {"KO_REGISTRAR": f'"{registrar_uri}"'} if registrar_uri else {}
+        kam = BenchKamailio(name, IMPLS[self.impl][role].name, self.dir, addr, port, defines=defines,
+                            env={"KO_FLOW_KEYS": TEST_KEY}, cfg_path=IMPLS[self.impl][role])
+        kam.start()
+        self.kams.append(kam)
+        return kam
+
+    @contextmanager
+    def topology(self) -> Iterator[None]:
+        try:
+            self.registrar = self.kamailio("registrar", "registrar", self.s.addr(1), 5070)
+            self.edge1 = self.kamailio("edge1", "edge", self.s.addr(2), 5060, self.registrar.uri)
+            self.edge2 = self.kamailio("edge2", "edge", self.s.addr(3), 5060, self.registrar.uri)
+            yield
+        finally:
+            for sipp in self.sipps:
+                sipp.kill()
+            for kam in reversed(self.kams):
+                kam.stop()
+
+    def sipp(self, tag: str, *args, **kw) -> Sipp:
+        self.step_no += 1
+        proc = start_sipp(self.dir / f"sipp-{self.step_no:03d}-{tag}", *args, **kw)
+        self.sipps.append(proc)
+        return proc
+
+    # -- measurements
+
+    def run(self) -> dict:
+        started = time.monotonic()
+        with self.topology():
+            self.result["processes"] = {k.name: len(k.pids()) for k in self.kams}
+            # memory first, on fresh processes
+            self.result["memory"] = self.memory_phase()
+            self.result["register_udp"] = self.register_ramp("udp", "u1")
+            self.result["register_tcp"] = self.register_ramp("tcp", "tn")
+            self.result["calls_udp"] = self.call_phase("udp", "un", with_latency=True)
+            self.result["calls_tcp"] = self.call_phase("tcp", "tn", with_latency=False)
+            self.result["failover"] = self.failover_phase()
+        self.result["seconds"] = round(time.monotonic() - started, 1)
+        return self.result
+
+    def measured_step(self, tag: str, scenario: str, remote: str, local_ip: str, transport: str,
+                      rate: int, inf: Path, tx_per_call: int, extra: list[str] | None = None) -> dict:
+        calls = max(1, int(rate * self.s.step_seconds))
+        cpu_before = {k.name: k.cpu_seconds() for k in (self.edge1, self.registrar)}
+        sipp = self.sipp(tag, scenario, remote, local_ip, transport, calls=calls,
+                         timeout=self.s.step_seconds * 3 + 10, rate=rate, inf=inf, extra=extra)
+        rc = sipp.wait()
+        cpu_after = {k.name: k.cpu_seconds() for k in (self.edge1, self.registrar)}
+        stats = sipp.stats()
+        step = analysis.Step(rate, stats)
+        out = {
+            "offered": rate, "calls": calls, "rc": rc, **dataclasses.asdict(stats),
+            "throughput": round(stats.throughput, 1), "failure_ratio": step.failure_ratio,
+            "passed": step.passed, "transactions": stats.successful * tx_per_call,
+            "cpu": {name: round(cpu_after[name] - cpu_before[name], 3) for name in cpu_before},
+        }
+        log(f"  {self.impl} {tag} offered {rate}/s: {stats.throughput:.0f}/s ok={stats.successful} "
+            f"failed={stats.failed} retrans={stats.retransmissions} cpu={out['cpu']} "
+            f"{'pass' if step.passed else 'FAIL'}")
+        return out
+
+    def ramp(self, tag: str, rates: list[int], run_step: Callable[[int], dict]) -> list[dict]:
+        steps: list[dict] = []
+        failures = 0
+        for rate in rates:
+            steps.append(run_step(rate))
+            if not steps[-1]["passed"]:
+                failures += 1
+                if failures > self.s.overshoot:
+                    break
+        return steps
+
+    def register_ramp(self, transport: str, mode: str) -> dict:
+        users = write_users(self.dir / f"reg-{transport}.csv", f"r{transport}", 20000, 1 if transport == "udp" else 2)
+        local_ip = self.s.addr(10 if transport == "udp" else 11)
+        remote = f"{self.edge1.addr}:{self.edge1.port}"
+        log(f"{self.impl} round {self.index}: REGISTER ramp over {transport}")
+
+        def step(rate: int) -> dict:
+            return self.measured_step(f"register-{transport}-{rate}", "register/uac.xml", remote, local_ip, mode,
+                                      rate, users, 1, extra=["-max_socket", str(self.s.tcp_sockets)])
+
+        steps = self.ramp(f"register-{transport}", self.s.register_rates, step)
+        return summarise_ramp(steps, self.s.cpu_ref_register_rate)
+
+    def wait_contacts(self, target: int, timeout: float, sipp: Sipp) -> int:
+        deadline = time.monotonic() + timeout
+        count = self.registrar.stat("usrloc:location_contacts")
+        while count < target and time.monotonic() < deadline:
+            if sipp.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+            count = self.registrar.stat("usrloc:location_contacts")
+        return count
+
+    def start_callees(self, tag: str, transport: str, mode: str, users: Path, count: int, local_ip: str,
+                      hold_s: float, edge: BenchKamailio, rate: int = 200, extra: list[str] | None = None,
+                      **keys: str) -> Sipp:
+        before = self.registrar.stat("usrloc:location_contacts")
+        sipp = self.sipp(tag, "callee/register.xml", f"{edge.addr}:{edge.port}", local_ip, mode,
+                         calls=count, timeout=hold_s + 30, rate=rate, inf=users,
+                         keys={"regid": "1", "cseq": "1", "who": tag, **keys},
+                         extra=["-d", str(int(hold_s * 1000)), "-oocsf", str(SIPP / "callee" / "uas.xml"),
+                                "-max_socket", str(count + 100), *(extra or [])])
+        got = self.wait_contacts(before + count, 30 + count / rate, sipp)
+        if got < before + count:
+            raise ProcessError(f"{tag}: only {got - before} of {count} callees registered "
+                               f"(see {sipp.run_dir})")
+        return sipp
+
+    def call_phase(self, transport: str, mode: str, with_latency: bool) -> dict:
+        log(f"{self.impl} round {self.index}: calls to outbound UAs over {transport}")
+        users = write_users(self.dir / f"callees-{transport}.csv", f"c{transport}", self.s.callees,
+                            3 if transport == "udp" else 4)
+        hold = (len(self.s.call_rates) * (self.s.step_seconds + 3) + 3 * self.s.latency_seconds + 20)
+        callee = self.start_callees(f"callees-{transport}", transport, mode, users, self.s.callees,
+                                    self.s.addr(20 if transport == "udp" else 21), hold, self.edge1)
+        remote = f"{self.edge1.addr}:{self.edge1.port}"
+        caller_ip = self.s.addr(30 if transport == "udp" else 31)
+        out: dict = {}
+        if with_latency:
+            out["latency"] = self.latency_window(users, caller_ip)
+
+        def step(rate: int) -> dict:
+            return self.measured_step(f"calls-{transport}-{rate}", "caller/uac.xml", remote, caller_ip, "u1",
+                                      rate, users, 2)
+
+        steps = self.ramp(f"calls-{transport}", self.s.call_rates, step)
+        callee.kill()
+        out.update(summarise_ramp(steps, self.s.cpu_ref_call_rate))
+        return out
+
+    def latency_window(self, callee_users: Path, caller_ip: str) -> dict:
+        """Core latency_cfg_log on for a short fixed load: REGISTERs and calls."""
+        kams = (self.edge1, self.registrar)
+        offsets = {k.name: k.log_path.stat().st_size for k in kams}
+        for kam in kams:
+            kam.set_core_cfg("latency_cfg_log", 2)  # L_INFO, printed at debug=2
+            kam.set_core_cfg("latency_limit_cfg", 0)  # every message
+        try:
+            users = write_users(self.dir / "latency-reg.csv", "lat", 5000, 5)
+            remote = f"{self.edge1.addr}:{self.edge1.port}"
+            secs = self.s.latency_seconds
+            reg = self.sipp("latency-register", "register/uac.xml", remote, self.s.addr(12), "u1",
+                            calls=int(self.s.latency_register_rate * secs), timeout=secs * 3 + 10,
+                            rate=self.s.latency_register_rate, inf=users)
+            calls = self.sipp("latency-calls", "caller/uac.xml", remote, caller_ip, "u1",
+                              calls=int(self.s.latency_call_rate * secs), timeout=secs * 3 + 10,
+                              rate=self.s.latency_call_rate, inf=callee_users)
+            reg.wait()
+            calls.wait()
+        finally:
+            for kam in kams:
+                kam.set_core_cfg("latency_cfg_log", 3)  # back to L_DBG: off
+        out = {}
+        for kam in kams:
+            with open(kam.log_path, "rb") as handle:
+                handle.seek(offsets[kam.name])
+                values = analysis.route_latencies(handle.read().decode(errors="replace"))
+            out[kam.name] = {
+                kind: {"n": len(v), "median_us": analysis.percentile(v, 0.5), "p90_us": analysis.percentile(v, 0.9)}
+                for kind, v in values.items()
+            }
+        log(f"  {self.impl} latency: {json.dumps(out)}")
+        return out
+
+    def memory_phase(self) -> dict:
+        """Shared memory (and PSS) growth while N TCP flows are registered."""
+        count = self.s.memory_flows
+        log(f"{self.impl} round {self.index}: memory with {count} registered TCP flows")
+        users = write_users(self.dir / "memory.csv", "m", count, 6)
+        kams = (self.edge1, self.registrar)
+        self.settle(kams)
+        shm_before = {k.name: k.shm_used() for k in kams}
+        pss_before = {k.name: k.pss_kib() for k in kams}
+        sipp = self.start_callees("memory", "tcp", "tn", users, count, self.s.addr(22), hold_s=30 + count / 200,
+                                  edge=self.edge1, rate=500)
+        connections = self.edge1.stat("tcp:current_opened_connections")
+        self.settle(kams)  # REGISTER transactions gone (tm wait timer)
+        shm_after = {k.name: k.shm_used() for k in kams}
+        pss_after = {k.name: k.pss_kib() for k in kams}
+        sipp.kill()
+        scale = 10000 / count
+        out = {
+            "flows": count, "edge_tcp_connections": connections,
+            "shm_per_10k_mib": {n: round((shm_after[n] - shm_before[n]) * scale / 2**20, 2) for n in shm_before},
+            "pss_per_10k_mib": {n: round((pss_after[n] - pss_before[n]) * scale / 1024, 2) for n in pss_before},
+        }
+        log(f"  {self.impl} memory: {out}")
+        return out
+
+    @staticmethod
+    def settle(kams: tuple[BenchKamailio, ...], timeout: float = 20.0) -> None:
+        """Wait until no transaction is in use (their memory is back)."""
+        deadline = time.monotonic() + timeout
+        for kam in kams:
+            while kam.stat("tmx:inuse_transactions") > 0 and time.monotonic() < deadline:
+                time.sleep(0.2)
+
+    def failover_phase(self) -> dict:
+        """A UA with two flows (reg-id 1 via edge1, 2 via edge2); flow 1 dies
+        (SIGKILL closes its TCP connection); time until a call is answered on
+        flow 2."""
+        log(f"{self.impl} round {self.index}: failover")
+        samples = []
+        for i in range(self.s.failovers):
+            samples.append(self.one_failover(i))
+        good = [s["kill_to_answer_ms"] for s in samples if s.get("valid")]
+        out = {"samples": samples, "valid": len(good),
+               "parallel_fork": any(s.get("serial") is False for s in samples),
+               "kill_to_answer_ms": analysis.median(good),
+               "invite_to_answer_ms": analysis.median(s["invite_to_answer_ms"] for s in samples if s.get("valid")),
+               "probe_invite_to_answer_ms": analysis.median(s.get("probe_invite_to_answer_ms") for s in samples)}
+        log(f"  {self.impl} failover: {json.dumps({k: v for k, v in out.items() if k != 'samples'})}")
+        return out
+
+    def one_failover(self, i: int) -> dict:
+        user = f"fo{i}"
+        users = self.dir / f"failover-{i}.csv"
+        users.write_text(f"SEQUENTIAL\n{user};00000000-0000-4000-0007-{i:012d}\n")
+        # one Call-ID for both flows of the instance (RFC 5626 4.2; Kamailio's usrloc
+        # drops the instance's other reg-ids on a new Call-ID)
+        cid = ["-cid_str", f"failover-{self.index}-{i}@bench"]
+        hold = 40.0
+        flows = {
+            "flow1": (self.edge1, self.start_callees(f"failover-{i}-flow1", "tcp", "t1", users, 1, self.s.addr(40),
+                                                     hold, self.edge1, rate=10, extra=cid, regid="1", cseq="1",
+                                                     who="flow1")),
+            "flow2": (self.edge2, self.start_callees(f"failover-{i}-flow2", "tcp", "t1", users, 1, self.s.addr(41),
+                                                     hold, self.edge2, rate=10, extra=cid, regid="2", cseq="2",
+                                                     who="flow2")),
+        }
+        edges = (self.edge1, self.edge2)
+        try:
+            # a first call shows which flow the home proxy tries first: that one dies
+            before = [e.stat("core:rcv_requests_invite") for e in edges]
+            probe = self.call_once(f"failover-{i}-probe", users)
+            probe_branches = sum(e.stat("core:rcv_requests_invite") - b for e, b in zip(edges, before, strict=True))
+            if probe["who"] not in flows:
+                return {"valid": False, "why": f"probe call not answered: {probe}"}
+            dead = probe["who"]
+            alive = "flow2" if dead == "flow1" else "flow1"
+            dead_edge, dead_sipp = flows[dead]
+            dead_edge_invites = dead_edge.stat("core:rcv_requests_invite")
+            killed_at = time.time()
+            dead_sipp.kill()  # SIGKILL: the kernel closes its TCP connection
+            call = self.call_once(f"failover-{i}-call", users)
+            tried_dead = dead_edge.stat("core:rcv_requests_invite") - dead_edge_invites
+        finally:
+            for _, sipp in flows.values():
+                sipp.kill()
+        sample = {"dead": dead, **call, "dead_edge_invites": tried_dead, "probe_branches": probe_branches}
+        if probe.get("answered_at") and probe.get("invite_at"):
+            sample["probe_invite_to_answer_ms"] = round((probe["answered_at"] - probe["invite_at"]) * 1000, 1)
+        if call.get("answered_at") and call.get("invite_at"):
+            sample["kill_to_answer_ms"] = round((call["answered_at"] - killed_at) * 1000, 1)
+            sample["invite_to_answer_ms"] = round((call["answered_at"] - call["invite_at"]) * 1000, 1)
+        # valid: one flow at a time (probe reached one flow), the dead flow was tried,
+        # and the call was answered on the other one
+        sample["serial"] = probe_branches == 1
+        sample["valid"] = bool(call["rc"] == 0 and call["who"] == alive and tried_dead > 0 and sample["serial"]
+                               and "kill_to_answer_ms" in sample)
+        return sample
+
+    def call_once(self, tag: str, users: Path) -> dict:
+        # straight to the home proxy, so that the edges count only INVITEs toward the flows
+        caller = self.sipp(tag, "caller/uac.xml", f"{self.registrar.addr}:{self.registrar.port}", self.s.addr(42), "u1",
+                           calls=1, timeout=40, inf=users, trace=True)
+        rc = caller.wait()
+        who = re.findall(r"who=\s*(\S*)", caller.text("log.log"))
+        out: dict = {"rc": rc, "who": who[-1] if who else ""}
+        for stamp, kind, first in message_times(caller.text("messages.log")):
+            if kind == "sent" and first.startswith("INVITE"):
+                out.setdefault("invite_at", stamp)
+            if kind == "received" and first.startswith("SIP/2.0 200"):
+                out.setdefault("answered_at", stamp)
+        return out
+
+
+MESSAGE_HEAD = re.compile(r"^-+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\n(\w+) message (sent|received)[^\n]*\n\n?([^\n]*)",
+                          re.M)
+
+
+def message_times(text: str) -> Iterator[tuple[float, str, str]]:
+    """(epoch, 'sent'|'received', first line) of each message in a SIPp -trace_msg file."""
+    for match in MESSAGE_HEAD.finditer(text):
+        stamp = datetime.datetime.strptime(match.group(1), "%Y-%m-%d %H:%M:%S.%f").timestamp()
+        yield stamp, match.group(3), match.group(4).strip()
+
+
+def summarise_ramp(steps: list[dict], cpu_ref_rate: int) -> dict:
+    parsed = [analysis.Step(s["offered"], analysis.SippStats(s["created"], s["successful"], s["failed"],
+                                                             s["elapsed"], s["retransmissions"])) for s in steps]
+    ref = [s for s in steps if s["offered"] <= cpu_ref_rate and s["passed"]]
+    tx = sum(s["transactions"] for s in ref)
+    cpu = {}
+    for name in ("edge1", "registrar"):
+        cpu[name] = analysis.per_thousand(sum(s["cpu"][name] for s in ref), tx)
+    return {
+        "steps": steps,
+        "max_rate": analysis.highest_passing_rate(parsed),
+        "peak_throughput": max((s["throughput"] for s in steps if s["passed"]), default=0.0),
+        "cpu_per_1000_tx": cpu,
+        "cpu_ref_transactions": tx,
+    }
+
+
+# ---------------------------------------------------------------- main
+
+
+def parse_args(argv: list[str]) -> Settings:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--net", default=os.environ.get("KO_TEST_NET", "127.0.0"),
+                        help="loopback /24 to use (default $KO_TEST_NET or 127.0.0)")
+    parser.add_argument("--pairs", type=int, default=2, help="A B pairs (ours, native), alternated (default 2)")
+    parser.add_argument("--first", choices=["ours", "native"], default="ours")
+    parser.add_argument("--step-seconds", type=float, default=3.0, help="duration of one ramp step")
+    parser.add_argument("--register-rates", default="500,1000,1500,2000,2500,3000,3500,4000,5000")
+    parser.add_argument("--call-rates", default="100,200,300,400,500,600,800,1000,1200")
+    parser.add_argument("--overshoot", type=int, default=1, help="steps run after the first failing one")
+    parser.add_argument("--callees", type=int, default=100, help="registered UAs that answer calls")
+    parser.add_argument("--tcp-sockets", type=int, default=100,
+                        help="TCP connections SIPp spreads the TCP REGISTER load over (-max_socket)")
+    parser.add_argument("--memory-flows", type=int, default=2000, help="TCP flows for the memory figure")
+    parser.add_argument("--failovers", type=int, default=3, help="failover samples per round")
+    parser.add_argument("--latency-seconds", type=float, default=2.0)
+    parser.add_argument("--latency-register-rate", type=int, default=200)
+    parser.add_argument("--latency-call-rate", type=int, default=100)
+    parser.add_argument("--cpu-ref-register-rate", type=int, default=1000,
+                        help="CPU per transaction is taken from passing steps up to this rate")
+    parser.add_argument("--cpu-ref-call-rate", type=int, default=200)
+    parser.add_argument("--time-limit", type=float, default=900, help="stop starting rounds after this (s)")
+    parser.add_argument("--quick", action="store_true", help="one short pair, for development")
+    parser.add_argument("--workdir", type=Path, default=None)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.pairs, args.step_seconds, args.failovers = 1, 1.5, 1
+        args.register_rates, args.call_rates = "500,1500", "100,300"
+        args.memory_flows, args.latency_seconds = 300, 1.0
+    order = [args.first, "native" if args.first == "ours" else "ours"] * args.pairs
+    workdir = args.workdir or BENCH / ".work" / time.strftime("%Y%m%d-%H%M%S")
+    return Settings(
+        net=args.net, rounds=order, step_seconds=args.step_seconds,
+        register_rates=[int(x) for x in args.register_rates.split(",")],
+        call_rates=[int(x) for x in args.call_rates.split(",")], overshoot=args.overshoot,
+        callees=args.callees, memory_flows=args.memory_flows, tcp_sockets=args.tcp_sockets, failovers=args.failovers,
+        latency_seconds=args.latency_seconds, latency_register_rate=args.latency_register_rate,
+        latency_call_rate=args.latency_call_rate, cpu_ref_register_rate=args.cpu_ref_register_rate,
+        cpu_ref_call_rate=args.cpu_ref_call_rate, time_limit=args.time_limit, workdir=workdir,
+    )
+
+
+def machine() -> dict:
+    model = ""
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    kam = subprocess.run(["kamailio", "-v"], capture_output=True, text=True).stdout.splitlines()
+    sipp = subprocess.run(["sipp", "-v"], capture_output=True, text=True).stdout.strip().splitlines()
+    return {"cores": os.cpu_count(), "cpu": model, "kernel": platform.release(),
+            "python": platform.python_version(), "kamailio": kam[0] if kam else "",
+            "sipp": sipp[0].strip() if sipp else "", "loadavg_start": os.getloadavg()}
+
+
+def main(argv: list[str]) -> int:
+    settings = parse_args(argv)
+    settings.workdir.mkdir(parents=True, exist_ok=True)
+    log(f"benchmark in {settings.workdir}, rounds {' '.join(settings.rounds)}, net {settings.net}.x")
+    started = time.monotonic()
+    results = {"command": " ".join(["bench/run.py", *argv]), "machine": machine(),
+               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()},
+               "rounds": []}
+    out_path = settings.workdir / "results.json"
+    for index, impl in enumerate(settings.rounds):
+        if time.monotonic() - started > settings.time_limit:
+            log(f"time limit reached: {len(results['rounds'])} rounds done")
+            break
+        try:
+            results["rounds"].append(Round(impl, index, settings).run())
+        except ProcessError as exc:
+            log(f"round {index} ({impl}) failed: {exc}")
+            results["rounds"].append({"impl": impl, "index": index, "error": str(exc)[:2000]})
+        out_path.write_text(json.dumps(results, indent=1))
+    results["seconds"] = round(time.monotonic() - started, 1)
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    out_path.write_text(json.dumps(results, indent=1))
+    log(f"results: {out_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -8,6 +8,7 @@ cannot read raises :class:`SipSyntaxError`, which the caller answers with 400.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -44,20 +45,21 @@ def iter_headers(block: str) -> Iterator[tuple[str, str]]:
     """(lower-case full name, body) pairs, folded lines joined (RFC 3261 §7.3.1)."""
     name = ""
     body = ""
+    compact = COMPACT_FORMS
     for line in block.replace("\r\n", "\n").split("\n"):
         if not line:
             continue
-        if line[0] in " \t" and name:
+        if name and line[0] in " \t":
             body += " " + line.strip()
             continue
         if name:
             yield name, body
-        colon = line.find(":")
-        if colon <= 0:
+        raw_name, colon, rest = line.partition(":")
+        if not colon or not raw_name:
             raise SipSyntaxError(f"header line without a name: {line[:40]!r}")
-        raw_name = line[:colon].strip().lower()
-        name = COMPACT_FORMS.get(raw_name, raw_name)
-        body = line[colon + 1:].strip()
+        raw_name = raw_name.strip().lower()
+        name = compact.get(raw_name, raw_name)
+        body = rest.strip()
     if name:
         yield name, body
 
@@ -68,10 +70,29 @@ class Headers:
     __slots__ = ("_by_name",)
 
     def __init__(self, block: str, wanted: frozenset[str] | None = None) -> None:
+        # iter_headers() inlined: same rules, but the body of a header nobody
+        # wants is never built (this runs for every message)
         by_name: dict[str, list[str]] = {}
-        for name, body in iter_headers(block):
-            if wanted is None or name in wanted:
+        compact = COMPACT_FORMS
+        name = ""
+        body: str | None = None  # body of the current header, None when not kept
+        for line in block.replace("\r\n", "\n").split("\n"):
+            if not line:
+                continue
+            if name and line[0] in " \t":
+                if body is not None:
+                    body += " " + line.strip()
+                continue
+            if body is not None:
                 by_name.setdefault(name, []).append(body)
+            raw_name, colon, rest = line.partition(":")
+            if not colon or not raw_name:
+                raise SipSyntaxError(f"header line without a name: {line[:40]!r}")
+            raw_name = raw_name.strip().lower()
+            name = compact.get(raw_name, raw_name)
+            body = rest.strip() if name and (wanted is None or name in wanted) else None
+        if body is not None:
+            by_name.setdefault(name, []).append(body)
         self._by_name = by_name
 
     def bodies(self, name: str) -> list[str]:
@@ -92,31 +113,32 @@ class Headers:
         return frozenset(v.strip().lower() for v in self.values(name) if v.strip())
 
 
+# Outside quotes only '<', '>' and ',' matter; a quoted string runs to its closing
+# quote (backslash escapes inside); a lone '"' is a quote that never ends.
+_VALUE_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|"|[<>,]', re.S)
+
+
 def split_values(body: str) -> list[str]:
     """Split a header body on commas outside quotes and angle brackets."""
+    if '"' not in body and "<" not in body:
+        # nothing can protect a comma: plain split (the common Via/Supported case)
+        return [v for v in (part.strip() for part in body.split(",")) if v]
     values: list[str] = []
     start = 0
-    in_quotes = False
     in_angle = False
-    escaped = False
-    for index, char in enumerate(body):
-        if escaped:
-            escaped = False
-        elif in_quotes:
-            if char == "\\":
-                escaped = True
-            elif char == '"':
-                in_quotes = False
-        elif char == '"':
-            in_quotes = True
-        elif char == "<":
+    for match in _VALUE_TOKENS.finditer(body):
+        token = match.group()
+        if token == "<":
             in_angle = True
-        elif char == ">":
+        elif token == ">":
             in_angle = False
-        elif char == "," and not in_angle:
-            values.append(body[start:index].strip())
-            start = index + 1
-    if in_quotes or in_angle:
+        elif token == ",":
+            if not in_angle:
+                values.append(body[start:match.start()].strip())
+                start = match.end()
+        elif token == '"':
+            raise SipSyntaxError(f"unterminated quote or bracket in {body[:60]!r}")
+    if in_angle:
         raise SipSyntaxError(f"unterminated quote or bracket in {body[:60]!r}")
     tail = body[start:].strip()
     if tail or values:
@@ -136,16 +158,21 @@ def parse_params(text: str) -> dict[str, str | None]:
     return params
 
 
+# A quote toggles quoting (no escapes here); an unclosed one runs to the end.
+_PARAM_TOKENS = re.compile(r'"[^"]*"?|;')
+
+
 def _split_outside_quotes(text: str, sep: str) -> list[str]:
+    if '"' not in text:
+        return text.split(sep)
+    if sep != ";":
+        raise ValueError(f"unsupported separator {sep!r}")
     parts: list[str] = []
     start = 0
-    in_quotes = False
-    for index, char in enumerate(text):
-        if char == '"':
-            in_quotes = not in_quotes
-        elif char == sep and not in_quotes:
-            parts.append(text[start:index])
-            start = index + 1
+    for match in _PARAM_TOKENS.finditer(text):
+        if match.group() == ";":
+            parts.append(text[start:match.start()])
+            start = match.end()
     parts.append(text[start:])
     return parts
 
@@ -157,10 +184,16 @@ class NameAddr:
     uri: str
     params: dict[str, str | None] = field(default_factory=dict)
     star: bool = False
+    _parsed: SipUri | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def sip_uri(self) -> SipUri:
-        return SipUri.parse(self.uri)
+        """The URI parsed once, on first use (routing asks several times)."""
+        parsed = self._parsed
+        if parsed is None:
+            parsed = SipUri.parse(self.uri)
+            object.__setattr__(self, "_parsed", parsed)
+        return parsed
 
 
 def is_digits(text: str) -> bool:

@@ -25,6 +25,8 @@ from .runtime import Runtime, Snapshot, check_fault_injection, guarded, send_rep
 
 # The rr module takes the Record-Route user part from this AVP (cfg: custom_user_avp).
 RR_USER_AVP = "$avp(ko_rr_user)"
+# loose_route(): "the Route was preloaded and we were its last entry" (rr module, loose.h)
+RR_PRELOADED = -3
 
 
 def bracket(ip: str) -> str:
@@ -183,10 +185,11 @@ class EdgeRoutes:
             self.outbound_record_route(view)
             KSR.hdr.remove("Route")
             self.forward_to_home()
-        elif KSR.rr.loose_route() < 0:
-            send_reply(Reply(404, "Not Found", "no route for an initial request from the core"))
-        else:
+        elif KSR.rr.loose_route() in (1, RR_PRELOADED):
+            # our preloaded Route (a plain Path) was the last one: on to the R-URI
             self._relay()
+        else:
+            send_reply(Reply(404, "Not Found", "no route for an initial request from the core"))
         return 1
 
     def _within_dialog(self) -> int:

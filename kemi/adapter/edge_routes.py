@@ -102,15 +102,19 @@ class EdgeRoutes:
 
     def route_view(self) -> RouteView:
         snap = snapshot()
-        routes = parse_name_addrs(snap.headers, "route")
-        top = routes[0] if routes else None
+        routes = tuple(parse_name_addrs(snap.headers, "route")[:2])
+        ours = 0
+        for route in routes:
+            if not self._is_me(route):
+                break
+            ours += 1
         contacts = parse_name_addrs(snap.headers, "contact")
         return RouteView(
             method=snap.method.upper(),
             via_count=len(snap.headers.values("via")),
             has_to_tag=KSR.siputils.has_totag() > 0,
-            top_route=top,
-            top_route_is_me=top is not None and self._is_me(top),
+            routes=routes,
+            routes_ours=ours,
             contact_has_ob=bool(contacts) and not contacts[0].star and "ob" in contacts[0].sip_uri.params,
             source=source_flow(snap),
         )

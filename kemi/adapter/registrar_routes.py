@@ -6,12 +6,11 @@ from typing import Any
 
 import KSR
 
-from outbound.decisions import Reply, SaveBinding
-from outbound.policy import RegisterView, registrar_decision
-from outbound.sipmsg import parse_delta_seconds, parse_name_addrs
+from outbound.decisions import Reply
 
+from . import registration
 from .home_proxy import HomeProxy
-from .runtime import FLB_OUTBOUND, Runtime, check_fault_injection, guarded, send_reply, snapshot
+from .runtime import Runtime, check_fault_injection, guarded, send_reply
 
 
 class RegistrarRoutes:
@@ -47,32 +46,13 @@ class RegistrarRoutes:
 
     def register(self) -> int:
         """Validate, then save through Kamailio's registrar (RFC 5626 §6)."""
-        snap = snapshot()
-        headers = snap.headers
-        view = RegisterView(
-            via_count=len(headers.values("via")),
-            contacts=tuple(parse_name_addrs(headers, "contact")),
-            paths=tuple(parse_name_addrs(headers, "path")),
-            expires_header=parse_delta_seconds(headers.first("expires")),
-            supported=headers.option_tags("supported"),
-        )
-        config = self.runtime.config
-        decision = registrar_decision(
-            view, default_expires=config.default_expires, flow_timer=config.flow_timer
-        )
+        _, view = registration.current()
+        decision = registration.decide(self.runtime.config, view)
         if isinstance(decision, Reply):
             send_reply(decision)
             return 1
-        self.save(decision)
+        registration.save(self.runtime.config, decision, view, KSR.kx.get_callid())
         return 1
-
-    def save(self, decision: SaveBinding) -> None:
-        if decision.outbound:
-            KSR.setbflag(FLB_OUTBOUND)
-        for header in decision.reply_headers:
-            KSR.hdr.append_to_reply(header + "\r\n")
-        if KSR.registrar.save(self.table, 0) < 0:
-            KSR.notice(f"kemi-outbound: registrar refused REGISTER for {KSR.kx.get_turi()}\n")
 
     def _to_location(self) -> int:
         KSR.hdr.remove("Route")

@@ -25,6 +25,7 @@ from .runtime import Runtime, Snapshot, check_fault_injection, guarded, send_rep
 
 # The rr module takes the Record-Route user part from this AVP (cfg: custom_user_avp).
 RR_USER_AVP = "$avp(ko_rr_user)"
+FLOW_FAILURE_ROUTE = "ksr_failure_flow"
 # loose_route(): "the Route was preloaded and we were its last entry" (rr module, loose.h)
 RR_PRELOADED = -3
 
@@ -94,8 +95,10 @@ class EdgeRoutes:
         via_count = len(snap.headers.values("via"))
         kind = edge_path_kind(via_count, contacts, self.runtime.config.force_outbound)
         if kind is PathKind.FLOW:
-            token = self.codec.encode(source_flow(snap))
-            KSR.path.add_path_user_params(token, "ob")
+            flow = source_flow(snap)
+            KSR.path.add_path_user_params(self.codec.encode(flow), "ob")
+            if flow.is_stream:
+                self.keep_flow_open()
         else:
             KSR.path.add_path()
         return kind
@@ -159,7 +162,9 @@ class EdgeRoutes:
         if KSR.is_ACK():
             KSR.tm.t_relay()
             return
-        KSR.tm.t_on_failure("ksr_failure_flow")
+        KSR.tm.t_on_failure(FLOW_FAILURE_ROUTE)
+        if KSR.is_INVITE() and self.runtime.config.flow_reply_timeout_ms > 0:
+            KSR.tm.t_set_fr(0, self.runtime.config.flow_reply_timeout_ms)
         if KSR.tm.t_relay() < 0:
             KSR.notice(f"kemi-outbound: sending over flow {flow} failed\n")
             KSR.tm.t_reply(430, "Flow Failed")
@@ -178,6 +183,13 @@ class EdgeRoutes:
     def _record_route(user: str) -> None:
         KSR.pv.sets(RR_USER_AVP, user)
         KSR.rr.record_route()
+
+    def keep_flow_open(self) -> None:
+        """RFC 5626 §5.4: an outbound TCP/TLS flow lives Flow-Timer plus a grace
+        period without traffic (a CRLF keepalive is traffic), then it is closed."""
+        config = self.runtime.config
+        if config.flow_timer > 0:
+            KSR.tcpops.tcp_set_connection_lifetime(config.flow_timer + config.keepalive_grace_seconds)
 
     def _initial(self) -> int:
         view = self.route_view()

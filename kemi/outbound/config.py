@@ -38,6 +38,7 @@ class Config:
     max_parallel_branches: int = 8
     first_reply_timeout_ms: int = 2000
     flow_reply_timeout_ms: int = 5000
+    keepalive_grace_seconds: int = 20
 
 
 _SCHEMA: dict[str, dict[str, type]] = {
@@ -46,6 +47,7 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "home": {"max_parallel_branches": int, "first_reply_timeout_ms": int},
     "registrar": {"location_table": str, "default_expires": int, "flow_timer": int},
     "testing": {"fault_injection_header": str},
+    "keepalive": {"grace_seconds": int},
 }
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -54,6 +56,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "home": {"max_parallel_branches": 8, "first_reply_timeout_ms": 2000},
     "registrar": {"location_table": "location", "default_expires": 3600, "flow_timer": 25},
     "testing": {"fault_injection_header": ""},
+    "keepalive": {"grace_seconds": 20},
 }
 
 
@@ -133,6 +136,9 @@ def _build(values: dict[str, dict[str, Any]], source: str) -> Config:
     for section, key in (("home", "first_reply_timeout_ms"), ("edge", "flow_reply_timeout_ms")):
         if not 0 <= values[section][key] <= 120_000:
             raise ConfigError(source, f"{section}.{key}", "must be 0 (Kamailio default) to 120000 ms")
+    grace = values["keepalive"]["grace_seconds"]
+    if not 1 <= grace <= 3600:
+        raise ConfigError(source, "keepalive.grace_seconds", "must be 1..3600 seconds")
     return Config(
         source=source,
         keys_env=values["flow_tokens"]["keys_env"],
@@ -146,6 +152,7 @@ def _build(values: dict[str, dict[str, Any]], source: str) -> Config:
         max_parallel_branches=parallel,
         first_reply_timeout_ms=values["home"]["first_reply_timeout_ms"],
         flow_reply_timeout_ms=values["edge"]["flow_reply_timeout_ms"],
+        keepalive_grace_seconds=grace,
     )
 
 

@@ -21,7 +21,8 @@ from outbound.routing import (
 from outbound.sipmsg import NameAddr, parse_name_addrs
 from outbound.tokens import Flow
 
-from .runtime import Runtime, Snapshot, check_fault_injection, guarded, send_reply, snapshot
+from .base import BaseRoutes
+from .runtime import Runtime, Snapshot, guarded, send_reply, snapshot
 
 # The rr module takes the Record-Route user part from this AVP (cfg: custom_user_avp).
 RR_USER_AVP = "$avp(ko_rr_user)"
@@ -40,38 +41,15 @@ def source_flow(snap: Snapshot) -> Flow:
                 snap.conn_id if snap.transport != "udp" else 0)
 
 
-class EdgeRoutes:
+class EdgeRoutes(BaseRoutes):
     """The object app_python3 calls for every message on an edge proxy."""
 
     def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+        super().__init__(runtime)
         self.registrar = runtime.config.registrar_uri
         if runtime.codec is None:
             raise ValueError("an edge needs flow-token keys")
         self.codec = runtime.codec
-
-    def child_init(self, rank: int) -> int:
-        return 0
-
-    @guarded
-    def ksr_request_route(self, msg: Any) -> int:
-        if KSR.maxfwd.process_maxfwd(10) < 0:
-            send_reply(Reply(483, "Too Many Hops", "Max-Forwards exhausted"))
-            return 1
-        if KSR.sanity.sanity_check(1511, 7) < 0:
-            KSR.notice(f"kemi-outbound: malformed request from {KSR.kx.get_srcip()}\n")
-            return 1
-        check_fault_injection(self.runtime)
-        if KSR.is_CANCEL():
-            if KSR.tm.t_check_trans() > 0:
-                self._relay()
-            return 1
-        if KSR.siputils.has_totag() > 0:
-            return self._within_dialog()
-        KSR.tm.t_check_trans()
-        if KSR.is_REGISTER():
-            return self.register()
-        return self._initial()
 
     def register(self) -> int:
         """Forward a REGISTER to the registrar with our Path (RFC 5626 §5.1)."""
@@ -211,23 +189,7 @@ class EdgeRoutes:
     def _within_dialog(self) -> int:
         if isinstance(self.outbound_route(self.route_view()), Reply | ToFlow):
             return 1
-        if KSR.rr.loose_route() > 0:
-            self._relay()
-            return 1
-        if KSR.is_ACK():
-            if KSR.tm.t_check_trans() > 0:
-                self._relay()
-            return 1
-        send_reply(Reply(404, "Not Found", "in-dialog request without a route"))
-        return 1
-
-    def _relay(self) -> None:
-        if KSR.tm.t_relay() < 0:
-            KSR.sl.sl_reply_error()
-
-    @guarded
-    def ksr_reply_route(self, msg: Any) -> int:
-        return 1
+        return super()._within_dialog()
 
     @guarded
     def ksr_failure_flow(self, msg: Any) -> int:
@@ -235,7 +197,4 @@ class EdgeRoutes:
         if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0:
             KSR.notice("kemi-outbound: no reply over the flow, answering 430\n")
             KSR.tm.t_reply(430, "Flow Failed")
-        return 1
-
-    def ksr_onsend_route(self, msg: Any) -> int:
         return 1

@@ -21,9 +21,10 @@ from outbound.sipmsg import parse_name_addr, split_values
 from outbound.tokens import Flow, Verdict
 
 from . import registration
+from .base import HomeProxyCallbacks
 from .edge_routes import EdgeRoutes, bracket, source_flow
 from .home_proxy import HomeProxy
-from .runtime import Runtime, guarded, send_reply
+from .runtime import Runtime, send_reply
 
 FLOWS_TABLE = "ko_flows"
 RR_A_SIDE = "$xavp(ko_rr=>a)"
@@ -34,7 +35,7 @@ def flow_key(transport: str, local_ip: str, local_port: int, remote_ip: str, rem
     return f"{transport}:{local_ip}:{local_port}>{remote_ip}:{remote_port}"
 
 
-class SingleRoutes(EdgeRoutes):
+class SingleRoutes(EdgeRoutes, HomeProxyCallbacks):
     """Edge + registrar + home proxy in one process."""
 
     def __init__(self, runtime: Runtime) -> None:
@@ -103,23 +104,6 @@ class SingleRoutes(EdgeRoutes):
         self.outbound_record_route(view)
         KSR.hdr.remove("Route")
         self.forward_to_home()
-        return 1
-
-    # ----- tm callbacks ----------------------------------------------------
-
-    @guarded
-    def ksr_branch_outbound(self, msg: Any) -> int:
-        self.home.branch_route()
-        return 1
-
-    @guarded
-    def ksr_branch_failure_outbound(self, msg: Any) -> int:
-        self.home.outbound_next_contact()
-        return 1
-
-    @guarded
-    def ksr_failure_outbound(self, msg: Any) -> int:
-        self.home.failure_route()
         return 1
 
     # ----- dead flows --------------------------------------------------------

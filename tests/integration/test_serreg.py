@@ -9,13 +9,11 @@ client's steps with SIPp and checks the registrar and edges follow.
 
 from __future__ import annotations
 
-import subprocess
-import time
 from collections.abc import Iterator
 
 import pytest
 
-from actors import call, instance, kill, ob_params, start_callee, wait_bindings
+from actors import call, instance, kill, ob_params, start_callee, wait_bindings, wait_until
 from harness import Kamailio, SippResult, sipp, wait_sipp
 from topology import edge, net, registrar, start, stop
 
@@ -33,14 +31,6 @@ def farm(workdir) -> Iterator[dict[str, Kamailio]]:
         stop(kam)
 
 
-@pytest.fixture
-def callees() -> Iterator[list[subprocess.Popen]]:
-    procs: list[subprocess.Popen] = []
-    yield procs
-    for proc in procs:
-        kill(proc)
-
-
 def probe(kam: Kamailio, workdir, port: int, reg_id: int, inst: str, *, expect_answer: bool = True) -> SippResult:
     """The idle account's probe: REGISTER with Expires: 0 for its (instance, reg-id)."""
     result = sipp("register_expect", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA, local_port=port,
@@ -50,13 +40,6 @@ def probe(kam: Kamailio, workdir, port: int, reg_id: int, inst: str, *, expect_a
                         "contact": f"<sip:{USER}@{UA}:{port};ob>" + ob_params(inst, reg_id)})
     assert isinstance(result, SippResult)
     return result
-
-
-def wait_until(predicate, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def reg_ids(kam: Kamailio) -> list[int]:

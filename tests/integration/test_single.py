@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from actors import call, instance, kill, ob_params, start_callee, tcp_stat, wait_bindings
+from actors import call, instance, kill, ob_params, start_callee, tcp_stat, wait_bindings, wait_until
 from harness import SIPP_DIR, TEST_KEY, Kamailio, describe, sipp, wait_sipp
 from outbound.sipmsg import parse_name_addr
 from outbound.tokens import FlowTokenCodec, parse_key
@@ -24,21 +24,6 @@ def server(workdir) -> Iterator[Kamailio]:
     kam = start(single(workdir))
     yield kam
     stop(kam)
-
-
-@pytest.fixture
-def callees() -> Iterator[list[subprocess.Popen]]:
-    procs: list[subprocess.Popen] = []
-    yield procs
-    for proc in procs:
-        kill(proc)
-
-
-def wait_until(predicate, what: str, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def test_direct_registration_records_the_flow(server, workdir, local_port, callees):

@@ -21,10 +21,14 @@ from outbound.routing import (
 from outbound.sipmsg import NameAddr, parse_name_addrs
 from outbound.tokens import Flow
 
-from .runtime import Runtime, Snapshot, check_fault_injection, guarded, send_reply, snapshot
+from .base import BaseRoutes
+from .runtime import Runtime, Snapshot, guarded, send_reply, snapshot
 
 # The rr module takes the Record-Route user part from this AVP (cfg: custom_user_avp).
 RR_USER_AVP = "$avp(ko_rr_user)"
+FLOW_FAILURE_ROUTE = "ksr_failure_flow"
+# loose_route(): "the Route was preloaded and we were its last entry" (rr module, loose.h)
+RR_PRELOADED = -3
 
 
 def bracket(ip: str) -> str:
@@ -37,38 +41,15 @@ def source_flow(snap: Snapshot) -> Flow:
                 snap.conn_id if snap.transport != "udp" else 0)
 
 
-class EdgeRoutes:
+class EdgeRoutes(BaseRoutes):
     """The object app_python3 calls for every message on an edge proxy."""
 
     def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+        super().__init__(runtime)
         self.registrar = runtime.config.registrar_uri
         if runtime.codec is None:
             raise ValueError("an edge needs flow-token keys")
         self.codec = runtime.codec
-
-    def child_init(self, rank: int) -> int:
-        return 0
-
-    @guarded
-    def ksr_request_route(self, msg: Any) -> int:
-        if KSR.maxfwd.process_maxfwd(10) < 0:
-            send_reply(Reply(483, "Too Many Hops", "Max-Forwards exhausted"))
-            return 1
-        if KSR.sanity.sanity_check(1511, 7) < 0:
-            KSR.notice(f"kemi-outbound: malformed request from {KSR.kx.get_srcip()}\n")
-            return 1
-        check_fault_injection(self.runtime)
-        if KSR.is_CANCEL():
-            if KSR.tm.t_check_trans() > 0:
-                self._relay()
-            return 1
-        if KSR.siputils.has_totag() > 0:
-            return self._within_dialog()
-        KSR.tm.t_check_trans()
-        if KSR.is_REGISTER():
-            return self.register()
-        return self._initial()
 
     def register(self) -> int:
         """Forward a REGISTER to the registrar with our Path (RFC 5626 §5.1)."""
@@ -92,23 +73,29 @@ class EdgeRoutes:
         via_count = len(snap.headers.values("via"))
         kind = edge_path_kind(via_count, contacts, self.runtime.config.force_outbound)
         if kind is PathKind.FLOW:
-            token = self.codec.encode(source_flow(snap))
-            KSR.path.add_path_user_params(token, "ob")
+            flow = source_flow(snap)
+            KSR.path.add_path_user_params(self.codec.encode(flow), "ob")
+            if flow.is_stream:
+                self.keep_flow_open()
         else:
             KSR.path.add_path()
         return kind
 
     def route_view(self) -> RouteView:
         snap = snapshot()
-        routes = parse_name_addrs(snap.headers, "route")
-        top = routes[0] if routes else None
+        routes = tuple(parse_name_addrs(snap.headers, "route")[:2])
+        ours = 0
+        for route in routes:
+            if not self._is_me(route):
+                break
+            ours += 1
         contacts = parse_name_addrs(snap.headers, "contact")
         return RouteView(
             method=snap.method.upper(),
             via_count=len(snap.headers.values("via")),
             has_to_tag=KSR.siputils.has_totag() > 0,
-            top_route=top,
-            top_route_is_me=top is not None and self._is_me(top),
+            routes=routes,
+            routes_ours=ours,
             contact_has_ob=bool(contacts) and not contacts[0].star and "ob" in contacts[0].sip_uri.params,
             source=source_flow(snap),
         )
@@ -153,7 +140,9 @@ class EdgeRoutes:
         if KSR.is_ACK():
             KSR.tm.t_relay()
             return
-        KSR.tm.t_on_failure("ksr_failure_flow")
+        KSR.tm.t_on_failure(FLOW_FAILURE_ROUTE)
+        if KSR.is_INVITE() and self.runtime.config.flow_reply_timeout_ms > 0:
+            KSR.tm.t_set_fr(0, self.runtime.config.flow_reply_timeout_ms)
         if KSR.tm.t_relay() < 0:
             KSR.notice(f"kemi-outbound: sending over flow {flow} failed\n")
             KSR.tm.t_reply(430, "Flow Failed")
@@ -173,6 +162,13 @@ class EdgeRoutes:
         KSR.pv.sets(RR_USER_AVP, user)
         KSR.rr.record_route()
 
+    def keep_flow_open(self) -> None:
+        """RFC 5626 §5.4: an outbound TCP/TLS flow lives Flow-Timer plus a grace
+        period without traffic (a CRLF keepalive is traffic), then it is closed."""
+        config = self.runtime.config
+        if config.flow_timer > 0:
+            KSR.tcpops.tcp_set_connection_lifetime(config.flow_timer + config.keepalive_grace_seconds)
+
     def _initial(self) -> int:
         view = self.route_view()
         decision = self.outbound_route(view)
@@ -183,32 +179,17 @@ class EdgeRoutes:
             self.outbound_record_route(view)
             KSR.hdr.remove("Route")
             self.forward_to_home()
-        elif KSR.rr.loose_route() < 0:
-            send_reply(Reply(404, "Not Found", "no route for an initial request from the core"))
-        else:
+        elif KSR.rr.loose_route() in (1, RR_PRELOADED):
+            # our preloaded Route (a plain Path) was the last one: on to the R-URI
             self._relay()
+        else:
+            send_reply(Reply(404, "Not Found", "no route for an initial request from the core"))
         return 1
 
     def _within_dialog(self) -> int:
         if isinstance(self.outbound_route(self.route_view()), Reply | ToFlow):
             return 1
-        if KSR.rr.loose_route() > 0:
-            self._relay()
-            return 1
-        if KSR.is_ACK():
-            if KSR.tm.t_check_trans() > 0:
-                self._relay()
-            return 1
-        send_reply(Reply(404, "Not Found", "in-dialog request without a route"))
-        return 1
-
-    def _relay(self) -> None:
-        if KSR.tm.t_relay() < 0:
-            KSR.sl.sl_reply_error()
-
-    @guarded
-    def ksr_reply_route(self, msg: Any) -> int:
-        return 1
+        return super()._within_dialog()
 
     @guarded
     def ksr_failure_flow(self, msg: Any) -> int:
@@ -216,7 +197,4 @@ class EdgeRoutes:
         if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0:
             KSR.notice("kemi-outbound: no reply over the flow, answering 430\n")
             KSR.tm.t_reply(430, "Flow Failed")
-        return 1
-
-    def ksr_onsend_route(self, msg: Any) -> int:
         return 1

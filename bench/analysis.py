@@ -4,6 +4,7 @@ tests/unit/test_bench_analysis.py)."""
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
@@ -147,8 +148,8 @@ def percentile(values: Sequence[float], share: float) -> float:
     if not values:
         return 0.0
     ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(share * len(ordered) + 0.5) - 1))
-    return float(ordered[index])
+    rank = max(1, math.ceil(share * len(ordered)))
+    return float(ordered[min(rank, len(ordered)) - 1])
 
 
 def median(values: Iterable[float | None]) -> float | None:

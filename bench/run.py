@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import analysis  # noqa: E402
+
 from harness import TEST_KEY, Kamailio, ProcessError  # noqa: E402
 
 BENCH = ROOT / "bench"
@@ -150,7 +151,8 @@ class Sipp:
         try:
             return analysis.parse_sipp_stat_csv((self.run_dir / "stat.csv").read_text())
         except (OSError, ValueError, KeyError) as exc:
-            raise ProcessError(f"no SIPp statistics in {self.run_dir}: {exc}\n{self.text('stdout.log')[-2000:]}") from None
+            tail = self.text("stdout.log")[-2000:]
+            raise ProcessError(f"no SIPp statistics in {self.run_dir}: {exc}\n{tail}") from None
 
     def text(self, name: str) -> str:
         path = self.run_dir / name
@@ -301,6 +303,7 @@ class Round:
         return out
 
     def ramp(self, tag: str, rates: list[int], run_step: Callable[[int], dict]) -> list[dict]:
+        self.settle((self.edge1, self.registrar), "tmx:active_transactions")
         steps: list[dict] = []
         failures = 0
         for rate in rates:
@@ -431,12 +434,13 @@ class Round:
         return out
 
     @staticmethod
-    def settle(kams: tuple[BenchKamailio, ...], timeout: float = 20.0) -> None:
-        """Wait until no transaction is in use (their memory is back)."""
+    def settle(kams: tuple[BenchKamailio, ...], stat: str = "tmx:inuse_transactions", timeout: float = 20.0) -> None:
+        """Wait until no transaction is left (inuse: their memory is back too;
+        active: the previous load is over)."""
         deadline = time.monotonic() + timeout
         for kam in kams:
-            while kam.stat("tmx:inuse_transactions") > 0 and time.monotonic() < deadline:
-                time.sleep(0.2)
+            while kam.stat(stat) > 0 and time.monotonic() < deadline:
+                time.sleep(0.1)
 
     def failover_phase(self) -> dict:
         """A UA with two flows (reg-id 1 via edge1, 2 via edge2); flow 1 dies
@@ -518,8 +522,8 @@ class Round:
         return out
 
 
-MESSAGE_HEAD = re.compile(r"^-+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\n(\w+) message (sent|received)[^\n]*\n\n?([^\n]*)",
-                          re.M)
+MESSAGE_HEAD = re.compile(
+    r"^-+ (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\n(\w+) message (sent|received)[^\n]*\n\n?([^\n]*)", re.M)
 
 
 def message_times(text: str) -> Iterator[tuple[float, str, str]]:
@@ -556,8 +560,8 @@ def parse_args(argv: list[str]) -> Settings:
     parser.add_argument("--pairs", type=int, default=2, help="A B pairs (ours, native), alternated (default 2)")
     parser.add_argument("--first", choices=["ours", "native"], default="ours")
     parser.add_argument("--step-seconds", type=float, default=3.0, help="duration of one ramp step")
-    parser.add_argument("--register-rates", default="500,1000,1500,2000,2500,3000,3500,4000,5000")
-    parser.add_argument("--call-rates", default="100,200,300,400,500,600,800,1000,1200")
+    parser.add_argument("--register-rates", default="500,1000,1500,2000,2500,3000,4000")
+    parser.add_argument("--call-rates", default="100,200,300,400,500,600,800,1000")
     parser.add_argument("--overshoot", type=int, default=1, help="steps run after the first failing one")
     parser.add_argument("--callees", type=int, default=100, help="registered UAs that answer calls")
     parser.add_argument("--tcp-sockets", type=int, default=100,
@@ -570,7 +574,8 @@ def parse_args(argv: list[str]) -> Settings:
     parser.add_argument("--cpu-ref-register-rate", type=int, default=1000,
                         help="CPU per transaction is taken from passing steps up to this rate")
     parser.add_argument("--cpu-ref-call-rate", type=int, default=200)
-    parser.add_argument("--time-limit", type=float, default=900, help="stop starting rounds after this (s)")
+    parser.add_argument("--time-limit", type=float, default=480,
+                        help="start no new round after this many seconds (default 480)")
     parser.add_argument("--quick", action="store_true", help="one short pair, for development")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)

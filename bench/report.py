@@ -1,0 +1,196 @@
+#!/usr/bin/python3
+"""Turn bench/run.py results into the docs: a markdown table (medians of the
+alternated rounds, ours / native ratios) and a PNG of throughput against
+offered rate.
+
+    /usr/bin/python3 bench/report.py RESULTS.json [--doc docs/benchmarks.md] [--png docs/benchmarks.png]
+
+With --doc, the text between ``<!-- bench:results:begin -->`` and
+``<!-- bench:results:end -->`` in that file is replaced.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import analysis  # noqa: E402
+
+BEGIN = "<!-- bench:results:begin -->"
+END = "<!-- bench:results:end -->"
+IMPLS = ("ours", "native")
+RAMPS = (("register_udp", "REGISTER over UDP"), ("register_tcp", "REGISTER over TCP"),
+         ("calls_udp", "calls to UDP outbound UAs"), ("calls_tcp", "calls to TCP outbound UAs"))
+
+Getter = Callable[[dict], float | None]
+
+
+def dig(*path: str | int) -> Getter:
+    def get(round_: dict) -> float | None:
+        value: object = round_
+        for key in path:
+            if isinstance(value, dict) and key in value:
+                value = value[key]
+            else:
+                return None
+        return float(value) if isinstance(value, int | float) else None
+    return get
+
+
+def sum_of(*getters: Getter) -> Getter:
+    def get(round_: dict) -> float | None:
+        values = [g(round_) for g in getters]
+        return None if any(v is None for v in values) else sum(v for v in values if v is not None)
+    return get
+
+
+# (label, unit, getter, higher_is_better)
+METRICS: list[tuple[str, str, Getter, bool]] = []
+for key, label in RAMPS:
+    unit = "REGISTER/s" if key.startswith("register") else "calls/s"
+    METRICS.append((f"highest {label} rate, < 0.1 % failures", unit, dig(key, "max_rate"), True))
+for key, label in RAMPS:
+    for kam in ("edge1", "registrar"):
+        name = "edge" if kam == "edge1" else "registrar"
+        per = "REGISTER" if key.startswith("register") else "INVITE or BYE, 2 per call"
+        METRICS.append((f"CPU per 1000 transactions, {label}, {name}", f"CPU s (1 tx = 1 {per})",
+                        dig(key, "cpu_per_1000_tx", kam), False))
+for kam in ("edge1", "registrar"):
+    name = "edge" if kam == "edge1" else "registrar"
+    METRICS.append((f"script time per request, {name} (median)", "µs",
+                    dig("calls_udp", "latency", kam, "request", "median_us"), False))
+    METRICS.append((f"script time per request, {name} (90th percentile)", "µs",
+                    dig("calls_udp", "latency", kam, "request", "p90_us"), False))
+    METRICS.append((f"script time per reply, {name} (median)", "µs",
+                    dig("calls_udp", "latency", kam, "reply", "median_us"), False))
+METRICS += [
+    ("shared memory per 10,000 registered TCP flows, edge", "MiB", dig("memory", "shm_per_10k_mib", "edge1"), False),
+    ("shared memory per 10,000 registered TCP flows, registrar", "MiB",
+     dig("memory", "shm_per_10k_mib", "registrar"), False),
+    ("shared memory per 10,000 registered TCP flows, both", "MiB",
+     sum_of(dig("memory", "shm_per_10k_mib", "edge1"), dig("memory", "shm_per_10k_mib", "registrar")), False),
+    ("process memory (PSS) growth per 10,000 TCP flows, both", "MiB",
+     sum_of(dig("memory", "pss_per_10k_mib", "edge1"), dig("memory", "pss_per_10k_mib", "registrar")), False),
+    ("failover: flow killed -> call answered on the other flow", "ms", dig("failover", "kill_to_answer_ms"), False),
+    ("failover: INVITE sent -> answered on the other flow", "ms", dig("failover", "invite_to_answer_ms"), False),
+    ("normal call: INVITE sent -> answered (same UA, both flows up)", "ms",
+     dig("failover", "probe_invite_to_answer_ms"), False),
+]
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    if value is None:
+        return "n/a"
+    if abs(value) >= 100:
+        return f"{value:.0f}"
+    return f"{value:.{digits}g}"
+
+
+def rounds_of(results: dict, impl: str) -> list[dict]:
+    return [r for r in results["rounds"] if r.get("impl") == impl and "error" not in r]
+
+
+def table(results: dict) -> str:
+    lines = ["| figure | unit | ours (median) | native C (median) | ours / native | better is |",
+             "| --- | --- | ---: | ---: | ---: | --- |"]
+    for label, unit, get, higher in METRICS:
+        medians = {impl: analysis.median(get(r) for r in rounds_of(results, impl)) for impl in IMPLS}
+        rat = analysis.ratio(medians["ours"], medians["native"])
+        lines.append(f"| {label} | {unit} | {fmt(medians['ours'])} | {fmt(medians['native'])} | "
+                     f"{fmt(rat, 2)} | {'higher' if higher else 'lower'} |")
+    return "\n".join(lines)
+
+
+def per_round(results: dict) -> str:
+    """Every round's headline numbers, in the order they ran (A B A B)."""
+    lines = ["| round | impl | REG/s UDP | REG/s TCP | calls/s UDP | calls/s TCP | edge CPU s/1000 REG (UDP) |"
+             " failover ms | seconds |",
+             "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in results["rounds"]:
+        if "error" in r:
+            lines.append(f"| {r['index']} | {r['impl']} | error: {r['error'][:60]} | | | | | | |")
+            continue
+        lines.append(
+            f"| {r['index']} | {r['impl']} | {fmt(dig('register_udp', 'max_rate')(r))} | "
+            f"{fmt(dig('register_tcp', 'max_rate')(r))} | {fmt(dig('calls_udp', 'max_rate')(r))} | "
+            f"{fmt(dig('calls_tcp', 'max_rate')(r))} | {fmt(dig('register_udp', 'cpu_per_1000_tx', 'edge1')(r))} | "
+            f"{fmt(dig('failover', 'invite_to_answer_ms')(r))} | {fmt(r.get('seconds'))} |")
+    return "\n".join(lines)
+
+
+def machine(results: dict) -> str:
+    m = results["machine"]
+    load = ", ".join(f"{x:.2f}" for x in m.get("loadavg_start", []))
+    load_end = ", ".join(f"{x:.2f}" for x in m.get("loadavg_end", []))
+    return (f"- {m['cores']} cores ({m['cpu']}), Linux {m['kernel']}, {m['kamailio']}, {m['sipp']}, "
+            f"Python {m['python']}\n- load average at start {load}; at end {load_end} (shared machine)\n"
+            f"- command: `{results['command']}`, {len(results['rounds'])} rounds "
+            f"({' '.join(r['impl'] for r in results['rounds'])}) in {fmt(results.get('seconds'))} s")
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    colours = {"ours": "tab:blue", "native": "tab:orange"}
+    for ax, (key, label) in zip(axes.flat, RAMPS, strict=True):
+        top = 0.0
+        for impl in IMPLS:
+            by_rate: dict[float, list[float]] = {}
+            for r in rounds_of(results, impl):
+                steps = r.get(key, {}).get("steps", [])
+                xs = [s["offered"] for s in steps]
+                ys = [s["throughput"] for s in steps]
+                ax.plot(xs, ys, "o", color=colours[impl], alpha=0.3, markersize=4)
+                for s in steps:
+                    by_rate.setdefault(s["offered"], []).append(s["throughput"])
+                    top = max(top, s["offered"])
+            rates = sorted(by_rate)
+            name = "ours (KEMI Python)" if impl == "ours" else "native (C outbound module)"
+            ax.plot(rates, [analysis.median(by_rate[x]) for x in rates], "-", color=colours[impl], label=name)
+        ax.plot([0, top], [0, top], ":", color="grey", label="offered = carried")
+        ax.set_title(label)
+        ax.set_xlabel("offered rate (per s)")
+        ax.set_ylabel("carried rate, successful (per s)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle("Throughput against offered rate (medians of alternated rounds; dots: single rounds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+
+
+def render(results: dict) -> str:
+    return (f"{BEGIN}\n\n{machine(results)}\n\n{table(results)}\n\nEvery round:\n\n{per_round(results)}\n\n{END}")
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("results", type=Path)
+    parser.add_argument("--doc", type=Path)
+    parser.add_argument("--png", type=Path)
+    args = parser.parse_args(argv)
+    results = json.loads(args.results.read_text())
+    text = render(results)
+    if args.doc:
+        doc = args.doc.read_text()
+        if BEGIN not in doc or END not in doc:
+            raise SystemExit(f"{args.doc}: no {BEGIN} ... {END} section")
+        head, _, rest = doc.partition(BEGIN)
+        _, _, tail = rest.partition(END)
+        args.doc.write_text(head + text + tail)
+    else:
+        print(text)
+    if args.png:
+        plot(results, args.png)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -206,7 +206,7 @@ class Settings:
     overshoot: int
     callees: int
     memory_flows: int
-    tcp_sockets: int
+    tcp_flows: int
     failovers: int
     latency_seconds: float
     latency_register_rate: int
@@ -273,26 +273,35 @@ class Round:
             self.result["processes"] = {k.name: len(k.pids()) for k in self.kams}
             # memory first, on fresh processes
             self.result["memory"] = self.memory_phase()
-            self.result["register_udp"] = self.register_ramp("udp", "u1")
-            self.result["register_tcp"] = self.register_ramp("tcp", "tn")
+            self.result["register_udp"] = self.register_ramp("udp")
+            self.result["register_tcp"] = self.register_ramp("tcp")
             self.result["calls_udp"] = self.call_phase("udp", "un", with_latency=True)
             self.result["calls_tcp"] = self.call_phase("tcp", "tn", with_latency=False)
             self.result["failover"] = self.failover_phase()
         self.result["seconds"] = round(time.monotonic() - started, 1)
         return self.result
 
-    def measured_step(self, tag: str, scenario: str, remote: str, local_ip: str, transport: str,
-                      rate: int, inf: Path, tx_per_call: int, extra: list[str] | None = None) -> dict:
-        calls = max(1, int(rate * self.s.step_seconds))
+    def measured_step(self, tag: str, scenario: str, remote: str, local_ip: str | list[str], transport: str,
+                      rate: int, inf: Path | list[Path], tx_per_call: int) -> dict:
+        """One ramp step; with lists of addresses and injection files, one SIPp per
+        pair shares the rate (-t t1: several long-lived TCP flows)."""
+        infs = inf if isinstance(inf, list) else [inf]
+        calls = max(1, int(rate * self.s.step_seconds / len(infs)))
         cpu_before = {k.name: k.cpu_seconds() for k in (self.edge1, self.registrar)}
-        sipp = self.sipp(tag, scenario, remote, local_ip, transport, calls=calls,
-                         timeout=self.s.step_seconds * 3 + 10, rate=rate, inf=inf, extra=extra)
-        rc = sipp.wait()
+        ips = local_ip if isinstance(local_ip, list) else [local_ip]
+        sipps = [self.sipp(f"{tag}-{i}" if len(infs) > 1 else tag, scenario, remote, ip, transport,
+                           calls=calls, timeout=self.s.step_seconds * 3 + 10, rate=rate / len(infs), inf=users)
+                 for i, (users, ip) in enumerate(zip(infs, ips, strict=True))]
+        rcs = [sipp.wait() for sipp in sipps]
         cpu_after = {k.name: k.cpu_seconds() for k in (self.edge1, self.registrar)}
-        stats = sipp.stats()
+        parts = [sipp.stats() for sipp in sipps]
+        stats = analysis.SippStats(
+            created=sum(p.created for p in parts), successful=sum(p.successful for p in parts),
+            failed=sum(p.failed for p in parts), elapsed=max(p.elapsed for p in parts),
+            retransmissions=sum(p.retransmissions for p in parts))
         step = analysis.Step(rate, stats)
         out = {
-            "offered": rate, "calls": calls, "rc": rc, **dataclasses.asdict(stats),
+            "offered": rate, "calls": calls * len(infs), "rc": max(rcs), **dataclasses.asdict(stats),
             "throughput": round(stats.throughput, 1), "failure_ratio": step.failure_ratio,
             "passed": step.passed, "transactions": stats.successful * tx_per_call,
             "cpu": {name: round(cpu_after[name] - cpu_before[name], 3) for name in cpu_before},
@@ -314,15 +323,25 @@ class Round:
                     break
         return steps
 
-    def register_ramp(self, transport: str, mode: str) -> dict:
-        users = write_users(self.dir / f"reg-{transport}.csv", f"r{transport}", 20000, 1 if transport == "udp" else 2)
-        local_ip = self.s.addr(10 if transport == "udp" else 11)
+    def register_ramp(self, transport: str) -> dict:
+        """UDP: one SIPp socket. TCP: --tcp-flows SIPp processes, one long-lived
+        connection each (SIPp's -t tn with -max_socket reuse breaks connections
+        under load, whichever server is behind)."""
         remote = f"{self.edge1.addr}:{self.edge1.port}"
         log(f"{self.impl} round {self.index}: REGISTER ramp over {transport}")
+        if transport == "udp":
+            users: Path | list[Path] = write_users(self.dir / "reg-udp.csv", "rudp", 20000, 1)
+            local_ip: str | list[str] = self.s.addr(10)
+            mode = "u1"
+        else:
+            users = [write_users(self.dir / f"reg-tcp-{i}.csv", f"rtcp{i}x", 5000, 10 + i)
+                     for i in range(self.s.tcp_flows)]
+            local_ip = [self.s.addr(50 + i) for i in range(self.s.tcp_flows)]  # SIPp -p 0 may collide
+            mode = "t1"
 
         def step(rate: int) -> dict:
             return self.measured_step(f"register-{transport}-{rate}", "register/uac.xml", remote, local_ip, mode,
-                                      rate, users, 1, extra=["-max_socket", str(self.s.tcp_sockets)])
+                                      rate, users, 1)
 
         steps = self.ramp(f"register-{transport}", self.s.register_rates, step)
         return summarise_ramp(steps, self.s.cpu_ref_register_rate)
@@ -559,13 +578,13 @@ def parse_args(argv: list[str]) -> Settings:
                         help="loopback /24 to use (default $KO_TEST_NET or 127.0.0)")
     parser.add_argument("--pairs", type=int, default=2, help="A B pairs (ours, native), alternated (default 2)")
     parser.add_argument("--first", choices=["ours", "native"], default="ours")
-    parser.add_argument("--step-seconds", type=float, default=3.0, help="duration of one ramp step")
-    parser.add_argument("--register-rates", default="500,1000,1500,2000,2500,3000,4000")
-    parser.add_argument("--call-rates", default="100,200,300,400,500,600,800,1000")
+    parser.add_argument("--step-seconds", type=float, default=2.5, help="duration of one ramp step")
+    parser.add_argument("--register-rates", default="500,1000,1500,2000,2500,3000,4000,5000,6000")
+    parser.add_argument("--call-rates", default="100,200,300,400,500,600,800,1000,1200,1500")
     parser.add_argument("--overshoot", type=int, default=1, help="steps run after the first failing one")
     parser.add_argument("--callees", type=int, default=100, help="registered UAs that answer calls")
-    parser.add_argument("--tcp-sockets", type=int, default=100,
-                        help="TCP connections SIPp spreads the TCP REGISTER load over (-max_socket)")
+    parser.add_argument("--tcp-flows", type=int, default=4,
+                        help="TCP connections (one SIPp each) carrying the TCP REGISTER load")
     parser.add_argument("--memory-flows", type=int, default=2000, help="TCP flows for the memory figure")
     parser.add_argument("--failovers", type=int, default=3, help="failover samples per round")
     parser.add_argument("--latency-seconds", type=float, default=2.0)
@@ -584,12 +603,13 @@ def parse_args(argv: list[str]) -> Settings:
         args.register_rates, args.call_rates = "500,1500", "100,300"
         args.memory_flows, args.latency_seconds = 300, 1.0
     order = [args.first, "native" if args.first == "ours" else "ours"] * args.pairs
-    workdir = args.workdir or BENCH / ".work" / time.strftime("%Y%m%d-%H%M%S")
+    # absolute: Kamailio changes its working directory to /
+    workdir = (args.workdir or BENCH / ".work" / time.strftime("%Y%m%d-%H%M%S")).resolve()
     return Settings(
         net=args.net, rounds=order, step_seconds=args.step_seconds,
         register_rates=[int(x) for x in args.register_rates.split(",")],
         call_rates=[int(x) for x in args.call_rates.split(",")], overshoot=args.overshoot,
-        callees=args.callees, memory_flows=args.memory_flows, tcp_sockets=args.tcp_sockets, failovers=args.failovers,
+        callees=args.callees, memory_flows=args.memory_flows, tcp_flows=args.tcp_flows, failovers=args.failovers,
         latency_seconds=args.latency_seconds, latency_register_rate=args.latency_register_rate,
         latency_call_rate=args.latency_call_rate, cpu_ref_register_rate=args.cpu_ref_register_rate,
         cpu_ref_call_rate=args.cpu_ref_call_rate, time_limit=args.time_limit, workdir=workdir,
@@ -632,7 +652,7 @@ def main(argv: list[str]) -> int:
     results["machine"]["loadavg_end"] = os.getloadavg()
     out_path.write_text(json.dumps(results, indent=1))
     log(f"results: {out_path}")
-    return 0
+    return 1 if any("error" in r for r in results["rounds"]) else 0
 
 
 if __name__ == "__main__":

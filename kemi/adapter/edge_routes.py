@@ -21,6 +21,7 @@ from outbound.routing import (
 from outbound.sipmsg import NameAddr, parse_name_addrs
 from outbound.tokens import Flow
 
+from .locator_glue import FailoverRelay, Locator, PeerGate, claims_core
 from .runtime import Runtime, Snapshot, check_fault_injection, guarded, send_reply, snapshot
 
 # The rr module takes the Record-Route user part from this AVP (cfg: custom_user_avp).
@@ -40,12 +41,19 @@ def source_flow(snap: Snapshot) -> Flow:
 class EdgeRoutes:
     """The object app_python3 calls for every message on an edge proxy."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    # failure routes armed with KSR.tm.t_on_failure(name): each names a method
+    FAILURE_FLOW = "ksr_failure_flow"
+    FAILURE_HOME = "ksr_failure_home"
+
+    def __init__(self, runtime: Runtime, locator: Locator | None = None) -> None:
         self.runtime = runtime
         self.registrar = runtime.config.registrar_uri
         if runtime.codec is None:
             raise ValueError("an edge needs flow-token keys")
         self.codec = runtime.codec
+        self.locator = locator if locator is not None else Locator.for_kamailio(runtime.config)
+        self.home = FailoverRelay(self.locator, self.FAILURE_HOME)
+        self.peers = PeerGate(self.locator, runtime.config.dns.peers)
 
     def child_init(self, rank: int) -> int:
         return 0
@@ -78,12 +86,13 @@ class EdgeRoutes:
         return 1
 
     def forward_to_home(self) -> None:
-        """Send the request on to the registrar / home proxy (edge.registrar)."""
+        """Send the request on to the registrar / home proxy (edge.registrar),
+        located by DNS (RFC 3263) and failed over target by target in
+        ``ksr_failure_home``; 503 when no target can be found."""
         if not self.registrar:
             send_reply(Reply(500, "Server Internal Error", "edge.registrar is not configured"))
             return
-        KSR.setdsturi(self.registrar)
-        self._relay()
+        self.home.relay(self.registrar)
 
     def outbound_add_path(self) -> PathKind:
         """Path with a flow token and ``;ob`` when outbound applies, else plain."""
@@ -126,6 +135,9 @@ class EdgeRoutes:
         decision is returned; after ``Outgoing`` or ``LooseRoute`` ordinary routing
         goes on in the caller."""
         decision = route_decision(view, self.codec)
+        if self.peers.enabled and claims_core(view.via_count, isinstance(decision, ToFlow)):
+            # trusted peers by DNS name (dns.peers): the core must come from its farm
+            decision = self.peers.refusal(view.source.remote_ip) or decision
         if isinstance(decision, Reply):
             send_reply(decision)
         elif isinstance(decision, ToFlow):
@@ -153,7 +165,7 @@ class EdgeRoutes:
         if KSR.is_ACK():
             KSR.tm.t_relay()
             return
-        KSR.tm.t_on_failure("ksr_failure_flow")
+        KSR.tm.t_on_failure(self.FAILURE_FLOW)
         if KSR.tm.t_relay() < 0:
             KSR.notice(f"kemi-outbound: sending over flow {flow} failed\n")
             KSR.tm.t_reply(430, "Flow Failed")
@@ -216,6 +228,12 @@ class EdgeRoutes:
         if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0:
             KSR.notice("kemi-outbound: no reply over the flow, answering 430\n")
             KSR.tm.t_reply(430, "Flow Failed")
+        return 1
+
+    @guarded
+    def ksr_failure_home(self, msg: Any) -> int:
+        """A registrar target failed: the next one on 503 / silence / transport error."""
+        self.home.on_failure()
         return 1
 
     def ksr_onsend_route(self, msg: Any) -> int:

@@ -3,10 +3,10 @@
 import random
 
 import pytest
+from locator_zone import Zone, a, naptr, srv
 
 from locator.plan import Policy, Target, plan
 from locator.records import Answer, RType, Status
-from locator_zone import Zone, a, naptr, srv
 
 UDP_TCP = Policy(("udp", "tcp"), ("ipv4", "ipv6"), 16)
 WITH_TLS = Policy(("udp", "tcp", "tls"), ("ipv4", "ipv6"), 16)
@@ -176,7 +176,9 @@ def test_family_order_follows_policy():
 def test_ipv6_only_target_is_skipped_without_ipv6_and_aaaa_never_asked():
     zone = Zone({
         "farm.example": {},
-        "_sip._udp.farm.example": {RType.SRV: [srv(10, 0, 5070, "v6.farm.example"), srv(20, 0, 5070, "v4.farm.example")]},
+        "_sip._udp.farm.example": {
+            RType.SRV: [srv(10, 0, 5070, "v6.farm.example"), srv(20, 0, 5070, "v4.farm.example")],
+        },
         "v6.farm.example": {RType.AAAA: a("2001:db8::6")},
         "v4.farm.example": {RType.A: a("192.0.2.4")},
     })
@@ -213,7 +215,9 @@ def test_nxdomain_stops_at_the_naptr_query_and_names_the_domain():
 def test_srv_target_without_addresses_is_skipped():
     zone = Zone({
         "farm.example": {},
-        "_sip._udp.farm.example": {RType.SRV: [srv(10, 0, 5070, "ghost.farm.example"), srv(20, 0, 5070, "b.farm.example")]},
+        "_sip._udp.farm.example": {
+            RType.SRV: [srv(10, 0, 5070, "ghost.farm.example"), srv(20, 0, 5070, "b.farm.example")],
+        },
         "ghost.farm.example": {},
         "b.farm.example": {RType.A: a("192.0.2.21")},
     })

@@ -123,16 +123,17 @@ class Resolver:
     def _resolve(self, name: str, rtype: RType, deadline: float) -> Answer:
         """Ask for ``name``/``rtype``, following CNAMEs across queries."""
         seen = [name]
-        min_ttl: int | None = None
+        chain_ttl: int | None = None  # lowest TTL of the CNAMEs followed so far
         current = name
         for _ in range(MAX_CNAME_HOPS):
             response = self._ask(current, rtype, deadline)
             if isinstance(response, Answer):
                 return response
-            answer, canonical, ttl = self._read(response, current, rtype)
-            min_ttl = ttl if min_ttl is None else min(min_ttl, ttl)
+            answer, canonical, cname_ttl = self._read(response, current, rtype)
+            if cname_ttl is not None:
+                chain_ttl = cname_ttl if chain_ttl is None else min(chain_ttl, cname_ttl)
             if answer is not None:
-                return answer.with_ttl(min(min_ttl, answer.ttl))
+                return answer if chain_ttl is None else answer.with_ttl(min(chain_ttl, answer.ttl))
             if canonical in seen:
                 return Answer.failed(Status.ERROR, f"CNAME loop: {' -> '.join([*seen, canonical])}")
             seen.append(canonical)
@@ -187,34 +188,41 @@ class Resolver:
         unique = list(dict.fromkeys(failures))
         return "; ".join(unique[-3:]) if unique else default
 
-    def _read(self, response: dns.message.Message, name: str, rtype: RType) -> tuple[Answer | None, str, int]:
-        """(answer, "", ttl) when ``response`` settles it; (None, cname target, ttl)
-        when it only names a CNAME to ask for next."""
+    def _read(self, response: dns.message.Message, name: str,
+              rtype: RType) -> tuple[Answer | None, str, int | None]:
+        """(answer, "", cname TTL) when ``response`` settles it; (None, target,
+        cname TTL) when it only names a CNAME target to ask for next. The
+        cname TTL is the lowest TTL of the CNAMEs in the response (None: none)."""
         if response.rcode() == dns.rcode.NXDOMAIN:
-            return Answer.failed(Status.NXDOMAIN, "", _negative_ttl(response, self.settings.negative_ttl)), "", 0
+            return Answer.failed(Status.NXDOMAIN, "", _negative_ttl(response, self.settings.negative_ttl)), "", None
         wanted = dns.rdatatype.from_text(rtype.value)
         owner = dns.name.from_text(name)
-        min_ttl: int | None = None
-        seen = {owner}
+        cname_ttl: int | None = None
+        seen = [owner]
         for _ in range(MAX_CNAME_HOPS * 2):
-            rrset = response.get_rrset(response.answer, owner, dns.rdataclass.IN, wanted)
+            rrset = _find(response, owner, wanted)
             if rrset is not None:
-                ttl = rrset.ttl if min_ttl is None else min(min_ttl, rrset.ttl)
-                return Answer.of(_records(rtype, rrset), ttl), "", ttl
-            cname = response.get_rrset(response.answer, owner, dns.rdataclass.IN, dns.rdatatype.CNAME)
+                return Answer.of(_records(rtype, rrset), rrset.ttl), "", cname_ttl
+            cname = _find(response, owner, dns.rdatatype.CNAME)
             if cname is None:
                 break
-            min_ttl = cname.ttl if min_ttl is None else min(min_ttl, cname.ttl)
+            cname_ttl = cname.ttl if cname_ttl is None else min(cname_ttl, cname.ttl)
             owner = cname[0].target
             if owner in seen:
                 chain = " -> ".join(n.to_text(omit_final_dot=True) for n in [*seen, owner])
-                return Answer.failed(Status.ERROR, f"CNAME loop: {chain}"), "", 0
-            seen.add(owner)
+                return Answer.failed(Status.ERROR, f"CNAME loop: {chain}"), "", None
+            seen.append(owner)
         target = normalize_name(owner.to_text())
         if target != normalize_name(name) and not _has_soa(response):
-            return None, target, min_ttl if min_ttl is not None else 0
-        ttl = _negative_ttl(response, self.settings.negative_ttl)
-        return Answer.failed(Status.NODATA, "", ttl if min_ttl is None else min(ttl, min_ttl)), "", 0
+            return None, target, cname_ttl
+        return Answer.failed(Status.NODATA, "", _negative_ttl(response, self.settings.negative_ttl)), "", cname_ttl
+
+
+def _find(response: dns.message.Message, owner: dns.name.Name, rdtype: int) -> dns.rrset.RRset | None:
+    for rrset in response.answer:
+        if rrset.name == owner and rrset.rdtype == rdtype and rrset.rdclass == dns.rdataclass.IN:
+            return rrset
+    return None
 
 
 def _has_soa(response: dns.message.Message) -> bool:

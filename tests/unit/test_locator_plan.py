@@ -3,10 +3,10 @@
 import random
 
 import pytest
-from locator_zone import Zone, a, naptr, srv
 
 from locator.plan import Policy, Target, plan
 from locator.records import Answer, RType, Status
+from locator_zone import Zone, a, naptr, srv
 
 UDP_TCP = Policy(("udp", "tcp"), ("ipv4", "ipv6"), 16)
 WITH_TLS = Policy(("udp", "tcp", "tls"), ("ipv4", "ipv6"), 16)

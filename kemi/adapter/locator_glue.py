@@ -99,6 +99,19 @@ class FailoverRelay:
     def __init__(self, locator: Locator, failure_route: str) -> None:
         self.locator = locator
         self.failure_route = failure_route
+        self._last_plan: dict[str, tuple[object, ...]] = {}
+
+    def _log_plan(self, found: Plan) -> None:
+        """At info level when the targets of a URI change (per process), else debug."""
+        if found.ttl is None and not found.problems:
+            return  # a numeric URI: nothing was looked up
+        line = f"{LOG} {found.uri} -> {found.describe()}\n"
+        key = (found.targets, found.problems)
+        if self._last_plan.get(found.uri) != key:
+            self._last_plan[found.uri] = key
+            KSR.info(line)
+        else:
+            KSR.dbg(line)
 
     def relay(self, uri: str) -> bool:
         """Request route: resolve ``uri``, relay to the first target that takes
@@ -107,8 +120,7 @@ class FailoverRelay:
         if not found.targets:
             send_reply(no_target_reply(found))
             return False
-        if found.ttl is not None or found.problems:
-            KSR.info(f"{LOG} {found.uri} -> {found.describe()}\n")
+        self._log_plan(found)
         # we answer ourselves when no target takes the request
         KSR.tm.t_set_disable_internal_reply(1)
         if len(found.targets) > 1:
@@ -149,7 +161,9 @@ class FailoverRelay:
             target = remaining.pop(0)
             _set_avp(CURRENT_AVP, target)
             _set_avp(REMAINING_AVP, " ".join(remaining))
-            KSR.setdsturi(target)
+            # $du through pv, not KSR.setdsturi: it also marks the R-URI as new, which
+            # a failure route needs for t_relay to make a new branch (serial forking)
+            KSR.pv.sets("$du", target)
             KSR.tm.t_on_failure(self.failure_route)
             if KSR.tm.t_relay() > 0:
                 return True

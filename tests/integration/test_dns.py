@@ -90,9 +90,9 @@ def servers(workdir: Path) -> Iterator[Callable[..., subprocess.Popen]]:
     """SIPp standing in for a home target (tests/sipp/dns_home); killed after the test."""
     running: list[subprocess.Popen] = []
 
-    def serve(name: str, scenario: str, code: str = "", reason: str = "") -> subprocess.Popen:
+    def serve(name: str, scenario: str) -> subprocess.Popen:
         proc = sipp(f"dns_home/{scenario}", f"{UA}:5060", workdir=workdir, local_ip=UAS[name], local_port=UAS_PORT,
-                    keys={"code": code, "reason": reason}, background=True, timeout=30,
+                    background=True, timeout=30,
                     name=f"dns-home-{name}-{time.monotonic_ns()}")
         assert isinstance(proc, subprocess.Popen)
         running.append(proc)
@@ -107,7 +107,7 @@ def servers(workdir: Path) -> Iterator[Callable[..., subprocess.Popen]]:
 
 def wait_udp_bound(ip: str, port: int, proc: subprocess.Popen, timeout: float = 10.0) -> None:
     """Readiness of a SIPp server: its UDP socket shows in /proc/net/udp."""
-    want = "%08X:%04X" % (int.from_bytes(bytes(int(x) for x in ip.split(".")), "little"), port)
+    want = f"{int.from_bytes(bytes(int(x) for x in ip.split('.')), 'little'):08X}:{port:04X}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with open("/proc/net/udp") as table:
@@ -172,6 +172,15 @@ def test_every_address_of_a_target_before_the_next_srv_target(registrars, make_e
     assert f"sip:{DEAD}:5070;transport=udp: no response at all before the timeout; trying sip:{REG['b']}" in log
 
 
+def test_refused_tcp_connection_is_a_transport_error_and_fails_over(registrars, make_edge, workdir, local_port):
+    """NAPTR SIP+D2T: the dead priority-10 target refuses TCP; A (priority 20) takes it."""
+    kam = make_edge("sip:tcpfarm.ko.test")
+
+    assert register(kam, workdir, local_port, "tcp-tom").value("final") == "200"
+    assert bound_at(registrars, "tcp-tom") == ["a"]
+    assert f"tcpfarm.ko.test: tcp:{DEAD}:5070, tcp:{REG['a']}:5070" in kam.log()
+
+
 def test_ipv6_only_target_is_skipped_when_kamailio_has_only_ipv4(registrars, make_edge, workdir, local_port):
     """RFC 3263 §4.2 / RFC 6157: only families we can send on; AAAA is not even asked."""
     kam = make_edge("sip:v6first.ko.test")  # families [ipv4, ipv6] in YAML, KO_ADDR is IPv4
@@ -184,7 +193,7 @@ def test_ipv6_only_target_is_skipped_when_kamailio_has_only_ipv4(registrars, mak
 
 
 def test_503_fails_over_to_the_next_target(registrars, make_edge, servers, workdir, local_port):
-    server_a = servers("a", "register_final.xml", "503", "Service Unavailable")
+    server_a = servers("a", "register_503.xml")
     kam = make_edge("sip:busy.ko.test")
 
     assert register(kam, workdir, local_port, "erin-busy").value("final") == "200"
@@ -205,8 +214,8 @@ def test_100_trying_then_silence_does_not_fail_over(registrars, make_edge, serve
 
 
 def test_486_does_not_fail_over(make_edge, servers, workdir, local_port):
-    server_a = servers("a", "invite_final.xml", "486", "Busy Here")
-    server_b = servers("b", "invite_final.xml", "480", "Temporarily Unavailable")
+    server_a = servers("a", "invite_486.xml")
+    server_b = servers("b", "invite_480.xml")
     kam = make_edge("sip:uas.ko.test")
 
     result = sipp("caller/uac_final.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA,
@@ -324,7 +333,7 @@ def test_requests_claiming_to_be_from_the_core_must_come_from_the_farm(registrar
     [binding] = registrars["a"].bindings("kate")
 
     forged = sipp("caller/uac_final.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=FAKE_CORE,
-                  local_port=local_port + 1, keys={"ruri": binding["Contact"], "extra": f"Route: {binding['Path']}",
+                  local_port=local_port + 1, keys={"ruri": binding["Address"], "extra": f"Route: {binding['Path']}",
                                                    "user": "mallory", "callee": "kate", "domain": "ko.test"},
                   timeout=15)
     assert isinstance(forged, SippResult)

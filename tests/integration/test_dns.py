@@ -20,8 +20,9 @@ import dns.query
 import pytest
 import yaml
 
-from harness import Kamailio, SippResult, describe, sipp, wait_sipp
+from harness import TEST_KEY, Kamailio, SippResult, describe, sipp, wait_sipp
 from nsd import Nsd
+from outbound.tokens import Flow, FlowTokenCodec, parse_key
 from topology import TEST_NET, edge, ko_yaml, net, registrar, start, stop
 
 NS = net(53)
@@ -346,3 +347,33 @@ def test_requests_claiming_to_be_from_the_core_must_come_from_the_farm(registrar
     assert call.value("who") == "kate" and call.value("bye") == "200"
     assert f"trusted peer sip:farm.ko.test = {REG['a']}, {REG['b']}" in kam.log()
     wait_sipp(callee, 10)
+
+
+def test_trusted_peer_set_follows_the_zone_when_its_ttl_runs_out(make_edge, nsd, workdir, local_port):
+    """dns.peers = moving.ko.test (TTL 2 s). A request to a UA's flow from the
+    fake core is refused while the set is registrar A; once the zone names the
+    fake core, the same request is trusted and routed (430: that flow is gone)."""
+    kam = make_edge("sip:farm.ko.test", peers=["sip:moving.ko.test"])
+    gone = Flow("tcp", kam.addr, kam.port, net(99), 40000, conn_id=987654)
+    token = FlowTokenCodec([parse_key(TEST_KEY)]).encode(gone)
+    keys = {"ruri": f"sip:kate@{net(99)}:40000;transport=tcp", "user": "core", "callee": "kate", "domain": "ko.test",
+            "extra": f"Route: <sip:{token}@{kam.addr}:{kam.port};lr>"}
+
+    def from_fake_core(port: int) -> str:
+        result = sipp("caller/uac_final.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=FAKE_CORE,
+                      local_port=port, keys=keys, timeout=15)
+        assert isinstance(result, SippResult)
+        return result.value("final")
+
+    assert from_fake_core(local_port) == "403"
+    nsd.reload(MOVING=FAKE_CORE)
+    try:
+        deadline = time.monotonic() + 20
+        port = local_port
+        while (final := from_fake_core(port := port + 1)) == "403":
+            assert time.monotonic() < deadline, "the peer set never followed the zone"
+            time.sleep(0.2)
+        assert final == "430"
+        assert f"trusted peer sip:moving.ko.test = {FAKE_CORE}" in kam.log()
+    finally:
+        nsd.reload(MOVING=REG["a"])

@@ -21,11 +21,16 @@ from outbound.routing import (
 from outbound.sipmsg import NameAddr, parse_name_addrs
 from outbound.tokens import Flow
 
+from .base import BaseRoutes
 from .locator_glue import FailoverRelay, Locator, PeerGate, claims_core
-from .runtime import Runtime, Snapshot, check_fault_injection, guarded, send_reply, snapshot
+from .runtime import Runtime, Snapshot, guarded, send_reply, snapshot
 
 # The rr module takes the Record-Route user part from this AVP (cfg: custom_user_avp).
 RR_USER_AVP = "$avp(ko_rr_user)"
+FLOW_FAILURE_ROUTE = "ksr_failure_flow"
+HOME_FAILURE_ROUTE = "ksr_failure_home"
+# loose_route(): "the Route was preloaded and we were its last entry" (rr module, loose.h)
+RR_PRELOADED = -3
 
 
 def bracket(ip: str) -> str:
@@ -38,45 +43,18 @@ def source_flow(snap: Snapshot) -> Flow:
                 snap.conn_id if snap.transport != "udp" else 0)
 
 
-class EdgeRoutes:
+class EdgeRoutes(BaseRoutes):
     """The object app_python3 calls for every message on an edge proxy."""
 
-    # failure routes armed with KSR.tm.t_on_failure(name): each names a method
-    FAILURE_FLOW = "ksr_failure_flow"
-    FAILURE_HOME = "ksr_failure_home"
-
     def __init__(self, runtime: Runtime, locator: Locator | None = None) -> None:
-        self.runtime = runtime
+        super().__init__(runtime)
         self.registrar = runtime.config.registrar_uri
         if runtime.codec is None:
             raise ValueError("an edge needs flow-token keys")
         self.codec = runtime.codec
         self.locator = locator if locator is not None else Locator.for_kamailio(runtime.config)
-        self.home = FailoverRelay(self.locator, self.FAILURE_HOME)
+        self.home_relay = FailoverRelay(self.locator, HOME_FAILURE_ROUTE)
         self.peers = PeerGate(self.locator, runtime.config.dns.peers)
-
-    def child_init(self, rank: int) -> int:
-        return 0
-
-    @guarded
-    def ksr_request_route(self, msg: Any) -> int:
-        if KSR.maxfwd.process_maxfwd(10) < 0:
-            send_reply(Reply(483, "Too Many Hops", "Max-Forwards exhausted"))
-            return 1
-        if KSR.sanity.sanity_check(1511, 7) < 0:
-            KSR.notice(f"kemi-outbound: malformed request from {KSR.kx.get_srcip()}\n")
-            return 1
-        check_fault_injection(self.runtime)
-        if KSR.is_CANCEL():
-            if KSR.tm.t_check_trans() > 0:
-                self._relay()
-            return 1
-        if KSR.siputils.has_totag() > 0:
-            return self._within_dialog()
-        KSR.tm.t_check_trans()
-        if KSR.is_REGISTER():
-            return self.register()
-        return self._initial()
 
     def register(self) -> int:
         """Forward a REGISTER to the registrar with our Path (RFC 5626 §5.1)."""
@@ -92,7 +70,7 @@ class EdgeRoutes:
         if not self.registrar:
             send_reply(Reply(500, "Server Internal Error", "edge.registrar is not configured"))
             return
-        self.home.relay(self.registrar)
+        self.home_relay.relay(self.registrar)
 
     def outbound_add_path(self) -> PathKind:
         """Path with a flow token and ``;ob`` when outbound applies, else plain."""
@@ -101,23 +79,29 @@ class EdgeRoutes:
         via_count = len(snap.headers.values("via"))
         kind = edge_path_kind(via_count, contacts, self.runtime.config.force_outbound)
         if kind is PathKind.FLOW:
-            token = self.codec.encode(source_flow(snap))
-            KSR.path.add_path_user_params(token, "ob")
+            flow = source_flow(snap)
+            KSR.path.add_path_user_params(self.codec.encode(flow), "ob")
+            if flow.is_stream:
+                self.keep_flow_open()
         else:
             KSR.path.add_path()
         return kind
 
     def route_view(self) -> RouteView:
         snap = snapshot()
-        routes = parse_name_addrs(snap.headers, "route")
-        top = routes[0] if routes else None
+        routes = tuple(parse_name_addrs(snap.headers, "route")[:2])
+        ours = 0
+        for route in routes:
+            if not self._is_me(route):
+                break
+            ours += 1
         contacts = parse_name_addrs(snap.headers, "contact")
         return RouteView(
             method=snap.method.upper(),
             via_count=len(snap.headers.values("via")),
             has_to_tag=KSR.siputils.has_totag() > 0,
-            top_route=top,
-            top_route_is_me=top is not None and self._is_me(top),
+            routes=routes,
+            routes_ours=ours,
             contact_has_ob=bool(contacts) and not contacts[0].star and "ob" in contacts[0].sip_uri.params,
             source=source_flow(snap),
         )
@@ -165,7 +149,9 @@ class EdgeRoutes:
         if KSR.is_ACK():
             KSR.tm.t_relay()
             return
-        KSR.tm.t_on_failure(self.FAILURE_FLOW)
+        KSR.tm.t_on_failure(FLOW_FAILURE_ROUTE)
+        if KSR.is_INVITE() and self.runtime.config.flow_reply_timeout_ms > 0:
+            KSR.tm.t_set_fr(0, self.runtime.config.flow_reply_timeout_ms)
         if KSR.tm.t_relay() < 0:
             KSR.notice(f"kemi-outbound: sending over flow {flow} failed\n")
             KSR.tm.t_reply(430, "Flow Failed")
@@ -185,6 +171,13 @@ class EdgeRoutes:
         KSR.pv.sets(RR_USER_AVP, user)
         KSR.rr.record_route()
 
+    def keep_flow_open(self) -> None:
+        """RFC 5626 §5.4: an outbound TCP/TLS flow lives Flow-Timer plus a grace
+        period without traffic (a CRLF keepalive is traffic), then it is closed."""
+        config = self.runtime.config
+        if config.flow_timer > 0:
+            KSR.tcpops.tcp_set_connection_lifetime(config.flow_timer + config.keepalive_grace_seconds)
+
     def _initial(self) -> int:
         view = self.route_view()
         decision = self.outbound_route(view)
@@ -195,32 +188,17 @@ class EdgeRoutes:
             self.outbound_record_route(view)
             KSR.hdr.remove("Route")
             self.forward_to_home()
-        elif KSR.rr.loose_route() < 0:
-            send_reply(Reply(404, "Not Found", "no route for an initial request from the core"))
-        else:
+        elif KSR.rr.loose_route() in (1, RR_PRELOADED):
+            # our preloaded Route (a plain Path) was the last one: on to the R-URI
             self._relay()
+        else:
+            send_reply(Reply(404, "Not Found", "no route for an initial request from the core"))
         return 1
 
     def _within_dialog(self) -> int:
         if isinstance(self.outbound_route(self.route_view()), Reply | ToFlow):
             return 1
-        if KSR.rr.loose_route() > 0:
-            self._relay()
-            return 1
-        if KSR.is_ACK():
-            if KSR.tm.t_check_trans() > 0:
-                self._relay()
-            return 1
-        send_reply(Reply(404, "Not Found", "in-dialog request without a route"))
-        return 1
-
-    def _relay(self) -> None:
-        if KSR.tm.t_relay() < 0:
-            KSR.sl.sl_reply_error()
-
-    @guarded
-    def ksr_reply_route(self, msg: Any) -> int:
-        return 1
+        return super()._within_dialog()
 
     @guarded
     def ksr_failure_flow(self, msg: Any) -> int:
@@ -233,8 +211,5 @@ class EdgeRoutes:
     @guarded
     def ksr_failure_home(self, msg: Any) -> int:
         """A registrar target failed: the next one on 503 / silence / transport error."""
-        self.home.on_failure()
-        return 1
-
-    def ksr_onsend_route(self, msg: Any) -> int:
+        self.home_relay.on_failure()
         return 1

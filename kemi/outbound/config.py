@@ -59,14 +59,20 @@ class Config:
     default_expires: int
     flow_timer: int
     fault_injection_header: str
+    max_parallel_branches: int = 8
+    first_reply_timeout_ms: int = 2000
+    flow_reply_timeout_ms: int = 5000
+    keepalive_grace_seconds: int = 20
     dns: DnsConfig = DnsConfig()
 
 
 _SCHEMA: dict[str, dict[str, type]] = {
     "flow_tokens": {"keys_env": str, "keys_file": str},
-    "edge": {"registrar": str, "force_outbound": bool},
+    "edge": {"registrar": str, "force_outbound": bool, "flow_reply_timeout_ms": int},
+    "home": {"max_parallel_branches": int, "first_reply_timeout_ms": int},
     "registrar": {"location_table": str, "default_expires": int, "flow_timer": int},
     "testing": {"fault_injection_header": str},
+    "keepalive": {"grace_seconds": int},
     "dns": {
         "nameservers": list, "port": int, "timeout_ms": int, "attempt_ms": int, "transports": list,
         "families": list, "max_targets": int, "cache_entries": int, "max_ttl": int, "negative_ttl": int,
@@ -76,9 +82,11 @@ _SCHEMA: dict[str, dict[str, type]] = {
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "flow_tokens": {"keys_env": "KO_FLOW_KEYS", "keys_file": ""},
-    "edge": {"registrar": "", "force_outbound": False},
+    "edge": {"registrar": "", "force_outbound": False, "flow_reply_timeout_ms": 5000},
+    "home": {"max_parallel_branches": 8, "first_reply_timeout_ms": 2000},
     "registrar": {"location_table": "location", "default_expires": 3600, "flow_timer": 25},
     "testing": {"fault_injection_header": ""},
+    "keepalive": {"grace_seconds": 20},
     "dns": {
         "nameservers": [], "port": 53, "timeout_ms": 2000, "attempt_ms": 1000, "transports": ["udp", "tcp"],
         "families": ["ipv4", "ipv6"], "max_targets": 8, "cache_entries": 1024, "max_ttl": 3600,
@@ -157,6 +165,15 @@ def _build(values: dict[str, dict[str, Any]], source: str) -> Config:
     table = values["registrar"]["location_table"]
     if not table.isidentifier():
         raise ConfigError(source, "registrar.location_table", f"not a table name: {table!r}")
+    parallel = values["home"]["max_parallel_branches"]
+    if not 1 <= parallel <= 11:
+        raise ConfigError(source, "home.max_parallel_branches", "must be 1..11 (Kamailio forks at most 12 branches)")
+    for section, key in (("home", "first_reply_timeout_ms"), ("edge", "flow_reply_timeout_ms")):
+        if not 0 <= values[section][key] <= 120_000:
+            raise ConfigError(source, f"{section}.{key}", "must be 0 (Kamailio default) to 120000 ms")
+    grace = values["keepalive"]["grace_seconds"]
+    if not 1 <= grace <= 3600:
+        raise ConfigError(source, "keepalive.grace_seconds", "must be 1..3600 seconds")
     return Config(
         source=source,
         keys_env=values["flow_tokens"]["keys_env"],
@@ -167,6 +184,10 @@ def _build(values: dict[str, dict[str, Any]], source: str) -> Config:
         default_expires=expires,
         flow_timer=flow_timer,
         fault_injection_header=values["testing"]["fault_injection_header"].strip().lower(),
+        max_parallel_branches=parallel,
+        first_reply_timeout_ms=values["home"]["first_reply_timeout_ms"],
+        flow_reply_timeout_ms=values["edge"]["flow_reply_timeout_ms"],
+        keepalive_grace_seconds=grace,
         dns=_build_dns(values["dns"], source),
     )
 

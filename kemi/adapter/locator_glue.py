@@ -184,19 +184,22 @@ class PeerGate:
     def __init__(self, locator: Locator, uris: Iterable[str]) -> None:
         self.locator = locator
         self.trust = PeerTrust(tuple(uris), self._resolve)
+        self._lookup = locator.resolver.session()
 
     @property
     def enabled(self) -> bool:
         return self.trust.enabled
 
     def _resolve(self, uri: str) -> tuple[frozenset[str], Plan]:
-        addresses, found = peer_addresses(uri, self.locator.resolver.session(), self.locator.policy)
+        addresses, found = peer_addresses(uri, self._lookup, self.locator.policy)
         if not addresses:
             KSR.notice(f"{LOG} trusted peer {uri} has no address now: {found.describe()}\n")
         return addresses, found
 
     def peer_of(self, source_ip: str) -> str | None:
         now = self.locator.clock()
+        # one DNS budget for this request, however many peer sets need a refresh
+        self._lookup = self.locator.resolver.session()
         for changed in self.trust.refresh(now):
             KSR.info(f"{LOG} trusted peer {changed.uri} = {', '.join(sorted(changed.addresses)) or 'nobody'}\n")
         return self.trust.peer_of(source_ip, now)

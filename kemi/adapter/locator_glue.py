@@ -96,9 +96,11 @@ def no_target_reply(found: Plan) -> Reply:
 class FailoverRelay:
     """Relay to the targets of a URI one after the other (RFC 3263 §4.3)."""
 
-    def __init__(self, locator: Locator, failure_route: str) -> None:
+    def __init__(self, locator: Locator, failure_route: str,
+                 no_target: Callable[[Plan], Reply] = no_target_reply) -> None:
         self.locator = locator
         self.failure_route = failure_route
+        self.no_target = no_target
         self._last_plan: dict[str, tuple[object, ...]] = {}
 
     def _log_plan(self, found: Plan) -> None:
@@ -118,7 +120,7 @@ class FailoverRelay:
         the request; answer 503 when there is none. True when relayed."""
         found = self.locator.plan(uri)
         if not found.targets:
-            send_reply(no_target_reply(found))
+            send_reply(self.no_target(found))
             return False
         self._log_plan(found)
         # we answer ourselves when no target takes the request

@@ -180,7 +180,9 @@ def test_refused_tcp_connection_is_a_transport_error_and_fails_over(registrars, 
 
     assert register(kam, workdir, local_port, "tcp-tom").value("final") == "200"
     assert bound_at(registrars, "tcp-tom") == ["a"]
-    assert f"tcpfarm.ko.test: tcp:{DEAD}:5070, tcp:{REG['a']}:5070" in kam.log()
+    log = kam.log()
+    assert f"tcpfarm.ko.test: tcp:{DEAD}:5070, tcp:{REG['a']}:5070" in log
+    assert f"sending to sip:{DEAD}:5070;transport=tcp failed (transport error)" in log
 
 
 def test_ipv6_only_target_is_skipped_when_kamailio_has_only_ipv4(registrars, make_edge, workdir, local_port):

@@ -35,7 +35,8 @@ class BaseRoutes:
             return 1
         if KSR.siputils.has_totag() > 0:
             return self._within_dialog()
-        KSR.tm.t_check_trans()
+        if KSR.tm.t_check_trans() == 0:
+            return 1  # a retransmission, absorbed by tm
         if KSR.is_REGISTER():
             return self.register()
         return self._initial()

@@ -16,6 +16,7 @@ branch and failure routes.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ from outbound.decisions import Reply
 from outbound.sipmsg import SipSyntaxError, parse_name_addr, split_values
 from outbound.tokens import Flow, FlowTokenCodec, Verdict
 
+from .locator_glue import Locator
 from .runtime import FLB_OUTBOUND, send_reply
 
 SLOT_SHIFT = 16
@@ -65,12 +67,13 @@ class HomeProxy:
     """Forking and failover toward registered flows."""
 
     def __init__(self, config: Config, codec: FlowTokenCodec | None,
-                 is_local_flow: Callable[[Flow], bool] | None = None) -> None:
+                 is_local_flow: Callable[[Flow], bool] | None = None, locator: Locator | None = None) -> None:
         self.table = config.location_table
         self.max_parallel = config.max_parallel_branches
         self.first_reply_timeout_ms = config.first_reply_timeout_ms
         self.codec = codec
         self.is_local_flow = is_local_flow
+        self.locator = locator
 
     # ----- reading usrloc -------------------------------------------------
 
@@ -128,6 +131,13 @@ class HomeProxy:
         transport = first.params.get("transport")
         port = f":{first.port}" if first.port else ""
         dst = f"sip:{first.host}{port}" + (f";transport={transport}" if transport else "")
+        if self.locator is not None and not _is_ip_literal(first.host):
+            # an edge named in Path by hostname: RFC 3263, like the edge finds us
+            found = self.locator.resolve_next_hop(dst)
+            if not found:
+                KSR.notice(f"kemi-outbound: cannot locate {first.host} (Path of {binding.ruid}); skipped\n")
+                return None
+            dst = found[0]
         return Target(binding, binding.contact, dst, ", ".join(hops))
 
     def _local_flow(self, user: str | None) -> Flow | None:
@@ -312,6 +322,14 @@ class HomeProxy:
     def _forget(self, aor: str, binding: Binding, why: str) -> None:
         KSR.notice(f"kemi-outbound: removing binding {binding.ruid} of {aor}: {why}\n")
         KSR.registrar.unregister_ruid(self.table, aor, binding.ruid)
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def _bracket(ip: str) -> str:

@@ -177,7 +177,7 @@ def draw(messages: list[Message], lanes: Lanes, events: list[Event], path: Path,
         ax.text(pos, top + 0.35, label.replace(" (", "\n("), ha="center", va="bottom", fontsize=8,
                 fontweight="bold", bbox={"boxstyle": "round", "facecolor": "#eef2f8", "edgecolor": "#6b7a99"})
     left = -1.3
-    for i, (kind, item) in enumerate(rows, start=1):
+    for i, (_kind, item) in enumerate(rows, start=1):
         y = -i
         ax.text(left, y, f"{item.time - start:7.3f} s", ha="left", va="center", fontsize=6.5,
                 family="monospace", color="#555555")

@@ -25,6 +25,8 @@ from .runtime import Runtime, Snapshot, check_fault_injection, guarded, send_rep
 
 # The rr module takes the Record-Route user part from this AVP (cfg: custom_user_avp).
 RR_USER_AVP = "$avp(ko_rr_user)"
+# loose_route(): "the Route was preloaded and we were its last entry" (rr module, loose.h)
+RR_PRELOADED = -3
 
 
 def bracket(ip: str) -> str:
@@ -100,15 +102,19 @@ class EdgeRoutes:
 
     def route_view(self) -> RouteView:
         snap = snapshot()
-        routes = parse_name_addrs(snap.headers, "route")
-        top = routes[0] if routes else None
+        routes = tuple(parse_name_addrs(snap.headers, "route")[:2])
+        ours = 0
+        for route in routes:
+            if not self._is_me(route):
+                break
+            ours += 1
         contacts = parse_name_addrs(snap.headers, "contact")
         return RouteView(
             method=snap.method.upper(),
             via_count=len(snap.headers.values("via")),
             has_to_tag=KSR.siputils.has_totag() > 0,
-            top_route=top,
-            top_route_is_me=top is not None and self._is_me(top),
+            routes=routes,
+            routes_ours=ours,
             contact_has_ob=bool(contacts) and not contacts[0].star and "ob" in contacts[0].sip_uri.params,
             source=source_flow(snap),
         )
@@ -183,10 +189,11 @@ class EdgeRoutes:
             self.outbound_record_route(view)
             KSR.hdr.remove("Route")
             self.forward_to_home()
-        elif KSR.rr.loose_route() < 0:
-            send_reply(Reply(404, "Not Found", "no route for an initial request from the core"))
-        else:
+        elif KSR.rr.loose_route() in (1, RR_PRELOADED):
+            # our preloaded Route (a plain Path) was the last one: on to the R-URI
             self._relay()
+        else:
+            send_reply(Reply(404, "Not Found", "no route for an initial request from the core"))
         return 1
 
     def _within_dialog(self) -> int:

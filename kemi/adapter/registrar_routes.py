@@ -10,6 +10,7 @@ from outbound.decisions import Reply, SaveBinding
 from outbound.policy import RegisterView, registrar_decision
 from outbound.sipmsg import parse_delta_seconds, parse_name_addrs
 
+from .home_proxy import HomeProxy
 from .runtime import FLB_OUTBOUND, Runtime, check_fault_injection, guarded, send_reply, snapshot
 
 
@@ -19,6 +20,7 @@ class RegistrarRoutes:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.table = runtime.config.location_table
+        self.home = HomeProxy(runtime.config, runtime.codec)
 
     def child_init(self, rank: int) -> int:
         return 0
@@ -76,15 +78,7 @@ class RegistrarRoutes:
         KSR.hdr.remove("Route")
         if KSR.is_method_in("IS"):
             KSR.rr.record_route()
-        rc = KSR.registrar.lookup(self.table)
-        if rc < 0:
-            if rc == -2:
-                send_reply(Reply(405, "Method Not Allowed", "contact does not allow the method"))
-            else:
-                send_reply(Reply(404, "Not Found", f"no binding for {KSR.kx.get_ruri()}"))
-            return 1
-        KSR.tm.t_on_failure("ksr_failure_location")
-        self._relay()
+        self.home.outbound_lookup()
         return 1
 
     def _within_dialog(self) -> int:
@@ -107,10 +101,18 @@ class RegistrarRoutes:
         return 1
 
     @guarded
-    def ksr_failure_location(self, msg: Any) -> int:
-        """A 430 is for proxies only (RFC 5626 §11.5): callers get 480."""
-        if KSR.tm.t_check_status("430") > 0:
-            KSR.tm.t_reply(480, "Temporarily Unavailable")
+    def ksr_branch_outbound(self, msg: Any) -> int:
+        self.home.branch_route()
+        return 1
+
+    @guarded
+    def ksr_branch_failure_outbound(self, msg: Any) -> int:
+        self.home.outbound_next_contact()
+        return 1
+
+    @guarded
+    def ksr_failure_outbound(self, msg: Any) -> int:
+        self.home.failure_route()
         return 1
 
     def ksr_onsend_route(self, msg: Any) -> int:

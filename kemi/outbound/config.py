@@ -35,18 +35,23 @@ class Config:
     default_expires: int
     flow_timer: int
     fault_injection_header: str
+    max_parallel_branches: int = 8
+    first_reply_timeout_ms: int = 2000
+    flow_reply_timeout_ms: int = 5000
 
 
 _SCHEMA: dict[str, dict[str, type]] = {
     "flow_tokens": {"keys_env": str, "keys_file": str},
-    "edge": {"registrar": str, "force_outbound": bool},
+    "edge": {"registrar": str, "force_outbound": bool, "flow_reply_timeout_ms": int},
+    "home": {"max_parallel_branches": int, "first_reply_timeout_ms": int},
     "registrar": {"location_table": str, "default_expires": int, "flow_timer": int},
     "testing": {"fault_injection_header": str},
 }
 
 DEFAULTS: dict[str, dict[str, Any]] = {
     "flow_tokens": {"keys_env": "KO_FLOW_KEYS", "keys_file": ""},
-    "edge": {"registrar": "", "force_outbound": False},
+    "edge": {"registrar": "", "force_outbound": False, "flow_reply_timeout_ms": 5000},
+    "home": {"max_parallel_branches": 8, "first_reply_timeout_ms": 2000},
     "registrar": {"location_table": "location", "default_expires": 3600, "flow_timer": 25},
     "testing": {"fault_injection_header": ""},
 }
@@ -122,6 +127,12 @@ def _build(values: dict[str, dict[str, Any]], source: str) -> Config:
     table = values["registrar"]["location_table"]
     if not table.isidentifier():
         raise ConfigError(source, "registrar.location_table", f"not a table name: {table!r}")
+    parallel = values["home"]["max_parallel_branches"]
+    if not 1 <= parallel <= 11:
+        raise ConfigError(source, "home.max_parallel_branches", "must be 1..11 (Kamailio forks at most 12 branches)")
+    for section, key in (("home", "first_reply_timeout_ms"), ("edge", "flow_reply_timeout_ms")):
+        if not 0 <= values[section][key] <= 120_000:
+            raise ConfigError(source, f"{section}.{key}", "must be 0 (Kamailio default) to 120000 ms")
     return Config(
         source=source,
         keys_env=values["flow_tokens"]["keys_env"],
@@ -132,6 +143,9 @@ def _build(values: dict[str, dict[str, Any]], source: str) -> Config:
         default_expires=expires,
         flow_timer=flow_timer,
         fault_injection_header=values["testing"]["fault_injection_header"].strip().lower(),
+        max_parallel_branches=parallel,
+        first_reply_timeout_ms=values["home"]["first_reply_timeout_ms"],
+        flow_reply_timeout_ms=values["edge"]["flow_reply_timeout_ms"],
     )
 
 

@@ -22,15 +22,27 @@ MAX_ROUTE_USER = 1024
 
 @dataclass(frozen=True, slots=True)
 class RouteView:
-    """What the routing decision needs to know about one request."""
+    """What the routing decision needs to know about one request.
+
+    ``routes`` holds the first Route entries (two are enough: a double
+    Record-Route pair); ``routes_ours`` how many of the leading ones name us.
+    """
 
     method: str
     via_count: int
     has_to_tag: bool
-    top_route: NameAddr | None
-    top_route_is_me: bool
+    routes: tuple[NameAddr, ...]
+    routes_ours: int
     contact_has_ob: bool
     source: Flow
+
+    @property
+    def top_route(self) -> NameAddr | None:
+        return self.routes[0] if self.routes else None
+
+    @property
+    def top_route_is_me(self) -> bool:
+        return self.routes_ours > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,28 +73,38 @@ RouteDecision = LooseRoute | Outgoing | ToFlow | Reply
 
 
 def route_decision(view: RouteView, codec: FlowTokenCodec) -> RouteDecision:
-    """RFC 5626 §5.3: route processing when the top Route is us and has a token."""
-    route = view.top_route
-    if route is None:
+    """RFC 5626 §5.3: route processing when the top Route is us and has a token.
+
+    Our leading Route entries (one, or a double Record-Route pair; in
+    single-server mode one per side of the dialog) are read together: a forged
+    token is answered 403; the first flow that is not the request's source is
+    where the request goes (incoming); when every token names the source, the
+    request came over its own flow (outgoing) and loose routing goes on.
+    """
+    if not view.routes:
         return LooseRoute("no Route header")
-    if not view.top_route_is_me:
+    if view.routes_ours == 0:
         return LooseRoute("top Route is not this edge")
-    user = route.sip_uri.user
-    if not user:
+    flows: list[tuple[Flow, str, NameAddr]] = []
+    for route in view.routes[: view.routes_ours]:
+        user = route.sip_uri.user
+        if not user:
+            continue
+        if len(user) > MAX_ROUTE_USER:
+            return Reply(400, "Bad Request", f"Route user part of {len(user)} bytes")
+        decoded = codec.decode(user)
+        if decoded.verdict is Verdict.NOT_A_TOKEN:
+            continue
+        if decoded.verdict is Verdict.FORGED or decoded.flow is None:
+            return Reply(403, "Forbidden", f"forged flow token {user[:80]!r}")
+        flows.append((decoded.flow, user, route))
+    if not flows:
         return LooseRoute("our Route carries no flow token")
-    if len(user) > MAX_ROUTE_USER:
-        return Reply(400, "Bad Request", f"Route user part of {len(user)} bytes")
-    decoded = codec.decode(user)
-    if decoded.verdict is Verdict.NOT_A_TOKEN:
-        return LooseRoute("user part of our Route is not a flow token")
-    if decoded.verdict is Verdict.FORGED or decoded.flow is None:
-        return Reply(403, "Forbidden", f"forged flow token {user[:80]!r}")
-    if decoded.flow == view.source:
-        return Outgoing(decoded.flow)
-    record = (
-        view.method in DIALOG_FORMING and not view.has_to_tag and "ob" in route.sip_uri.params
-    )
-    return ToFlow(decoded.flow, user, record)
+    for flow, user, route in flows:
+        if flow != view.source:
+            record = view.method in DIALOG_FORMING and not view.has_to_tag and "ob" in route.sip_uri.params
+            return ToFlow(flow, user, record)
+    return Outgoing(flows[0][0])
 
 
 def record_route_token(view: RouteView, force_outbound: bool) -> bool:

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+import actors
+from actors import instance, tcp_stat
 from harness import OTHER_KEY, TEST_KEY, Kamailio, SippResult, describe, sipp, wait_sipp
 from outbound.sipmsg import parse_name_addr, split_values
 from outbound.tokens import FlowTokenCodec, Verdict, parse_key
@@ -23,49 +25,17 @@ CORE = net(40)
 CODEC = FlowTokenCodec([parse_key(TEST_KEY)])
 
 
-def instance(n: int) -> str:
-    return f"urn:uuid:00000000-0000-4000-8000-{n:012d}"
-
-
 def start_callee(kam: Kamailio, workdir: Path, port: int, user: str, *, transport: str = "tcp",
-                 uas: str = "uas.xml", regid: int = 1, timeout: int = 30) -> subprocess.Popen:
-    proc = sipp("callee_ob/register.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA_B,
-                local_port=port, transport=transport, background=True, timeout=timeout,
-                keys={"user": user, "domain": "example.com", "instance": instance(port), "regid": str(regid),
-                      "expires": "600", "who": user},
-                oocsf=f"callee_ob/{uas}")
-    assert isinstance(proc, subprocess.Popen)
-    return proc
+                 uas: str = "uas.xml") -> subprocess.Popen:
+    return actors.start_callee(kam, workdir, port, user, ua_ip=UA_B, transport=transport, uas=uas)
 
 
-def wait_binding(registrar: Kamailio, user: str, proc: subprocess.Popen, timeout: float = 10.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = registrar.bindings(user)
-        if found:
-            return found[0]
-        if proc.poll() is not None:
-            raise AssertionError(f"callee SIPp exited {proc.returncode} before registering:\n"
-                                 + describe(wait_sipp(proc, 1)))
-        time.sleep(0.05)
-    raise AssertionError(f"no binding for {user} after {timeout}s")
+def wait_binding(registrar: Kamailio, user: str, proc: subprocess.Popen) -> dict:
+    return actors.wait_bindings(registrar, user, [proc])[0]
 
 
-def call(kam: Kamailio, workdir: Path, port: int, callee: str, scenario: str = "uac.xml",
-         **keys: str) -> SippResult:
-    result = sipp(f"caller/{scenario}", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA_A,
-                  local_port=port, transport="udp", timeout=15, check=scenario != "uac_final.xml",
-                  keys={"callee": callee, "domain": "example.com", "user": "alice", **keys})
-    assert isinstance(result, SippResult)
-    return result
-
-
-def tcp_stat(kam: Kamailio, name: str) -> int:
-    for line in kam.rpc("stats.get_statistics", "tcp:"):
-        key, _, value = line.partition(" = ")
-        if key == f"tcp:{name}":
-            return int(value)
-    raise KeyError(name)
+def call(kam: Kamailio, workdir: Path, port: int, callee: str, scenario: str = "uac.xml", **keys: str) -> SippResult:
+    return actors.call(kam, workdir, port, callee, ua_ip=UA_A, scenario=scenario, **keys)
 
 
 def path_token(binding: dict) -> str:

@@ -1,0 +1,299 @@
+"""Home proxy forking and flow failover (RFC 5626 §7) on Kamailio's usrloc and tm.
+
+``outbound_lookup`` reads the AOR's bindings (reg_fetch_contacts / $ulc), asks
+the core for a fork plan and creates one branch per instance of the first
+wave. ``outbound_next_contact`` runs per failed branch (tm branch-failure
+route): on 430 or a local 408/503 it removes that binding and starts the next
+flow of the same instance. The final failure route starts the next q-wave or
+maps flow failures to 480.
+
+Per-transaction state lives in xavps (tm keeps them with the transaction, so
+every worker and the timer process see them): ``ko_tx`` (AOR, wave q, the
+instance groups tried) and one ``ko_b<slot>`` per branch (binding, Route). The
+slot number travels in the branch flags (bits 16-30), which tm gives back in
+branch and failure routes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import KSR
+
+from outbound.bindings import (
+    Binding,
+    InstanceQueue,
+    caller_status,
+    failover_allowed,
+    next_flow,
+    normalize_instance,
+    plan_forks,
+)
+from outbound.config import Config
+from outbound.decisions import Reply
+from outbound.sipmsg import SipSyntaxError, parse_name_addr, split_values
+from outbound.tokens import Flow, FlowTokenCodec, Verdict
+
+from .runtime import FLB_OUTBOUND, send_reply
+
+SLOT_SHIFT = 16
+SLOT_MASK = 0x7FFF
+TX = "ko_tx"
+ULC = "ko"
+
+# tm callback names (methods of the routes object); tests check they resolve.
+BRANCH_ROUTE = "ksr_branch_outbound"
+BRANCH_FAILURE_ROUTE = "ksr_branch_failure_outbound"
+FAILURE_ROUTE = "ksr_failure_outbound"
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where one branch goes: request URI, next hop, Route set, socket."""
+
+    binding: Binding
+    ruri: str
+    dst_uri: str
+    route: str
+    socket: str = ""
+    conn_id: int = 0
+
+
+class HomeProxy:
+    """Forking and failover toward registered flows."""
+
+    def __init__(self, config: Config, codec: FlowTokenCodec | None,
+                 is_local_flow: Callable[[Flow], bool] | None = None) -> None:
+        self.table = config.location_table
+        self.max_parallel = config.max_parallel_branches
+        self.first_reply_timeout_ms = config.first_reply_timeout_ms
+        self.codec = codec
+        self.is_local_flow = is_local_flow
+
+    # ----- reading usrloc -------------------------------------------------
+
+    def fetch(self, aor: str) -> list[Binding]:
+        if KSR.registrar.reg_fetch_contacts(self.table, aor, ULC) < 0:
+            return []
+        try:
+            count = int(KSR.pv.get(f"$ulc({ULC}=>count)") or 0)
+            out = []
+            for i in range(count):
+                def field(name: str, i: int = i) -> object:
+                    return KSR.pv.get(f"$(ulc({ULC}=>{name})[{i}])")
+                q = int(field("q") or -1)
+                out.append(Binding(
+                    ruid=str(field("ruid") or ""),
+                    contact=str(field("addr") or ""),
+                    path=str(field("path") or ""),
+                    instance=normalize_instance(str(field("instance") or "")),
+                    reg_id=int(field("regid") or 0),
+                    q=1.0 if q < 0 else q / 1000.0,
+                    modified=int(field("modified") or 0),
+                    outbound=bool(int(field("cflags") or 0) & (1 << FLB_OUTBOUND)),
+                    socket=str(field("socket") or ""),
+                    conn_id=int(field("conid") or -1),
+                ))
+            return out
+        finally:
+            KSR.registrar.reg_free_contacts(ULC)
+
+    # ----- building branches ---------------------------------------------
+
+    def target(self, binding: Binding) -> Target | None:
+        """Turn a binding into a branch target; None (with a log line) when its
+        Path is garbage or names a local flow that is gone."""
+        if not binding.path:
+            return Target(binding, binding.contact, "", "")
+        try:
+            hops = split_values(binding.path)
+            first = parse_name_addr(hops[0]).sip_uri
+        except (SipSyntaxError, IndexError) as exc:
+            KSR.notice(f"kemi-outbound: binding {binding.ruid} has an unusable Path ({exc}); skipped\n")
+            return None
+        local = self._local_flow(first.user)
+        if local is not None:
+            # we hold this flow ourselves (single-server mode): send straight to it
+            hops = hops[1:]
+            if local.is_stream and KSR.tcpops.tcp_conid_state(local.conn_id) <= 0:
+                return None
+            dst = f"sip:{_bracket(local.remote_ip)}:{local.remote_port};transport={local.transport}"
+            socket = f"{local.transport}:{_bracket(local.local_ip)}:{local.local_port}"
+            return Target(binding, binding.contact, dst, ", ".join(hops), socket, local.conn_id)
+        transport = first.params.get("transport")
+        port = f":{first.port}" if first.port else ""
+        dst = f"sip:{first.host}{port}" + (f";transport={transport}" if transport else "")
+        return Target(binding, binding.contact, dst, ", ".join(hops))
+
+    def _local_flow(self, user: str | None) -> Flow | None:
+        if not user or self.codec is None or self.is_local_flow is None:
+            return None
+        decoded = self.codec.decode(user)
+        if decoded.verdict is not Verdict.VALID or decoded.flow is None:
+            return None
+        return decoded.flow if self.is_local_flow(decoded.flow) else None
+
+    def _first_usable(self, queue: InstanceQueue, aor: str) -> Target | None:
+        """The first flow of an instance that can be used; dead local flows are
+        removed on the way (RFC 5626 §7: a flow known dead is invalidated)."""
+        for binding in queue.flows:
+            target = self.target(binding)
+            if target is not None:
+                return target
+            if binding.path:
+                self._forget(aor, binding, "flow is gone")
+        return None
+
+    def _new_slot(self) -> int:
+        slot = int(KSR.pv.get(f"$xavp({TX}=>slots)") or 0) + 1
+        KSR.pv.seti(f"$xavp({TX}[0]=>slots)", slot)
+        return slot & SLOT_MASK
+
+    def _add_branch(self, target: Target, *, use_ruri: bool) -> None:
+        slot = self._new_slot()
+        KSR.pv.sets(f"$xavp(ko_b{slot}=>ruid)", target.binding.ruid)
+        KSR.pv.sets(f"$xavp(ko_b{slot}[0]=>group)", target.binding.group)
+        KSR.pv.sets(f"$xavp(ko_b{slot}[0]=>route)", target.route)
+        flags = (slot << SLOT_SHIFT) | ((1 << FLB_OUTBOUND) if target.binding.outbound else 0)
+        if use_ruri:
+            KSR.pv.sets("$ru", target.ruri)
+            if target.dst_uri:
+                KSR.setdsturi(target.dst_uri)
+            else:
+                KSR.resetdsturi()
+            if target.socket:
+                KSR.pv.sets("$fs", target.socket)
+            KSR.pv.seti("$bf", flags)
+            return
+        KSR.pvx.sbranch_reset()
+        KSR.pv.sets("$sbranch(uri)", target.ruri)
+        if target.dst_uri:
+            KSR.pv.sets("$sbranch(dst_uri)", target.dst_uri)
+        if target.socket:
+            KSR.pv.sets("$sbranch(send_socket)", target.socket)
+        KSR.pv.seti("$sbranch(flags)", flags)
+        KSR.pvx.sbranch_append()
+
+    def _arm(self) -> None:
+        KSR.tm.t_on_branch(BRANCH_ROUTE)
+        KSR.tm.t_on_branch_failure(BRANCH_FAILURE_ROUTE)
+        KSR.tm.t_on_failure(FAILURE_ROUTE)
+        if KSR.is_INVITE() and self.first_reply_timeout_ms > 0:
+            # a live edge answers 100 Trying at once: a dead one is given up quickly
+            KSR.tm.t_set_fr(0, self.first_reply_timeout_ms)
+
+    def _start_wave(self, aor: str, queues: tuple[InstanceQueue, ...], *, in_request: bool) -> int:
+        started = 0
+        for queue in queues:
+            target = self._first_usable(queue, aor)
+            self._mark_tried(queue.group)
+            if target is None:
+                continue
+            self._add_branch(target, use_ruri=in_request and started == 0)
+            started += 1
+        return started
+
+    def _mark_tried(self, group: str) -> None:
+        tried = str(KSR.pv.get(f"$xavp({TX}=>tried)") or "")
+        KSR.pv.sets(f"$xavp({TX}[0]=>tried)", f"{tried}|{group}")
+
+    def _tried(self) -> frozenset[str]:
+        return frozenset(g for g in str(KSR.pv.get(f"$xavp({TX}=>tried)") or "").split("|") if g)
+
+    # ----- the three entry points ----------------------------------------
+
+    def outbound_lookup(self) -> int:
+        """Fork to the first wave of the AOR's bindings (RFC 5626 §7). Returns 1
+        when branches were relayed, -1 when a reply was sent instead."""
+        aor = KSR.kx.get_ruri()
+        bindings = self.fetch(aor)
+        if not bindings:
+            send_reply(Reply(404, "Not Found", f"no binding for {aor}"))
+            return -1
+        plan = plan_forks(bindings, max_parallel=self.max_parallel)
+        KSR.pv.sets(f"$xavp({TX}=>aor)", aor)
+        for index, wave in enumerate(plan.waves):
+            KSR.pv.sets(f"$xavp({TX}[0]=>q)", repr(wave[0].q))
+            if self._start_wave(aor, wave, in_request=True):
+                break
+            if index == len(plan.waves) - 1:
+                send_reply(Reply(480, "Temporarily Unavailable", f"no usable flow for {aor}"))
+                return -1
+        self._arm()
+        if KSR.tm.t_relay() < 0:
+            KSR.notice(f"kemi-outbound: relaying to the bindings of {aor} failed\n")
+            KSR.sl.sl_reply_error()
+            return -1
+        return 1
+
+    def branch_route(self) -> None:
+        """Per branch, just before sending: put the binding's Path in as Route."""
+        slot = (int(KSR.pv.get("$bf") or 0) >> SLOT_SHIFT) & SLOT_MASK
+        if not slot:
+            return
+        route = str(KSR.pv.get(f"$xavp(ko_b{slot}=>route)") or "")
+        if route:
+            KSR.hdr.insert(f"Route: {route}\r\n")
+
+    def outbound_next_contact(self) -> None:
+        """Branch failed: on 430 or our own 408/503, drop that binding and try the
+        next flow of the same instance; otherwise leave the instance alone."""
+        status = int(KSR.pv.get("$T_reply_code") or 0)
+        locally = KSR.tm.t_branch_replied() < 0 and status in (408, 503)
+        slot = (int(KSR.pv.get("$T_branch(flags)") or 0) >> SLOT_SHIFT) & SLOT_MASK
+        if not slot or not failover_allowed(status, locally):
+            return
+        aor = str(KSR.pv.get(f"$xavp({TX}=>aor)") or "")
+        ruid = str(KSR.pv.get(f"$xavp(ko_b{slot}=>ruid)") or "")
+        group = str(KSR.pv.get(f"$xavp(ko_b{slot}=>group)") or "")
+        if not aor or not ruid:
+            KSR.notice(f"kemi-outbound: {status} on a branch without flow state; nothing to fail over\n")
+            return
+        KSR.notice(f"kemi-outbound: flow {ruid} of {aor} failed with {status}"
+                   f"{' (local)' if locally else ''}; removing it\n")
+        KSR.registrar.unregister_ruid(self.table, aor, ruid)
+        remaining = self.fetch(aor)
+        while True:
+            binding = next_flow(remaining, group, ruid)
+            if binding is None:
+                KSR.notice(f"kemi-outbound: no flow left for {group} of {aor}\n")
+                return
+            target = self.target(binding)
+            if target is not None:
+                break
+            self._forget(aor, binding, "flow is gone")
+            remaining = [b for b in remaining if b.ruid != binding.ruid]
+        self._add_branch(target, use_ruri=False)
+        self._arm()
+        if KSR.tm.t_relay() < 0:
+            KSR.notice(f"kemi-outbound: could not start the next flow {binding.ruid}\n")
+
+    def failure_route(self) -> None:
+        """All branches done: next q-wave (RFC 3261 §16.6) unless a 6xx or a
+        cancel ended the call; a flow failure never reaches the caller."""
+        if KSR.tm.t_is_canceled() > 0:
+            return
+        status = int(KSR.pv.get("$T_reply_code") or 0)
+        aor = str(KSR.pv.get(f"$xavp({TX}=>aor)") or "")
+        if aor and not 600 <= status < 700:
+            below = float(str(KSR.pv.get(f"$xavp({TX}=>q)") or "1.0"))
+            plan = plan_forks(self.fetch(aor), max_parallel=self.max_parallel, below_q=below,
+                              skip_groups=self._tried())
+            for wave in plan.waves:
+                KSR.pv.sets(f"$xavp({TX}[0]=>q)", repr(wave[0].q))
+                if self._start_wave(aor, wave, in_request=False):
+                    self._arm()
+                    if KSR.tm.t_relay() > 0:
+                        return
+        mapped = caller_status(status)
+        if mapped is not None:
+            KSR.tm.t_reply(mapped, "Temporarily Unavailable")
+
+    def _forget(self, aor: str, binding: Binding, why: str) -> None:
+        KSR.notice(f"kemi-outbound: removing binding {binding.ruid} of {aor}: {why}\n")
+        KSR.registrar.unregister_ruid(self.table, aor, binding.ruid)
+
+
+def _bracket(ip: str) -> str:
+    return f"[{ip}]" if ":" in ip else ip

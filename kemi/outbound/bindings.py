@@ -1,0 +1,136 @@
+"""Which bindings to fork to, and in which order (RFC 5626 §7, RFC 3261 §16.6).
+
+The authoritative proxy never puts two flows of one (AOR, instance) into the
+target set at once (§7); the other flows of that instance are kept for
+failover on 430 or a locally generated 408/503 (§7, §9.3), tried most
+recently refreshed first (§15 credits "most recent registration first").
+Instances fork in parallel within one q-value and serially across q-values,
+highest first (RFC 3261 §16.6). Bindings without +sip.instance are each an
+"instance" of their own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+DEFAULT_Q = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class Binding:
+    """One usrloc contact, as the adapter read it."""
+
+    ruid: str
+    contact: str
+    path: str = ""
+    instance: str = ""
+    reg_id: int = 0
+    q: float = DEFAULT_Q
+    modified: int = 0
+    outbound: bool = False
+    socket: str = ""
+    conn_id: int = -1
+
+    @property
+    def group(self) -> str:
+        """Flows of one device share the key; a binding without instance is alone."""
+        return f"instance:{self.instance}" if self.instance else f"ruid:{self.ruid}"
+
+
+@dataclass(frozen=True, slots=True)
+class InstanceQueue:
+    """The flows of one instance, the one to try first at the front."""
+
+    group: str
+    flows: tuple[Binding, ...]
+
+    @property
+    def first(self) -> Binding:
+        return self.flows[0]
+
+    @property
+    def q(self) -> float:
+        return self.flows[0].q
+
+
+@dataclass(frozen=True, slots=True)
+class ForkPlan:
+    """Waves of parallel branches: wave 0 first, the next wave only after the
+    previous one failed. Every wave holds at most one flow per instance."""
+
+    waves: tuple[tuple[InstanceQueue, ...], ...]
+
+    @property
+    def empty(self) -> bool:
+        return not self.waves
+
+
+def normalize_instance(raw: str) -> str:
+    """+sip.instance compares as a URN (RFC 5626 §4.1): drop quotes and <>."""
+    text = raw.strip().strip('"').strip()
+    if text.startswith("<") and text.endswith(">"):
+        text = text[1:-1]
+    return text.strip().lower()
+
+
+def _flow_order(binding: Binding) -> tuple[int, int, str]:
+    return (-binding.modified, binding.reg_id, binding.ruid)
+
+
+def plan_forks(
+    bindings: list[Binding] | tuple[Binding, ...],
+    *,
+    max_parallel: int,
+    below_q: float | None = None,
+    skip_groups: frozenset[str] = frozenset(),
+) -> ForkPlan:
+    """Order bindings into waves.
+
+    ``below_q`` keeps only instances whose q is lower (the next serial wave);
+    ``skip_groups`` drops instances already tried in this transaction.
+    A q-group larger than ``max_parallel`` spills into further waves.
+    """
+    groups: dict[str, list[Binding]] = {}
+    for binding in bindings:
+        if binding.group in skip_groups:
+            continue
+        groups.setdefault(binding.group, []).append(binding)
+    queues = [InstanceQueue(g, tuple(sorted(flows, key=_flow_order))) for g, flows in groups.items()]
+    if below_q is not None:
+        queues = [q for q in queues if q.q < below_q]
+    queues.sort(key=lambda queue: (-queue.q, _flow_order(queue.first)))
+    waves: list[tuple[InstanceQueue, ...]] = []
+    current: list[InstanceQueue] = []
+    for queue in queues:
+        if current and (queue.q != current[0].q or len(current) >= max_parallel):
+            waves.append(tuple(current))
+            current = []
+        current.append(queue)
+    if current:
+        waves.append(tuple(current))
+    return ForkPlan(tuple(waves))
+
+
+def next_flow(bindings: list[Binding] | tuple[Binding, ...], group: str, failed_ruid: str) -> Binding | None:
+    """The flow of the same instance to try after ``failed_ruid`` failed (§7, §9.3)."""
+    candidates = sorted(
+        (b for b in bindings if b.group == group and b.ruid != failed_ruid), key=_flow_order
+    )
+    return candidates[0] if candidates else None
+
+
+def failover_allowed(status: int, locally_generated: bool) -> bool:
+    """RFC 5626 §7: replace a branch only after 430, or a 408/503 we generated
+    ourselves (timeout with no reply, transport error; RFC 3261 §16.8-16.9).
+    Any other final response ends that instance (checklist A4.3)."""
+    if status == 430:
+        return True
+    return locally_generated and status in (408, 503)
+
+
+def caller_status(status: int) -> int | None:
+    """What the caller sees instead of a flow failure (RFC 5626 §11.5): 430 is for
+    proxies only, and our own 408/503 mean "nobody could be reached": 480."""
+    if status in (430, 408, 503):
+        return 480
+    return None

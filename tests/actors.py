@@ -1,0 +1,73 @@
+"""SIPp user agents for the integration tests: registered callees and callers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from harness import Kamailio, SippResult, describe, sipp, wait_sipp
+
+
+def instance(n: int) -> str:
+    return f"urn:uuid:00000000-0000-4000-8000-{n:012d}"
+
+
+def ob_params(inst: str, reg_id: int, extra: str = "") -> str:
+    return f';+sip.instance="<{inst}>";reg-id={reg_id}{extra}'
+
+
+def start_callee(kam: Kamailio, workdir: Path, port: int, user: str, *, ua_ip: str,
+                 transport: str = "tcp", uas: str = "uas.xml", cparams: str | None = None,
+                 who: str | None = None, timeout: int = 30, cid: str | None = None) -> subprocess.Popen:
+    """A registered outbound UA (tests/sipp/callee_ob) holding its flow open."""
+    proc = sipp("callee_ob/register.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=ua_ip,
+                local_port=port, transport=transport, background=True, timeout=timeout,
+                keys={"user": user, "domain": "example.com", "expires": "600", "who": who or user,
+                      "cparams": cparams if cparams is not None else ob_params(instance(port), 1)},
+                oocsf=f"callee_ob/{uas}", extra=["-cid_str", cid] if cid else None)
+    assert isinstance(proc, subprocess.Popen)
+    return proc
+
+
+def wait_bindings(registrar: Kamailio, user: str, procs: list[subprocess.Popen], count: int = 1,
+                  timeout: float = 10.0) -> list[dict]:
+    """Poll usrloc over RPC until ``count`` bindings exist for ``user``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = registrar.bindings(user)
+        if len(found) >= count:
+            return found
+        for proc in procs:
+            if proc.poll() is not None:
+                raise AssertionError(f"callee SIPp exited {proc.returncode} before registering:\n"
+                                     + describe(wait_sipp(proc, 1)))
+        time.sleep(0.05)
+    raise AssertionError(f"{len(registrar.bindings(user))} bindings for {user} after {timeout}s, wanted {count}")
+
+
+def call(kam: Kamailio, workdir: Path, port: int, callee: str, *, ua_ip: str, scenario: str = "uac.xml",
+         timeout: int = 15, **keys: str) -> SippResult:
+    """A caller (tests/sipp/caller) over UDP through ``kam``."""
+    result = sipp(f"caller/{scenario}", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=ua_ip,
+                  local_port=port, transport="udp", timeout=timeout, check=scenario != "uac_final.xml",
+                  keys={"callee": callee, "domain": "example.com", "user": "alice", **keys})
+    assert isinstance(result, SippResult)
+    return result
+
+
+def kill(proc: subprocess.Popen) -> None:
+    """SIGKILL a SIPp we started (closes its TCP flow in the kernel)."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+
+
+def tcp_stat(kam: Kamailio, name: str) -> int:
+    for line in kam.rpc("stats.get_statistics", "tcp:"):
+        key, _, value = line.partition(" = ")
+        if key == f"tcp:{name}":
+            return int(value)
+    raise KeyError(name)

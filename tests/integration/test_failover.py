@@ -1,0 +1,156 @@
+"""Forking and flow failover at the home proxy (issue 4, RFC 5626 §7).
+
+One device (one +sip.instance) registers reg-id 1 through edge1 and reg-id 2
+through edge2, each over its own TCP flow, each flow held by its own SIPp.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from actors import call, instance, kill, ob_params, start_callee, wait_bindings
+from harness import Kamailio, describe, wait_sipp
+from topology import edge, net, registrar, start, stop
+
+UA_DEVICE = net(21)
+UA_OTHER = net(22)
+UA_CALLER = net(31)
+
+
+@pytest.fixture
+def callees() -> Iterator[list[subprocess.Popen]]:
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for proc in procs:
+        kill(proc)
+
+
+def device_with_two_flows(topology: dict[str, Kamailio], workdir: Path, port: int, user: str,
+                          callees: list[subprocess.Popen], uas1: str = "uas.xml",
+                          uas2: str = "uas.xml") -> list[dict]:
+    """reg-id 2 via edge2 first, then reg-id 1 via edge1: flow 1 is the most recent."""
+    inst = instance(port)
+    second = start_callee(topology["edge2"], workdir, port + 1, user, ua_ip=UA_DEVICE, uas=uas2,
+                          cparams=ob_params(inst, 2), who="ua2", cid="flow2-%u-%p@%s")
+    callees.append(second)
+    wait_bindings(topology["registrar"], user, [second], 1)
+    first = start_callee(topology["edge1"], workdir, port, user, ua_ip=UA_DEVICE, uas=uas1,
+                         cparams=ob_params(inst, 1), who="ua1", cid="flow1-%u-%p@%s")
+    callees.append(first)
+    return wait_bindings(topology["registrar"], user, [first, second], 2)
+
+
+def test_dead_flow_fails_over_to_the_other_flow_of_the_instance(topology, workdir, local_port, callees):
+    """430 from the edge -> binding removed, next flow of the instance, no 430 to the caller."""
+    user = "dev-failover"
+    bindings = device_with_two_flows(topology, workdir, local_port, user, callees)
+    assert sorted(b["Reg-Id"] for b in bindings) == [1, 2]
+    kill(callees[1])  # flow 1 (reg-id 1, via edge1) dies
+    result = call(topology["edge2"], workdir, local_port + 10, user, ua_ip=UA_CALLER)
+    assert result.value("who") == "ua2"
+    assert [b["Reg-Id"] for b in topology["registrar"].bindings(user)] == [2]
+    ua2 = wait_sipp(callees[0], 20)
+    assert "call ended" in ua2.log, describe(ua2)
+    log = topology["registrar"].log()
+    assert f"of sip:{user}@example.com failed with 430" in log
+
+
+def test_busy_on_flow_1_is_final_for_the_instance(topology, workdir, local_port, callees):
+    """RFC 5626 §7: after a final response other than 408/430, no other flow."""
+    user = "dev-busy"
+    device_with_two_flows(topology, workdir, local_port, user, callees, uas1="uas_busy.xml")
+    result = call(topology["edge2"], workdir, local_port + 10, user, ua_ip=UA_CALLER, scenario="uac_final.xml",
+                  ruri=f"sip:{user}@example.com", extra="X-Case: busy")
+    assert result.value("final") == "486"
+    ua1 = wait_sipp(callees[1], 20)
+    assert "call refused busy" in ua1.log
+    kill(callees[0])
+    ua2 = wait_sipp(callees[0], 5)
+    assert "incoming=" not in ua2.log and "INVITE sip:" not in ua2.messages, "flow 2 was tried after a 486"
+    assert sorted(b["Reg-Id"] for b in topology["registrar"].bindings(user)) == [1, 2], "486 removed a binding"
+
+
+def test_single_binding_aor_is_called(topology, workdir, local_port, callees):
+    """Kamailio's example registrar answers 500 here (t_next_contacts returns -2)."""
+    user = "dev-single"
+    callee = start_callee(topology["edge1"], workdir, local_port, user, ua_ip=UA_DEVICE)
+    callees.append(callee)
+    wait_bindings(topology["registrar"], user, [callee])
+    assert call(topology["edge2"], workdir, local_port + 10, user, ua_ip=UA_CALLER).value("who") == user
+
+
+def message_times(messages: str, first_line: str) -> list[datetime]:
+    """Timestamps of SIPp trace entries whose message starts with ``first_line``."""
+    stamps = []
+    for block in re.split(r"\n-{40,} ", messages):
+        head, _, body = block.partition("\n")
+        lines = [line for line in body.splitlines() if line.strip()]
+        if lines and lines[1 if "bytes" in lines[0] else 0].startswith(first_line):
+            stamps.append(datetime.strptime(head.strip()[:26], "%Y-%m-%d %H:%M:%S.%f"))
+    return stamps
+
+
+def test_q_values_parallel_then_serial(topology, workdir, local_port, callees):
+    """RFC 3261 §16.6: q 1.0 and 1.0 ring together; q 0.5 only after both failed."""
+    user = "three-devices"
+    specs = [("d1", "1.0", "uas_busy.xml"), ("d2", "1.0", "uas_busy.xml"), ("d3", "0.5", "uas.xml")]
+    for index, (who, q, uas) in enumerate(specs):
+        proc = start_callee(topology["edge1"], workdir, local_port + index, user, ua_ip=UA_DEVICE, uas=uas,
+                            cparams=ob_params(instance(local_port + index), 1, f";q={q}"), who=who)
+        callees.append(proc)
+    wait_bindings(topology["registrar"], user, callees, 3)
+    result = call(topology["edge2"], workdir, local_port + 10, user, ua_ip=UA_CALLER)
+    assert result.value("who") == "d3"
+    runs = [wait_sipp(proc, 20) for proc in callees]
+    invite_d1 = message_times(runs[0].messages, "INVITE sip:")[0]
+    invite_d2 = message_times(runs[1].messages, "INVITE sip:")[0]
+    busy_d1 = message_times(runs[0].messages, "SIP/2.0 486")[0]
+    busy_d2 = message_times(runs[1].messages, "SIP/2.0 486")[0]
+    invite_d3 = message_times(runs[2].messages, "INVITE sip:")[0]
+    assert invite_d1 < busy_d2 and invite_d2 < busy_d1, "the two q=1.0 devices did not ring in parallel"
+    assert invite_d3 > max(busy_d1, busy_d2), "the q=0.5 device rang before the others failed"
+
+
+def test_outbound_device_and_plain_contact_ring_together(topology, workdir, local_port, callees):
+    """RFC 5626 §6 (A3.6): outbound and non-outbound bindings of one AOR coexist and
+    are forked in parallel; the outbound one rings until the plain one answers."""
+    user = "mixed"
+    plain = start_callee(topology["edge2"], workdir, local_port + 1, user, ua_ip=UA_OTHER, cparams="",
+                         transport="udp", who="plain")
+    device = start_callee(topology["edge1"], workdir, local_port, user, ua_ip=UA_DEVICE, uas="uas_ring.xml",
+                          who="outbound")
+    callees += [plain, device]
+    bindings = wait_bindings(topology["registrar"], user, callees, 2)
+    assert sorted(b["Reg-Id"] for b in bindings) == [0, 1]
+    result = call(topology["edge2"], workdir, local_port + 10, user, ua_ip=UA_CALLER)
+    assert result.value("who") == "plain"
+    assert "call cancelled" in wait_sipp(device, 20).log, "the outbound device was not forked to"
+
+
+def test_killed_edge_is_given_up_quickly_and_the_call_moves_on(workdir, local_port, callees):
+    """Edge 1 dies outright (no 100 Trying): the short first-reply timer moves the
+    call to flow 2 well within the caller's own timeout."""
+    reg = start(registrar(workdir, name="reg-kill", addr=net(50)))
+    edges = [start(edge(workdir, f"edge-kill-{i}", net(50 + i), reg.uri)) for i in (1, 2)]
+    try:
+        topo = {"registrar": reg, "edge1": edges[0], "edge2": edges[1]}
+        user = "dev-edge-dies"
+        device_with_two_flows(topo, workdir, local_port, user, callees)
+        edges[0].kill()
+        started = time.monotonic()
+        result = call(edges[1], workdir, local_port + 10, user, ua_ip=UA_CALLER, timeout=12)
+        elapsed = time.monotonic() - started
+        assert result.value("who") == "ua2"
+        print(f"call answered over edge 2 after {elapsed:.2f}s")
+        assert [b["Reg-Id"] for b in reg.bindings(user)] == [2]
+        assert "failed with 408 (local)" in reg.log()
+    finally:
+        for kam in (*edges, reg):
+            stop(kam)

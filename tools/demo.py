@@ -331,9 +331,8 @@ def summarise(stage, messages: list[Message], answers: dict[str, SippResult], ev
             request, final = pair
             seen = [str(m.status) for m in messages if m.call_id == request.call_id and m.dst == request.src
                     and m.cseq_method == "INVITE" and request.time <= m.time <= final.time]
-            tried = [f"{lane_name(stage, m.dst[0])}" for m in messages if m.call_id == request.call_id
-                     and m.method == "INVITE" and m.src[0] == stage.registrar_addr and m.time <= final.time]
-            note = f"home proxy tried {' -> '.join(tried) or 'nothing'}; caller saw {' '.join(seen)}"
+            note = f"home proxy tried {branches(stage, messages, request.call_id, final.time)}; " \
+                   f"caller saw {' '.join(seen)}"
             answer = f"{final.status} {final.reason}" + (f", answered by {who}" if who else "")
             ok = final.status == 200 and who == expected[name] and "430" not in seen
             steps.append(Step(f"call {index + 1}: carol -> {USER}@{DOMAIN} via edge2", answer,
@@ -350,6 +349,23 @@ def summarise(stage, messages: list[Message], answers: dict[str, SippResult], ev
     else:
         steps.append(Step("INVITE with a forged flow token via edge2", "no final answer seen", None, False))
     return steps
+
+
+def branches(stage, messages: list[Message], call_id: str, until: float) -> str:
+    """The INVITE branches the home proxy sent, in order, each with its answer:
+    e.g. "edge1 (no answer) -> edge2 (200)"."""
+    sent: list[str] = []
+    for m in messages:
+        if (m.call_id == call_id and m.method == "INVITE" and m.src[0] == stage.registrar_addr
+                and m.time <= until and (not sent or sent[-1] != m.dst[0])):
+            sent.append(m.dst[0])
+    parts = []
+    for address in sent:
+        codes = [m.status for m in messages if m.call_id == call_id and m.src[0] == address
+                 and m.dst[0] == stage.registrar_addr and m.cseq_method == "INVITE" and m.status >= 200
+                 and m.time <= until]
+        parts.append(f"{lane_name(stage, address)} ({codes[0] if codes else 'no answer'})")
+    return " -> ".join(parts) or "nothing"
 
 
 def lane_name(stage, address: str) -> str:

@@ -29,7 +29,9 @@ case "$role" in
         export KO_ROLE="$role"
         export KO_ADDR="${KO_ADDR:-$(first_address)}"
         export KO_RPC_SOCKET="${KO_RPC_SOCKET:-/run/kamailio/ko-$role.sock}"
+        # a restarted container keeps its files: no stale pid file or RPC socket
         mkdir -p /run/kamailio
+        rm -f "/run/kamailio/$role.pid" "$KO_RPC_SOCKET"
         set -- -f "/usr/share/kemi-outbound/cfg/$role.cfg" -DD -E \
             -m "${KO_SHM_MB:-64}" -M "${KO_PKG_MB:-8}" -P "/run/kamailio/$role.pid" "$@"
         if [ "${KO_DEBUG:-0}" = 1 ]; then

@@ -6,7 +6,10 @@
 #   health             readiness probe of the role named by $KO_ROLE
 # Environment: KO_ROLE (set by the role), KO_ADDR (listen address; default the
 # container's first address), KO_DNS_SERVER (resolver written to
-# /etc/resolv.conf), KO_SHM_MB / KO_PKG_MB (Kamailio memory), KO_DEBUG=1.
+# /etc/resolv.conf), KO_SHM_MB / KO_PKG_MB (Kamailio memory), KO_DEBUG=1;
+# every setting of cfg/*.cfg (KO_PORT, KO_REGISTRAR, KO_CONFIG, KO_TCP_LIFETIME,
+# KO_DEFAULT_EXPIRES, ...) and KO_FORCE_OUTBOUND, KO_FLOW_TIMER,
+# KO_FLOW_KEYS_FILE (passed as -A defines). Arguments after ROLE go to kamailio.
 set -eu
 
 role="${1:-help}"
@@ -34,6 +37,14 @@ case "$role" in
         rm -f "/run/kamailio/$role.pid" "$KO_RPC_SOCKET"
         set -- -f "/usr/share/kemi-outbound/cfg/$role.cfg" -DD -E \
             -m "${KO_SHM_MB:-64}" -M "${KO_PKG_MB:-8}" -P "/run/kamailio/$role.pid" "$@"
+        # YAML keys that the cfg does not read from the environment itself
+        # (adapter/runtime.py DEFINE_OVERRIDES) become -A defines
+        for name in KO_FORCE_OUTBOUND KO_FLOW_KEYS_FILE KO_FLOW_TIMER; do
+            value="$(printenv "$name" || true)"
+            if [ -n "$value" ]; then
+                set -- "$@" -A "$name=$value"
+            fi
+        done
         if [ "${KO_DEBUG:-0}" = 1 ]; then
             set -- "$@" -A WITH_DEBUG
         fi

@@ -173,6 +173,8 @@ def ensure_image(base: str) -> str:
         if result.returncode != 0:
             raise BuildError(f"docker build failed:\n{(result.stdout + result.stderr)[-4000:]}")
     log(f"image {name} built")
+    # earlier builds of the project image, unused for a day: gone (the base stays)
+    docker("image", "prune", "-a", "-f", "--filter", f"label={LABEL}=app", "--filter", "until=24h", check=False)
     return name
 
 

@@ -296,7 +296,10 @@ def main() -> int:
     for number, step in enumerate(steps, start=1):
         took = f"{step.millis:8.1f} ms" if step.millis is not None else " " * 11
         mark = "ok " if step.ok else "FAIL"
-        print(f" {mark} {number} {step.text:<44} {step.answer:<36} {took}  {step.note}")
+        if step.answer:
+            print(f" {mark} {number} {step.text:<44} {step.answer:<36} {took}  {step.note}".rstrip())
+        else:
+            print(f" ... {number} {step.text}")
     print(f"ladder diagram: {ladder_svg} (and {ladder_png.name})")
     print(f"SIP capture:    {out / 'sip.pcapng'}   logs and SIPp traces: {out}")
     failed = [s for s in steps if not s.ok]

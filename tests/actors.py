@@ -71,3 +71,11 @@ def tcp_stat(kam: Kamailio, name: str) -> int:
         if key == f"tcp:{name}":
             return int(value)
     raise KeyError(name)
+
+
+def wait_until(predicate, what: str, timeout: float = 10.0) -> None:
+    """Poll a condition (an RPC read, a log line) until it holds; fail after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)

@@ -51,3 +51,10 @@ def edge(workdir: Path, name: str, addr: str, registrar_uri: str, key: str = TES
          port: int = 5060, **kw) -> Kamailio:
     return Kamailio(name, "edge.cfg", workdir, addr, port, env={"KO_FLOW_KEYS": key},
                     defines={"KO_REGISTRAR": f'"{registrar_uri}"'}, yaml_text=ko_yaml(), **kw)
+
+
+def single(workdir: Path, name: str = "single", addr: str | None = None, key: str = TEST_KEY,
+           port: int = 5060, **kw) -> Kamailio:
+    """Edge + registrar + home proxy in one Kamailio (cfg/single.cfg)."""
+    return Kamailio(name, "single.cfg", workdir, addr or net(60), port, env={"KO_FLOW_KEYS": key},
+                    yaml_text=kw.pop("yaml_text", None) or ko_yaml(), **kw)

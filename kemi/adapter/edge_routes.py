@@ -21,10 +21,14 @@ from outbound.routing import (
 from outbound.sipmsg import NameAddr, parse_name_addrs
 from outbound.tokens import Flow
 
-from .runtime import Runtime, Snapshot, check_fault_injection, guarded, send_reply, snapshot
+from .base import BaseRoutes
+from .locator_glue import FailoverRelay, Locator, PeerGate, claims_core
+from .runtime import Runtime, Snapshot, guarded, send_reply, snapshot
 
 # The rr module takes the Record-Route user part from this AVP (cfg: custom_user_avp).
 RR_USER_AVP = "$avp(ko_rr_user)"
+FLOW_FAILURE_ROUTE = "ksr_failure_flow"
+HOME_FAILURE_ROUTE = "ksr_failure_home"
 # loose_route(): "the Route was preloaded and we were its last entry" (rr module, loose.h)
 RR_PRELOADED = -3
 
@@ -39,38 +43,18 @@ def source_flow(snap: Snapshot) -> Flow:
                 snap.conn_id if snap.transport != "udp" else 0)
 
 
-class EdgeRoutes:
+class EdgeRoutes(BaseRoutes):
     """The object app_python3 calls for every message on an edge proxy."""
 
-    def __init__(self, runtime: Runtime) -> None:
-        self.runtime = runtime
+    def __init__(self, runtime: Runtime, locator: Locator | None = None) -> None:
+        super().__init__(runtime)
         self.registrar = runtime.config.registrar_uri
         if runtime.codec is None:
             raise ValueError("an edge needs flow-token keys")
         self.codec = runtime.codec
-
-    def child_init(self, rank: int) -> int:
-        return 0
-
-    @guarded
-    def ksr_request_route(self, msg: Any) -> int:
-        if KSR.maxfwd.process_maxfwd(10) < 0:
-            send_reply(Reply(483, "Too Many Hops", "Max-Forwards exhausted"))
-            return 1
-        if KSR.sanity.sanity_check(1511, 7) < 0:
-            KSR.notice(f"kemi-outbound: malformed request from {KSR.kx.get_srcip()}\n")
-            return 1
-        check_fault_injection(self.runtime)
-        if KSR.is_CANCEL():
-            if KSR.tm.t_check_trans() > 0:
-                self._relay()
-            return 1
-        if KSR.siputils.has_totag() > 0:
-            return self._within_dialog()
-        KSR.tm.t_check_trans()
-        if KSR.is_REGISTER():
-            return self.register()
-        return self._initial()
+        self.locator = locator if locator is not None else Locator.for_kamailio(runtime.config)
+        self.home_relay = FailoverRelay(self.locator, HOME_FAILURE_ROUTE)
+        self.peers = PeerGate(self.locator, runtime.config.dns.peers)
 
     def register(self) -> int:
         """Forward a REGISTER to the registrar with our Path (RFC 5626 §5.1)."""
@@ -80,12 +64,13 @@ class EdgeRoutes:
         return 1
 
     def forward_to_home(self) -> None:
-        """Send the request on to the registrar / home proxy (edge.registrar)."""
+        """Send the request on to the registrar / home proxy (edge.registrar),
+        located by DNS (RFC 3263) and failed over target by target in
+        ``ksr_failure_home``; 503 when no target can be found."""
         if not self.registrar:
             send_reply(Reply(500, "Server Internal Error", "edge.registrar is not configured"))
             return
-        KSR.setdsturi(self.registrar)
-        self._relay()
+        self.home_relay.relay(self.registrar)
 
     def outbound_add_path(self) -> PathKind:
         """Path with a flow token and ``;ob`` when outbound applies, else plain."""
@@ -94,8 +79,10 @@ class EdgeRoutes:
         via_count = len(snap.headers.values("via"))
         kind = edge_path_kind(via_count, contacts, self.runtime.config.force_outbound)
         if kind is PathKind.FLOW:
-            token = self.codec.encode(source_flow(snap))
-            KSR.path.add_path_user_params(token, "ob")
+            flow = source_flow(snap)
+            KSR.path.add_path_user_params(self.codec.encode(flow), "ob")
+            if flow.is_stream:
+                self.keep_flow_open()
         else:
             KSR.path.add_path()
         return kind
@@ -132,6 +119,9 @@ class EdgeRoutes:
         decision is returned; after ``Outgoing`` or ``LooseRoute`` ordinary routing
         goes on in the caller."""
         decision = route_decision(view, self.codec)
+        if self.peers.enabled and claims_core(view.via_count, isinstance(decision, ToFlow)):
+            # trusted peers by DNS name (dns.peers): the core must come from its farm
+            decision = self.peers.refusal(view.source.remote_ip) or decision
         if isinstance(decision, Reply):
             send_reply(decision)
         elif isinstance(decision, ToFlow):
@@ -159,7 +149,9 @@ class EdgeRoutes:
         if KSR.is_ACK():
             KSR.tm.t_relay()
             return
-        KSR.tm.t_on_failure("ksr_failure_flow")
+        KSR.tm.t_on_failure(FLOW_FAILURE_ROUTE)
+        if KSR.is_INVITE() and self.runtime.config.flow_reply_timeout_ms > 0:
+            KSR.tm.t_set_fr(0, self.runtime.config.flow_reply_timeout_ms)
         if KSR.tm.t_relay() < 0:
             KSR.notice(f"kemi-outbound: sending over flow {flow} failed\n")
             KSR.tm.t_reply(430, "Flow Failed")
@@ -178,6 +170,13 @@ class EdgeRoutes:
     def _record_route(user: str) -> None:
         KSR.pv.sets(RR_USER_AVP, user)
         KSR.rr.record_route()
+
+    def keep_flow_open(self) -> None:
+        """RFC 5626 §5.4: an outbound TCP/TLS flow lives Flow-Timer plus a grace
+        period without traffic (a CRLF keepalive is traffic), then it is closed."""
+        config = self.runtime.config
+        if config.flow_timer > 0:
+            KSR.tcpops.tcp_set_connection_lifetime(config.flow_timer + config.keepalive_grace_seconds)
 
     def _initial(self) -> int:
         view = self.route_view()
@@ -199,23 +198,7 @@ class EdgeRoutes:
     def _within_dialog(self) -> int:
         if isinstance(self.outbound_route(self.route_view()), Reply | ToFlow):
             return 1
-        if KSR.rr.loose_route() > 0:
-            self._relay()
-            return 1
-        if KSR.is_ACK():
-            if KSR.tm.t_check_trans() > 0:
-                self._relay()
-            return 1
-        send_reply(Reply(404, "Not Found", "in-dialog request without a route"))
-        return 1
-
-    def _relay(self) -> None:
-        if KSR.tm.t_relay() < 0:
-            KSR.sl.sl_reply_error()
-
-    @guarded
-    def ksr_reply_route(self, msg: Any) -> int:
-        return 1
+        return super()._within_dialog()
 
     @guarded
     def ksr_failure_flow(self, msg: Any) -> int:
@@ -225,5 +208,8 @@ class EdgeRoutes:
             KSR.tm.t_reply(430, "Flow Failed")
         return 1
 
-    def ksr_onsend_route(self, msg: Any) -> int:
+    @guarded
+    def ksr_failure_home(self, msg: Any) -> int:
+        """A registrar target failed: the next one on 503 / silence / transport error."""
+        self.home_relay.on_failure()
         return 1

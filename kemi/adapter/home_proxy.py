@@ -58,6 +58,7 @@ class Target:
     route: str
     socket: str = ""
     conn_id: int = 0
+    record_route: str = ""  # our own entry facing a local flow (single-server mode)
 
 
 class HomeProxy:
@@ -120,7 +121,8 @@ class HomeProxy:
                 return None
             dst = f"sip:{_bracket(local.remote_ip)}:{local.remote_port};transport={local.transport}"
             socket = f"{local.transport}:{_bracket(local.local_ip)}:{local.local_port}"
-            return Target(binding, binding.contact, dst, ", ".join(hops), socket, local.conn_id)
+            rr = f"sip:{first.user}@{_bracket(local.local_ip)}:{local.local_port};transport={local.transport}"
+            return Target(binding, binding.contact, dst, ", ".join(hops), socket, local.conn_id, rr)
         transport = first.params.get("transport")
         port = f":{first.port}" if first.port else ""
         dst = f"sip:{first.host}{port}" + (f";transport={transport}" if transport else "")
@@ -155,6 +157,7 @@ class HomeProxy:
         KSR.pv.sets(f"$xavp(ko_b{slot}=>ruid)", target.binding.ruid)
         KSR.pv.sets(f"$xavp(ko_b{slot}[0]=>group)", target.binding.group)
         KSR.pv.sets(f"$xavp(ko_b{slot}[0]=>route)", target.route)
+        KSR.pv.sets(f"$xavp(ko_b{slot}[0]=>rr)", target.record_route)
         flags = (slot << SLOT_SHIFT) | ((1 << FLB_OUTBOUND) if target.binding.outbound else 0)
         if use_ruri:
             KSR.pv.sets("$ru", target.ruri)
@@ -228,13 +231,21 @@ class HomeProxy:
         return 1
 
     def branch_route(self) -> None:
-        """Per branch, just before sending: put the binding's Path in as Route."""
+        """Per branch, just before sending: the binding's Path becomes the Route
+        set (RFC 3327 §5); in single-server mode the Record-Route gets one entry
+        per side of the dialog, each with its flow token (RFC 5626 §5.3)."""
         slot = (int(KSR.pv.get("$bf") or 0) >> SLOT_SHIFT) & SLOT_MASK
         if not slot:
             return
         route = str(KSR.pv.get(f"$xavp(ko_b{slot}=>route)") or "")
         if route:
             KSR.hdr.insert(f"Route: {route}\r\n")
+        callee_side = str(KSR.pv.get(f"$xavp(ko_b{slot}=>rr)") or "")
+        caller_side = str(KSR.pv.get("$xavp(ko_rr=>a)") or "")
+        entries = [e for e in (callee_side, caller_side) if e]
+        if entries:
+            pair = ";r2=on" if len(entries) == 2 else ""
+            KSR.hdr.insert("Record-Route: " + ", ".join(f"<{e};lr{pair}>" for e in entries) + "\r\n")
 
     def outbound_next_contact(self) -> None:
         """Branch failed: on 430 or our own 408/503, drop that binding and try the
@@ -277,8 +288,8 @@ class HomeProxy:
         status = int(KSR.pv.get("$T_reply_code") or 0)
         aor = str(KSR.pv.get(f"$xavp({TX}=>aor)") or "")
         if aor and not 600 <= status < 700:
-            below = float(str(KSR.pv.get(f"$xavp({TX}=>q)") or "1.0"))
-            plan = plan_forks(self.fetch(aor), max_parallel=self.max_parallel, below_q=below,
+            current = float(str(KSR.pv.get(f"$xavp({TX}=>q)") or "1.0"))
+            plan = plan_forks(self.fetch(aor), max_parallel=self.max_parallel, max_q=current,
                               skip_groups=self._tried())
             for wave in plan.waves:
                 KSR.pv.sets(f"$xavp({TX}[0]=>q)", repr(wave[0].q))

@@ -82,11 +82,14 @@ def plan_forks(
     *,
     max_parallel: int,
     below_q: float | None = None,
+    max_q: float | None = None,
     skip_groups: frozenset[str] = frozenset(),
 ) -> ForkPlan:
     """Order bindings into waves.
 
-    ``below_q`` keeps only instances whose q is lower (the next serial wave);
+    ``below_q`` keeps only instances whose q is lower; ``max_q`` those whose q
+    is not higher (with ``skip_groups``: what is left after a wave failed,
+    including same-q instances that spilled over ``max_parallel``);
     ``skip_groups`` drops instances already tried in this transaction.
     A q-group larger than ``max_parallel`` spills into further waves.
     """
@@ -98,6 +101,8 @@ def plan_forks(
     queues = [InstanceQueue(g, tuple(sorted(flows, key=_flow_order))) for g, flows in groups.items()]
     if below_q is not None:
         queues = [q for q in queues if q.q < below_q]
+    if max_q is not None:
+        queues = [q for q in queues if q.q <= max_q]
     queues.sort(key=lambda queue: (-queue.q, _flow_order(queue.first)))
     waves: list[tuple[InstanceQueue, ...]] = []
     current: list[InstanceQueue] = []

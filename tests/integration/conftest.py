@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "kemi"))
 
+from actors import kill  # noqa: E402
 from harness import Kamailio  # noqa: E402
 from topology import PORTS, RUNNING, WORK_ROOT, edge, net, registrar, start, stop  # noqa: E402
 
@@ -29,6 +31,15 @@ def workdir() -> Path:
 def local_port() -> int:
     """A fresh local port for each SIPp run, so no two runs share a UDP socket."""
     return next(PORTS)
+
+
+@pytest.fixture
+def callees() -> Iterator[list[subprocess.Popen]]:
+    """SIPp UAs a test started in the background; killed (by PID) when it ends."""
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for proc in procs:
+        kill(proc)
 
 
 @pytest.fixture(scope="module")

@@ -9,11 +9,8 @@ from __future__ import annotations
 import re
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-
-import pytest
 
 from actors import call, instance, kill, ob_params, start_callee, wait_bindings
 from harness import Kamailio, describe, wait_sipp
@@ -22,14 +19,6 @@ from topology import edge, net, registrar, start, stop
 UA_DEVICE = net(21)
 UA_OTHER = net(22)
 UA_CALLER = net(31)
-
-
-@pytest.fixture
-def callees() -> Iterator[list[subprocess.Popen]]:
-    procs: list[subprocess.Popen] = []
-    yield procs
-    for proc in procs:
-        kill(proc)
 
 
 def device_with_two_flows(topology: dict[str, Kamailio], workdir: Path, port: int, user: str,

@@ -1,0 +1,90 @@
+"""What every role's routes object shares: the request prologue and tm plumbing."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import KSR
+
+from outbound.decisions import Reply
+
+from .runtime import Runtime, check_fault_injection, guarded, send_reply
+
+
+class BaseRoutes:
+    """The object app_python3 calls for every message (``mod_init`` returns it)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    def child_init(self, rank: int) -> int:
+        return 0
+
+    @guarded
+    def ksr_request_route(self, msg: Any) -> int:
+        if KSR.maxfwd.process_maxfwd(10) < 0:
+            send_reply(Reply(483, "Too Many Hops", "Max-Forwards exhausted"))
+            return 1
+        if KSR.sanity.sanity_check(1511, 7) < 0:
+            KSR.notice(f"kemi-outbound: malformed request from {KSR.kx.get_srcip()}\n")
+            return 1
+        check_fault_injection(self.runtime)
+        if KSR.is_CANCEL():
+            if KSR.tm.t_check_trans() > 0:
+                self._relay()
+            return 1
+        if KSR.siputils.has_totag() > 0:
+            return self._within_dialog()
+        KSR.tm.t_check_trans()
+        if KSR.is_REGISTER():
+            return self.register()
+        return self._initial()
+
+    def register(self) -> int:
+        raise NotImplementedError
+
+    def _initial(self) -> int:
+        raise NotImplementedError
+
+    def _within_dialog(self) -> int:
+        if KSR.rr.loose_route() > 0:
+            self._relay()
+            return 1
+        if KSR.is_ACK():
+            if KSR.tm.t_check_trans() > 0:
+                self._relay()
+            return 1
+        send_reply(Reply(404, "Not Found", "in-dialog request without a route"))
+        return 1
+
+    def _relay(self) -> None:
+        if KSR.tm.t_relay() < 0:
+            KSR.sl.sl_reply_error()
+
+    @guarded
+    def ksr_reply_route(self, msg: Any) -> int:
+        return 1
+
+    def ksr_onsend_route(self, msg: Any) -> int:
+        return 1
+
+
+class HomeProxyCallbacks:
+    """tm callbacks of a role that forks to registered flows (``self.home``)."""
+
+    home: Any
+
+    @guarded
+    def ksr_branch_outbound(self, msg: Any) -> int:
+        self.home.branch_route()
+        return 1
+
+    @guarded
+    def ksr_branch_failure_outbound(self, msg: Any) -> int:
+        self.home.outbound_next_contact()
+        return 1
+
+    @guarded
+    def ksr_failure_outbound(self, msg: Any) -> int:
+        self.home.failure_route()
+        return 1

@@ -1,0 +1,165 @@
+"""Single-server mode: edge and registrar/home proxy in one Kamailio (RFC 5626 §6, §7).
+
+A REGISTER that arrives directly (one Via) is the registrar's own flow: we
+record it the way an edge would, as a Path entry with a flow token and ``ob``
+(RFC 5626 §6 allows the registrar to "add itself to Path with a token"), so the
+binding carries the flow and survives in usrloc like any other. At lookup the
+home proxy sees its own token and sends straight over the flow (§7: a co-located
+proxy holding the flow MUST use it). When a TCP/TLS flow closes, every binding
+on it is removed at once, for all AORs (§7).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import KSR
+
+from outbound.decisions import Reply
+from outbound.routing import DIALOG_FORMING, RouteView, ToFlow, record_route_token
+from outbound.sipmsg import parse_name_addr, split_values
+from outbound.tokens import Flow, Verdict
+
+from . import registration
+from .base import HomeProxyCallbacks
+from .edge_routes import EdgeRoutes, bracket, source_flow
+from .home_proxy import HomeProxy
+from .runtime import Runtime, send_reply
+
+FLOWS_TABLE = "ko_flows"
+RR_A_SIDE = "$xavp(ko_rr=>a)"
+CLOSE_EVENTS = ("tcp:closed", "tcp:timeout", "tcp:reset")
+
+
+def flow_key(transport: str, local_ip: str, local_port: int, remote_ip: str, remote_port: int) -> str:
+    return f"{transport}:{local_ip}:{local_port}>{remote_ip}:{remote_port}"
+
+
+class SingleRoutes(EdgeRoutes, HomeProxyCallbacks):
+    """Edge + registrar + home proxy in one process."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__(runtime)
+        self.home = HomeProxy(runtime.config, self.codec, is_local_flow=self.is_local_flow)
+
+    @staticmethod
+    def is_local_flow(flow: Flow) -> bool:
+        return KSR.is_myself(f"sip:{bracket(flow.local_ip)}:{flow.local_port};transport={flow.transport}") > 0
+
+    # ----- REGISTER: we are the first hop ----------------------------------
+
+    def register(self) -> int:
+        snap, view = registration.current()
+        config = self.runtime.config
+        decision = registration.decide(config, view)
+        if isinstance(decision, Reply):
+            send_reply(decision)
+            return 1
+        flow = source_flow(snap)
+        if decision.outbound and view.via_count == 1:
+            token = self.codec.encode(flow)
+            uri = f"sip:{token}@{bracket(flow.local_ip)}:{flow.local_port};transport={flow.transport};lr;ob"
+            KSR.hdr.insert(f"Path: <{uri}>\r\n")
+            KSR.textopsx.msg_apply_changes()
+        if registration.save(config, decision, view, KSR.kx.get_callid()) and decision.outbound and flow.is_stream:
+            self._watch_flow(flow, KSR.kx.get_turi())
+        return 1
+
+    def _watch_flow(self, flow: Flow, aor: str) -> None:
+        """Remember which AORs live on this connection; ask for its close event;
+        keep it open longer than Flow-Timer (RFC 5626 §5.4).
+
+        ``ko_flows`` maps the connection's addresses to "<conn id> <aor> ...".
+        """
+        key = flow_key(flow.transport, flow.local_ip, flow.local_port, flow.remote_ip, flow.remote_port)
+        known = str(KSR.htable.sht_get(FLOWS_TABLE, key) or "").split()
+        aors = known[1:] if known and known[0] == str(flow.conn_id) else []
+        if aor not in aors:
+            aors.append(aor)
+        KSR.htable.sht_sets(FLOWS_TABLE, key, " ".join([str(flow.conn_id), *aors]))
+        KSR.tcpops.tcp_enable_closed_event()
+        self.keep_flow_open()
+
+    # ----- requests toward registered users --------------------------------
+
+    def forward_to_home(self) -> None:
+        self.home.outbound_lookup()
+
+    def outbound_record_route(self, view: RouteView) -> bool:
+        """Prepare the caller's side of the Record-Route; the branch route adds the
+        callee's side per branch (one entry per flow, see HomeProxy.branch_route)."""
+        if view.method not in DIALOG_FORMING or view.has_to_tag:
+            return False
+        source = view.source
+        outbound = record_route_token(view, self.runtime.config.force_outbound)
+        user = f"{self.codec.encode(source)}@" if outbound else ""
+        KSR.pv.sets(RR_A_SIDE, f"sip:{user}{bracket(source.local_ip)}:{source.local_port};transport={source.transport}")
+        return outbound
+
+    def _initial(self) -> int:
+        view = self.route_view()
+        decision = self.outbound_route(view)
+        if isinstance(decision, Reply | ToFlow):
+            return 1
+        self.outbound_record_route(view)
+        KSR.hdr.remove("Route")
+        self.forward_to_home()
+        return 1
+
+    # ----- dead flows --------------------------------------------------------
+
+    def ksr_tcp_event(self, msg: Any, event: str) -> int:
+        """tcpops event callback: a watched connection closed or was reset:
+        remove every binding on it, whatever the AOR (RFC 5626 §7)."""
+        try:
+            if event in CLOSE_EVENTS:
+                transport = str(KSR.kx.get_proto()).lower()
+                key = flow_key(transport, KSR.kx.get_rcvip(), int(KSR.kx.get_rcvport()),
+                               KSR.kx.get_srcip(), int(KSR.kx.get_srcport()))
+                self.drop_flow(key, event)
+        except Exception as exc:  # noqa: BLE001 - an event route has nobody to answer
+            KSR.err(f"kemi-outbound: {event}: could not clean up bindings: {exc!r}\n")
+        return 1
+
+    def ksr_sweep_flows(self, msg: Any, event: str = "") -> int:
+        """rtimer callback (every second): Kamailio 5.6 emits no close event when
+        tcp_main expires an idle connection (Flow-Timer + grace passed), so
+        watched flows whose connection is gone are swept here."""
+        try:
+            gone = []
+            if KSR.htable.sht_iterator_start("ko_it", FLOWS_TABLE) < 0:
+                return 1
+            try:
+                while KSR.htable.sht_iterator_next("ko_it") > 0:
+                    key = str(KSR.pv.get("$shtitkey(ko_it)") or "")
+                    value = str(KSR.pv.get("$shtitval(ko_it)") or "").split()
+                    if value and value[0].isdigit() and KSR.tcpops.tcp_conid_state(int(value[0])) <= 0:
+                        gone.append(key)
+            finally:
+                KSR.htable.sht_iterator_end("ko_it")
+            for key in gone:
+                self.drop_flow(key, "idle timeout")
+        except Exception as exc:  # noqa: BLE001 - a timer route has nobody to answer
+            KSR.err(f"kemi-outbound: flow sweep failed: {exc!r}\n")
+        return 1
+
+    def drop_flow(self, key: str, why: str) -> None:
+        aors = str(KSR.htable.sht_get(FLOWS_TABLE, key) or "").split()[1:]
+        KSR.htable.sht_rm(FLOWS_TABLE, key)
+        for aor in aors:
+            for binding in self.home.fetch(aor):
+                flow = self._binding_flow(binding.path)
+                if flow is not None and flow_key(flow.transport, flow.local_ip, flow.local_port,
+                                                 flow.remote_ip, flow.remote_port) == key:
+                    KSR.notice(f"kemi-outbound: {why} on {key}: removing binding {binding.ruid} of {aor}\n")
+                    KSR.registrar.unregister_ruid(self.home.table, aor, binding.ruid)
+
+    def _binding_flow(self, path: str) -> Flow | None:
+        if not path:
+            return None
+        try:
+            user = parse_name_addr(split_values(path)[0]).sip_uri.user or ""
+        except (ValueError, IndexError):
+            return None
+        decoded = self.codec.decode(user)
+        return decoded.flow if decoded.verdict is Verdict.VALID else None

@@ -1,0 +1,119 @@
+"""Single-server mode: edge and registrar in one Kamailio, flows held locally (issue 4)."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from actors import call, instance, kill, ob_params, start_callee, tcp_stat, wait_bindings, wait_until
+from harness import SIPP_DIR, TEST_KEY, Kamailio, describe, sipp, wait_sipp
+from outbound.sipmsg import parse_name_addr
+from outbound.tokens import FlowTokenCodec, parse_key
+from topology import net, single, start, stop
+
+UA_DEVICE = net(61)
+UA_CALLER = net(62)
+CODEC = FlowTokenCodec([parse_key(TEST_KEY)])
+
+
+@pytest.fixture(scope="module")
+def server(workdir) -> Iterator[Kamailio]:
+    kam = start(single(workdir))
+    yield kam
+    stop(kam)
+
+
+def test_direct_registration_records_the_flow(server, workdir, local_port, callees):
+    """RFC 5626 §6 (A3.8): the registrar that is the first hop stores the flow;
+    we store it as our own Path entry with a flow token and ;ob."""
+    callee = start_callee(server, workdir, local_port, "s-alice", ua_ip=UA_DEVICE)
+    callees.append(callee)
+    [binding] = wait_bindings(server, "s-alice", [callee])
+    path = parse_name_addr(binding["Path"]).sip_uri
+    assert "ob" in path.params and path.host == server.addr
+    flow = CODEC.decode(path.user or "").flow
+    assert flow is not None and flow.transport == "tcp" and flow.remote_ip == UA_DEVICE and flow.conn_id > 0
+    assert binding["Reg-Id"] == 1 and binding["CFlags"] & (1 << 6)
+
+
+@pytest.mark.parametrize("uas,scenario", [("uas.xml", "uac.xml"), ("uas_bye.xml", "uac_wait_bye.xml")],
+                         ids=["caller-hangs-up", "callee-hangs-up"])
+def test_call_over_the_local_flow_both_ways(server, workdir, local_port, callees, uas, scenario):
+    user = f"s-bob-{uas[:-4]}"
+    connects = tcp_stat(server, "connect_success") + tcp_stat(server, "connect_failed")
+    callee = start_callee(server, workdir, local_port, user, ua_ip=UA_DEVICE, uas=uas)
+    callees.append(callee)
+    wait_bindings(server, user, [callee])
+    result = call(server, workdir, local_port + 1, user, ua_ip=UA_CALLER, scenario=scenario)
+    assert result.value("who") == user
+    assert "call ended" in wait_sipp(callee, 20).log
+    assert tcp_stat(server, "connect_success") + tcp_stat(server, "connect_failed") == connects, \
+        "the server opened a connection toward the UA instead of using its flow"
+
+
+def test_closed_connection_removes_its_bindings_at_once_and_calls_fail_over(server, workdir, local_port, callees):
+    """RFC 5626 §7 (A4.5): a flow known dead invalidates every binding on it, for all AORs."""
+    user = "s-device"
+    inst = instance(local_port)
+    flow2 = start_callee(server, workdir, local_port + 1, user, ua_ip=UA_DEVICE, cparams=ob_params(inst, 2),
+                         who="ua2", cid="s2-%u-%p@%s")
+    callees.append(flow2)
+    wait_bindings(server, user, [flow2], 1)
+    flow1 = start_callee(server, workdir, local_port, user, ua_ip=UA_DEVICE, cparams=ob_params(inst, 1),
+                         who="ua1", cid="s1-%u-%p@%s")
+    callees.append(flow1)
+    wait_bindings(server, user, [flow1, flow2], 2)
+    kill(flow1)
+    wait_until(lambda: [b["Reg-Id"] for b in server.bindings(user)] == [2], "binding of the closed flow removed")
+    assert "tcp:closed" in server.log() or "tcp:reset" in server.log()
+    result = call(server, workdir, local_port + 2, user, ua_ip=UA_CALLER)
+    assert result.value("who") == "ua2"
+
+
+def test_closing_one_connection_removes_the_bindings_of_every_aor_on_it(server, workdir, local_port, callees):
+    """RFC 5626 §7 (A4.5, D9): all AORs registered over the dead flow, not just one."""
+    proc = sipp("multi_aor/register.xml", f"{server.addr}:{server.port}", workdir=workdir, local_ip=UA_DEVICE,
+                local_port=local_port, transport="tcp", calls=2, timeout=60, background=True,
+                keys={"domain": "example.com"},
+                extra=["-inf", str(SIPP_DIR / "multi_aor" / "users.csv"), "-r", "10"])
+    assert isinstance(proc, subprocess.Popen)
+    callees.append(proc)
+    wait_bindings(server, "multi-a", [proc])
+    wait_bindings(server, "multi-b", [proc])
+    paths = {parse_name_addr(server.bindings(aor)[0]["Path"]).sip_uri.user for aor in ("multi-a", "multi-b")}
+    assert len({CODEC.decode(p or "").flow for p in paths}) == 1, "both AORs should share one flow"
+    kill(proc)
+    wait_until(lambda: not server.bindings("multi-a") and not server.bindings("multi-b"),
+               "bindings of both AORs removed")
+
+
+def test_idle_flow_is_closed_after_flow_timer_plus_grace_and_its_binding_removed(workdir, local_port, callees):
+    """RFC 5626 §5.4/§8: Flow-Timer from the YAML; the flow is closed only after
+    Flow-Timer + grace without traffic, and then its bindings go."""
+    kam = single(workdir, name="single-idle", addr=net(63), defines={"KO_FLOW_TIMER": "1"})
+    kam.yaml_text = kam.yaml_text.replace("grace_seconds: 20", "grace_seconds: 2")
+    start(kam)
+    try:
+        callee = start_callee(kam, workdir, local_port, "s-idle", ua_ip=UA_DEVICE)
+        callees.append(callee)
+        wait_bindings(kam, "s-idle", [callee])
+        registered = time.monotonic()
+        wait_until(lambda: kam.bindings("s-idle") == [], "idle flow closed and binding removed", timeout=20)
+        idle = time.monotonic() - registered
+        print(f"binding removed {idle:.1f}s after registering (Flow-Timer 1 s + grace 2 s)")
+        assert idle >= 3, "the flow was closed before Flow-Timer + grace"
+        assert "idle timeout on tcp:" in kam.log()
+    finally:
+        stop(kam)
+
+
+def test_registration_reply_carries_flow_timer(server, workdir, local_port, callees):
+    callee = start_callee(server, workdir, local_port, "s-ft", ua_ip=UA_DEVICE)
+    callees.append(callee)
+    wait_bindings(server, "s-ft", [callee])
+    kill(callee)
+    run = wait_sipp(callee, 5)
+    assert "Flow-Timer: 25" in run.messages and "Require: outbound" in run.messages, describe(run)

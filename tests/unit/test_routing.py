@@ -1,0 +1,307 @@
+"""Edge routing of non-REGISTER requests (RFC 5626 §5.3, §5.3.1, §5.3.2), table-driven."""
+
+from dataclasses import replace
+
+import pytest
+
+from outbound.decisions import Reply
+from outbound.routing import (
+    LooseRoute,
+    Outgoing,
+    RouteView,
+    ToFlow,
+    flow_failed,
+    record_route_token,
+    route_decision,
+)
+from outbound.sipmsg import parse_name_addr
+from outbound.tokens import Flow, FlowTokenCodec
+
+KEY = b"edge-key-0123456789abcdef"
+OTHER_KEY = b"someone-elses-key-0123456"
+CODEC = FlowTokenCodec([KEY])
+
+UA_A = Flow("tcp", "192.0.2.10", 5060, "198.51.100.7", 49152, 1234)
+UA_B = Flow("tls", "192.0.2.10", 5061, "203.0.113.9", 50001, 77)
+HOME = Flow("udp", "192.0.2.10", 5060, "192.0.2.50", 5060, 0)  # the home proxy / registrar side
+UA_A_OVER_UDP = Flow("udp", "192.0.2.10", 5060, "198.51.100.7", 49152, 0)  # same addresses, other transport
+UA_A_RECONNECTED = replace(UA_A, conn_id=1235)  # same addresses, new connection (RFC 5626 §3.4)
+
+TOKEN_A = CODEC.encode(UA_A)
+TOKEN_B = CODEC.encode(UA_B)
+TOKEN_A_OTHER_KEY = FlowTokenCodec([OTHER_KEY]).encode(UA_A)
+
+
+def forge(token: str, index: int) -> str:
+    """The token with one character changed (still 36 URL-safe base64 characters)."""
+    replacement = "A" if token[index] != "A" else "B"
+    return token[:index] + replacement + token[index + 1:]
+
+
+def route(user: str | None = None, ob: bool = True, host: str = "edge.example.com"):
+    userinfo = f"{user}@" if user is not None else ""
+    return parse_name_addr(f"<sip:{userinfo}{host};lr{';ob' if ob else ''}>")
+
+
+def other_route(user: str | None = None):
+    return route(user, ob=True, host="proxy.elsewhere.example.net")
+
+
+def view(
+    routes=(),
+    ours: int | None = None,
+    source: Flow = UA_B,
+    method: str = "INVITE",
+    via_count: int = 1,
+    to_tag: bool = False,
+    contact_ob: bool = False,
+) -> RouteView:
+    """A request; ``ours`` defaults to "every Route given names this edge"."""
+    return RouteView(
+        method=method,
+        via_count=via_count,
+        has_to_tag=to_tag,
+        routes=tuple(routes),
+        routes_ours=len(routes) if ours is None else ours,
+        contact_has_ob=contact_ob,
+        source=source,
+    )
+
+
+def check(decision, expected) -> None:
+    """``expected``: a reply code, a decision class (LooseRoute's reason is free text), or an exact decision."""
+    if isinstance(expected, int):
+        assert isinstance(decision, Reply), decision
+        assert decision.code == expected
+    elif isinstance(expected, type):
+        assert isinstance(decision, expected), decision
+    else:
+        assert decision == expected
+
+
+# --- route_decision (RFC 5626 §5.3) ----------------------------------------------------------
+
+ROUTE_CASES = [
+    # (id, view, expected)
+    # Not our business: ordinary RFC 3261 §16.4 loose routing.
+    ("no-route-loose-route", view(()), LooseRoute),
+    ("top-route-not-ours-loose-route", view((route(TOKEN_A),), ours=0), LooseRoute),
+    ("ours-without-user-loose-route", view((route(None),)), LooseRoute),
+    ("user-not-a-token-loose-route", view((route("alice"),)), LooseRoute),
+    ("token-one-char-short-loose-route", view((route(TOKEN_A[:-1]),)), LooseRoute),
+    ("token-one-char-long-loose-route", view((route(TOKEN_A + "A"),)), LooseRoute),
+    ("token-length-with-foreign-char-loose-route", view((route(TOKEN_A[:-1] + "."),)), LooseRoute),
+    ("user-of-1024-chars-is-not-too-long", view((route("a" * 1024),)), LooseRoute),
+    # §5.3.1: a token that fails verification is answered 403.
+    ("first-char-changed-403", view((route(forge(TOKEN_A, 0)),)), 403),
+    ("middle-char-changed-403", view((route(forge(TOKEN_A, 17)),)), 403),
+    ("last-char-changed-403", view((route(forge(TOKEN_A, 35)),)), 403),
+    ("signed-with-another-key-403", view((route(TOKEN_A_OTHER_KEY),)), 403),
+    ("oversized-user-400", view((route("a" * 1025),)), 400),
+    ("oversized-user-400-even-when-from-the-flow", view((route("a" * 1025),), source=UA_A), 400),
+    # §5.3.1 vs §5.3.2: from the flow the token names (outgoing) or to it (incoming).
+    ("token-of-the-source-outgoing", view((route(TOKEN_A),), source=UA_A), Outgoing(UA_A)),
+    ("token-of-another-flow-to-flow", view((route(TOKEN_A),), source=HOME), ToFlow(UA_A, TOKEN_A, True)),
+    ("same-addresses-over-udp-is-not-the-source",
+     view((route(TOKEN_A),), source=UA_A_OVER_UDP), ToFlow(UA_A, TOKEN_A, True)),
+    ("reconnected-tcp-is-not-the-source",
+     view((route(TOKEN_A),), source=UA_A_RECONNECTED), ToFlow(UA_A, TOKEN_A, True)),
+    ("udp-token-from-tcp-source-to-flow",
+     view((route(CODEC.encode(UA_A_OVER_UDP)),), source=UA_A),
+     ToFlow(UA_A_OVER_UDP, CODEC.encode(UA_A_OVER_UDP), True)),
+    # Double Record-Route pair: both entries carry the same token.
+    ("double-rr-from-the-flow-outgoing",
+     view((route(TOKEN_A), route(TOKEN_A)), source=UA_A), Outgoing(UA_A)),
+    ("double-rr-to-the-flow",
+     view((route(TOKEN_A), route(TOKEN_A)), source=HOME, to_tag=True), ToFlow(UA_A, TOKEN_A, False)),
+    # Single-server dialog: one token per side; the request goes to the side it did not come from.
+    ("one-token-per-side-from-a-to-b",
+     view((route(TOKEN_A), route(TOKEN_B)), source=UA_A, method="BYE", to_tag=True),
+     ToFlow(UA_B, TOKEN_B, False)),
+    ("one-token-per-side-from-b-to-a",
+     view((route(TOKEN_A), route(TOKEN_B)), source=UA_B, method="BYE", to_tag=True),
+     ToFlow(UA_A, TOKEN_A, False)),
+    ("one-token-per-side-reversed-order-from-a-to-b",
+     view((route(TOKEN_B), route(TOKEN_A)), source=UA_A, method="BYE", to_tag=True),
+     ToFlow(UA_B, TOKEN_B, False)),
+    ("one-token-per-side-from-neither-first-wins",
+     view((route(TOKEN_A), route(TOKEN_B)), source=HOME, method="BYE", to_tag=True),
+     ToFlow(UA_A, TOKEN_A, False)),
+    ("one-token-per-side-second-forged-403",
+     view((route(TOKEN_A), route(forge(TOKEN_B, 20))), source=UA_A, method="BYE", to_tag=True), 403),
+    ("one-token-per-side-first-forged-403",
+     view((route(forge(TOKEN_A, 20)), route(TOKEN_B)), source=UA_B, method="BYE", to_tag=True), 403),
+    ("first-ours-without-user-second-with-token",
+     view((route(None), route(TOKEN_B)), source=UA_A, method="BYE", to_tag=True),
+     ToFlow(UA_B, TOKEN_B, False)),
+    # Only the leading Routes that name us count.
+    ("second-route-not-ours-token-ignored",
+     view((route(TOKEN_A), other_route(TOKEN_B)), ours=1, source=UA_A), Outgoing(UA_A)),
+    ("second-route-not-ours-forged-token-ignored",
+     view((route(TOKEN_A), other_route(forge(TOKEN_B, 5))), ours=1, source=UA_A), Outgoing(UA_A)),
+    ("second-route-not-ours-only-token-loose-route",
+     view((route(None), other_route(TOKEN_B)), ours=1, source=UA_A), LooseRoute),
+]
+
+
+@pytest.mark.parametrize(
+    ("request_view", "expected"),
+    [case[1:] for case in ROUTE_CASES],
+    ids=[case[0] for case in ROUTE_CASES],
+)
+def test_route_decision(request_view, expected):
+    check(route_decision(request_view, CODEC), expected)
+
+
+@pytest.mark.parametrize(
+    ("method", "to_tag", "ob", "record"),
+    [
+        ("INVITE", False, True, True),
+        ("SUBSCRIBE", False, True, True),
+        ("REFER", False, True, True),
+        ("invite", False, True, False),  # the adapter upper-cases; the core does not guess
+        ("BYE", False, True, False),
+        ("MESSAGE", False, True, False),
+        ("OPTIONS", False, True, False),
+        ("INVITE", True, True, False),
+        ("SUBSCRIBE", True, True, False),
+        ("INVITE", False, False, False),
+        ("REFER", False, False, False),
+    ],
+    ids=[
+        "initial-invite-with-ob",
+        "initial-subscribe-with-ob",
+        "initial-refer-with-ob",
+        "lower-case-method-not-dialog-forming",
+        "bye-never",
+        "message-never",
+        "options-never",
+        "in-dialog-invite-never",
+        "in-dialog-subscribe-never",
+        "invite-route-without-ob",
+        "refer-route-without-ob",
+    ],
+)
+def test_to_flow_record_route_only_for_initial_dialog_forming_with_ob(method, to_tag, ob, record):
+    """RFC 5626 §5.3.1: an incoming dialog-forming request whose Route had ``ob`` gets a
+    flow-token Record-Route so that the dialog stays on the flow."""
+    decision = route_decision(view((route(TOKEN_A, ob=ob),), source=HOME, method=method, to_tag=to_tag), CODEC)
+
+    assert decision == ToFlow(UA_A, TOKEN_A, record)
+
+
+def test_record_route_on_to_flow_follows_the_ob_of_the_chosen_route():
+    """Single-server mode: the Route whose token is used is the one whose ``ob`` counts."""
+    request = view((route(TOKEN_A, ob=True), route(TOKEN_B, ob=False)), source=UA_A)
+
+    assert route_decision(request, CODEC) == ToFlow(UA_B, TOKEN_B, False)
+
+
+def test_key_rotation_old_key_still_verifies():
+    """RFC 5626 §5.2: tokens signed before a key rotation stay valid while the old key is listed."""
+    rotated = FlowTokenCodec([OTHER_KEY, KEY])
+
+    assert route_decision(view((route(TOKEN_A),), source=UA_A), rotated) == Outgoing(UA_A)
+
+
+def test_forged_reply_is_forbidden_and_names_the_token():
+    decision = route_decision(view((route(forge(TOKEN_A, 3)),)), CODEC)
+
+    assert (decision.code, decision.reason) == (403, "Forbidden")
+    assert forge(TOKEN_A, 3)[:20] in decision.log
+
+
+def test_oversized_reply_is_bad_request():
+    decision = route_decision(view((route("x" * 5000),)), CODEC)
+
+    assert (decision.code, decision.reason) == (400, "Bad Request")
+    assert "5000" in decision.log
+
+
+# Kamailio prints IPv6 addresses upper-case and uncompressed ($si, $Ri: ip6tosbuf);
+# the token decodes them in Python's compressed form. Both name the same flow (RFC 5626 §3.3).
+UA_V6 = Flow("tls", "2001:db8::10", 5061, "2001:db8:ffff::7", 50001, 9)
+TOKEN_V6 = CODEC.encode(UA_V6)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        UA_V6,
+        Flow("tls", "2001:DB8:0:0:0:0:0:10", 5061, "2001:DB8:FFFF:0:0:0:0:7", 50001, 9),
+        Flow("tls", "[2001:db8::10]", 5061, "[2001:db8:ffff::7]", 50001, 9),
+        Flow("TLS", "2001:db8::10", 5061, "2001:db8:ffff::7", 50001, 9),
+    ],
+    ids=["canonical", "kamailio-uncompressed-upper-case", "bracketed", "upper-case-transport"],
+)
+def test_ipv6_source_in_any_spelling_is_the_flow_of_its_token(source):
+    assert route_decision(view((route(TOKEN_V6),), source=source), CODEC) == Outgoing(UA_V6)
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        Flow("tls", "2001:DB8:0:0:0:0:0:10", 5061, "2001:DB8:FFFF:0:0:0:0:8", 50001, 9),
+        Flow("tls", "2001:DB8:0:0:0:0:0:10", 5061, "2001:DB8:FFFF:0:0:0:0:7", 50001, 10),
+        Flow("tcp", "2001:DB8:0:0:0:0:0:10", 5061, "2001:DB8:FFFF:0:0:0:0:7", 50001, 9),
+    ],
+    ids=["other-remote-ip", "other-conn-id", "other-transport"],
+)
+def test_ipv6_other_flow_in_kamailio_spelling_is_not_the_source(source):
+    assert route_decision(view((route(TOKEN_V6),), source=source), CODEC) == ToFlow(UA_V6, TOKEN_V6, True)
+
+
+# --- record_route_token (RFC 5626 §5.3.2) -----------------------------------------------------
+
+INSTANCE = '+sip.instance="<urn:uuid:00000000-0000-1000-8000-000A95A0E128>"'
+
+
+def uri_has_ob(contact: str) -> bool:
+    """``ob`` is a Contact URI parameter (RFC 5626 §5.3.2, §10), as the adapter reads it."""
+    return "ob" in parse_name_addr(contact).sip_uri.params
+
+
+RR_CASES = [
+    # (id, view, force_outbound, expected)
+    ("invite-first-hop-contact-ob", view(method="INVITE", contact_ob=True), False, True),
+    ("subscribe-first-hop-contact-ob", view(method="SUBSCRIBE", contact_ob=True), False, True),
+    ("refer-first-hop-contact-ob", view(method="REFER", contact_ob=True), False, True),
+    ("invite-first-hop-our-route-ob", view((route(None, ob=True),), method="INVITE"), False, True),
+    ("invite-first-hop-our-token-route-ob", view((route(TOKEN_A, ob=True),), method="INVITE"), False, True),
+    ("route-ob-not-ours", view((other_route(None),), ours=0, method="INVITE"), False, False),
+    ("our-route-without-ob", view((route(None, ob=False),), method="INVITE"), False, False),
+    ("ob-only-on-second-route", view((route(None, ob=False), route(None, ob=True)), method="INVITE"), False, False),
+    ("no-ob-anywhere", view(method="INVITE"), False, False),
+    ("two-vias-contact-ob", view(method="INVITE", via_count=2, contact_ob=True), False, False),
+    ("two-vias-our-route-ob", view((route(None),), method="INVITE", via_count=2), False, False),
+    ("force-with-two-vias-no-ob", view(method="INVITE", via_count=2), True, True),
+    ("force-first-hop-no-ob", view(method="SUBSCRIBE"), True, True),
+    ("message-never", view(method="MESSAGE", contact_ob=True), False, False),
+    ("message-never-even-forced", view(method="MESSAGE", contact_ob=True), True, False),
+    ("options-never-even-forced", view(method="OPTIONS", contact_ob=True), True, False),
+    ("register-never-even-forced", view(method="REGISTER", contact_ob=True), True, False),
+    ("in-dialog-invite-never", view(method="INVITE", to_tag=True, contact_ob=True), False, False),
+    ("in-dialog-invite-never-even-forced", view(method="INVITE", to_tag=True, contact_ob=True), True, False),
+    # Kamailio issue 3190: ;ob without +sip.instance still gets the token; the instance is not looked at.
+    ("invite-ob-without-instance",
+     view(method="INVITE", contact_ob=uri_has_ob("<sip:alice@198.51.100.7:49152;transport=tcp;ob>")), False, True),
+    ("invite-instance-without-ob",
+     view(method="INVITE", contact_ob=uri_has_ob(f"<sip:alice@198.51.100.7:49152;transport=tcp>;{INSTANCE}")),
+     False, False),
+]
+
+
+@pytest.mark.parametrize(
+    ("request_view", "force", "expected"),
+    [case[1:] for case in RR_CASES],
+    ids=[case[0] for case in RR_CASES],
+)
+def test_record_route_token(request_view, force, expected):
+    assert record_route_token(request_view, force) is expected
+
+
+def test_flow_failed_is_430():
+    """RFC 5626 §5.3.1 / §11.5: 430 Flow Failed when the token's flow is gone."""
+    reply = flow_failed()
+
+    assert (reply.code, reply.reason, reply.headers) == (430, "Flow Failed", ())

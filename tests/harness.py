@@ -64,6 +64,8 @@ class Kamailio:
             "KO_RPC_SOCKET": f'"{self.rpc_socket}"',
             **self.defines,
         }
+        if os.environ.get("KO_DEBUG"):  # KO_DEBUG=1: every Kamailio of the run logs at debug level
+            defines["WITH_DEBUG"] = ""
         cmd = ["kamailio", "-f", str(CFG_DIR / self.cfg), "-DD", "-E", "-m", "96", "-M", "16",
                "-P", str(self.workdir / f"{self.name}.pid"), "-Y", str(self.workdir)]
         for key, value in defines.items():

@@ -63,6 +63,11 @@ class BaseRoutes:
 
     @guarded
     def ksr_reply_route(self, msg: Any) -> int:
+        """A reply that matches none of our transactions (a 2xx retransmission, a
+        stray reply) goes on statelessly along its Via, as RFC 3261 §16.7 says."""
+        if KSR.tm.t_check_trans() < 0:
+            KSR.info(f"kemi-outbound: reply {KSR.kx.get_status()} from {KSR.kx.get_srcip()} "
+                     "matches no transaction: forwarded statelessly\n")
         return 1
 
     def ksr_onsend_route(self, msg: Any) -> int:

@@ -158,6 +158,7 @@ class HomeProxy:
         KSR.pv.sets(f"$xavp(ko_b{slot}[0]=>group)", target.binding.group)
         KSR.pv.sets(f"$xavp(ko_b{slot}[0]=>route)", target.route)
         KSR.pv.sets(f"$xavp(ko_b{slot}[0]=>rr)", target.record_route)
+        KSR.pv.seti(f"$xavp(ko_b{slot}[0]=>ob)", 1 if target.binding.outbound else 0)
         flags = (slot << SLOT_SHIFT) | ((1 << FLB_OUTBOUND) if target.binding.outbound else 0)
         if use_ruri:
             KSR.pv.sets("$ru", target.ruri)
@@ -260,6 +261,10 @@ class HomeProxy:
         group = str(KSR.pv.get(f"$xavp(ko_b{slot}=>group)") or "")
         if not aor or not ruid:
             KSR.notice(f"kemi-outbound: {status} on a branch without flow state; nothing to fail over\n")
+            return
+        if not int(KSR.pv.get(f"$xavp(ko_b{slot}=>ob)") or 0):
+            # 430 is an edge's word about a flow (§11.5); a plain binding has none
+            KSR.notice(f"kemi-outbound: {status} from {ruid} of {aor}, which is no outbound flow: binding kept\n")
             return
         KSR.notice(f"kemi-outbound: flow {ruid} of {aor} failed with {status}"
                    f"{' (local)' if locally else ''}; removing it\n")

@@ -1,6 +1,6 @@
 #!/bin/sh
 # kemi-outbound container entry point: ko-entry ROLE
-#   edge | registrar   Kamailio in the foreground (-DD -E), logs on stderr
+#   edge | registrar | single   Kamailio (cfg/ROLE.cfg) in the foreground (-DD -E), logs on stderr
 #   dns                NSD serving /usr/share/kemi-outbound/dns/*.zone
 #   ua                 idle; SIPp runs in it through `docker exec`
 #   health             readiness probe of the role named by $KO_ROLE
@@ -27,7 +27,7 @@ first_address() {
 }
 
 case "$role" in
-    edge|registrar)
+    edge|registrar|single)
         use_dns_server
         export KO_ROLE="$role"
         export KO_ADDR="${KO_ADDR:-$(first_address)}"
@@ -82,7 +82,7 @@ CONF
         ;;
     health)
         case "${KO_ROLE:-}" in
-            edge|registrar) exec ko-rpc core.uptime >/dev/null ;;
+            edge|registrar|single) exec ko-rpc core.uptime >/dev/null ;;
             dns) exec python3 -c 'import dns.resolver as r; x = r.Resolver(configure=False); x.nameservers = ["127.0.0.1"]; x.resolve("example.com", "SOA")' ;;
             *) exit 0 ;;
         esac

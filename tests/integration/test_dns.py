@@ -323,8 +323,8 @@ def test_requests_claiming_to_be_from_the_core_must_come_from_the_farm(registrar
     kam = make_edge("sip:farm.ko.test", peers=["sip:farm.ko.test"])
     callee = sipp("callee_ob/register.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=CALLEE,
                   local_port=local_port, transport="tcp", background=True, timeout=30,
-                  keys={"user": "kate", "domain": "ko.test", "regid": "1", "expires": "600", "who": "kate",
-                        "instance": "urn:uuid:00000000-0000-4000-8000-00000000dd05"},
+                  keys={"user": "kate", "domain": "ko.test", "expires": "600", "who": "kate",
+                        "cparams": ';+sip.instance="<urn:uuid:00000000-0000-4000-8000-00000000dd05>";reg-id=1'},
                   oocsf="callee_ob/uas.xml")
     assert isinstance(callee, subprocess.Popen)
     deadline = time.monotonic() + 10

@@ -203,6 +203,8 @@ class EdgeRoutes(BaseRoutes):
     @guarded
     def ksr_failure_flow(self, msg: Any) -> int:
         """No reply at all from the UA over its flow: tell the home proxy 430."""
+        if KSR.tm.t_is_canceled() > 0:
+            return 1
         if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0:
             KSR.notice("kemi-outbound: no reply over the flow, answering 430\n")
             KSR.tm.t_reply(430, "Flow Failed")

@@ -104,7 +104,8 @@ class HomeProxy:
 
     def target(self, binding: Binding) -> Target | None:
         """Turn a binding into a branch target; None (with a log line) when its
-        Path is garbage or names a local flow that is gone."""
+        Path is garbage (the binding is kept) or names a local flow that is gone
+        (the binding is removed, RFC 5626 §7)."""
         if not binding.path:
             return Target(binding, binding.contact, "", "")
         try:
@@ -118,6 +119,7 @@ class HomeProxy:
             # we hold this flow ourselves (single-server mode): send straight to it
             hops = hops[1:]
             if local.is_stream and KSR.tcpops.tcp_conid_state(local.conn_id) <= 0:
+                self._forget(str(KSR.pv.get(f"$xavp({TX}=>aor)") or ""), binding, "its flow is gone")
                 return None
             dst = f"sip:{_bracket(local.remote_ip)}:{local.remote_port};transport={local.transport}"
             socket = f"{local.transport}:{_bracket(local.local_ip)}:{local.local_port}"
@@ -136,15 +138,13 @@ class HomeProxy:
             return None
         return decoded.flow if self.is_local_flow(decoded.flow) else None
 
-    def _first_usable(self, queue: InstanceQueue, aor: str) -> Target | None:
+    def _first_usable(self, queue: InstanceQueue) -> Target | None:
         """The first flow of an instance that can be used; dead local flows are
         removed on the way (RFC 5626 §7: a flow known dead is invalidated)."""
         for binding in queue.flows:
             target = self.target(binding)
             if target is not None:
                 return target
-            if binding.path:
-                self._forget(aor, binding, "flow is gone")
         return None
 
     def _new_slot(self) -> int:
@@ -190,7 +190,7 @@ class HomeProxy:
     def _start_wave(self, aor: str, queues: tuple[InstanceQueue, ...], *, in_request: bool) -> int:
         started = 0
         for queue in queues:
-            target = self._first_usable(queue, aor)
+            target = self._first_usable(queue)
             self._mark_tried(queue.group)
             if target is None:
                 continue
@@ -251,6 +251,8 @@ class HomeProxy:
     def outbound_next_contact(self) -> None:
         """Branch failed: on 430 or our own 408/503, drop that binding and try the
         next flow of the same instance; otherwise leave the instance alone."""
+        if KSR.tm.t_is_canceled() > 0:
+            return  # the caller gave up: no new branches
         status = int(KSR.pv.get("$T_reply_code") or 0)
         locally = KSR.tm.t_branch_replied() < 0 and status in (408, 503)
         slot = (int(KSR.pv.get("$T_branch(flags)") or 0) >> SLOT_SHIFT) & SLOT_MASK
@@ -278,7 +280,6 @@ class HomeProxy:
             target = self.target(binding)
             if target is not None:
                 break
-            self._forget(aor, binding, "flow is gone")
             remaining = [b for b in remaining if b.ruid != binding.ruid]
         self._add_branch(target, use_ruri=False)
         self._arm()
@@ -288,9 +289,11 @@ class HomeProxy:
     def failure_route(self) -> None:
         """All branches done: next q-wave (RFC 3261 §16.6) unless a 6xx or a
         cancel ended the call; a flow failure never reaches the caller."""
-        if KSR.tm.t_is_canceled() > 0:
-            return
         status = int(KSR.pv.get("$T_reply_code") or 0)
+        if KSR.tm.t_is_canceled() > 0:
+            if caller_status(status) is not None:  # never a 430 to the caller (§11.5)
+                KSR.tm.t_reply(487, "Request Terminated")
+            return
         aor = str(KSR.pv.get(f"$xavp({TX}=>aor)") or "")
         if aor and not 600 <= status < 700:
             current = float(str(KSR.pv.get(f"$xavp({TX}=>q)") or "1.0"))

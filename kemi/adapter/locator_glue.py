@@ -96,9 +96,11 @@ def no_target_reply(found: Plan) -> Reply:
 class FailoverRelay:
     """Relay to the targets of a URI one after the other (RFC 3263 §4.3)."""
 
-    def __init__(self, locator: Locator, failure_route: str) -> None:
+    def __init__(self, locator: Locator, failure_route: str,
+                 no_target: Callable[[Plan], Reply] = no_target_reply) -> None:
         self.locator = locator
         self.failure_route = failure_route
+        self.no_target = no_target
         self._last_plan: dict[str, tuple[object, ...]] = {}
 
     def _log_plan(self, found: Plan) -> None:
@@ -118,7 +120,7 @@ class FailoverRelay:
         the request; answer 503 when there is none. True when relayed."""
         found = self.locator.plan(uri)
         if not found.targets:
-            send_reply(no_target_reply(found))
+            send_reply(self.no_target(found))
             return False
         self._log_plan(found)
         # we answer ourselves when no target takes the request
@@ -184,19 +186,22 @@ class PeerGate:
     def __init__(self, locator: Locator, uris: Iterable[str]) -> None:
         self.locator = locator
         self.trust = PeerTrust(tuple(uris), self._resolve)
+        self._lookup = locator.resolver.session()
 
     @property
     def enabled(self) -> bool:
         return self.trust.enabled
 
     def _resolve(self, uri: str) -> tuple[frozenset[str], Plan]:
-        addresses, found = peer_addresses(uri, self.locator.resolver.session(), self.locator.policy)
+        addresses, found = peer_addresses(uri, self._lookup, self.locator.policy)
         if not addresses:
             KSR.notice(f"{LOG} trusted peer {uri} has no address now: {found.describe()}\n")
         return addresses, found
 
     def peer_of(self, source_ip: str) -> str | None:
         now = self.locator.clock()
+        # one DNS budget for this request, however many peer sets need a refresh
+        self._lookup = self.locator.resolver.session()
         for changed in self.trust.refresh(now):
             KSR.info(f"{LOG} trusted peer {changed.uri} = {', '.join(sorted(changed.addresses)) or 'nobody'}\n")
         return self.trust.peer_of(source_ip, now)

@@ -149,6 +149,19 @@ def test_truncated_udp_answer_is_asked_again_over_tcp(clock, server):
     assert [s[4] for s in server.sent] == [False, True]
 
 
+def test_truncated_answer_without_tcp_is_an_error_not_a_partial_answer(clock, server):
+    def truncated_and_no_tcp(request, server_ip, timeout, tcp):
+        if not tcp:
+            raise dns.message.Truncated()
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    server.answers["_sip._udp.big.ko.test", "SRV"] = truncated_and_no_tcp
+    answer = ask(resolver(clock, server), "_sip._udp.big.ko.test", RType.SRV)
+
+    assert answer.status is Status.ERROR and answer.records == ()
+    assert "ConnectionRefusedError" in answer.detail
+
+
 def test_cname_loop_in_one_answer_is_an_error(clock, server):
     server.answers["loop1.ko.test", "A"] = records(
         "loop1.ko.test. 60 IN CNAME loop2.ko.test.",

@@ -261,9 +261,9 @@ def main() -> int:
         flows = {regid: codec.decode(parse_name_addr(b["Path"]).sip_uri.user or "").flow
                  for regid, b in bindings.items()}
         call_keys = {"callee": USER, "domain": DOMAIN, "user": "carol"}
-        answers["call1"] = stage.caller("call1", "caller_short", 2, call_keys)
+        answers["call1"] = stage.caller("call1", "caller/uac_short.xml", 2, call_keys)
         events.append(Event(time.time(), stage.kill_edge(1)))
-        answers["call2"] = stage.caller("call2", "caller_short", 2, call_keys)
+        answers["call2"] = stage.caller("call2", "caller/uac_short.xml", 2, call_keys)
         token = parse_name_addr(bindings[2]["Path"]).sip_uri.user or ""
         forged = token[:10] + ("A" if token[10] != "A" else "B") + token[11:]
         answers["forged"] = stage.caller("forged", "caller/uac_final.xml", 2, {

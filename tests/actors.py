@@ -48,7 +48,7 @@ def wait_bindings(registrar: Kamailio, user: str, procs: list[subprocess.Popen],
     raise AssertionError(f"{len(registrar.bindings(user))} bindings for {user} after {timeout}s, wanted {count}")
 
 
-def call(kam: Kamailio, workdir: Path, port: int, callee: str, *, ua_ip: str, scenario: str = "uac.xml",
+def call(kam: Kamailio, workdir: Path, port: int, callee: str, *, ua_ip: str, scenario: str = "uac_short.xml",
          timeout: int = 15, **keys: str) -> SippResult:
     """A caller (tests/sipp/caller) over UDP through ``kam``."""
     result = sipp(f"caller/{scenario}", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=ua_ip,

@@ -64,6 +64,8 @@ class Kamailio:
             "KO_RPC_SOCKET": f'"{self.rpc_socket}"',
             **self.defines,
         }
+        if os.environ.get("KO_DEBUG"):  # KO_DEBUG=1: every Kamailio of the run logs at debug level
+            defines["WITH_DEBUG"] = ""
         cmd = ["kamailio", "-f", str(CFG_DIR / self.cfg), "-DD", "-E", "-m", "96", "-M", "16",
                "-P", str(self.workdir / f"{self.name}.pid"), "-Y", str(self.workdir)]
         for key, value in defines.items():
@@ -132,18 +134,22 @@ class Kamailio:
         return answer.get("result")
 
     def bindings(self, aor: str | None = None) -> list[dict]:
-        """Every contact in the location table, flattened, optionally for one AOR."""
+        """Contacts in the location table (RPC ul.lookup for one AOR, ul.dump for all)."""
+        if aor is not None:
+            try:
+                result = self.rpc("ul.lookup", "location", aor)
+            except ProcessError as exc:
+                if "not found" in str(exc) or "no contacts" in str(exc):
+                    return []
+                raise
+            return [{**c.get("Contact", {}), "AoR": aor} for c in (result or {}).get("Contacts", []) or []]
         result = self.rpc("ul.dump")
         out = []
         for domain in result.get("Domains", []) if isinstance(result, dict) else []:
             for record in domain.get("Domain", {}).get("AoRs", []) or []:
                 info = record.get("Info", {})
-                if aor is not None and info.get("AoR") != aor:
-                    continue
                 for contact in info.get("Contacts", []) or []:
-                    entry = dict(contact.get("Contact", {}))
-                    entry["AoR"] = info.get("AoR")
-                    out.append(entry)
+                    out.append({**contact.get("Contact", {}), "AoR": info.get("AoR")})
         return out
 
 

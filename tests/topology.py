@@ -23,7 +23,7 @@ REGISTRAR_ADDR = net(1)
 REGISTRAR_PORT = 5070
 FAULT_HEADER = "X-KO-Fault"
 RUNNING: list[Kamailio] = []
-PORTS = itertools.count(15000)
+PORTS = itertools.count(15000, 50)  # a block of 50 ports per test
 
 
 def ko_yaml() -> str:

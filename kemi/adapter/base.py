@@ -35,7 +35,8 @@ class BaseRoutes:
             return 1
         if KSR.siputils.has_totag() > 0:
             return self._within_dialog()
-        KSR.tm.t_check_trans()
+        if KSR.tm.t_check_trans() == 0:
+            return 1  # a retransmission, absorbed by tm
         if KSR.is_REGISTER():
             return self.register()
         return self._initial()
@@ -63,6 +64,11 @@ class BaseRoutes:
 
     @guarded
     def ksr_reply_route(self, msg: Any) -> int:
+        """A reply that matches none of our transactions (a 2xx retransmission, a
+        stray reply) goes on statelessly along its Via, as RFC 3261 §16.7 says."""
+        if KSR.tm.t_check_trans() < 0:
+            KSR.info(f"kemi-outbound: reply {KSR.kx.get_status()} from {KSR.kx.get_srcip()} "
+                     "matches no transaction: forwarded statelessly\n")
         return 1
 
     def ksr_onsend_route(self, msg: Any) -> int:

@@ -22,11 +22,13 @@ from outbound.sipmsg import NameAddr, parse_name_addrs
 from outbound.tokens import Flow
 
 from .base import BaseRoutes
+from .locator_glue import FailoverRelay, Locator, PeerGate, claims_core
 from .runtime import Runtime, Snapshot, guarded, send_reply, snapshot
 
 # The rr module takes the Record-Route user part from this AVP (cfg: custom_user_avp).
 RR_USER_AVP = "$avp(ko_rr_user)"
 FLOW_FAILURE_ROUTE = "ksr_failure_flow"
+HOME_FAILURE_ROUTE = "ksr_failure_home"
 # loose_route(): "the Route was preloaded and we were its last entry" (rr module, loose.h)
 RR_PRELOADED = -3
 
@@ -44,12 +46,15 @@ def source_flow(snap: Snapshot) -> Flow:
 class EdgeRoutes(BaseRoutes):
     """The object app_python3 calls for every message on an edge proxy."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, locator: Locator | None = None) -> None:
         super().__init__(runtime)
         self.registrar = runtime.config.registrar_uri
         if runtime.codec is None:
             raise ValueError("an edge needs flow-token keys")
         self.codec = runtime.codec
+        self.locator = locator if locator is not None else Locator.for_kamailio(runtime.config)
+        self.home_relay = FailoverRelay(self.locator, HOME_FAILURE_ROUTE)
+        self.peers = PeerGate(self.locator, runtime.config.dns.peers)
 
     def register(self) -> int:
         """Forward a REGISTER to the registrar with our Path (RFC 5626 §5.1)."""
@@ -59,12 +64,13 @@ class EdgeRoutes(BaseRoutes):
         return 1
 
     def forward_to_home(self) -> None:
-        """Send the request on to the registrar / home proxy (edge.registrar)."""
+        """Send the request on to the registrar / home proxy (edge.registrar),
+        located by DNS (RFC 3263) and failed over target by target in
+        ``ksr_failure_home``; 503 when no target can be found."""
         if not self.registrar:
             send_reply(Reply(500, "Server Internal Error", "edge.registrar is not configured"))
             return
-        KSR.setdsturi(self.registrar)
-        self._relay()
+        self.home_relay.relay(self.registrar)
 
     def outbound_add_path(self) -> PathKind:
         """Path with a flow token and ``;ob`` when outbound applies, else plain."""
@@ -113,6 +119,9 @@ class EdgeRoutes(BaseRoutes):
         decision is returned; after ``Outgoing`` or ``LooseRoute`` ordinary routing
         goes on in the caller."""
         decision = route_decision(view, self.codec)
+        if self.peers.enabled and claims_core(view.via_count, isinstance(decision, ToFlow)):
+            # trusted peers by DNS name (dns.peers): the core must come from its farm
+            decision = self.peers.refusal(view.source.remote_ip) or decision
         if isinstance(decision, Reply):
             send_reply(decision)
         elif isinstance(decision, ToFlow):
@@ -194,7 +203,15 @@ class EdgeRoutes(BaseRoutes):
     @guarded
     def ksr_failure_flow(self, msg: Any) -> int:
         """No reply at all from the UA over its flow: tell the home proxy 430."""
+        if KSR.tm.t_is_canceled() > 0:
+            return 1
         if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0:
             KSR.notice("kemi-outbound: no reply over the flow, answering 430\n")
             KSR.tm.t_reply(430, "Flow Failed")
+        return 1
+
+    @guarded
+    def ksr_failure_home(self, msg: Any) -> int:
+        """A registrar target failed: the next one on 503 / silence / transport error."""
+        self.home_relay.on_failure()
         return 1

@@ -16,6 +16,7 @@ branch and failure routes.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -35,6 +36,7 @@ from outbound.decisions import Reply
 from outbound.sipmsg import SipSyntaxError, parse_name_addr, split_values
 from outbound.tokens import Flow, FlowTokenCodec, Verdict
 
+from .locator_glue import Locator
 from .runtime import FLB_OUTBOUND, send_reply
 
 SLOT_SHIFT = 16
@@ -65,12 +67,13 @@ class HomeProxy:
     """Forking and failover toward registered flows."""
 
     def __init__(self, config: Config, codec: FlowTokenCodec | None,
-                 is_local_flow: Callable[[Flow], bool] | None = None) -> None:
+                 is_local_flow: Callable[[Flow], bool] | None = None, locator: Locator | None = None) -> None:
         self.table = config.location_table
         self.max_parallel = config.max_parallel_branches
         self.first_reply_timeout_ms = config.first_reply_timeout_ms
         self.codec = codec
         self.is_local_flow = is_local_flow
+        self.locator = locator
 
     # ----- reading usrloc -------------------------------------------------
 
@@ -104,7 +107,8 @@ class HomeProxy:
 
     def target(self, binding: Binding) -> Target | None:
         """Turn a binding into a branch target; None (with a log line) when its
-        Path is garbage or names a local flow that is gone."""
+        Path is garbage (the binding is kept) or names a local flow that is gone
+        (the binding is removed, RFC 5626 §7)."""
         if not binding.path:
             return Target(binding, binding.contact, "", "")
         try:
@@ -118,6 +122,7 @@ class HomeProxy:
             # we hold this flow ourselves (single-server mode): send straight to it
             hops = hops[1:]
             if local.is_stream and KSR.tcpops.tcp_conid_state(local.conn_id) <= 0:
+                self._forget(str(KSR.pv.get(f"$xavp({TX}=>aor)") or ""), binding, "its flow is gone")
                 return None
             dst = f"sip:{_bracket(local.remote_ip)}:{local.remote_port};transport={local.transport}"
             socket = f"{local.transport}:{_bracket(local.local_ip)}:{local.local_port}"
@@ -126,6 +131,13 @@ class HomeProxy:
         transport = first.params.get("transport")
         port = f":{first.port}" if first.port else ""
         dst = f"sip:{first.host}{port}" + (f";transport={transport}" if transport else "")
+        if self.locator is not None and not _is_ip_literal(first.host):
+            # an edge named in Path by hostname: RFC 3263, like the edge finds us
+            found = self.locator.resolve_next_hop(dst)
+            if not found:
+                KSR.notice(f"kemi-outbound: cannot locate {first.host} (Path of {binding.ruid}); skipped\n")
+                return None
+            dst = found[0]
         return Target(binding, binding.contact, dst, ", ".join(hops))
 
     def _local_flow(self, user: str | None) -> Flow | None:
@@ -136,15 +148,13 @@ class HomeProxy:
             return None
         return decoded.flow if self.is_local_flow(decoded.flow) else None
 
-    def _first_usable(self, queue: InstanceQueue, aor: str) -> Target | None:
+    def _first_usable(self, queue: InstanceQueue) -> Target | None:
         """The first flow of an instance that can be used; dead local flows are
         removed on the way (RFC 5626 §7: a flow known dead is invalidated)."""
         for binding in queue.flows:
             target = self.target(binding)
             if target is not None:
                 return target
-            if binding.path:
-                self._forget(aor, binding, "flow is gone")
         return None
 
     def _new_slot(self) -> int:
@@ -158,6 +168,7 @@ class HomeProxy:
         KSR.pv.sets(f"$xavp(ko_b{slot}[0]=>group)", target.binding.group)
         KSR.pv.sets(f"$xavp(ko_b{slot}[0]=>route)", target.route)
         KSR.pv.sets(f"$xavp(ko_b{slot}[0]=>rr)", target.record_route)
+        KSR.pv.seti(f"$xavp(ko_b{slot}[0]=>ob)", 1 if target.binding.outbound else 0)
         flags = (slot << SLOT_SHIFT) | ((1 << FLB_OUTBOUND) if target.binding.outbound else 0)
         if use_ruri:
             KSR.pv.sets("$ru", target.ruri)
@@ -189,7 +200,7 @@ class HomeProxy:
     def _start_wave(self, aor: str, queues: tuple[InstanceQueue, ...], *, in_request: bool) -> int:
         started = 0
         for queue in queues:
-            target = self._first_usable(queue, aor)
+            target = self._first_usable(queue)
             self._mark_tried(queue.group)
             if target is None:
                 continue
@@ -250,6 +261,8 @@ class HomeProxy:
     def outbound_next_contact(self) -> None:
         """Branch failed: on 430 or our own 408/503, drop that binding and try the
         next flow of the same instance; otherwise leave the instance alone."""
+        if KSR.tm.t_is_canceled() > 0:
+            return  # the caller gave up: no new branches
         status = int(KSR.pv.get("$T_reply_code") or 0)
         locally = KSR.tm.t_branch_replied() < 0 and status in (408, 503)
         slot = (int(KSR.pv.get("$T_branch(flags)") or 0) >> SLOT_SHIFT) & SLOT_MASK
@@ -260,6 +273,10 @@ class HomeProxy:
         group = str(KSR.pv.get(f"$xavp(ko_b{slot}=>group)") or "")
         if not aor or not ruid:
             KSR.notice(f"kemi-outbound: {status} on a branch without flow state; nothing to fail over\n")
+            return
+        if not int(KSR.pv.get(f"$xavp(ko_b{slot}=>ob)") or 0):
+            # 430 is an edge's word about a flow (§11.5); a plain binding has none
+            KSR.notice(f"kemi-outbound: {status} from {ruid} of {aor}, which is no outbound flow: binding kept\n")
             return
         KSR.notice(f"kemi-outbound: flow {ruid} of {aor} failed with {status}"
                    f"{' (local)' if locally else ''}; removing it\n")
@@ -273,7 +290,6 @@ class HomeProxy:
             target = self.target(binding)
             if target is not None:
                 break
-            self._forget(aor, binding, "flow is gone")
             remaining = [b for b in remaining if b.ruid != binding.ruid]
         self._add_branch(target, use_ruri=False)
         self._arm()
@@ -283,9 +299,11 @@ class HomeProxy:
     def failure_route(self) -> None:
         """All branches done: next q-wave (RFC 3261 §16.6) unless a 6xx or a
         cancel ended the call; a flow failure never reaches the caller."""
-        if KSR.tm.t_is_canceled() > 0:
-            return
         status = int(KSR.pv.get("$T_reply_code") or 0)
+        if KSR.tm.t_is_canceled() > 0:
+            if caller_status(status) is not None:  # never a 430 to the caller (§11.5)
+                KSR.tm.t_reply(487, "Request Terminated")
+            return
         aor = str(KSR.pv.get(f"$xavp({TX}=>aor)") or "")
         if aor and not 600 <= status < 700:
             current = float(str(KSR.pv.get(f"$xavp({TX}=>q)") or "1.0"))
@@ -304,6 +322,14 @@ class HomeProxy:
     def _forget(self, aor: str, binding: Binding, why: str) -> None:
         KSR.notice(f"kemi-outbound: removing binding {binding.ruid} of {aor}: {why}\n")
         KSR.registrar.unregister_ruid(self.table, aor, binding.ruid)
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
 
 
 def _bracket(ip: str) -> str:

@@ -7,6 +7,7 @@ reader are passed in.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,29 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class DnsConfig:
+    """Locating servers by DNS (RFC 3263, RFC 2782): section ``dns``. See docs/dns.md."""
+
+    nameservers: tuple[str, ...] = ()  # empty: the servers of /etc/resolv.conf
+    port: int = 53
+    timeout_ms: int = 2000  # all DNS time for one request; a worker never waits longer
+    attempt_ms: int = 1000  # one query to one server
+    transports: tuple[str, ...] = ("udp", "tcp")  # what Kamailio listens on, preferred first
+    families: tuple[str, ...] = ("ipv4", "ipv6")  # kept only if Kamailio listens on them
+    max_targets: int = 8
+    cache_entries: int = 1024  # per worker process
+    max_ttl: int = 3600
+    negative_ttl: int = 60  # NXDOMAIN / no data: SOA minimum, at most this (RFC 2308)
+    failure_ttl: int = 5  # SERVFAIL / timeout remembered this long
+    branch_timeout_ms: int = 4000  # no reply at all from a target in this time: next target
+    peers: tuple[str, ...] = ()  # SIP URIs of trusted peer farms (edge: the registrar farm)
+
+
+DNS_TRANSPORTS = ("udp", "tcp", "tls", "sctp")
+DNS_FAMILIES = ("ipv4", "ipv6")
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     source: str
     keys_env: str
@@ -39,6 +63,7 @@ class Config:
     first_reply_timeout_ms: int = 2000
     flow_reply_timeout_ms: int = 5000
     keepalive_grace_seconds: int = 20
+    dns: DnsConfig = DnsConfig()
 
 
 _SCHEMA: dict[str, dict[str, type]] = {
@@ -48,6 +73,11 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "registrar": {"location_table": str, "default_expires": int, "flow_timer": int},
     "testing": {"fault_injection_header": str},
     "keepalive": {"grace_seconds": int},
+    "dns": {
+        "nameservers": list, "port": int, "timeout_ms": int, "attempt_ms": int, "transports": list,
+        "families": list, "max_targets": int, "cache_entries": int, "max_ttl": int, "negative_ttl": int,
+        "failure_ttl": int, "branch_timeout_ms": int, "peers": list,
+    },
 }
 
 DEFAULTS: dict[str, dict[str, Any]] = {
@@ -57,6 +87,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "registrar": {"location_table": "location", "default_expires": 3600, "flow_timer": 25},
     "testing": {"fault_injection_header": ""},
     "keepalive": {"grace_seconds": 20},
+    "dns": {
+        "nameservers": [], "port": 53, "timeout_ms": 2000, "attempt_ms": 1000, "transports": ["udp", "tcp"],
+        "families": ["ipv4", "ipv6"], "max_targets": 8, "cache_entries": 1024, "max_ttl": 3600,
+        "negative_ttl": 60, "failure_ttl": 5, "branch_timeout_ms": 4000, "peers": [],
+    },
 }
 
 
@@ -153,6 +188,67 @@ def _build(values: dict[str, dict[str, Any]], source: str) -> Config:
         first_reply_timeout_ms=values["home"]["first_reply_timeout_ms"],
         flow_reply_timeout_ms=values["edge"]["flow_reply_timeout_ms"],
         keepalive_grace_seconds=grace,
+        dns=_build_dns(values["dns"], source),
+    )
+
+
+def _int_in(values: dict[str, Any], source: str, key: str, low: int, high: int, unit: str = "") -> int:
+    value = values[key]
+    if not low <= value <= high:
+        raise ConfigError(source, f"dns.{key}", f"must be {low} to {high}{unit}, got {value}")
+    return value
+
+
+def _names(values: dict[str, Any], source: str, key: str, known: tuple[str, ...]) -> tuple[str, ...]:
+    items = values[key]
+    if not items or not all(isinstance(i, str) for i in items):
+        raise ConfigError(source, f"dns.{key}", f"must be a non-empty list of {', '.join(known)}")
+    names = tuple(i.strip().lower() for i in items)
+    for name in names:
+        if name not in known:
+            raise ConfigError(source, f"dns.{key}", f"unknown {name!r} (known: {', '.join(known)})")
+    if len(set(names)) != len(names):
+        raise ConfigError(source, f"dns.{key}", "lists a value twice")
+    return names
+
+
+def _peer_uri(item: object, source: str) -> str:
+    """A peer is a SIP URI or a bare domain (taken as sip:domain)."""
+    if not isinstance(item, str) or not item.strip():
+        raise ConfigError(source, "dns.peers", f"each peer must be a SIP URI or a domain, got {item!r}")
+    uri = item.strip()
+    if not uri.lower().startswith(("sip:", "sips:")):
+        uri = "sip:" + uri
+    try:
+        SipUri.parse(uri)
+    except SipSyntaxError as exc:
+        raise ConfigError(source, "dns.peers", f"{item!r}: {exc}") from None
+    return uri
+
+
+def _build_dns(values: dict[str, Any], source: str) -> DnsConfig:
+    servers = values["nameservers"]
+    for server in servers:
+        try:
+            ipaddress.ip_address(server if isinstance(server, str) else "")
+        except ValueError:
+            raise ConfigError(source, "dns.nameservers", f"not an IP address: {server!r}") from None
+    timeout_ms = _int_in(values, source, "timeout_ms", 1, 30000, " ms")
+    return DnsConfig(
+        nameservers=tuple(servers),
+        port=_int_in(values, source, "port", 1, 65535),
+        timeout_ms=timeout_ms,
+        attempt_ms=_int_in(values, source, "attempt_ms", 1, timeout_ms, " ms (at most dns.timeout_ms)"),
+        transports=_names(values, source, "transports", DNS_TRANSPORTS),
+        families=_names(values, source, "families", DNS_FAMILIES),
+        max_targets=_int_in(values, source, "max_targets", 1, 64),
+        cache_entries=_int_in(values, source, "cache_entries", 0, 1_000_000),
+        max_ttl=_int_in(values, source, "max_ttl", 0, 7 * 86400, " s"),
+        negative_ttl=_int_in(values, source, "negative_ttl", 0, 86400, " s"),
+        failure_ttl=_int_in(values, source, "failure_ttl", 0, 3600, " s"),
+        # below RFC 3261 Timer F (32 s), or the caller gives up before the next target is tried
+        branch_timeout_ms=_int_in(values, source, "branch_timeout_ms", 100, 31000, " ms"),
+        peers=tuple(_peer_uri(item, source) for item in values["peers"]),
     )
 
 

@@ -1,0 +1,374 @@
+"""Edges find the registrar farm by DNS (issue 5; RFC 3263, RFC 2782).
+
+Everything is real: Debian's nsd serves tests/dns/ko.test.zone on the test
+network, Kamailio 5.6 runs our KEMI Python (which asks nsd itself, through
+dnspython; Kamailio's resolver is never used: $du is always an address), and
+SIPp plays the UAs and, where a test needs a server that misbehaves on
+purpose, one home-proxy target (tests/sipp/dns_home).
+"""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import dns.message
+import dns.query
+import pytest
+import yaml
+
+from actors import start_callee, wait_bindings
+from harness import TEST_KEY, Kamailio, SippResult, describe, sipp, wait_sipp
+from nsd import Nsd
+from outbound.tokens import Flow, FlowTokenCodec, parse_key
+from topology import TEST_NET, edge, ko_yaml, net, registrar, start, stop
+
+NS = net(53)
+NS_PORT = 5353
+UA = net(11)
+CALLEE = net(12)
+FAKE_CORE = net(50)
+REG = {"a": net(21), "b": net(22), "c": net(23), "d": net(24)}
+UAS = {"a": net(41), "b": net(42)}
+UAS_PORT = 5080
+DEAD = net(45)
+EDGE_ADDRS = itertools.count(60)
+DNS_SETTINGS = {
+    "nameservers": [NS], "port": NS_PORT, "timeout_ms": 1000, "attempt_ms": 500, "branch_timeout_ms": 1000,
+    "failure_ttl": 1, "negative_ttl": 5,
+}
+
+
+@pytest.fixture(scope="module")
+def nsd(workdir: Path) -> Iterator[Nsd]:
+    server = Nsd(workdir / "nsd", NS, NS_PORT, values={"NET": TEST_NET, "MOVING": REG["a"]})
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def registrars(workdir: Path, nsd: Nsd) -> Iterator[dict[str, Kamailio]]:
+    """Registrars A (priority 10 in farm.ko.test) and B (priority 20)."""
+    started = {}
+    try:
+        for name in ("a", "b"):
+            started[name] = start(registrar(workdir, name=f"dns-reg-{name}", addr=REG[name]))
+        yield started
+    finally:
+        for kam in started.values():
+            stop(kam)
+
+
+def dns_yaml(**changes: object) -> str:
+    data = yaml.safe_load(ko_yaml())
+    data["dns"].update({**DNS_SETTINGS, **changes})
+    return yaml.safe_dump(data)
+
+
+@pytest.fixture
+def make_edge(workdir: Path, nsd: Nsd) -> Iterator[Callable[..., Kamailio]]:
+    """Start an edge whose edge.registrar is a domain; stopped after the test."""
+    started: list[Kamailio] = []
+
+    def make(registrar_uri: str, **dns_changes: object) -> Kamailio:
+        addr = net(next(EDGE_ADDRS))
+        kam = edge(workdir, f"dns-edge-{addr}", addr, registrar_uri)
+        kam.yaml_text = dns_yaml(**dns_changes)
+        started.append(start(kam))
+        return kam
+
+    yield make
+    for kam in started:
+        stop(kam)
+
+
+@pytest.fixture
+def servers(workdir: Path) -> Iterator[Callable[..., subprocess.Popen]]:
+    """SIPp standing in for a home target (tests/sipp/dns_home); killed after the test."""
+    running: list[subprocess.Popen] = []
+
+    def serve(name: str, scenario: str) -> subprocess.Popen:
+        proc = sipp(f"dns_home/{scenario}", f"{UA}:5060", workdir=workdir, local_ip=UAS[name], local_port=UAS_PORT,
+                    background=True, timeout=30,
+                    name=f"dns-home-{name}-{time.monotonic_ns()}")
+        assert isinstance(proc, subprocess.Popen)
+        running.append(proc)
+        wait_udp_bound(UAS[name], UAS_PORT, proc)
+        return proc
+
+    yield serve
+    for proc in running:
+        if proc.poll() is None:
+            wait_sipp(proc, 0)
+
+
+def wait_udp_bound(ip: str, port: int, proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """Readiness of a SIPp server: its UDP socket shows in /proc/net/udp."""
+    want = f"{int.from_bytes(bytes(int(x) for x in ip.split('.')), 'little'):08X}:{port:04X}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open("/proc/net/udp") as table:
+            if any(line.split()[1] == want for line in table.readlines()[1:]):
+                return
+        if proc.poll() is not None:
+            raise AssertionError(f"SIPp server exited {proc.returncode}:\n{describe(wait_sipp(proc, 1))}")
+        time.sleep(0.02)
+    raise AssertionError(f"SIPp server not bound on {ip}:{port} after {timeout}s")
+
+
+def received(proc: subprocess.Popen) -> list[str]:
+    """Requests a SIPp server took (its log), after stopping it if still running."""
+    return wait_sipp(proc, 0 if proc.poll() is None else 5).values("received")
+
+
+def register(kam: Kamailio, workdir: Path, port: int, user: str) -> SippResult:
+    result = sipp("dns_ua/register.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA, local_port=port,
+                  keys={"user": user, "domain": "ko.test", "expires": "600"}, timeout=20)
+    assert isinstance(result, SippResult)
+    return result
+
+
+def bound_at(registrars: dict[str, Kamailio], user: str) -> list[str]:
+    return [name for name, kam in registrars.items() if kam.bindings(user)]
+
+
+def test_register_goes_to_the_lowest_priority_registrar(registrars, make_edge, workdir, local_port):
+    """NAPTR -> SRV -> A; RFC 2782: priority 10 (A) before priority 20 (B)."""
+    kam = make_edge("sip:farm.ko.test")
+
+    assert register(kam, workdir, local_port, "alice-farm").value("final") == "200"
+    assert bound_at(registrars, "alice-farm") == ["a"]
+    assert f"farm.ko.test: udp:{REG['a']}:5070, udp:{REG['b']}:5070" in kam.log()
+
+
+def test_registrar_a_stopped_registrations_go_to_b(workdir, make_edge, nsd, local_port):
+    """RFC 3263 §4.3: no response at all from A: a new branch to B."""
+    regs = {name: start(registrar(workdir, name=f"dns-reg-{name}", addr=REG[name])) for name in ("c", "d")}
+    try:
+        kam = make_edge("sip:cdfarm.ko.test")
+        assert register(kam, workdir, local_port, "bob-before").value("final") == "200"
+        assert bound_at(regs, "bob-before") == ["c"]
+
+        stop(regs["c"])
+        assert register(kam, workdir, local_port + 1, "bob-after").value("final") == "200"
+        assert regs["d"].bindings("bob-after")
+        assert f"no response at all before the timeout; trying sip:{REG['d']}:5070;transport=udp" in kam.log()
+    finally:
+        for reg in regs.values():
+            stop(reg)
+
+
+def test_every_address_of_a_target_before_the_next_srv_target(registrars, make_edge, workdir, local_port):
+    """twoaddr.ko.test (priority 10) has a dead address, then B's; reg-a is priority 20."""
+    kam = make_edge("sip:pair.ko.test")
+
+    assert register(kam, workdir, local_port, "carol-pair").value("final") == "200"
+    assert bound_at(registrars, "carol-pair") == ["b"]
+    log = kam.log()
+    assert f"pair.ko.test: udp:{DEAD}:5070, udp:{REG['b']}:5070, udp:{REG['a']}:5070" in log
+    assert f"sip:{DEAD}:5070;transport=udp: no response at all before the timeout; trying sip:{REG['b']}" in log
+
+
+def test_refused_tcp_connection_is_a_transport_error_and_fails_over(registrars, make_edge, workdir, local_port):
+    """NAPTR SIP+D2T: the dead priority-10 target refuses TCP; A (priority 20) takes it."""
+    kam = make_edge("sip:tcpfarm.ko.test")
+
+    assert register(kam, workdir, local_port, "tcp-tom").value("final") == "200"
+    assert bound_at(registrars, "tcp-tom") == ["a"]
+    log = kam.log()
+    assert f"tcpfarm.ko.test: tcp:{DEAD}:5070, tcp:{REG['a']}:5070" in log
+    assert f"sending to sip:{DEAD}:5070;transport=tcp failed (transport error)" in log
+
+
+def test_ipv6_only_target_is_skipped_when_kamailio_has_only_ipv4(registrars, make_edge, workdir, local_port):
+    """RFC 3263 §4.2 / RFC 6157: only families we can send on; AAAA is not even asked."""
+    kam = make_edge("sip:v6first.ko.test")  # families [ipv4, ipv6] in YAML, KO_ADDR is IPv4
+
+    assert register(kam, workdir, local_port, "dave-v6").value("final") == "200"
+    assert bound_at(registrars, "dave-v6") == ["a"]
+    log = kam.log()
+    assert f"v6first.ko.test: udp:{REG['a']}:5070" in log and "v6only.ko.test: no ipv4 address" in log
+    assert "::1" not in log and "trying sip:" not in log
+
+
+def test_503_fails_over_to_the_next_target(registrars, make_edge, servers, workdir, local_port):
+    server_a = servers("a", "register_503.xml")
+    kam = make_edge("sip:busy.ko.test")
+
+    assert register(kam, workdir, local_port, "erin-busy").value("final") == "200"
+    assert received(server_a) == ["REGISTER"]
+    assert bound_at(registrars, "erin-busy") == ["b"]
+    assert "503 from the server; trying" in kam.log()
+
+
+def test_100_trying_then_silence_does_not_fail_over(registrars, make_edge, servers, workdir, local_port):
+    """A provisional is a response: the timeout that follows is not a failover signal."""
+    server_a = servers("a", "register_trying.xml")
+    kam = make_edge("sip:busy.ko.test")
+
+    assert register(kam, workdir, local_port, "frank-trying").value("final") == "408"
+    assert received(server_a)[:1] == ["REGISTER"]
+    assert bound_at(registrars, "frank-trying") == []
+    assert "the server had answered provisionally; no failover" in kam.log()
+
+
+def test_486_does_not_fail_over(make_edge, servers, workdir, local_port):
+    server_a = servers("a", "invite_486.xml")
+    server_b = servers("b", "invite_480.xml")
+    kam = make_edge("sip:uas.ko.test")
+
+    result = sipp("caller/uac_final.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA,
+                  local_port=local_port, keys={"ruri": "sip:bob@ko.test", "extra": "X-Case: busy", "user": "alice",
+                                               "callee": "bob", "domain": "ko.test"}, timeout=15)
+    assert isinstance(result, SippResult)
+    assert result.value("final") == "486"
+    assert received(server_a) == ["INVITE", "ACK"], "tm acknowledges the 486 to the server that sent it"
+    assert received(server_b) == []
+
+
+def test_cancel_and_ack_go_to_the_server_that_was_chosen(make_edge, servers, workdir, local_port):
+    """The dead priority-10 target times out, B rings; the caller's CANCEL and tm's
+    ACK for the 487 go to B, the server chosen for this transaction (checklist B1)."""
+    server_b = servers("b", "invite_cancel.xml")
+    kam = make_edge("sip:deadfirst.ko.test")
+
+    result = sipp("dns_ua/cancel.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA,
+                  local_port=local_port, keys={"ruri": "sip:bob@ko.test", "user": "alice", "domain": "ko.test"},
+                  timeout=15)
+    assert isinstance(result, SippResult)
+    assert result.value("cancel") == "200" and result.value("final") == "487"
+    assert received(server_b) == ["INVITE", "CANCEL", "ACK"]
+
+
+def test_zone_change_with_short_ttl_is_picked_up_after_expiry(registrars, make_edge, nsd, workdir, local_port):
+    """moving-host.ko.test has TTL 2: once it points at B, registrations follow."""
+    kam = make_edge("sip:moving.ko.test")
+    assert register(kam, workdir, local_port, "gina-moving").value("final") == "200"
+    assert bound_at(registrars, "gina-moving") == ["a"]
+
+    nsd.reload(MOVING=REG["b"])
+    try:
+        deadline = time.monotonic() + 20
+        attempt = 0
+        while not registrars["b"].bindings("gina-moving"):
+            assert time.monotonic() < deadline, "the edge never followed the zone change"
+            attempt += 1
+            assert register(kam, workdir, local_port, "gina-moving").value("final") == "200"
+            time.sleep(0.2)
+        assert registrars["b"].bindings("gina-moving")
+    finally:
+        nsd.reload(MOVING=REG["a"])
+
+
+def test_truncated_udp_answer_is_read_over_tcp(registrars, make_edge, nsd, workdir, local_port):
+    query = dns.message.make_query("_sip._udp.big.ko.test", "SRV")
+    with pytest.raises(dns.message.Truncated):
+        dns.query.udp(query, NS, port=NS_PORT, timeout=2, raise_on_truncation=True)
+    kam = make_edge("sip:big.ko.test")
+
+    assert register(kam, workdir, local_port, "hank-big").value("final") == "200"
+    assert bound_at(registrars, "hank-big") == ["a"]
+
+
+BAD_DOMAINS = [
+    pytest.param("sip:nowhere.ko.test", "nowhere.ko.test NAPTR: NXDOMAIN", id="nxdomain"),
+    pytest.param("sip:farm.broken.test", "SERVFAIL", id="servfail"),
+    pytest.param("sip:dot.ko.test", '_sip._udp.dot.ko.test SRV: target "." (service not available)', id="dot-target"),
+    pytest.param("sip:noaddr.ko.test", "ghost.ko.test: no ipv4 address", id="srv-target-without-address"),
+    pytest.param("sip:loop.ko.test", "CNAME loop", id="cname-loop"),
+]
+
+
+@pytest.mark.parametrize(("uri", "why"), BAD_DOMAINS)
+def test_unresolvable_registrar_gets_503_and_a_log_line_naming_the_domain(make_edge, workdir, local_port, uri, why):
+    kam = make_edge(uri)
+
+    for attempt in range(2):  # the second is answered from the cache: same reply, no crash
+        result = register(kam, workdir, local_port + attempt, f"ivan-{attempt}")
+        assert result.value("final") == "503"
+    log = kam.log()
+    assert log.count(f"kemi-outbound: 503 Service Unavailable to REGISTER from {UA}") == 2
+    assert f"cannot locate {uri}" in log and why in log
+    assert "Traceback" not in log
+    assert kam.rpc("core.uptime")
+
+
+def test_dns_timeout_gets_503_within_the_budget_then_recovers(registrars, make_edge, nsd, workdir, local_port):
+    """A silent server: the worker gives up when dns.timeout_ms is spent (the
+    budget is in the log line), answers 503, and DNS works again once back."""
+    kam = make_edge("sip:farm.ko.test")
+    nsd.pause()
+    try:
+        result = register(kam, workdir, local_port, "judy-timeout")
+        assert result.value("final") == "503"
+    finally:
+        nsd.resume()
+    log = kam.log()
+    assert "cannot locate sip:farm.ko.test" in log and "farm.ko.test NAPTR: timeout" in log
+    assert "DNS budget of 1s spent" in log
+
+    deadline = time.monotonic() + 15  # failure_ttl is 1 s
+    while register(kam, workdir, local_port, "judy-timeout").value("final") != "200":
+        assert time.monotonic() < deadline, "DNS never recovered"
+        time.sleep(0.2)
+    assert bound_at(registrars, "judy-timeout") == ["a"]
+
+
+def test_requests_claiming_to_be_from_the_core_must_come_from_the_farm(registrars, make_edge, workdir, local_port):
+    """dns.peers = the registrar farm: an incoming request over a UA's flow from
+    an address outside farm.ko.test's SRV/A set is refused (403); the same
+    request through registrar A (in the set) reaches the UA."""
+    kam = make_edge("sip:farm.ko.test", peers=["sip:farm.ko.test"])
+    callee = start_callee(kam, workdir, local_port, "kate", ua_ip=CALLEE)
+    wait_bindings(registrars["a"], "kate", [callee])
+    [binding] = registrars["a"].bindings("kate")
+
+    forged = sipp("caller/uac_final.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=FAKE_CORE,
+                  local_port=local_port + 1, keys={"ruri": binding["Address"], "extra": f"Route: {binding['Path']}",
+                                                   "user": "mallory", "callee": "kate", "domain": "example.com"},
+                  timeout=15)
+    assert isinstance(forged, SippResult)
+    assert forged.value("final") == "403"
+    assert f"{FAKE_CORE} claims to be a peer but is not in the DNS set of sip:farm.ko.test" in kam.log()
+
+    call = sipp("caller/uac.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA, local_port=local_port + 2,
+                keys={"callee": "kate", "domain": "example.com", "user": "alice"}, timeout=15)
+    assert isinstance(call, SippResult)
+    assert call.value("who") == "kate" and call.value("bye") == "200"
+    assert f"trusted peer sip:farm.ko.test = {REG['a']}, {REG['b']}" in kam.log()
+    wait_sipp(callee, 10)
+
+
+def test_trusted_peer_set_follows_the_zone_when_its_ttl_runs_out(make_edge, nsd, workdir, local_port):
+    """dns.peers = moving.ko.test (TTL 2 s). A request to a UA's flow from the
+    fake core is refused while the set is registrar A; once the zone names the
+    fake core, the same request is trusted and routed (430: that flow is gone)."""
+    kam = make_edge("sip:farm.ko.test", peers=["sip:moving.ko.test"])
+    gone = Flow("tcp", kam.addr, kam.port, net(99), 40000, conn_id=987654)
+    token = FlowTokenCodec([parse_key(TEST_KEY)]).encode(gone)
+    keys = {"ruri": f"sip:kate@{net(99)}:40000;transport=tcp", "user": "core", "callee": "kate", "domain": "ko.test",
+            "extra": f"Route: <sip:{token}@{kam.addr}:{kam.port};lr>"}
+
+    def from_fake_core(port: int) -> str:
+        result = sipp("caller/uac_final.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=FAKE_CORE,
+                      local_port=port, keys=keys, timeout=15)
+        assert isinstance(result, SippResult)
+        return result.value("final")
+
+    assert from_fake_core(local_port) == "403"
+    nsd.reload(MOVING=FAKE_CORE)
+    try:
+        deadline = time.monotonic() + 20
+        port = local_port
+        while (final := from_fake_core(port := port + 1)) == "403":
+            assert time.monotonic() < deadline, "the peer set never followed the zone"
+            time.sleep(0.2)
+        assert final == "430"
+        assert f"trusted peer sip:moving.ko.test = {FAKE_CORE}" in kam.log()
+    finally:
+        nsd.reload(MOVING=REG["a"])

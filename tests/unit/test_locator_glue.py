@@ -1,0 +1,76 @@
+"""The KSR glue's pure parts: failure-route names, families, resolve_next_hop.
+
+``KSR`` exists only inside Kamailio; an empty module stands in for it so the
+adapter modules import. Nothing here calls it: behaviour inside Kamailio is
+shown by tests/integration/test_dns.py.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import sys
+import types
+
+import pytest
+
+from dns_fakes import Clock, Server, records
+
+sys.modules.setdefault("KSR", types.ModuleType("KSR"))
+
+from adapter import edge_routes  # noqa: E402
+from adapter.edge_routes import FLOW_FAILURE_ROUTE, HOME_FAILURE_ROUTE, EdgeRoutes  # noqa: E402
+from adapter.locator_glue import Locator, claims_core, effective_families, listen_families  # noqa: E402
+from outbound.config import ConfigError, DnsConfig  # noqa: E402
+
+
+@pytest.mark.parametrize("name", [FLOW_FAILURE_ROUTE, HOME_FAILURE_ROUTE])
+def test_failure_route_names_resolve_to_methods(name):
+    assert callable(getattr(EdgeRoutes, name, None)), f"t_on_failure({name!r}) names no method"
+
+
+def test_every_failure_route_armed_by_the_edge_is_a_constant():
+    source = inspect.getsource(edge_routes)
+
+    assert re.findall(r"t_on_failure\(\s*[\"']", source) == [], "use the *_FAILURE_ROUTE constants"
+
+
+def test_families_follow_the_listen_address():
+    dns = DnsConfig(families=("ipv6", "ipv4"))
+
+    assert listen_families(["127.0.1.30"]) == {"ipv4"}
+    assert listen_families(["edge.example.com", None]) == set()
+    assert effective_families(dns, {"ipv4"}, "f.yaml") == ("ipv4",)
+    assert effective_families(dns, set(), "f.yaml") == ("ipv6", "ipv4"), "unknown listen family: keep the config"
+    with pytest.raises(ConfigError) as info:
+        effective_families(DnsConfig(families=("ipv6",)), {"ipv4"}, "f.yaml")
+    assert info.value.key == "dns.families" and "f.yaml" in str(info.value)
+
+
+def test_resolve_next_hop_gives_du_uris_in_rfc3263_order():
+    """What the home proxy calls for a Path hostname (see docs/dns.md)."""
+    clock = Clock()
+    server = Server(clock)
+    server.answers["edges.ko.test", "NAPTR"] = records(
+        'edges.ko.test. 60 IN NAPTR 10 10 "s" "SIP+D2T" "" _sip._tcp.edges.ko.test.')
+    server.answers["_sip._tcp.edges.ko.test", "SRV"] = records(
+        "_sip._tcp.edges.ko.test. 60 IN SRV 20 0 5060 edge2.ko.test.",
+        "_sip._tcp.edges.ko.test. 60 IN SRV 10 0 5060 edge1.ko.test.",
+    )
+    server.answers["edge1.ko.test", "A"] = records("edge1.ko.test. 60 IN A 192.0.2.1")
+    server.answers["edge2.ko.test", "A"] = records("edge2.ko.test. 60 IN A 192.0.2.2")
+    locator = Locator(DnsConfig(nameservers=("192.0.2.53",)), ("ipv4",), clock=clock, send=server)
+
+    assert locator.resolve_next_hop("sip:TOKEN@edges.ko.test;lr;ob") == [
+        "sip:192.0.2.1:5060;transport=tcp", "sip:192.0.2.2:5060;transport=tcp",
+    ]
+    assert locator.resolve_next_hop("sip:nowhere.ko.test;lr") == []
+    assert locator.resolve_next_hop("sip:192.0.2.9:5070;lr") == ["sip:192.0.2.9:5070;transport=udp"]
+
+
+@pytest.mark.parametrize(
+    ("via_count", "to_flow", "claims"),
+    [(1, False, False), (2, False, True), (1, True, True), (3, True, True)],
+)
+def test_what_claims_to_come_from_the_core(via_count, to_flow, claims):
+    assert claims_core(via_count, to_flow) is claims

@@ -1,68 +1,383 @@
-"""The main job: an edge and a registrar on loopback, a SIPp UA registers through
-the edge over TCP, and the binding stored in usrloc is printed (read over RPC).
+"""The main job as a story one can watch (./run demo, ./run demo --containers).
 
-Run with ./run demo. Everything it starts it stops again, pass or fail.
+A device (one +sip.instance) registers two flows, reg-id 2 through edge2 and
+reg-id 1 through edge1; a caller calls it through edge2 and the call arrives
+over flow 1; edge1 dies; the next call is answered over flow 2 and the caller
+never sees a 430; an INVITE with a forged flow token is refused with 403.
+
+Default: Kamailio processes on loopback (KO_TEST_NET, default 127.0.0), no
+Docker. --containers: the same story on docker/compose.yaml (images built
+locally, dockerd started when needed). tshark captures the SIP traffic; the
+summary (who answered, response codes, timings) is printed and a ladder
+diagram is written to out/demo/<time>/ladder.svg and .png. Everything the demo
+starts it stops again, pass or fail.
 """
 
 from __future__ import annotations
 
-import json
+import argparse
+import os
 import secrets
+import signal
+import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "kemi"))
 
-from harness import CFG_DIR, Kamailio, SippResult, describe, sipp  # noqa: E402
+from harness import CFG_DIR, Kamailio, SippResult, collect, describe, sipp  # noqa: E402
+from ladder import Capture, Event, Lanes, Message, draw, read_messages  # noqa: E402
 from outbound.sipmsg import parse_name_addr  # noqa: E402
 from outbound.tokens import FlowTokenCodec, parse_key  # noqa: E402
 
-UA_IP = "127.0.0.10"
-INSTANCE = '"<urn:uuid:00000000-0000-4000-8000-0000000de001>"'
+USER = "dana"
+DOMAIN = "example.com"
+INSTANCE = "urn:uuid:00000000-0000-4000-8000-0000000de001"
+DEVICE_PORTS = {1: 5091, 2: 5092}
+CALLER_PORT = 5093
+MARKER_PORT = 5999  # nothing listens here: the capture's end marker goes to it
+
+
+class StoryError(RuntimeError):
+    pass
+
+
+class LoopbackStage:
+    """Registrar (home proxy) and two edges as Kamailio processes on loopback."""
+
+    mode = "loopback, Kamailio processes"
+
+    def __init__(self, out: Path, key: str) -> None:
+        from topology import net
+
+        self.out = out
+        self.net = net
+        yaml_text = (CFG_DIR / "outbound.yaml").read_text()
+        self.registrar = Kamailio("registrar", "registrar.cfg", out, net(1), 5070, yaml_text=yaml_text)
+        self.edges = {
+            n: Kamailio(f"edge{n}", "edge.cfg", out, net(n + 1), 5060, env={"KO_FLOW_KEYS": key},
+                        defines={"KO_REGISTRAR": f'"{self.registrar.uri}"'}, yaml_text=yaml_text)
+            for n in (1, 2)
+        }
+        self.device_ip = net(20)
+        self.caller_ip = net(30)
+        self.flows: dict[int, subprocess.Popen] = {}
+
+    def start(self) -> None:
+        self.registrar.start()
+        for edge in self.edges.values():
+            edge.start()
+
+    def stop(self) -> None:
+        for proc in self.flows.values():
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        for kam in (*self.edges.values(), self.registrar):
+            kam.stop()
+
+    def edge_addr(self, n: int) -> str:
+        return self.edges[n].addr
+
+    @property
+    def registrar_addr(self) -> str:
+        return self.registrar.addr
+
+    def capture(self, path: Path) -> Capture:
+        hosts = " or ".join(f"host {ip}" for ip in
+                            (self.registrar.addr, *(e.addr for e in self.edges.values()), self.device_ip,
+                             self.caller_ip))
+        return Capture("lo", f"({hosts}) and (port 5060 or port 5070 or udp port {MARKER_PORT})", path)
+
+    def sip_ports(self) -> tuple[int, ...]:
+        return (5060, 5070)
+
+    def register_flow(self, regid: int, edge: int, keys: dict[str, str]) -> None:
+        proc = sipp("device_ob/register.xml", f"{self.edges[edge].addr}:5060", workdir=self.out,
+                    local_ip=self.device_ip, local_port=DEVICE_PORTS[regid], transport="tcp", keys=keys,
+                    background=True, timeout=120, oocsf="device_ob/uas.xml", name=f"device-flow{regid}")
+        assert isinstance(proc, subprocess.Popen)
+        self.flows[regid] = proc
+
+    def flow_alive(self, regid: int) -> bool:
+        return self.flows[regid].poll() is None
+
+    def flow_result(self, regid: int) -> SippResult:
+        return collect(self.flows[regid].returncode or 0, self.flows[regid].run_dir)  # type: ignore[attr-defined]
+
+    def bindings(self) -> list[dict]:
+        return self.registrar.bindings(USER)
+
+    def caller(self, name: str, scenario: str, edge: int, keys: dict[str, str]) -> SippResult:
+        result = sipp(scenario, f"{self.edges[edge].addr}:5060", workdir=self.out, local_ip=self.caller_ip,
+                      local_port=CALLER_PORT, keys=keys, timeout=20, check=False, name=name)
+        assert isinstance(result, SippResult)
+        return result
+
+    def kill_edge(self, n: int) -> str:
+        self.edges[n].kill()
+        return f"edge{n} killed (SIGKILL to its Kamailio processes)"
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {k.name} ---\n{k.log()[-3000:]}" for k in (self.registrar, *self.edges.values()))
+
+
+class ContainerStage:
+    """The same roles in containers: docker/compose.yaml on an internal network."""
+
+    mode = "containers, docker/compose.yaml"
+
+    def __init__(self, out: Path, key: str) -> None:
+        from docker_topology import Topology, build_image, ensure_docker
+
+        print("preparing containers: dockerd, images (the first build takes a minute or two) ...", flush=True)
+        ensure_docker()
+        self.topo = Topology(project=f"kodemo{os.getpid()}", net=os.environ.get("KO_DEMO_NET", "198.18.6"),
+                             out=out / "containers", image=build_image(), flow_keys=key)
+        self.device_ip = self.topo.addr("ua-b")
+        self.caller_ip = self.topo.addr("ua-a")
+        self.registrar_addr = self.topo.addr("reg1")
+        self.flows: dict = {}
+
+    def start(self) -> None:
+        self.topo.up()
+
+    def stop(self) -> None:
+        self.topo.down()
+
+    def edge_addr(self, n: int) -> str:
+        return self.topo.addr(f"edge{n}")
+
+    def capture(self, path: Path) -> Capture:
+        return Capture(self.topo.bridge, f"port 5060 or udp port {MARKER_PORT}", path)
+
+    def sip_ports(self) -> tuple[int, ...]:
+        return (5060,)
+
+    def register_flow(self, regid: int, edge: int, keys: dict[str, str]) -> None:
+        self.flows[regid] = self.topo.sipp(
+            "ua-b", "device_ob/register.xml", f"{self.edge_addr(edge)}:5060", local_port=DEVICE_PORTS[regid],
+            transport="tcp", keys=keys, background=True, timeout=120, oocsf="device_ob/uas.xml",
+            name=f"device-flow{regid}")
+
+    def flow_alive(self, regid: int) -> bool:
+        return self.flows[regid].proc.poll() is None
+
+    def flow_result(self, regid: int) -> SippResult:
+        return self.flows[regid].wait(1)
+
+    def bindings(self) -> list[dict]:
+        return self.topo.bindings("reg1", USER)
+
+    def caller(self, name: str, scenario: str, edge: int, keys: dict[str, str]) -> SippResult:
+        result = self.topo.sipp("ua-a", scenario, f"{self.edge_addr(edge)}:5060", local_port=CALLER_PORT,
+                                keys=keys, timeout=20, check=False, name=name)
+        assert isinstance(result, SippResult)
+        return result
+
+    def kill_edge(self, n: int) -> str:
+        self.topo.kill(f"edge{n}")
+        return f"edge{n} killed (docker kill: the container is gone)"
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {s} ---\n{self.topo.logs(s)[-3000:]}" for s in ("reg1", "edge1", "edge2"))
+
+
+@dataclass
+class Step:
+    text: str
+    answer: str
+    millis: float | None
+    ok: bool
+    note: str = ""
+
+
+def wait_for(condition, what: str, timeout: float = 15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise StoryError(f"timed out waiting for {what}")
+
+
+def exchange(messages: list[Message], call_id: str, requester: str, method: str) -> tuple[Message, Message] | None:
+    """The first ``method`` request sent by ``requester`` in ``call_id`` and the final
+    response it got back."""
+    request = next((m for m in messages if m.call_id == call_id and m.method == method and m.src[0] == requester),
+                   None)
+    if request is None:
+        return None
+    final = next((m for m in messages if m.call_id == call_id and m.status >= 200 and m.cseq_method == method
+                  and m.dst == request.src and m.time >= request.time), None)
+    return (request, final) if final else None
+
+
+def call_ids(messages: list[Message], src_ip: str, method: str) -> list[str]:
+    seen: list[str] = []
+    for m in messages:
+        if m.method == method and m.src[0] == src_ip and m.call_id not in seen:
+            seen.append(m.call_id)
+    return seen
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description="RFC 5626 outbound failover story with a SIP ladder diagram")
+    parser.add_argument("--containers", action="store_true",
+                        help="run the story on the container topology (docker/compose.yaml) instead of loopback")
+    args = parser.parse_args()
     out = ROOT / "out" / "demo" / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
-    yaml_text = (CFG_DIR / "outbound.yaml").read_text()
-    key = "hex:" + secrets.token_hex(32)  # a fresh flow-token key for this demo run
-    registrar = Kamailio("registrar", "registrar.cfg", out, "127.0.0.1", 5070, yaml_text=yaml_text)
-    edge = Kamailio("edge", "edge.cfg", out, "127.0.0.2", 5060, env={"KO_FLOW_KEYS": key},
-                    defines={"KO_REGISTRAR": f'"{registrar.uri}"'}, yaml_text=yaml_text)
+    key = "hex:" + secrets.token_hex(32)  # a fresh flow-token key for this run
+    codec = FlowTokenCodec([parse_key(key)])
+    stage: LoopbackStage | ContainerStage = ContainerStage(out, key) if args.containers else LoopbackStage(out, key)
+    capture: Capture | None = None
+    events: list[Event] = []
+    answers: dict[str, SippResult] = {}
     try:
-        registrar.start()
-        edge.start()
-        print(f"registrar {registrar.uri}   edge {edge.uri}   UA {UA_IP} (SIPp, TCP)")
-        keys = {
-            "user": "alice", "domain": "example.com", "expires": "600", "supported": "path, outbound",
-            "extra": "X-Demo: yes", "cseq": "1",
-            "contact": f"<sip:alice@{UA_IP}:5090;transport=tcp;ob>;+sip.instance={INSTANCE};reg-id=1",
-        }
-        result = sipp("register_expect", f"{edge.addr}:{edge.port}", workdir=out, local_ip=UA_IP,
-                      transport="tcp", keys=keys, check=False)
-        assert isinstance(result, SippResult)
-        if result.value("final") != "200":
-            print(describe(result))
-            print(edge.log()[-3000:], registrar.log()[-3000:])
-            return 1
-        print(f"REGISTER -> {result.value('final')}   Require: {result.value('require')}   "
-              f"Flow-Timer: {result.value('flowtimer')}")
-        print(f"Path: {result.value('path')}")
-        token = parse_name_addr(result.value("path")).sip_uri.user or ""
-        flow = FlowTokenCodec([parse_key(key)]).decode(token).flow
-        print(f"flow token decodes to: {flow}")
-        print("binding in usrloc (RPC ul.dump), keyed by (AOR, +sip.instance, reg-id):")
-        for binding in registrar.bindings("alice"):
-            shown = {k: binding[k] for k in ("AoR", "Instance", "Reg-Id", "Address", "Path", "Expires", "CFlags")}
-            print(json.dumps(shown, indent=2))
-        print(f"logs and SIPp traces: {out}")
-        return 0
+        print(f"starting: home proxy/registrar {stage.registrar_addr}, edge1 {stage.edge_addr(1)}, "
+              f"edge2 {stage.edge_addr(2)}, device {stage.device_ip}, caller {stage.caller_ip} "
+              f"({stage.mode})", flush=True)
+        stage.start()
+        capture = stage.capture(out / "sip.pcapng").start()
+        # flow 2 first, then flow 1: the most recent flow is tried first (RFC 5626 §7 / §15)
+        for regid, edge in ((2, 2), (1, 1)):
+            stage.register_flow(regid, edge, {
+                "user": USER, "domain": DOMAIN, "instance": INSTANCE, "regid": str(regid), "expires": "600",
+                "who": f"flow{regid}"})
+
+            def registered(regid: int = regid) -> list[dict]:
+                if not stage.flow_alive(regid):
+                    raise StoryError(f"device flow {regid} ended:\n{describe(stage.flow_result(regid))}")
+                return [b for b in stage.bindings() if b.get("Reg-Id") == regid]
+
+            wait_for(registered, f"the binding of flow {regid}")
+        bindings = {b["Reg-Id"]: b for b in stage.bindings()}
+        flows = {regid: codec.decode(parse_name_addr(b["Path"]).sip_uri.user or "").flow
+                 for regid, b in bindings.items()}
+        call_keys = {"callee": USER, "domain": DOMAIN, "user": "carol"}
+        answers["call1"] = stage.caller("call1", "caller/uac_short.xml", 2, call_keys)
+        events.append(Event(time.time(), stage.kill_edge(1)))
+        answers["call2"] = stage.caller("call2", "caller/uac_short.xml", 2, call_keys)
+        token = parse_name_addr(bindings[2]["Path"]).sip_uri.user or ""
+        forged = token[:10] + ("A" if token[10] != "A" else "B") + token[11:]
+        answers["forged"] = stage.caller("forged", "caller/uac_final.xml", 2, {
+            **call_keys, "user": "mallory", "ruri": bindings[2]["Address"],
+            "extra": f"Route: <sip:{forged}@{stage.edge_addr(2)};lr;ob>"})
+    except Exception:
+        print(stage.logs(), file=sys.stderr)
+        raise
     finally:
-        edge.stop()
-        registrar.stop()
+        if capture is not None:
+            capture.stop(marker_to=(stage.caller_ip, MARKER_PORT))
+        stage.stop()
+
+    messages = read_messages(out / "sip.pcapng", stage.sip_ports())
+    lanes = Lanes([
+        ("device flow 1 (reg-id 1)", (stage.device_ip, flows[1].remote_port if flows.get(1) else 0)),
+        ("edge1", stage.edge_addr(1)),
+        ("home proxy (registrar)", stage.registrar_addr),
+        ("edge2", stage.edge_addr(2)),
+        ("device flow 2 (reg-id 2)", (stage.device_ip, flows[2].remote_port if flows.get(2) else 0)),
+        ("caller (carol)", stage.caller_ip),
+    ])
+    steps = summarise(stage, messages, answers, events)
+    ladder_svg = draw(messages, lanes, events, out / "ladder.svg",
+                      f"kemi-outbound: RFC 5626 outbound failover ({stage.mode})")
+    ladder_png = draw(messages, lanes, events, out / "ladder.png",
+                      f"kemi-outbound: RFC 5626 outbound failover ({stage.mode})")
+    print()
+    print(f"kemi-outbound demo ({stage.mode}): {USER}@{DOMAIN}, one device, two flows")
+    for number, step in enumerate(steps, start=1):
+        took = f"{step.millis:8.1f} ms" if step.millis is not None else " " * 11
+        mark = "ok " if step.ok else "FAIL"
+        if step.answer:
+            print(f" {mark} {number} {step.text:<44} {step.answer:<36} {took}  {step.note}".rstrip())
+        else:
+            print(f" ... {number} {step.text}")
+    print(f"ladder diagram: {ladder_svg} (and {ladder_png.name})")
+    print(f"SIP capture:    {out / 'sip.pcapng'}   logs and SIPp traces: {out}")
+    print("bindings after registering (usrloc over RPC, keyed by AOR, +sip.instance, reg-id):")
+    for regid in sorted(bindings):
+        b = bindings[regid]
+        print(f"  {b.get('AoR')}  {b.get('Instance')}  reg-id {regid}  Path {b.get('Path')}")
+        print(f"      flow token -> {flows.get(regid)}")
+    failed = [s for s in steps if not s.ok]
+    print("story: " + ("every step held" if not failed else f"{len(failed)} step(s) did not hold"))
+    return 1 if failed else 0
+
+
+def summarise(stage, messages: list[Message], answers: dict[str, SippResult], events: list[Event]) -> list[Step]:
+    steps: list[Step] = []
+    for regid, edge in ((2, 2), (1, 1)):
+        found = None
+        for cid in call_ids(messages, stage.device_ip, "REGISTER"):
+            pair = exchange(messages, cid, stage.device_ip, "REGISTER")
+            if pair and pair[0].dst[0] == stage.edge_addr(edge):
+                found = pair
+        if found:
+            request, final = found
+            steps.append(Step(f"device registers flow reg-id {regid} via edge{edge}",
+                              f"{final.status} {final.reason}", (final.time - request.time) * 1000,
+                              final.status == 200))
+        else:
+            steps.append(Step(f"device registers flow reg-id {regid} via edge{edge}", "no answer seen", None, False))
+    invites = call_ids(messages, stage.caller_ip, "INVITE")
+    expected = {"call1": "flow1", "call2": "flow2"}
+    for index, name in enumerate(("call1", "call2")):
+        if index == 1:
+            steps.append(Step(events[0].text, "", None, True))
+        who = answers[name].value("who")
+        pair = exchange(messages, invites[index], stage.caller_ip, "INVITE") if len(invites) > index else None
+        note = ""
+        if pair:
+            request, final = pair
+            seen = [str(m.status) for m in messages if m.call_id == request.call_id and m.dst == request.src
+                    and m.cseq_method == "INVITE" and request.time <= m.time <= final.time]
+            note = f"home proxy tried {branches(stage, messages, request.call_id, final.time)}; " \
+                   f"caller saw {' '.join(seen)}"
+            answer = f"{final.status} {final.reason}" + (f", answered by {who}" if who else "")
+            ok = final.status == 200 and who == expected[name] and "430" not in seen
+            steps.append(Step(f"call {index + 1}: carol -> {USER}@{DOMAIN} via edge2", answer,
+                              (final.time - request.time) * 1000, ok, note))
+        else:
+            steps.append(Step(f"call {index + 1}: carol -> {USER}@{DOMAIN} via edge2", "no final answer seen", None,
+                              False))
+    forged_ids = call_ids(messages, stage.caller_ip, "INVITE")[2:3]
+    pair = exchange(messages, forged_ids[0], stage.caller_ip, "INVITE") if forged_ids else None
+    if pair:
+        request, final = pair
+        steps.append(Step("INVITE with a forged flow token via edge2", f"{final.status} {final.reason}",
+                          (final.time - request.time) * 1000, final.status == 403))
+    else:
+        steps.append(Step("INVITE with a forged flow token via edge2", "no final answer seen", None, False))
+    return steps
+
+
+def branches(stage, messages: list[Message], call_id: str, until: float) -> str:
+    """The INVITE branches the home proxy sent, in order, each with its answer:
+    e.g. "edge1 (no answer) -> edge2 (200)"."""
+    sent: list[str] = []
+    for m in messages:
+        if (m.call_id == call_id and m.method == "INVITE" and m.src[0] == stage.registrar_addr
+                and m.time <= until and (not sent or sent[-1] != m.dst[0])):
+            sent.append(m.dst[0])
+    parts = []
+    for address in sent:
+        codes = [m.status for m in messages if m.call_id == call_id and m.src[0] == address
+                 and m.dst[0] == stage.registrar_addr and m.cseq_method == "INVITE" and m.status >= 200
+                 and m.time <= until]
+        parts.append(f"{lane_name(stage, address)} ({codes[0] if codes else 'no answer'})")
+    return " -> ".join(parts) or "nothing"
+
+
+def lane_name(stage, address: str) -> str:
+    return {stage.edge_addr(1): "edge1", stage.edge_addr(2): "edge2"}.get(address, address)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,94 @@
+#!/bin/sh
+# kemi-outbound container entry point: ko-entry ROLE
+#   edge | registrar | single   Kamailio (cfg/ROLE.cfg) in the foreground (-DD -E), logs on stderr
+#   dns                NSD serving /usr/share/kemi-outbound/dns/*.zone
+#   ua                 idle; SIPp runs in it through `docker exec`
+#   health             readiness probe of the role named by $KO_ROLE
+# Environment: KO_ROLE (set by the role), KO_ADDR (listen address; default the
+# container's first address), KO_DNS_SERVER (resolver written to
+# /etc/resolv.conf), KO_SHM_MB / KO_PKG_MB (Kamailio memory), KO_DEBUG=1;
+# every setting of cfg/*.cfg (KO_PORT, KO_REGISTRAR, KO_CONFIG, KO_TCP_LIFETIME,
+# KO_DEFAULT_EXPIRES, ...) and KO_FORCE_OUTBOUND, KO_FLOW_TIMER,
+# KO_FLOW_KEYS_FILE (passed as -A defines). Arguments after ROLE go to kamailio.
+set -eu
+
+role="${1:-help}"
+[ $# -gt 0 ] && shift
+
+use_dns_server() {
+    if [ -n "${KO_DNS_SERVER:-}" ]; then
+        printf 'nameserver %s\nsearch %s\noptions timeout:1 attempts:2\n' \
+            "$KO_DNS_SERVER" "${KO_DNS_DOMAIN:-example.com}" > /etc/resolv.conf
+    fi
+}
+
+first_address() {
+    ip -4 -o addr show scope global | awk '{split($4, a, "/"); print a[1]; exit}'
+}
+
+case "$role" in
+    edge|registrar|single)
+        use_dns_server
+        export KO_ROLE="$role"
+        export KO_ADDR="${KO_ADDR:-$(first_address)}"
+        export KO_RPC_SOCKET="${KO_RPC_SOCKET:-/run/kamailio/ko-$role.sock}"
+        # a restarted container keeps its files: no stale pid file or RPC socket
+        mkdir -p /run/kamailio
+        rm -f "/run/kamailio/$role.pid" "$KO_RPC_SOCKET"
+        set -- -f "/usr/share/kemi-outbound/cfg/$role.cfg" -DD -E \
+            -m "${KO_SHM_MB:-64}" -M "${KO_PKG_MB:-8}" -P "/run/kamailio/$role.pid" "$@"
+        # YAML keys that the cfg does not read from the environment itself
+        # (adapter/runtime.py DEFINE_OVERRIDES) become -A defines
+        for name in KO_FORCE_OUTBOUND KO_FLOW_KEYS_FILE KO_FLOW_TIMER; do
+            value="$(printenv "$name" || true)"
+            if [ -n "$value" ]; then
+                set -- "$@" -A "$name=$value"
+            fi
+        done
+        if [ "${KO_DEBUG:-0}" = 1 ]; then
+            set -- "$@" -A WITH_DEBUG
+        fi
+        exec kamailio "$@"
+        ;;
+    dns)
+        mkdir -p /run/nsd /var/lib/nsd
+        cat > /run/nsd/nsd.conf <<CONF
+server:
+    username: ""
+    database: ""
+    zonelistfile: "/run/nsd/zone.list"
+    xfrdfile: "/run/nsd/xfrd.state"
+    pidfile: "/run/nsd/nsd.pid"
+    logfile: "/dev/stderr"
+    server-count: 1
+    verbosity: 1
+remote-control:
+    control-enable: no
+CONF
+        # zone files name hosts by the last octet only: @NET@ is this network's /24
+        net="${KO_NET:-$(first_address | cut -d. -f1-3)}"
+        for zone in /usr/share/kemi-outbound/dns/*.zone; do
+            name="$(basename "$zone" .zone)"
+            sed "s/@NET@/$net/g" "$zone" > "/run/nsd/$name.zone"
+            printf 'zone:\n    name: "%s"\n    zonefile: "/run/nsd/%s.zone"\n' "$name" "$name" >> /run/nsd/nsd.conf
+        done
+        nsd-checkconf /run/nsd/nsd.conf
+        exec nsd -d -c /run/nsd/nsd.conf "$@"
+        ;;
+    ua)
+        use_dns_server
+        mkdir -p /out
+        exec sleep infinity
+        ;;
+    health)
+        case "${KO_ROLE:-}" in
+            edge|registrar|single) exec ko-rpc core.uptime >/dev/null ;;
+            dns) exec python3 -c 'import dns.resolver as r; x = r.Resolver(configure=False); x.nameservers = ["127.0.0.1"]; x.resolve("example.com", "SOA")' ;;
+            *) exit 0 ;;
+        esac
+        ;;
+    *)
+        sed -n '2,10p' "$0"
+        exit 2
+        ;;
+esac

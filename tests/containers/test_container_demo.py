@@ -1,0 +1,29 @@
+"""./run demo --containers: the same story on the container topology."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+from harness import ROOT
+
+DOCKER_NET = os.environ.get("KO_DOCKER_NET", "198.18.7")  # as in conftest.py
+
+
+def test_container_demo_tells_the_failover_story_and_draws_the_ladder(image):
+    env = {**os.environ, "KO_DEMO_NET": DOCKER_NET}
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "demo.py"), "--containers"], capture_output=True,
+                            text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
+    out = result.stdout
+    assert re.search(r"ok\s+5 call 2: .* 200 OK, answered by flow2 .*edge1 \(no answer\) -> edge2 \(200\)", out), out
+    assert re.search(r"ok\s+6 INVITE with a forged flow token .* 403 Forbidden", out), out
+    ladder = Path(re.search(r"ladder diagram: (\S+)", out).group(1))
+    assert "edge1 killed (docker kill" in ladder.read_text()
+    projects = subprocess.run(["docker", "ps", "-a", "--filter", "label=org.kemi-outbound.topology",
+                               "--format", '{{.Label "com.docker.compose.project"}}'],
+                              capture_output=True, text=True, check=True).stdout.split()
+    assert not [p for p in projects if p.startswith("kodemo")], "the demo left containers behind"

@@ -1,0 +1,165 @@
+"""The key scenarios on the container topology (docker/compose.yaml).
+
+A device (SIPp in ua-b, one +sip.instance) keeps two TCP flows: reg-id 1
+through edge1 and reg-id 2 through edge2. A caller (SIPp in ua-a) calls its AOR
+through edge2. Edges find the registrar by DNS SRV (_sip._udp.example.com:
+reg1 preferred, reg2 backup) served by NSD in the dns container.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import time
+from dataclasses import dataclass
+
+from docker_topology import ContainerSipp, Topology
+from harness import SippResult, describe
+from outbound.sipmsg import parse_name_addr
+
+PORTS = itertools.count(20000)
+DOMAIN = "example.com"
+
+
+def instance(n: int) -> str:
+    return f"urn:uuid:00000000-0000-4000-8000-{n:012d}"
+
+
+@dataclass
+class Device:
+    user: str
+    flows: dict[int, ContainerSipp]  # reg-id -> the SIPp holding that flow
+    edges: dict[int, str]  # reg-id -> edge service
+
+    def who(self, regid: int) -> str:
+        return f"{self.user}-flow{regid}"
+
+
+def wait_binding(topo: Topology, registrar: str, user: str, regid: int, flow: ContainerSipp,
+                 timeout: float = 15.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for binding in topo.bindings(registrar, user):
+            if binding.get("Reg-Id") == regid:
+                return binding
+        if flow.proc.poll() is not None:
+            raise AssertionError(f"device flow {regid} exited {flow.proc.returncode} before registering:\n"
+                                 + describe(flow.wait(1)))
+        time.sleep(0.1)
+    raise AssertionError(f"no binding reg-id {regid} for {user} on {registrar} after {timeout}s")
+
+
+TWO_FLOWS = ((2, "edge2"), (1, "edge1"))
+
+
+def register_device(topo: Topology, user: str, n: int, order: tuple[tuple[int, str], ...] = TWO_FLOWS) -> Device:
+    """One device, one flow per (reg-id, edge), registered in the given order:
+    reg-id 1 last, so it is the most recent flow and the one tried first."""
+    device = Device(user, {}, {})
+    for regid, edge in order:
+        flow = topo.sipp("ua-b", "device_ob/register.xml", f"{topo.addr(edge)}:5060", local_port=next(PORTS),
+                         transport="tcp", background=True, timeout=150, oocsf="device_ob/uas.xml",
+                         keys={"user": user, "domain": DOMAIN, "instance": instance(n), "regid": str(regid),
+                               "expires": "600", "who": device.who(regid)},
+                         name=f"{user}-flow{regid}")
+        assert isinstance(flow, ContainerSipp)
+        device.flows[regid] = flow
+        device.edges[regid] = edge
+        wait_binding(topo, "reg1", user, regid, flow)
+    return device
+
+
+def call(topo: Topology, user: str, edge: str = "edge2") -> SippResult:
+    result = topo.sipp("ua-a", "caller/uac.xml", f"{topo.addr(edge)}:5060", local_port=next(PORTS), timeout=20,
+                       keys={"callee": user, "domain": DOMAIN, "user": "carol"})
+    assert isinstance(result, SippResult)
+    return result
+
+
+def test_device_registers_through_two_edges(topo):
+    """RFC 5626 §4.2, §6: two flows of one instance, each with the Path of its edge,
+    stored side by side; the edge found reg1 by SRV (priority 10)."""
+    device = register_device(topo, "dana", 1)
+    bindings = {b["Reg-Id"]: b for b in topo.bindings("reg1", "dana")}
+    assert sorted(bindings) == [1, 2]
+    for regid, binding in bindings.items():
+        assert binding["Instance"] == f"<{instance(1)}>"
+        path = parse_name_addr(binding["Path"])
+        assert path.sip_uri.host == topo.addr(device.edges[regid])
+        assert "ob" in path.sip_uri.params and path.sip_uri.user, "a flow token in an ;ob Path"
+    assert topo.bindings("reg2", "dana") == [], "SRV priority 10 (reg1) takes the registrations"
+
+
+def test_call_is_answered_over_one_flow(topo):
+    """RFC 5626 §5.3, §7: the call reaches the device over a registered flow, the
+    most recently registered one first; re-INVITE and BYE follow the route set."""
+    device = register_device(topo, "erin", 2)
+    result = call(topo, "erin")
+    assert result.value("who") == device.who(1)
+    assert result.value("reinvite") == "200" and result.value("bye") == "200"
+
+
+def test_flow_killed_next_call_answered_over_the_other_flow(topo):
+    """RFC 5626 §5.3.1, §7: flow 1 dies (its SIPp is killed, the kernel closes the
+    TCP connection); edge1 answers 430 and the home proxy tries flow 2: the caller
+    gets 200 from flow 2 and never sees the 430."""
+    device = register_device(topo, "fred", 3)
+    assert call(topo, "fred").value("who") == device.who(1)
+    device.flows[1].kill()
+    result = call(topo, "fred")
+    assert result.value("who") == device.who(2)
+    assert not re.search(r"^SIP/2.0 430", result.messages, re.M), "the caller saw a 430"
+
+
+def test_edge_killed_next_call_answered_over_the_other_edge(topo):
+    """RFC 5626 §7, §9.3: edge1 dies (container SIGKILL); the home proxy gets no
+    answer over it and tries the device's flow through edge2."""
+    device = register_device(topo, "gina", 4)
+    assert call(topo, "gina").value("who") == device.who(1)
+    topo.kill("edge1")
+    try:
+        result = call(topo, "gina")
+        assert result.value("who") == device.who(2)
+        assert not re.search(r"^SIP/2.0 430", result.messages, re.M), "the caller saw a 430"
+    finally:
+        topo.start("edge1")
+
+
+def one_char_changed(token: str) -> str:
+    index = len(token) // 2
+    return token[:index] + ("A" if token[index] != "A" else "B") + token[index + 1:]
+
+
+def test_forged_flow_token_is_refused_with_403(topo):
+    """RFC 5626 §5.3.1: a Route whose flow token fails the HMAC check gets 403."""
+    register_device(topo, "hank", 5, order=((1, "edge1"),))
+    [binding] = topo.bindings("reg1", "hank")
+    path = parse_name_addr(binding["Path"]).sip_uri
+    forged = one_char_changed(path.user or "")
+    result = topo.sipp("ua-a", "caller/uac_final.xml", f"{topo.addr('edge1')}:5060", local_port=next(PORTS),
+                       timeout=10, check=False,
+                       keys={"callee": "hank", "domain": DOMAIN, "user": "mallory",
+                             "ruri": binding["Address"], "extra": f"Route: <sip:{forged}@{path.host};lr;ob>"})
+    assert isinstance(result, SippResult)
+    assert result.value("final") == "403", describe(result)
+    assert "forged flow token" in topo.logs("edge1")
+
+
+def test_registrar_found_by_srv_with_the_first_one_down(topo):
+    """RFC 3263 §4.3, RFC 2782: reg1 (priority 10) is down; the edge's REGISTER
+    reaches reg2 (priority 20) and the device gets its 200."""
+    topo.stop("reg1")
+    try:
+        result = topo.sipp(
+            "ua-b", "register_expect", f"{topo.addr('edge1')}:5060", local_port=next(PORTS), transport="tcp",
+            timeout=45, check=False,
+            keys={"user": "ivan", "domain": DOMAIN, "expires": "600", "supported": "path, outbound",
+                  "extra": "X-Case: srv", "cseq": "1",
+                  "contact": f'<sip:ivan@{topo.addr("ua-b")}:5099;transport=tcp;ob>;'
+                             f'+sip.instance="<{instance(6)}>";reg-id=1'})
+        assert isinstance(result, SippResult)
+        assert result.value("final") == "200", describe(result)
+        [binding] = topo.bindings("reg2", "ivan")
+        assert binding["Reg-Id"] == 1
+    finally:
+        topo.start("reg1")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import socket
 import subprocess
@@ -39,6 +40,9 @@ class Kamailio:
     defines: dict[str, str] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
     yaml_text: str | None = None
+    # /etc/<name> -> content for this Kamailio alone: bind-mounted over the real
+    # file in a private mount namespace (util-linux unshare; root only)
+    etc_files: dict[str, str] = field(default_factory=dict)
     proc: subprocess.Popen | None = None
 
     @property
@@ -53,7 +57,7 @@ class Kamailio:
     def uri(self) -> str:
         return f"sip:{self.addr}:{self.port}"
 
-    def command(self) -> list[str]:
+    def command(self, *, check: bool = False) -> list[str]:
         yaml_path = self.workdir / f"{self.name}.yaml"
         yaml_path.write_text(self.yaml_text if self.yaml_text is not None else (CFG_DIR / "outbound.yaml").read_text())
         defines = {
@@ -66,14 +70,28 @@ class Kamailio:
         }
         if os.environ.get("KO_DEBUG"):  # KO_DEBUG=1: every Kamailio of the run logs at debug level
             defines["WITH_DEBUG"] = ""
-        cmd = ["kamailio", "-f", str(CFG_DIR / self.cfg), "-DD", "-E", "-m", "96", "-M", "16",
-               "-P", str(self.workdir / f"{self.name}.pid"), "-Y", str(self.workdir)]
+        cmd = ["kamailio", "-f", str(CFG_DIR / self.cfg), *(["-c"] if check else []), "-DD", "-E", "-m", "96",
+               "-M", "16", "-P", str(self.workdir / f"{self.name}.pid"), "-Y", str(self.workdir)]
         for key, value in defines.items():
             cmd += ["-A", f"{key}={value}" if value != "" else key]
-        return cmd
+        return self._private_etc() + cmd
+
+    def _private_etc(self) -> list[str]:
+        """The prefix that runs Kamailio with our own copies of some /etc files;
+        the PID stays Kamailio's (unshare and sh exec it)."""
+        if not self.etc_files:
+            return []
+        folder = self.workdir / f"{self.name}.etc"
+        folder.mkdir(parents=True, exist_ok=True)
+        mounts = []
+        for name, text in self.etc_files.items():
+            (folder / name).write_text(text)
+            mounts.append(f"mount --bind {shlex.quote(str(folder / name))} {shlex.quote('/etc/' + name)}")
+        return ["unshare", "--mount", "--propagation", "private", "--", "sh", "-ec",
+                " && ".join(mounts) + ' && exec "$@"', "sh"]
 
     def check(self) -> subprocess.CompletedProcess:
-        return subprocess.run(self.command()[:3] + ["-c"] + self.command()[3:], capture_output=True,
+        return subprocess.run(self.command(check=True), capture_output=True,
                               text=True, env={**os.environ, **self.env}, timeout=60)
 
     def start(self, timeout: float = 20.0) -> Kamailio:

@@ -302,6 +302,11 @@ def main() -> int:
             print(f" ... {number} {step.text}")
     print(f"ladder diagram: {ladder_svg} (and {ladder_png.name})")
     print(f"SIP capture:    {out / 'sip.pcapng'}   logs and SIPp traces: {out}")
+    print("bindings after registering (usrloc over RPC, keyed by AOR, +sip.instance, reg-id):")
+    for regid in sorted(bindings):
+        b = bindings[regid]
+        print(f"  {b.get('AoR')}  {b.get('Instance')}  reg-id {regid}  Path {b.get('Path')}")
+        print(f"      flow token -> {flows.get(regid)}")
     failed = [s for s in steps if not s.ok]
     print("story: " + ("every step held" if not failed else f"{len(failed)} step(s) did not hold"))
     return 1 if failed else 0

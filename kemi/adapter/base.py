@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import KSR
 
+from locator.records import ip_family
 from outbound.decisions import Reply
+from outbound.sipmsg import SipSyntaxError, SipUri
 
 from .runtime import Runtime, check_fault_injection, guarded, send_reply
+
+if TYPE_CHECKING:
+    from .locator_glue import Locator
 
 
 class BaseRoutes:
@@ -49,7 +54,8 @@ class BaseRoutes:
 
     def _within_dialog(self) -> int:
         if KSR.rr.loose_route() > 0:
-            self._relay()
+            if self._locate_next_hop():
+                self._relay()
             return 1
         if KSR.is_ACK():
             if KSR.tm.t_check_trans() > 0:
@@ -57,6 +63,39 @@ class BaseRoutes:
             return 1
         send_reply(Reply(404, "Not Found", "in-dialog request without a route"))
         return 1
+
+    def dialog_locator(self) -> Locator | None:
+        """This role's RFC 3263 locator: the edge's own, the home proxy's."""
+        found = getattr(self, "locator", None)
+        if found is None:
+            found = getattr(getattr(self, "home", None), "locator", None)
+        return found
+
+    def _locate_next_hop(self) -> bool:
+        """A Route entry naming a host by name (an edge that advertises a
+        hostname, RFC 3327 / RFC 3261 §16.12) is resolved by our locator, like
+        the Path at the first request (RFC 3263), never by Kamailio's own
+        resolver. False (after a reply and a log line) when nothing is found."""
+        locator = self.dialog_locator()
+        next_hop = str(KSR.pv.get("$du") or "") or KSR.kx.get_ruri()
+        if locator is None or not next_hop:
+            return True
+        try:
+            uri = SipUri.parse(next_hop)
+        except SipSyntaxError:
+            return True  # tm answers what it cannot send to
+        if ip_family((uri.params.get("maddr") or uri.host).strip("[]")) is not None:
+            return True
+        found = locator.plan(next_hop)
+        if not found.targets:
+            why = f"cannot locate the next hop {next_hop}: {found.describe()}"
+            if KSR.is_ACK():
+                KSR.notice(f"kemi-outbound: ACK dropped, {why}\n")
+            else:
+                send_reply(Reply(503, "Service Unavailable", why))
+            return False
+        KSR.setdsturi(found.targets[0].uri)
+        return True
 
     def _relay(self) -> None:
         if KSR.tm.t_relay() < 0:

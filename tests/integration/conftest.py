@@ -15,8 +15,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "kemi"))
 
 from actors import kill  # noqa: E402
+from dns_setup import NS, NS_PORT  # noqa: E402
 from harness import Kamailio  # noqa: E402
-from topology import PORTS, RUNNING, WORK_ROOT, edge, net, registrar, start, stop  # noqa: E402
+from nsd import Nsd  # noqa: E402
+from topology import PORTS, RUNNING, TEST_NET, WORK_ROOT, edge, net, registrar, start, stop  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -55,6 +57,18 @@ def topology(workdir: Path) -> Iterator[dict[str, Kamailio]]:
     finally:
         for kam in started:
             stop(kam)
+
+
+@pytest.fixture(scope="module")
+def nsd(request: pytest.FixtureRequest, workdir: Path) -> Iterator[Nsd]:
+    """Debian's nsd serving tests/dns/ko.test.zone on NS:NS_PORT for one test
+    module. The module's NSD_VALUES fill the zone's @NAME@ placeholders."""
+    values = {"NET": TEST_NET, **getattr(request.module, "NSD_VALUES", {})}
+    server = Nsd(workdir / f"nsd-{request.module.__name__}", NS, NS_PORT, values=values)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
 
 
 @pytest.hookimpl(hookwrapper=True)

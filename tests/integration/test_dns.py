@@ -18,16 +18,14 @@ from pathlib import Path
 import dns.message
 import dns.query
 import pytest
-import yaml
 
 from actors import start_callee, wait_bindings
+from dns_setup import NS, NS_PORT, dns_yaml
 from harness import TEST_KEY, Kamailio, SippResult, describe, sipp, wait_sipp
 from nsd import Nsd
 from outbound.tokens import Flow, FlowTokenCodec, parse_key
-from topology import TEST_NET, edge, ko_yaml, net, registrar, start, stop
+from topology import edge, net, registrar, start, stop
 
-NS = net(53)
-NS_PORT = 5353
 UA = net(11)
 CALLEE = net(12)
 FAKE_CORE = net(50)
@@ -36,19 +34,7 @@ UAS = {"a": net(41), "b": net(42)}
 UAS_PORT = 5080
 DEAD = net(45)
 EDGE_ADDRS = itertools.count(60)
-DNS_SETTINGS = {
-    "nameservers": [NS], "port": NS_PORT, "timeout_ms": 1000, "attempt_ms": 500, "branch_timeout_ms": 1000,
-    "failure_ttl": 1, "negative_ttl": 5,
-}
-
-
-@pytest.fixture(scope="module")
-def nsd(workdir: Path) -> Iterator[Nsd]:
-    server = Nsd(workdir / "nsd", NS, NS_PORT, values={"NET": TEST_NET, "MOVING": REG["a"]})
-    try:
-        yield server.start()
-    finally:
-        server.stop()
+NSD_VALUES = {"MOVING": REG["a"]}  # the zone's @MOVING@ at the start (conftest's nsd fixture)
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +48,6 @@ def registrars(workdir: Path, nsd: Nsd) -> Iterator[dict[str, Kamailio]]:
     finally:
         for kam in started.values():
             stop(kam)
-
-
-def dns_yaml(**changes: object) -> str:
-    data = yaml.safe_load(ko_yaml())
-    data["dns"].update({**DNS_SETTINGS, **changes})
-    return yaml.safe_dump(data)
 
 
 @pytest.fixture

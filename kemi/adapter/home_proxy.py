@@ -43,6 +43,7 @@ SLOT_SHIFT = 16
 SLOT_MASK = 0x7FFF
 TX = "ko_tx"
 ULC = "ko"
+SEP = "\x1f"
 
 # tm callback names (methods of the routes object); tests check they resolve.
 BRANCH_ROUTE = "ksr_branch_outbound"
@@ -96,8 +97,6 @@ class HomeProxy:
                     q=1.0 if q < 0 else q / 1000.0,
                     modified=int(field("modified") or 0),
                     outbound=bool(int(field("cflags") or 0) & (1 << FLB_OUTBOUND)),
-                    socket=str(field("socket") or ""),
-                    conn_id=int(field("conid") or -1),
                 ))
             return out
         finally:
@@ -164,11 +163,9 @@ class HomeProxy:
 
     def _add_branch(self, target: Target, *, use_ruri: bool) -> None:
         slot = self._new_slot()
-        KSR.pv.sets(f"$xavp(ko_b{slot}=>ruid)", target.binding.ruid)
-        KSR.pv.sets(f"$xavp(ko_b{slot}[0]=>group)", target.binding.group)
-        KSR.pv.sets(f"$xavp(ko_b{slot}[0]=>route)", target.route)
-        KSR.pv.sets(f"$xavp(ko_b{slot}[0]=>rr)", target.record_route)
-        KSR.pv.seti(f"$xavp(ko_b{slot}[0]=>ob)", 1 if target.binding.outbound else 0)
+        KSR.pv.sets(f"$xavp(ko_b{slot}=>v)", BranchState(
+            target.binding.ruid, target.binding.group, target.route, target.record_route,
+            target.binding.outbound).pack())
         flags = (slot << SLOT_SHIFT) | ((1 << FLB_OUTBOUND) if target.binding.outbound else 0)
         if use_ruri:
             KSR.pv.sets("$ru", target.ruri)
@@ -248,10 +245,11 @@ class HomeProxy:
         slot = (int(KSR.pv.get("$bf") or 0) >> SLOT_SHIFT) & SLOT_MASK
         if not slot:
             return
-        route = str(KSR.pv.get(f"$xavp(ko_b{slot}=>route)") or "")
+        state = _branch_state(slot)
+        route = state.route
         if route:
             KSR.hdr.insert(f"Route: {route}\r\n")
-        callee_side = str(KSR.pv.get(f"$xavp(ko_b{slot}=>rr)") or "")
+        callee_side = state.record_route
         caller_side = str(KSR.pv.get("$xavp(ko_rr=>a)") or "")
         entries = [e for e in (callee_side, caller_side) if e]
         if entries:
@@ -269,12 +267,12 @@ class HomeProxy:
         if not slot or not failover_allowed(status, locally):
             return
         aor = str(KSR.pv.get(f"$xavp({TX}=>aor)") or "")
-        ruid = str(KSR.pv.get(f"$xavp(ko_b{slot}=>ruid)") or "")
-        group = str(KSR.pv.get(f"$xavp(ko_b{slot}=>group)") or "")
+        state = _branch_state(slot)
+        ruid, group = state.ruid, state.group
         if not aor or not ruid:
             KSR.notice(f"kemi-outbound: {status} on a branch without flow state; nothing to fail over\n")
             return
-        if not int(KSR.pv.get(f"$xavp(ko_b{slot}=>ob)") or 0):
+        if not state.outbound:
             # 430 is an edge's word about a flow (§11.5); a plain binding has none
             KSR.notice(f"kemi-outbound: {status} from {ruid} of {aor}, which is no outbound flow: binding kept\n")
             return
@@ -322,6 +320,32 @@ class HomeProxy:
     def _forget(self, aor: str, binding: Binding, why: str) -> None:
         KSR.notice(f"kemi-outbound: removing binding {binding.ruid} of {aor}: {why}\n")
         KSR.registrar.unregister_ruid(self.table, aor, binding.ruid)
+
+
+@dataclass(frozen=True, slots=True)
+class BranchState:
+    """What a failure route needs to know about one branch, kept in one xavp
+    value per branch (unit separator between the fields)."""
+
+    ruid: str = ""
+    group: str = ""
+    route: str = ""
+    record_route: str = ""
+    outbound: bool = False
+
+    def pack(self) -> str:
+        return SEP.join((self.ruid, self.group, self.route, self.record_route, "1" if self.outbound else "0"))
+
+    @classmethod
+    def unpack(cls, text: str) -> BranchState:
+        parts = text.split(SEP)
+        if len(parts) != 5:
+            return cls()
+        return cls(parts[0], parts[1], parts[2], parts[3], parts[4] == "1")
+
+
+def _branch_state(slot: int) -> BranchState:
+    return BranchState.unpack(str(KSR.pv.get(f"$xavp(ko_b{slot}=>v)") or ""))
 
 
 def _is_ip_literal(host: str) -> bool:

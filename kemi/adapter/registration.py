@@ -58,7 +58,9 @@ def _release_rebooted_flows(table: str, contacts: tuple[NameAddr, ...], callid: 
         return
     try:
         count = int(KSR.pv.get("$ulc(korel=>count)") or 0)
-        stale = []
+        stale: list[str] = []
+        if count < 2:
+            return  # nothing else of this AOR that usrloc could wrongly drop
         for i in range(count):
             instance = normalize_instance(str(KSR.pv.get(f"$(ulc(korel=>instance)[{i}])") or ""))
             reg_id = int(KSR.pv.get(f"$(ulc(korel=>regid)[{i}])") or 0)

@@ -28,6 +28,25 @@ class ProcessError(RuntimeError):
     pass
 
 
+def stop_group(proc: subprocess.Popen | None, *, leader_only: bool = False) -> None:
+    """Stop a process (group) we started: SIGTERM to the whole group (or only its
+    leader), SIGKILL to the group when it has not gone after 10 s."""
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGCONT)  # a paused (SIGSTOPped) group must see the TERM
+        if leader_only:
+            os.kill(proc.pid, signal.SIGTERM)
+        else:
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+
+
 @dataclass
 class Kamailio:
     """One Kamailio process group running one of our cfg files."""
@@ -111,16 +130,7 @@ class Kamailio:
         raise ProcessError(f"{self.name} not ready after {timeout}s:\n{self.log()}")
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+        stop_group(self.proc)
 
     def kill(self) -> None:
         """Hard crash of the whole Kamailio process group (an edge dying)."""

@@ -21,7 +21,7 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-from harness import ROOT, ProcessError
+from harness import ROOT, ProcessError, stop_group
 
 ZONE_TEMPLATE = ROOT / "tests" / "dns" / "ko.test.zone"
 ZONE = "ko.test"
@@ -143,17 +143,7 @@ zone:
         os.killpg(self.proc.pid, signal.SIGCONT)
 
     def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        try:
-            os.killpg(self.proc.pid, signal.SIGCONT)
-            os.kill(self.proc.pid, signal.SIGTERM)
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
-        except ProcessLookupError:
-            pass
+        stop_group(self.proc, leader_only=True)
 
     def log(self) -> str:
         try:

@@ -241,6 +241,29 @@ def test_a_silent_target_is_held_down_by_the_timer_process_for_every_worker(regi
     assert all(bound_at(registrars, f"mo-{n}") == ["b"] for n in range(4))
 
 
+def test_when_every_target_is_held_down_they_are_tried_and_an_answer_clears_the_hold_down(make_edge, servers,
+                                                                                         workdir, local_port):
+    """uas.ko.test: SIPp A (priority 10) and B (priority 20) both say 503 with
+    Retry-After: 60, so both are held down. The next REGISTER still goes to A
+    first (plan order, nothing removed), where a new SIPp now answers 200: the
+    reply route armed for a held-down target clears A's hold-down."""
+    first_a = servers("a", "register_503_retry.xml")
+    first_b = servers("b", "register_503_retry.xml")
+    kam = make_edge("sip:uas.ko.test")
+
+    assert register(kam, workdir, local_port, "nia-0").value("final") == "500", "tm remaps the last 503"
+    assert received(first_a) == ["REGISTER"] and received(first_b) == ["REGISTER"]
+    second_a = servers("a", "register_200.xml")
+    assert register(kam, workdir, local_port + 1, "nia-1").value("final") == "200"
+    assert received(second_a) == ["REGISTER"]
+
+    log = kam.log()
+    a_uri, b_uri = f"sip:{UAS['a']}:5080;transport=udp", f"sip:{UAS['b']}:5080;transport=udp"
+    assert f"{b_uri} held down for 60s (503 from the server, Retry-After 60)" in log
+    assert "every target is, plan order kept" in log
+    assert f"{a_uri} answered 200: hold-down cleared" in log
+
+
 def test_in_dialog_route_to_an_unresolvable_hostname_gets_503_and_a_log_line(make_edge, workdir, local_port):
     """After loose_route the next hop is a Route naming a host that does not
     exist: our locator (never Kamailio's resolver) finds nothing, the BYE gets

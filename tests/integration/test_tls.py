@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tls_setup import Certs, Stunnel, make_certs, write_tls_cfg
 
 import actors
 from actors import instance, kill, ob_params, tcp_stat, wait_bindings, wait_until
 from harness import TEST_KEY, Kamailio, SippResult, describe, sipp, wait_sipp
 from outbound.sipmsg import parse_name_addr, split_values
 from outbound.tokens import Flow, FlowTokenCodec, parse_key
-from tls_setup import Certs, Stunnel, make_certs, write_tls_cfg
 from topology import TLS_PORT, edge, ko_yaml, net, registrar, single, start, stop
 
 REGISTRAR = net(80)
@@ -34,6 +34,7 @@ CALLER = net(83)
 CORE = net(84)  # requests "from the core", as the home proxy sends them
 SINGLE = net(86)
 PINGER = net(87)
+SINGLE_IDLE = net(88)
 CODEC = FlowTokenCodec([parse_key(TEST_KEY)])
 _YAML = yaml.safe_load(ko_yaml())
 FLOW_LIFETIME = _YAML["registrar"]["flow_timer"] + _YAML["keepalive"]["grace_seconds"]
@@ -42,7 +43,7 @@ TCP_LIFETIME = 3605  # KO_TCP_LIFETIME's default in the cfgs
 
 @pytest.fixture(scope="module")
 def certs(workdir: Path) -> Certs:
-    return make_certs(workdir / "tls", [EDGE, SINGLE])
+    return make_certs(workdir / "tls", [EDGE, SINGLE, SINGLE_IDLE])
 
 
 @pytest.fixture(scope="module")
@@ -190,7 +191,7 @@ def test_closed_tls_flow_gets_430_from_edge_and_480_for_the_caller(edge_net, wor
                                ruri=f"sip:{user}@example.com", extra="X-Case: tls-gone")
     assert through_home.value("final") == "480"
     assert connect_attempts(edge_tls) == attempts, "the edge tried to connect toward the UA"
-    assert f"flow Flow(transport='tls'" in edge_tls.log() and "is gone, no new connection opened" in edge_tls.log()
+    assert "flow Flow(transport='tls'" in edge_tls.log() and "is gone, no new connection opened" in edge_tls.log()
 
 
 # ----- keepalive ---------------------------------------------------------------
@@ -238,3 +239,22 @@ def test_single_server_flow_over_tls(single_tls, workdir, local_port, certs, tun
     tunnel2.kill()
     wait_until(lambda: not single_tls.bindings(user + "-2"), "binding of the closed TLS flow removed")
     assert f"on tls:{SINGLE}:{TLS_PORT}>{UA_TLS}:" in single_tls.log()
+
+
+def test_single_server_idle_tls_flow_closed_after_flow_timer_plus_grace(workdir, tls_cfg, local_port, certs,
+                                                                         tunnels, callees):
+    """RFC 5626 §5.4/§8 on TLS: the tls module gives a TLS connection its own idle
+    lifetime; ours is set per flow to Flow-Timer + grace, and when the idle flow
+    is closed its binding goes (the sweep, as for TCP)."""
+    kam = single(workdir, name="single-tls-idle", addr=SINGLE_IDLE, tls_cfg=tls_cfg, defines={"KO_FLOW_TIMER": "1"})
+    kam.yaml_text = (kam.yaml_text or "").replace("grace_seconds: 20", "grace_seconds: 2")
+    start(kam)
+    try:
+        callee, _ = tls_callee(kam, workdir, local_port, "ts-idle", certs, tunnels, callees)
+        flow = path_flow(wait_bindings(kam, "ts-idle", [callee])[0])
+        [conn] = connections_from(kam, UA_TLS, flow.remote_port)
+        assert conn["type"] == "TLS" and conn["lifetime"] == 1 + 2
+        wait_until(lambda: kam.bindings("ts-idle") == [], "idle TLS flow closed and binding removed", timeout=20)
+        assert f"idle timeout on tls:{SINGLE_IDLE}:{TLS_PORT}>{UA_TLS}:" in kam.log()
+    finally:
+        stop(kam)

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 import yaml
-from tls_setup import Certs, Stunnel, make_certs, write_tls_cfg
 
 import actors
 from actors import instance, kill, ob_params, tcp_stat, wait_bindings, wait_until
 from harness import TEST_KEY, Kamailio, SippResult, describe, sipp, wait_sipp
 from outbound.sipmsg import parse_name_addr, split_values
 from outbound.tokens import Flow, FlowTokenCodec, parse_key
+from tls_setup import Certs, Stunnel, make_certs, write_tls_cfg
 from topology import TLS_PORT, edge, ko_yaml, net, registrar, single, start, stop
 
 REGISTRAR = net(80)

@@ -35,6 +35,7 @@ CORE = net(84)  # requests "from the core", as the home proxy sends them
 SINGLE = net(86)
 PINGER = net(87)
 SINGLE_IDLE = net(88)
+SINGLE_ENV = net(89)
 CODEC = FlowTokenCodec([parse_key(TEST_KEY)])
 _YAML = yaml.safe_load(ko_yaml())
 FLOW_LIFETIME = _YAML["registrar"]["flow_timer"] + _YAML["keepalive"]["grace_seconds"]
@@ -43,7 +44,7 @@ TCP_LIFETIME = 3605  # KO_TCP_LIFETIME's default in the cfgs
 
 @pytest.fixture(scope="module")
 def certs(workdir: Path) -> Certs:
-    return make_certs(workdir / "tls", [EDGE, SINGLE, SINGLE_IDLE])
+    return make_certs(workdir / "tls", [EDGE, SINGLE, SINGLE_IDLE, SINGLE_ENV])
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +210,22 @@ def test_double_crlf_over_tls_gets_single_crlf(edge_net, single_tls, certs, role
         assert conn.recv(16) == b"\r\n"
         [listed] = connections_from(kam, PINGER, conn.getsockname()[1])
         assert listed["type"] == "TLS" and listed["lifetime"] == TCP_LIFETIME
+
+
+def test_tls_port_and_cfg_come_from_the_environment(workdir, tls_cfg, certs):
+    """Like every setting, KO_TLS_PORT and KO_TLS_CFG may come from the environment
+    (containers); only the switch WITH_TLS is given with -A."""
+    kam = single(workdir, name="single-tls-env", addr=SINGLE_ENV, defines={"WITH_TLS": ""})
+    kam.env.update({"KO_TLS_PORT": str(TLS_PORT + 1), "KO_TLS_CFG": str(tls_cfg)})
+    start(kam)
+    try:
+        with socket.create_connection((SINGLE_ENV, TLS_PORT + 1), timeout=5, source_address=(PINGER, 0)) as raw, \
+                certs.client_context().wrap_socket(raw, server_hostname=SINGLE_ENV) as conn:
+            conn.sendall(b"\r\n\r\n")
+            assert conn.recv(16) == b"\r\n"
+        assert f"tls: {SINGLE_ENV} [{SINGLE_ENV}]:{TLS_PORT + 1}" in kam.log()
+    finally:
+        stop(kam)
 
 
 # ----- single server -----------------------------------------------------------

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import KSR
 
-from outbound.bindings import normalize_instance
 from outbound.config import Config
 from outbound.decisions import Reply, SaveBinding
-from outbound.policy import RegisterView, has_instance, reg_id_value, registrar_decision
+from outbound.policy import RegisterView, registrar_decision
+from outbound.refresh import StoredBinding, instance_keys, out_of_order, replaced_by_new_call_id
 from outbound.sipmsg import NameAddr, parse_delta_seconds, parse_name_addrs
 
-from .runtime import FLB_OUTBOUND, Snapshot, snapshot
+from .runtime import FLB_OUTBOUND, Snapshot, send_reply, snapshot
 
 
 def register_view(snap: Snapshot) -> RegisterView:
@@ -31,9 +31,10 @@ def decide(config: Config, view: RegisterView) -> Reply | SaveBinding:
 def save(config: Config, decision: SaveBinding, view: RegisterView, callid: str) -> bool:
     """Save through Kamailio's registrar; True when it accepted the REGISTER."""
     table = config.location_table
+    if not _refresh_in_order(table, view.contacts, callid):
+        return False
     if decision.outbound:
         KSR.setbflag(FLB_OUTBOUND)
-        _release_rebooted_flows(table, view.contacts, callid)
     for header in decision.reply_headers:
         KSR.hdr.append_to_reply(header + "\r\n")
     if KSR.registrar.save(table, 0) < 0:
@@ -42,36 +43,43 @@ def save(config: Config, decision: SaveBinding, view: RegisterView, callid: str)
     return True
 
 
-def _release_rebooted_flows(table: str, contacts: tuple[NameAddr, ...], callid: str) -> None:
-    """Kamailio 5.6 usrloc, on a new Call-ID for a known (instance, reg-id), deletes
-    *every* binding of that instance, other reg-ids too (kamailio-5.6-notes,
-    flaw 9). RFC 5626 §6 keys bindings by (AOR, instance, reg-id): we remove just
-    the binding being replaced, so that save() inserts instead of updating."""
-    keys = set()
-    for contact in contacts:
-        if has_instance(contact) and "reg-id" in contact.params:
-            keys.add((normalize_instance(contact.params.get("+sip.instance") or ""), reg_id_value(contact)))
+def _refresh_in_order(table: str, contacts: tuple[NameAddr, ...], callid: str) -> bool:
+    """Bindings with +sip.instance, which Kamailio 5.6's usrloc matches by
+    (instance, reg-id) alone (outbound.refresh): refuse an out-of-order CSeq
+    (RFC 3261 §10.3 step 7, answered here); under a new Call-ID remove just the
+    binding being replaced, so that usrloc does not drop the instance's other
+    flows (kamailio-5.6-notes, flaw 9; RFC 5626 §6 keys by (AOR, instance, reg-id)).
+    False when a reply was sent."""
+    keys = instance_keys(contacts)
     if not keys:
-        return
+        return True
     aor = KSR.kx.get_turi()
-    if KSR.registrar.reg_fetch_contacts(table, aor, "korel") < 0:
-        return
-    try:
-        count = int(KSR.pv.get("$ulc(korel=>count)") or 0)
-        stale: list[str] = []
-        if count < 2:
-            return  # nothing else of this AOR that usrloc could wrongly drop
-        for i in range(count):
-            instance = normalize_instance(str(KSR.pv.get(f"$(ulc(korel=>instance)[{i}])") or ""))
-            reg_id = int(KSR.pv.get(f"$(ulc(korel=>regid)[{i}])") or 0)
-            stored_callid = str(KSR.pv.get(f"$(ulc(korel=>callid)[{i}])") or "")
-            if (instance, reg_id) in keys and stored_callid != callid:
-                stale.append(str(KSR.pv.get(f"$(ulc(korel=>ruid)[{i}])")))
-    finally:
-        KSR.registrar.reg_free_contacts("korel")
-    for ruid in stale:
+    stored = _stored_bindings(table, aor)
+    refusal = out_of_order(stored, keys, callid, int(KSR.pv.get("$cs") or 0))
+    if refusal is not None:
+        send_reply(refusal)
+        return False
+    if len(stored) < 2:
+        return True  # nothing else of this AOR that usrloc could wrongly drop
+    for ruid in replaced_by_new_call_id(stored, keys, callid):
         KSR.info(f"kemi-outbound: new Call-ID for a flow of {aor}: replacing binding {ruid} only\n")
         KSR.registrar.unregister_ruid(table, aor, ruid)
+    return True
+
+
+def _stored_bindings(table: str, aor: str) -> list[StoredBinding]:
+    if KSR.registrar.reg_fetch_contacts(table, aor, "korel") < 0:
+        return []
+    try:
+        count = int(KSR.pv.get("$ulc(korel=>count)") or 0)
+
+        def field(name: str, i: int) -> str:
+            return str(KSR.pv.get(f"$(ulc(korel=>{name})[{i}])") or "")
+
+        return [StoredBinding(field("ruid", i), field("instance", i), int(field("regid", i) or 0),
+                              field("callid", i), int(field("cseq", i) or 0)) for i in range(count)]
+    finally:
+        KSR.registrar.reg_free_contacts("korel")
 
 
 def current() -> tuple[Snapshot, RegisterView]:

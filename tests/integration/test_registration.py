@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from harness import TEST_KEY, Kamailio, ProcessError, SippResult, sipp
-from outbound.sipmsg import parse_name_addr
+from outbound.sipmsg import parse_name_addr, split_values
 from outbound.tokens import FlowTokenCodec, Verdict, parse_key
 from topology import FAULT_HEADER, edge, net, registrar, start, stop
 
@@ -26,10 +26,11 @@ def register(kam: Kamailio, workdir: Path, port: int, *, user: str, contact_para
     uri = f"<sip:{user}@{UA_IP}:{port};transport={transport};ob>"
     keys = {
         "user": user, "domain": "example.com", "expires": expires, "supported": supported,
-        "extra": extra, "cseq": str(cseq),
+        "extra": extra,
         "contact": contact if contact is not None else uri + contact_params,
     }
-    extra_args = ["-cid_str", cid] if cid else []
+    # [cseq] is SIPp's own counter: it starts at -base_cseq
+    extra_args = ["-base_cseq", str(cseq), *(["-cid_str", cid] if cid else [])]
     result = sipp("register_expect", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA_IP,
                   local_port=port, transport=transport, keys=keys, extra=extra_args)
     assert isinstance(result, SippResult)
@@ -220,3 +221,51 @@ def test_new_call_id_for_one_reg_id_keeps_the_other_flows(topology, workdir, loc
     bindings = {b["Reg-Id"]: b for b in topology["registrar"].bindings(user)}
     assert sorted(bindings) == [1, 2]
     assert bindings[1]["Call-ID"].startswith("rebooted-") and bindings[2]["Call-ID"].startswith("b-")
+
+
+def listed(result: SippResult) -> dict[int, dict[str, str | None]]:
+    """The bindings a 200 lists (its Contacts), by reg-id."""
+    contacts = map(parse_name_addr, split_values(result.value("contacts")))
+    return {int(c.params.get("reg-id") or 0): c.params for c in contacts}
+
+
+def test_two_reg_ids_with_one_contact_uri_are_two_bindings_both_listed(topology, workdir, local_port):
+    """RFC 5626 §6 / §3.1 (A3.7, A3.11, D1): the key is (AOR, instance, reg-id), not the
+    Contact URI; the 2xx lists every binding with its expires (RFC 3261 §10.3 step 8)
+    and echoes only this request's Path (RFC 3327 §5.3, A3.14)."""
+    user = "ivan-one-uri"
+    same_uri = f"<sip:{user}@{UA_IP}:5999;transport=tcp;ob>"
+    first = register(topology["edge1"], workdir, local_port, user=user, contact=same_uri + ob_params("1"),
+                     cid="one-%u@%s")
+    second = register(topology["edge2"], workdir, local_port + 1000, user=user, contact=same_uri + ob_params("2"),
+                      cid="two-%u@%s")
+    assert first.value("final") == second.value("final") == "200"
+    assert sorted(b["Reg-Id"] for b in topology["registrar"].bindings(user)) == [1, 2]
+    assert sorted(listed(first)) == [1]
+    both = listed(second)
+    assert sorted(both) == [1, 2], second.value("contacts")
+    assert all(int(params.get("expires") or 0) > 0 for params in both.values())
+    [path] = split_values(second.value("path"))
+    assert parse_name_addr(path).sip_uri.host == net(3), "the 2xx echoed a Path of another binding"
+
+
+def test_expires_zero_removes_by_instance_and_reg_id_and_keeps_cseq_order(topology, workdir, local_port):
+    """RFC 5626 §4.2.2 / §6 (A3.12): removal matches (instance, reg-id), whatever the
+    Contact URI now says; RFC 3261 §10.3 step 7: with the same Call-ID an older
+    CSeq fails and changes nothing."""
+    user = "judy-moved"
+    stored = register(topology["edge1"], workdir, local_port, user=user, contact_params=ob_params("1"),
+                      cid="judy-1-%u@%s", cseq=5)
+    other = register(topology["edge2"], workdir, local_port + 1000, user=user, contact_params=ob_params("2"),
+                     cid="judy-2-%u@%s")
+    assert stored.value("final") == other.value("final") == "200"
+    moved = f"<sip:{user}@{net(11)}:6000;transport=udp;ob>" + ob_params("1")
+    late = register(topology["edge1"], workdir, local_port, user=user, contact=moved, expires="0",
+                    cid="judy-1-%u@%s", cseq=4)
+    assert late.value("final") == "400", "an older CSeq of the same Call-ID removed a binding"
+    assert sorted(b["Reg-Id"] for b in topology["registrar"].bindings(user)) == [1, 2]
+    removed = register(topology["edge1"], workdir, local_port, user=user, contact=moved, expires="0",
+                       cid="judy-1-%u@%s", cseq=6)
+    assert removed.value("final") == "200"
+    assert [b["Reg-Id"] for b in topology["registrar"].bindings(user)] == [2]
+    assert sorted(listed(removed)) == [2]

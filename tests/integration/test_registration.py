@@ -164,14 +164,6 @@ def test_python_exception_in_route_ends_in_500_and_logged_traceback(topology, wo
     assert topology["registrar"].bindings(user) == []
 
 
-@pytest.mark.parametrize("cfg", ["edge.cfg", "registrar.cfg"])
-def test_kamailio_check_passes_for_every_cfg(workdir, cfg):
-    kam = Kamailio(f"check-{cfg}", cfg, workdir, net(1), 5099)
-    workdir.mkdir(parents=True, exist_ok=True)
-    result = kam.check()
-    assert result.returncode == 0, result.stdout + result.stderr
-
-
 def test_invalid_yaml_stops_kamailio_naming_key_and_file(workdir):
     kam = registrar(workdir, name="bad-yaml", port=5098)
     kam.yaml_text = "registrar:\n  flow_timer: 5000\n"

@@ -1,0 +1,55 @@
+"""Every shipped cfg parses in every define combination an operator may use (`kamailio -c`).
+
+No network: `-c` only parses the cfg and loads the modules. WITH_TLS needs a tls.cfg,
+made with a throwaway certificate (tests/tls_setup.py). KO_ADVERTISE with a name is
+checked in test_path_dns.py (it must resolve); an IP literal here covers the
+advertise branches of edge.cfg, TLS included.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from harness import Kamailio
+from tls_setup import make_certs, write_tls_cfg
+from topology import net
+
+ADDR = net(1)
+SWITCHES = {
+    "edge.cfg": [(), ("WITH_DEBUG",), ("WITH_TLS",), ("WITH_TLS", "WITH_DEBUG"), ("KO_ADVERTISE",),
+                 ("KO_ADVERTISE", "WITH_TLS")],
+    "registrar.cfg": [(), ("WITH_DEBUG",)],
+    "single.cfg": [(), ("WITH_DEBUG",), ("WITH_TLS",), ("WITH_TLS", "WITH_DEBUG")],
+}
+CASES = [pytest.param(cfg, switches, id=f"{cfg}-{'+'.join(switches) or 'plain'}")
+         for cfg, combos in SWITCHES.items() for switches in combos]
+
+
+@pytest.fixture(scope="module")
+def tls_cfg(workdir: Path) -> Path:
+    folder = workdir / "cfg-check-tls"
+    return write_tls_cfg(folder, make_certs(folder, [ADDR]))
+
+
+@pytest.mark.parametrize(("cfg", "switches"), CASES)
+def test_cfg_parses(workdir, tls_cfg, cfg, switches):
+    defines: dict[str, str] = {}
+    for switch in switches:
+        if switch == "WITH_TLS":
+            defines.update({"WITH_TLS": "", "KO_TLS_PORT": "5098", "KO_TLS_CFG": f'"{tls_cfg}"'})
+        elif switch == "KO_ADVERTISE":
+            defines["KO_ADVERTISE"] = net(2)
+        else:
+            defines[switch] = ""
+    kam = Kamailio(f"check-{cfg}-{'-'.join(switches) or 'plain'}", cfg, workdir, ADDR, 5099, defines=defines)
+    result = kam.check()
+    problems = [line for line in result.stderr.splitlines() if " ERROR: " in line or "CRITICAL" in line]
+    assert result.returncode == 0 and not problems, result.stdout + result.stderr
+    # each switch really reached the cfg
+    assert ("tls: " in result.stdout and ":5098" in result.stdout) == ("WITH_TLS" in switches), result.stdout
+    assert (f"advertise {net(2)}:" in result.stdout) == ("KO_ADVERTISE" in switches), result.stdout
+    if not os.environ.get("KO_DEBUG"):  # KO_DEBUG=1 turns WITH_DEBUG on for every Kamailio of a run
+        assert (" DEBUG: " in result.stderr) == ("WITH_DEBUG" in switches)

@@ -25,6 +25,8 @@ import KSR
 from outbound.bindings import (
     Binding,
     InstanceQueue,
+    better_reply,
+    caller_reply,
     caller_status,
     failover_allowed,
     next_flow,
@@ -262,6 +264,7 @@ class HomeProxy:
         if KSR.tm.t_is_canceled() > 0:
             return  # the caller gave up: no new branches
         status = int(KSR.pv.get("$T_reply_code") or 0)
+        self._remember_answer(status)
         locally = KSR.tm.t_branch_replied() < 0 and status in (408, 503)
         slot = (int(KSR.pv.get("$T_branch(flags)") or 0) >> SLOT_SHIFT) & SLOT_MASK
         if not slot or not failover_allowed(status, locally):
@@ -313,9 +316,21 @@ class HomeProxy:
                     self._arm()
                     if KSR.tm.t_relay() > 0:
                         return
-        mapped = caller_status(status)
-        if mapped is not None:
-            KSR.tm.t_reply(mapped, "Temporarily Unavailable")
+        best = int(KSR.pv.get(f"$xavp({TX}=>best)") or 0) or None
+        sent = caller_reply(status, best)
+        if sent is not None:
+            # tm ranks 430 (and our 408) before 480/486: a flow failure never hides
+            # another device's real answer, and never reaches the caller (A6.3)
+            reason = str(KSR.pv.get(f"$xavp({TX}=>best_reason)") or "") if sent == best else ""
+            KSR.tm.t_reply(sent, reason or ("Temporarily Unavailable" if sent == 480 else "Request Failed"))
+
+    def _remember_answer(self, status: int) -> None:
+        """Keep the best real final answer of any branch (outbound.bindings.better_reply)."""
+        best = int(KSR.pv.get(f"$xavp({TX}=>best)") or 0) or None
+        kept = better_reply(best, status)
+        if kept is not None and kept != best:
+            KSR.pv.seti(f"$xavp({TX}[0]=>best)", kept)
+            KSR.pv.sets(f"$xavp({TX}[0]=>best_reason)", str(KSR.pv.get("$T_rpl($rr)") or ""))
 
     def _forget(self, aor: str, binding: Binding, why: str) -> None:
         KSR.notice(f"kemi-outbound: removing binding {binding.ruid} of {aor}: {why}\n")

@@ -139,3 +139,39 @@ def caller_status(status: int) -> int | None:
     if status in (430, 408, 503):
         return 480
     return None
+
+
+def response_rank(status: int) -> int:
+    """How tm ranks a final response when it picks the one for the caller (lower
+    wins, RFC 3261 §16.7 step 6): 6xx, then 3xx, then 4xx (401, 407, 415, 420,
+    484 first), then 5xx. Mirrors tm's get_prio (t_reply.c, 5.6)."""
+    kind, xx = divmod(status, 100)
+    base = {6: 1000, 3: 3000, 4: 4000, 5: 5000}.get(kind)
+    if base is None:
+        return 10000 + status
+    if kind == 4 and xx not in (1, 7, 15, 20, 84):
+        xx += 100
+    return base + xx
+
+
+def better_reply(best: int | None, status: int) -> int | None:
+    """The best final response so far that is not a flow failure (checklist A6.3:
+    a 430, or our own 408/503, ranks after every real answer)."""
+    if caller_status(status) is not None or not 300 <= status < 700:
+        return best
+    if best is None or response_rank(status) < response_rank(best):
+        return status
+    return best
+
+
+def caller_reply(picked: int, best_other: int | None) -> int | None:
+    """What the caller gets instead of tm's pick when that pick is a flow failure:
+    the best real answer of another branch unless its class ranks after 4xx (a
+    5xx), e.g. 486 Busy from another device; else 480 (RFC 5626 §11.5, checklist
+    A6.3: 430 ranks last). None: tm's pick stands."""
+    mapped = caller_status(picked)
+    if mapped is None:
+        return None
+    if best_other is not None and response_rank(best_other) < response_rank(500):
+        return best_other
+    return mapped

@@ -143,3 +143,22 @@ def test_killed_edge_is_given_up_quickly_and_the_call_moves_on(workdir, local_po
     finally:
         for kam in (*edges, reg):
             stop(kam)
+
+
+def test_busy_device_is_not_hidden_by_another_devices_dead_flow(topology, workdir, local_port, callees):
+    """Checklist A6.3: tm ranks 430 before 486 (4xx by code); a dead flow's 430 must
+    rank last, so the caller hears the other device's 486, never 430 or 480."""
+    user = "busy-and-gone"
+    busy = start_callee(topology["edge1"], workdir, local_port, user, ua_ip=UA_DEVICE, uas="uas_busy.xml",
+                        cparams=ob_params(instance(local_port), 1), who="busy")
+    gone = start_callee(topology["edge1"], workdir, local_port + 1, user, ua_ip=UA_DEVICE,
+                        cparams=ob_params(instance(local_port + 1), 1), who="gone")
+    callees += [busy, gone]
+    wait_bindings(topology["registrar"], user, callees, 2)
+    kill(gone)  # its edge answers 430 at once; the other device rings, then 486
+    result = call(topology["edge2"], workdir, local_port + 10, user, ua_ip=UA_CALLER, scenario="uac_final.xml",
+                  ruri=f"sip:{user}@example.com", extra="X-Case: busy-and-gone")
+    assert result.value("final") == "486", result.messages[-3000:]
+    assert "SIP/2.0 486 Busy Here" in result.messages, "the busy device's reason phrase was lost"
+    assert "call refused busy" in wait_sipp(busy, 20).log
+    assert f"of sip:{user}@example.com failed with 430" in topology["registrar"].log()

@@ -8,11 +8,14 @@ from outbound.bindings import (
     Binding,
     ForkPlan,
     InstanceQueue,
+    better_reply,
+    caller_reply,
     caller_status,
     failover_allowed,
     next_flow,
     normalize_instance,
     plan_forks,
+    response_rank,
 )
 
 PHONE = "urn:uuid:00000000-0000-1000-8000-000a95a0e128"
@@ -389,3 +392,48 @@ def test_different_instances_stay_different():
 def test_empty_instance_stays_empty():
     assert normalize_instance('""') == ""
     assert normalize_instance("") == ""
+
+
+# --- 430 ranked last (checklist A6.3) ----------------------------------------------------------
+
+@pytest.mark.parametrize(
+    ("statuses", "best"),
+    [
+        ((430, 486), 486),
+        ((486, 430), 486),
+        ((408, 486, 503), 486),
+        ((430, 408), None),
+        ((486, 404), 404),  # tm's order: 404 before 486
+        ((486, 401), 401),
+        ((500, 486), 486),
+        ((603, 486), 603),
+        ((302, 486), 302),
+        ((180, 200), None),
+    ],
+)
+def test_better_reply_keeps_the_best_real_answer(statuses, best):
+    found = None
+    for status in statuses:
+        found = better_reply(found, status)
+    assert found == best
+
+
+@pytest.mark.parametrize(
+    ("picked", "best_other", "sent"),
+    [
+        (430, 486, 486),
+        (430, None, 480),
+        (408, 486, 486),
+        (430, 500, 480),  # a 5xx ranks after the 480 a flow failure becomes
+        (503, 404, 404),
+        (486, None, None),  # tm picked a real answer: it stands
+        (404, 486, None),
+    ],
+)
+def test_caller_reply_never_430_and_never_hides_a_better_answer(picked, best_other, sent):
+    assert caller_reply(picked, best_other) == sent
+
+
+def test_response_rank_follows_tm():
+    assert response_rank(603) < response_rank(302) < response_rank(401) < response_rank(404)
+    assert response_rank(404) < response_rank(430) < response_rank(480) < response_rank(486) < response_rank(500)

@@ -78,3 +78,36 @@ def test_stun_binding_request_on_the_sip_udp_port(topology, single_server, role)
         sock.sendto(stun_binding_request(transaction), (kam.addr, kam.port))
         response, _ = sock.recvfrom(2048)
         assert xor_mapped_address(response, transaction) == sock.getsockname()
+
+
+def register_query(conn: socket.socket, kam: Kamailio, user: str) -> bytes:
+    """A REGISTER without Contact (fetch the bindings, RFC 3261 §10.2.3) over ``conn``."""
+    ip, port = conn.getsockname()
+    return (f"REGISTER sip:example.com SIP/2.0\r\n"
+            f"Via: SIP/2.0/TCP {ip}:{port};branch=z9hG4bK-crlf-{user}\r\n"
+            f"Max-Forwards: 70\r\nFrom: <sip:{user}@example.com>;tag=crlf\r\nTo: <sip:{user}@example.com>\r\n"
+            f"Call-ID: crlf-{user}@{ip}\r\nCSeq: 1 REGISTER\r\nSupported: path, outbound\r\n"
+            f"Content-Length: 0\r\n\r\n").encode()
+
+
+def read_response(conn: socket.socket) -> bytes:
+    data = b""
+    while b"SIP/2.0" not in data or b"\r\n\r\n" not in data[data.index(b"SIP/2.0"):]:
+        chunk = conn.recv(4096)
+        assert chunk, f"connection closed after {data!r}"
+        data += chunk
+    return data
+
+
+@pytest.mark.parametrize("role", ["edge", "registrar", "single"])
+@pytest.mark.parametrize("prefix", [b"\r\n", b"\r\n\r\n", b"\r\n\r\n\r\n"], ids=["crlf", "ping", "ping-crlf"])
+def test_crlf_before_a_start_line_is_ignored_on_a_stream(topology, single_server, role, prefix):
+    """RFC 3261 §7.5 (C5): CRLFs before a start line on TCP are skipped (a double one
+    is a keepalive ping, answered with a CRLF pong, RFC 5626 §4.4.1); the request
+    after them is answered."""
+    kam = servers(topology, single_server)[role]
+    with socket.create_connection((kam.addr, kam.port), timeout=5, source_address=(net(71), 0)) as conn:
+        conn.sendall(prefix + register_query(conn, kam, f"crlf-{role}-{len(prefix)}"))
+        response = read_response(conn)
+    pong = b"\r\n" if len(prefix) >= 4 else b""
+    assert response.startswith(pong + b"SIP/2.0 200 "), response

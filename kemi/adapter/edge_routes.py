@@ -18,7 +18,7 @@ from outbound.routing import (
     record_route_token,
     route_decision,
 )
-from outbound.sipmsg import NameAddr, parse_name_addrs
+from outbound.sipmsg import NameAddr, SipSyntaxError, parse_name_addr, parse_name_addrs
 from outbound.tokens import Flow
 
 from .base import BaseRoutes
@@ -93,6 +93,11 @@ class EdgeRoutes(BaseRoutes):
     def route_view(self) -> RouteView:
         snap = snapshot()
         routes = tuple(parse_name_addrs(snap.headers, "route")[:2])
+        strict = self._strict_routed_uri()
+        if strict is not None:
+            # RFC 3261 §16.4: a strict router upstream put our Record-Route URI in the
+            # Request-URI; it counts as our top Route (loose_route restores the R-URI)
+            routes = (strict, *routes[:1])
         ours = 0
         for route in routes:
             if not self._is_me(route):
@@ -108,6 +113,19 @@ class EdgeRoutes(BaseRoutes):
             contact_has_ob=bool(contacts) and not contacts[0].star and "ob" in contacts[0].sip_uri.params,
             source=source_flow(snap),
         )
+
+    def _strict_routed_uri(self) -> NameAddr | None:
+        """The Request-URI as a Route entry when it is one of our Record-Route URIs:
+        names us, carries a user part (a flow token) and ``;lr``, as every URI the
+        rr module records does."""
+        try:
+            entry = parse_name_addr(f"<{KSR.kx.get_ruri()}>")
+        except SipSyntaxError:
+            return None
+        uri = entry.sip_uri
+        if not uri.user or "lr" not in uri.params or not self._is_me(entry):
+            return None
+        return entry
 
     @staticmethod
     def _is_me(route: NameAddr) -> bool:

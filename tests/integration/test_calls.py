@@ -6,6 +6,7 @@ through edge2 and the registrar (home proxy). Everything is real Kamailio.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import time
 from pathlib import Path
@@ -171,3 +172,54 @@ def test_bad_routes_get_a_defined_answer(topology, workdir, local_port, route, s
     assert isinstance(result, SippResult)
     assert result.value("final") == status
     assert "Traceback" not in edge1.log()
+
+
+def read_message(conn, what: str) -> str:
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        assert chunk, f"connection closed before {what}: {data!r}"
+        data += chunk
+    return data.decode()
+
+
+def header(message: str, name: str) -> list[str]:
+    return [line.split(":", 1)[1].strip() for line in message.split("\r\n")[1:]
+            if line.split(":", 1)[0].strip().lower() == name.lower()]
+
+
+def test_strict_router_upstream_request_uri_is_restored_and_sent_over_the_flow(topology):
+    """RFC 3261 §16.4 (C1): a strict router upstream puts our Record-Route URI (with
+    the flow token) in the Request-URI and the remote target last in Route. The
+    edge restores the Request-URI from the last Route and still sends over the
+    token's flow (RFC 5626 §5.3): the UA's Contact here is unreachable."""
+    edge1 = topology["edge1"]
+    contact = f"<sip:strict@{net(99)}:5999;transport=tcp;ob>"
+    with socket.create_connection((edge1.addr, edge1.port), timeout=5, source_address=(UA_B, 0)) as flow:
+        ip, port = flow.getsockname()
+        flow.sendall((f"REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/TCP {ip}:{port};branch=z9hG4bK-strict-r\r\n"
+                      "Max-Forwards: 70\r\nFrom: <sip:strict@example.com>;tag=s1\r\nTo: <sip:strict@example.com>\r\n"
+                      f"Call-ID: strict-reg@{ip}\r\nCSeq: 1 REGISTER\r\n"
+                      f'Contact: {contact};+sip.instance="<{instance(99)}>";reg-id=1\r\n'
+                      "Expires: 600\r\nSupported: path, outbound\r\nContent-Length: 0\r\n\r\n").encode())
+        answer = read_message(flow, "the 200 to REGISTER")
+        assert answer.startswith("SIP/2.0 200 "), answer
+        token = parse_name_addr(header(answer, "Path")[0]).sip_uri.user
+        target = f"sip:strict@{net(99)}:5999;transport=tcp"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as core:
+            core.bind((CORE, 0))
+            core.settimeout(5)
+            cip, cport = core.getsockname()
+            core.sendto((f"INFO sip:{token}@{net(2)};lr SIP/2.0\r\n"
+                         f"Via: SIP/2.0/UDP {cip}:{cport};branch=z9hG4bK-strict-i\r\nRoute: <{target}>\r\n"
+                         "Max-Forwards: 70\r\nFrom: <sip:alice@example.com>;tag=a1\r\n"
+                         "To: <sip:strict@example.com>;tag=b1\r\nCall-ID: strict-dialog@core\r\nCSeq: 2 INFO\r\n"
+                         "Content-Length: 0\r\n\r\n").encode(), (edge1.addr, edge1.port))
+            request = read_message(flow, "the INFO over the flow")
+            assert request.startswith(f"INFO {target} SIP/2.0\r\n"), request
+            assert header(request, "Route") == [], "the restored target stayed in Route"
+            vias = "".join(f"Via: {v}\r\n" for v in header(request, "Via"))
+            reply = "".join(f"{n}: {header(request, n)[0]}\r\n" for n in ("From", "To", "Call-ID", "CSeq"))
+            flow.sendall(f"SIP/2.0 200 OK\r\n{vias}{reply}Content-Length: 0\r\n\r\n".encode())
+            data, _ = core.recvfrom(4096)
+            assert data.startswith(b"SIP/2.0 200 "), data

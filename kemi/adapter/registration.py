@@ -8,7 +8,7 @@ from outbound.config import Config
 from outbound.decisions import Reply, SaveBinding
 from outbound.policy import RegisterView, registrar_decision
 from outbound.refresh import StoredBinding, instance_keys, out_of_order, replaced_by_new_call_id
-from outbound.sipmsg import NameAddr, parse_delta_seconds, parse_name_addrs
+from outbound.sipmsg import NameAddr, format_name_addr, parse_delta_seconds, parse_name_addrs
 
 from .runtime import FLB_OUTBOUND, Snapshot, send_reply, snapshot
 
@@ -31,7 +31,10 @@ def decide(config: Config, view: RegisterView) -> Reply | SaveBinding:
 def save(config: Config, decision: SaveBinding, view: RegisterView, callid: str) -> bool:
     """Save through Kamailio's registrar; True when it accepted the REGISTER."""
     table = config.location_table
-    if not _refresh_in_order(table, view.contacts, callid):
+    contacts = view.contacts
+    if decision.ignore_reg_id:
+        contacts = _drop_reg_id(contacts)
+    if not _refresh_in_order(table, contacts, callid):
         return False
     if decision.outbound:
         KSR.setbflag(FLB_OUTBOUND)
@@ -41,6 +44,22 @@ def save(config: Config, decision: SaveBinding, view: RegisterView, callid: str)
         KSR.notice(f"kemi-outbound: registrar refused REGISTER for {KSR.kx.get_turi()}\n")
         return False
     return True
+
+
+def _drop_reg_id(contacts: tuple[NameAddr, ...]) -> tuple[NameAddr, ...]:
+    """Outbound does not apply, so the reg-id is ignored (RFC 5626 §6): rewrite the
+    Contact without it before the save, because Kamailio 5.6's registrar (with
+    outbound_mode 0) would still key the binding by (instance, reg-id)."""
+    if not any("reg-id" in c.params for c in contacts):
+        return contacts
+    stripped = tuple(
+        NameAddr(c.uri, {k: v for k, v in c.params.items() if k != "reg-id"}, c.star) for c in contacts
+    )
+    KSR.hdr.remove("Contact")
+    KSR.hdr.append("Contact: " + ", ".join(format_name_addr(c) for c in stripped) + "\r\n")
+    KSR.textopsx.msg_apply_changes()
+    KSR.info(f"kemi-outbound: outbound does not apply to REGISTER for {KSR.kx.get_turi()}: reg-id ignored\n")
+    return stripped
 
 
 def _refresh_in_order(table: str, contacts: tuple[NameAddr, ...], callid: str) -> bool:

@@ -21,11 +21,15 @@ class SaveBinding:
     """Hand the REGISTER to Kamailio's registrar.
 
     ``outbound`` marks the bindings as outbound flows (RFC 5626 §6 applied);
-    ``reply_headers`` go into the 2xx (``Require: outbound``, ``Flow-Timer``).
+    ``reply_headers`` go into the 2xx (``Require: outbound``, ``Flow-Timer``);
+    ``ignore_reg_id``: outbound does not apply and the registrar "MUST ignore
+    the reg-id" (§6), so it is taken off the Contact before the save (Kamailio's
+    usrloc would otherwise still key the binding by it).
     """
 
     outbound: bool
     reply_headers: tuple[str, ...] = ()
+    ignore_reg_id: bool = False
 
 
 class PathKind(Enum):

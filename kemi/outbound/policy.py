@@ -113,7 +113,7 @@ def registrar_decision(
     if not (first_hop or edge_ob):
         if "outbound" in view.supported:
             return Reply(439, "First Hop Lacks Outbound Support", "reg-id via an edge without ;ob")
-        return SaveBinding(outbound=False)
+        return SaveBinding(outbound=False, ignore_reg_id=True)
     headers = ["Require: outbound"]
     if flow_timer > 0 and any(e > 0 for e in expiries):
         headers.append(f"Flow-Timer: {flow_timer}")

@@ -290,6 +290,19 @@ def _split_hostport(hostport: str) -> tuple[str, int | None]:
     return host.lower(), int(port_text)
 
 
+def format_name_addr(value: NameAddr, *, without: tuple[str, ...] = ()) -> str:
+    """A Contact/Path/Route value written back as ``<uri>;param=value...``
+    (RFC 3261 §20.10; names lower-cased, values as received), leaving out the
+    parameters named in ``without``. The display name is not kept."""
+    if value.star:
+        return "*"
+    params = "".join(
+        f";{name}" if param is None else f";{name}={param}"
+        for name, param in value.params.items() if name not in without
+    )
+    return f"<{value.uri}>{params}"
+
+
 def parse_name_addrs(headers: Headers, name: str) -> list[NameAddr]:
     return [parse_name_addr(v) for v in headers.values(name)]
 

@@ -141,6 +141,9 @@ def test_not_first_hop_without_supported_outbound_ignores_reg_id(topology, workd
     assert path.user is None and "ob" not in path.params, "a non-first hop must not add ;ob"
     [binding] = topology["registrar"].bindings(user)
     assert not binding["CFlags"] & (1 << 6)
+    # ignored means not stored either: usrloc must not key this binding by reg-id (A3.2)
+    assert binding["Reg-Id"] == 0, binding
+    assert "6f1a2b3c" in binding["Instance"], binding
 
 
 def test_register_without_reg_id_gets_plain_path_and_no_require(topology, workdir, local_port):

@@ -6,6 +6,7 @@ from outbound.sipmsg import (
     Headers,
     SipSyntaxError,
     SipUri,
+    format_name_addr,
     header_block,
     iter_headers,
     parse_delta_seconds,
@@ -213,3 +214,12 @@ def test_parse_delta_seconds(text, seconds):
 def test_parse_delta_seconds_rejects_non_numbers(text):
     with pytest.raises(SipSyntaxError):
         parse_delta_seconds(text)
+
+
+def test_format_name_addr_writes_uri_and_params_back_without_the_named_ones():
+    contact = parse_name_addr('"Al" <sip:al@192.0.2.1:5080;transport=tcp;ob>;+sip.instance="<urn:uuid:1>";'
+                              'reg-id=1;expires=60;lr')
+    assert format_name_addr(contact, without=("reg-id",)) == (
+        '<sip:al@192.0.2.1:5080;transport=tcp;ob>;+sip.instance="<urn:uuid:1>";expires=60;lr')
+    assert parse_name_addr(format_name_addr(contact)) == contact
+    assert format_name_addr(parse_name_addr("*")) == "*"

@@ -1,0 +1,436 @@
+"""Seeded generator of mutated SIP requests for the robustness test (tests/integration/test_fuzz.py).
+
+Pure: no sockets, no clock, no Kamailio. ``cases(seed, role, count, ctx)`` gives
+the same list of :class:`Case` for the same arguments; the randomness is one
+``random.Random(seed)``. Each case says what may come back:
+
+* ``FINAL``: the script runs; a final reply must arrive and its code must be in
+  ``allowed`` (never a Python exception's 500: ``allowed`` holds no 500 unless
+  ``note`` says why one is right);
+* ``NO_REPLY``: an ACK; nothing is answered;
+* ``MAY_DROP``: Kamailio's own parser rejects the message before the script
+  runs (bad start line, missing or empty Via, unparsable Content-Length on a
+  stream): no reply, or one from ``allowed``; ``note`` names the reason.
+
+Messages are raw text so that they can be malformed in ways SIPp cannot send.
+Header values may carry lone surrogates (``\\udcff``), rendered as the raw byte
+(invalid UTF-8) with ``surrogateescape``.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+FINAL_CODES_SANITY = frozenset({400, 416, 420, 483, 505})  # sanity / maxfwd answers, any method
+
+
+class Expect(Enum):
+    FINAL = "final"
+    NO_REPLY = "no-reply"
+    MAY_DROP = "may-drop"
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where the messages go and what they may name (all loopback test addresses)."""
+
+    role: str  # "edge", "registrar" or "single"
+    target_ip: str
+    target_port: int
+    sink_uri: str  # a UAS that answers every request 481 (in-dialog targets)
+    domain: str = "example.com"
+    # flow tokens (edge and single roles): a gone TCP flow, a flow to the sink,
+    # one signed with a foreign key; the own flow is filled in at send time
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def has_tokens(self) -> bool:
+        return self.role in ("edge", "single")
+
+
+@dataclass
+class Msg:
+    method: str
+    ruri: str
+    headers: list[tuple[str, str]]
+    body: str = ""
+    start_line: str | None = None
+    content_length: str | None = None  # None: the right one
+
+    def render(self, host: str, port: int, transport: str, own_token: str) -> bytes:
+        start = self.start_line if self.start_line is not None else f"{self.method} {self.ruri} SIP/2.0"
+        body = self.body.encode("utf-8", "surrogateescape")
+        lines = [start]
+        for name, value in self.headers:
+            lines.append(f"{name}: {value}" if name else value)
+        length = self.content_length if self.content_length is not None else str(len(body))
+        lines.append(f"Content-Length: {length}")
+        text = "\r\n".join(lines) + "\r\n\r\n"
+        text = (text.replace("{HOST}", host).replace("{PORT}", str(port))
+                .replace("{TRANSPORT}", transport.upper()).replace("{OWN}", own_token))
+        return text.encode("utf-8", "surrogateescape") + body
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    transport: str
+    msg: Msg
+    expect: Expect
+    allowed: frozenset[int]
+    note: str = ""
+
+    @property
+    def method(self) -> str:
+        return self.msg.method
+
+
+# ----- base requests ----------------------------------------------------------
+
+def _common(rng: random.Random, method: str, cseq: int, ctx: Context, user: str, *,
+            to_tag: bool, call_id: str) -> list[tuple[str, str]]:
+    to = f"<sip:{user}@{ctx.domain}>" + (f";tag=tt{rng.randrange(10**6)}" if to_tag else "")
+    return [
+        ("Via", f"SIP/2.0/{{TRANSPORT}} {{HOST}}:{{PORT}};rport;branch=z9hG4bK-fz{rng.randrange(10**12)}"),
+        ("Max-Forwards", "70"),
+        ("From", f"<sip:fz-caller@{ctx.domain}>;tag=ft{rng.randrange(10**6)}"),
+        ("To", to),
+        ("Call-ID", call_id),
+        ("CSeq", f"{cseq} {method}"),
+    ]
+
+
+def _contact(user: str, *, ob: bool = True, instance: int = 1, reg_id: int | None = 1) -> str:
+    params = f';+sip.instance="<urn:uuid:00000000-0000-4000-8000-{instance:012d}>"'
+    if reg_id is not None:
+        params += f";reg-id={reg_id}"
+    return f"<sip:{user}@{{HOST}}:{{PORT}};transport={{TRANSPORT}}{';ob' if ob else ''}>{params}"
+
+
+def base_register(rng: random.Random, ctx: Context, n: int) -> Msg:
+    user = f"fz-reg{n}"
+    headers = _common(rng, "REGISTER", 1 + rng.randrange(1000), ctx, user, to_tag=False, call_id=f"fz-{n}@fuzz")
+    headers[2] = ("From", f"<sip:{user}@{ctx.domain}>;tag=ft{rng.randrange(10**6)}")
+    headers += [
+        ("Contact", _contact(user, instance=n)),
+        ("Expires", str(rng.choice((0, 60, 600, 3600)))),
+        ("Supported", "path, outbound"),
+    ]
+    return Msg("REGISTER", f"sip:{ctx.domain}", headers)
+
+
+def base_initial(rng: random.Random, ctx: Context, n: int, method: str) -> Msg:
+    headers = _common(rng, method, 1, ctx, "fz-nobody", to_tag=False, call_id=f"fz-{n}@fuzz")
+    headers.append(("Contact", f"<sip:fz-caller@{{HOST}}:{{PORT}};transport={{TRANSPORT}};ob>"))
+    if method == "SUBSCRIBE":
+        headers += [("Event", "presence"), ("Expires", "60")]
+    body = ""
+    if method == "INVITE":
+        headers.append(("Content-Type", "application/sdp"))
+        body = "v=0\r\no=- 1 1 IN IP4 {HOST}\r\ns=-\r\nc=IN IP4 {HOST}\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n"
+    if ctx.has_tokens and rng.random() < 0.5:
+        token = rng.choice(("{OWN}", ctx.tokens["gone"], ctx.tokens["sink"], ctx.tokens["forged"]))
+        headers.insert(1, ("Route", f"<sip:{token}@{ctx.target_ip}:{ctx.target_port};lr;ob>"))
+    return Msg(method, f"sip:fz-nobody@{ctx.domain}", headers, body=body)
+
+
+def base_in_dialog(rng: random.Random, ctx: Context, n: int, method: str) -> Msg:
+    """BYE / ACK / re-INVITE inside a dialog; the Route names the target (with a
+    token on edge and single) and the R-URI is the sink, which answers 481."""
+    cseq = 2 if method != "ACK" else 1
+    headers = _common(rng, method, cseq, ctx, "fz-callee", to_tag=True, call_id=f"fz-{n}@fuzz")
+    user = ""
+    if ctx.has_tokens:
+        user = rng.choice(("{OWN}", "{OWN}", ctx.tokens["gone"], ctx.tokens["sink"], ctx.tokens["forged"], ""))
+        user = f"{user}@" if user else ""
+    headers.insert(1, ("Route", f"<sip:{user}{ctx.target_ip}:{ctx.target_port};lr>"))
+    return Msg(method, ctx.sink_uri, headers)
+
+
+def base_cancel(rng: random.Random, ctx: Context, n: int) -> Msg:
+    headers = _common(rng, "CANCEL", 1, ctx, "fz-nobody", to_tag=False, call_id=f"fz-{n}@fuzz")
+    return Msg("CANCEL", f"sip:fz-nobody@{ctx.domain}", headers)
+
+
+# ----- mutations ----------------------------------------------------------------
+
+FUZZED_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq", "Contact", "Path", "Route", "Supported",
+                  "Require", "Expires", "Max-Forwards")
+JUNK = ("caf\u00e9 \u2603 \U0001f600", "\udcff\udcfe\udc80", "a\x00b", "\x00", "\u00ff\u00fe", "\t\t",
+        "\udcc3\udc28", "%00%ff", "\\\"\\", "<<<>>>", ",,,", ";;;=;=")
+BAD_IPV6 = ("[::1", "::1", "[::g]", "[1:2:3:4:5:6:7:8:9]", "[::1]:99999", "[]", "[:::]", "[::1]]",
+            "[fe80::1%25eth0]", "[::ffff:999.1.1.1]")
+CONTACT_PARAMS = (";reg-id=0", ";reg-id=abc", ";reg-id=99999999999", ";reg-id=", ";reg-id",
+                  ";reg-id=-1", ";reg-id=1;reg-id=2", ";+sip.instance=urn:uuid:1234;reg-id=1",
+                  ";+sip.instance=\"urn:uuid:1234\";reg-id=1", ";+sip.instance=;reg-id=1",
+                  ";+sip.instance=\"<\";reg-id=1", ";ob=value", ";expires=-1", ";expires=abc",
+                  ";expires=99999999999", ";q=2.5", ";q=-1", ";q=abc", ";expires=0;reg-id=0",
+                  ";+sip.instance=\"<urn:uuid:x>\";reg-id=\u00b2")
+
+
+def _find(msg: Msg, name: str) -> list[int]:
+    return [i for i, (n, _) in enumerate(msg.headers) if n.lower() == name.lower()]
+
+
+def _set(msg: Msg, name: str, value: str) -> None:
+    found = _find(msg, name)
+    if found:
+        msg.headers[found[0]] = (name, value)
+    else:
+        msg.headers.append((name, value))
+
+
+@dataclass
+class Mutated:
+    msg: Msg
+    label: str
+    may_drop: str = ""  # why Kamailio's core may reject it before the script
+    extra_codes: frozenset[int] = frozenset()
+
+
+def _copy(msg: Msg) -> Msg:
+    return replace(msg, headers=list(msg.headers))
+
+
+def m_drop(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
+    name = rng.choice(FUZZED_HEADERS)
+    msg.headers = [(n, v) for n, v in msg.headers if n.lower() != name.lower()]
+    return Mutated(msg, f"drop-{name}", "no Via: the core drops it" if name == "Via" else "")
+
+
+def m_duplicate(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
+    name = rng.choice(FUZZED_HEADERS)
+    found = _find(msg, name)
+    value = msg.headers[found[0]][1] if found else "x"
+    msg.headers.insert(rng.randrange(len(msg.headers) + 1), (name, value))
+    return Mutated(msg, f"dup-{name}")
+
+
+def m_empty(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
+    name = rng.choice(FUZZED_HEADERS)
+    _set(msg, name, "")
+    return Mutated(msg, f"empty-{name}", "empty Via: the core drops it" if name == "Via" else "")
+
+
+def m_junk(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
+    name = rng.choice(FUZZED_HEADERS)
+    junk = rng.choice(JUNK)
+    found = _find(msg, name)
+    old = msg.headers[found[0]][1] if found else ""
+    cut = rng.randrange(len(old) + 1)
+    _set(msg, name, old[:cut] + junk + old[cut:])
+    why = "junk in Via: the core may fail to parse it" if name == "Via" else ""
+    if "\x00" in junk and name in ("From", "To", "Call-ID", "CSeq", "Max-Forwards"):
+        why = why or f"NUL in {name}: the core may fail to parse it"
+    return Mutated(msg, f"junk-{name}", why)
+
+
+def m_long_token(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
+    size = rng.choice((1025, 2048, 4000))
+    token = "".join(rng.choice("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+                    for _ in range(size))
+    msg.headers.insert(1, ("Route", f"<sip:{token}@{ctx.target_ip}:{ctx.target_port};lr;ob>"))
+    return Mutated(msg, f"route-token-{size}")
+
+
+def m_many_contacts(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
+    msg.headers = [(n, v) for n, v in msg.headers if n.lower() != "contact"]
+    reg = rng.random() < 0.5
+    for i in range(100):
+        contact = f"<sip:fz-m{i}@{{HOST}}:{{PORT}}>" + (f";+sip.instance=\"<urn:uuid:fz-{i}>\";reg-id=1" if reg else "")
+        msg.headers.append(("Contact", contact))
+    return Mutated(msg, "contacts-100" + ("-reg-id" if reg else ""))
+
+
+def m_many_routes(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
+    own = f"<sip:{ctx.target_ip}:{ctx.target_port};lr>"
+    for _ in range(60):
+        msg.headers.insert(1, ("Route", own))
+    return Mutated(msg, "routes-60")
+
+
+def m_contact_param(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
+    param = rng.choice(CONTACT_PARAMS)
+    user = "fz-p"
+    contact = f"<sip:{user}@{{HOST}}:{{PORT}};transport={{TRANSPORT}}>{param}"
+    if "+sip.instance" not in param and rng.random() < 0.7:
+        contact += ';+sip.instance="<urn:uuid:00000000-0000-4000-8000-00000000fa11>"'
+    _set(msg, "Contact", contact)
+    return Mutated(msg, f"contact-param{param}")
+
+
+def m_garbled_token(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
+    token = rng.choice([t for t in ctx.tokens.values()] or ["AAAA"])
+    how = rng.choice(("truncate", "flip", "extend", "pad", "percent", "empty-user", "at-signs"))
+    if how == "truncate":
+        token = token[: rng.randrange(1, len(token))]
+    elif how == "flip":
+        i = rng.randrange(len(token))
+        token = token[:i] + rng.choice("AZaz09-_") + token[i + 1:]
+    elif how == "extend":
+        token = token + "A" * rng.choice((1, 4, 32))
+    elif how == "pad":
+        token = token + "=="
+    elif how == "percent":
+        token = token[:10] + "%41%00" + token[10:]
+    elif how == "empty-user":
+        token = ""
+    else:
+        token = token[:8] + "@@" + token[8:]
+    msg.headers = [(n, v) for n, v in msg.headers if n.lower() != "route"]
+    msg.headers.insert(1, ("Route", f"<sip:{token}@{ctx.target_ip}:{ctx.target_port};lr;ob>"))
+    return Mutated(msg, f"token-{how}")
+
+
+def m_ipv6(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
+    bad = rng.choice(BAD_IPV6)
+    where = rng.choice(("Contact", "From", "To", "Path", "Via"))
+    if where == "Contact":
+        _set(msg, "Contact", f"<sip:fz-v6@{bad}:5060>;+sip.instance=\"<urn:uuid:v6>\";reg-id=1")
+    elif where in ("From", "To"):
+        found = _find(msg, where)
+        tag = msg.headers[found[0]][1].partition(">")[2] if found else ""
+        _set(msg, where, f"<sip:fz-v6@{bad}>{tag}")
+    elif where == "Path":
+        _set(msg, "Path", f"<sip:{bad};lr;ob>")
+    else:
+        msg.headers.insert(0, ("Via", f"SIP/2.0/UDP {bad};branch=z9hG4bK-v6"))
+        return Mutated(msg, f"ipv6-Via-{bad}", "malformed IPv6 in Via: the core may reject it")
+    return Mutated(msg, f"ipv6-{where}-{bad}")
+
+
+def m_star(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
+    variant = rng.choice(("star-and-contact", "star-expires-600", "star-twice", "star-no-expires", "star-alone"))
+    msg.headers = [(n, v) for n, v in msg.headers if n.lower() not in ("contact", "expires")]
+    if variant == "star-and-contact":
+        msg.headers += [("Contact", "*"), ("Contact", "<sip:fz-star@{HOST}:{PORT}>"), ("Expires", "0")]
+    elif variant == "star-expires-600":
+        msg.headers += [("Contact", "*"), ("Expires", "600")]
+    elif variant == "star-twice":
+        msg.headers += [("Contact", "*, *"), ("Expires", "0")]
+    elif variant == "star-no-expires":
+        msg.headers += [("Contact", "*")]
+    else:
+        msg.headers += [("Contact", "*"), ("Expires", "0")]
+    return Mutated(msg, variant)
+
+
+def m_content_length(rng: random.Random, msg: Msg, ctx: Context, transport: str = "udp") -> Mutated:
+    size = len(msg.body.encode("utf-8", "surrogateescape"))
+    value = rng.choice((str(size + 10), str(max(size - 3, 0)), "abc", "-1", "99999999999", ""))
+    msg.content_length = value
+    if transport != "udp":
+        # on a stream Content-Length frames the message: too long waits for bytes
+        # that never come, unparsable closes the connection
+        return Mutated(msg, f"content-length-{value or 'empty'}",
+                       "stream framing: Kamailio waits for the body or closes the connection")
+    why = "" if value.isdigit() and int(value) < 10**9 else "unparsable Content-Length: the core may reject it"
+    return Mutated(msg, f"content-length-{value or 'empty'}", why)
+
+
+def m_start_line(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
+    variant = rng.choice(("garbage", "version", "no-uri", "lower-method", "tab"))
+    if variant == "garbage":
+        msg.start_line = "HELLO \udcff WORLD"
+        return Mutated(msg, "start-garbage", "bad start line: the core drops it")
+    if variant == "version":
+        msg.start_line = f"{msg.method} {msg.ruri} SIP/3.0"
+        return Mutated(msg, "start-version", "SIP/3.0: the core may drop it")
+    if variant == "no-uri":
+        msg.start_line = f"{msg.method} SIP/2.0"
+        return Mutated(msg, "start-no-uri", "no Request-URI: the core drops it")
+    if variant == "lower-method":
+        msg.start_line = f"{msg.method.lower()} {msg.ruri} SIP/2.0"
+        return Mutated(msg, "start-lower-method", "unknown method: the core may drop it")
+    msg.start_line = f"{msg.method}\t{msg.ruri}\tSIP/2.0"
+    return Mutated(msg, "start-tabs", "tabs in the start line: the core may drop it")
+
+
+def m_ruri(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
+    variant = rng.choice(("tel:+123", "sip:", "sip:@", "sip:fz@[::1", "sips:fz@example.com", "sip:fz@example.com;;;=",
+                          "sip:fz\udcff@example.com", "sip:" + "x" * 1500 + "@example.com"))
+    msg.ruri = variant
+    return Mutated(msg, f"ruri-{variant[:20]}", "unparsable Request-URI: the core may drop it")
+
+
+MUTATIONS: tuple[tuple[Callable[..., Mutated], int, frozenset[str]], ...] = (
+    # (mutation, weight, methods it applies to; empty: all)
+    (m_drop, 6, frozenset()),
+    (m_duplicate, 4, frozenset()),
+    (m_empty, 5, frozenset()),
+    (m_junk, 6, frozenset()),
+    (m_long_token, 2, frozenset()),
+    (m_many_contacts, 2, frozenset({"REGISTER", "INVITE"})),
+    (m_many_routes, 2, frozenset()),
+    (m_contact_param, 5, frozenset({"REGISTER"})),
+    (m_garbled_token, 4, frozenset()),
+    (m_ipv6, 3, frozenset()),
+    (m_star, 3, frozenset({"REGISTER"})),
+    (m_content_length, 2, frozenset()),
+    (m_start_line, 1, frozenset()),
+    (m_ruri, 1, frozenset({"REGISTER", "INVITE", "OPTIONS"})),
+)
+
+
+# ----- what may come back ----------------------------------------------------
+
+def allowed_codes(ctx: Context, method: str, in_dialog: bool) -> frozenset[int]:
+    """Final codes that are right for a mutated request of this kind at this role."""
+    codes = set(FINAL_CODES_SANITY)
+    if method == "REGISTER":
+        codes |= {200, 403, 439}  # 403: a forged/garbled flow token does not matter for REGISTER
+    elif method == "CANCEL":
+        codes |= {481}
+    elif in_dialog:
+        codes |= {481, 404, 403, 430}  # 481 from the sink; 404 no route; 403/430 tokens
+    else:
+        codes |= {404, 403, 430, 481}  # no binding; forged token; gone flow; sink via token
+    return frozenset(codes)
+
+
+def cases(seed: int, ctx: Context, count: int, transports: tuple[str, ...] = ("udp", "tcp")) -> list[Case]:
+    """``count`` cases for one role; about one in eight is unmutated (a control)."""
+    rng = random.Random(f"{seed}:{ctx.role}")
+    kinds = ("REGISTER", "REGISTER", "INVITE", "OPTIONS", "SUBSCRIBE", "BYE", "ACK", "INVITE-dialog", "CANCEL")
+    out: list[Case] = []
+    for n in range(count):
+        kind = rng.choice(kinds)
+        transport = rng.choice(transports)
+        in_dialog = kind in ("BYE", "ACK", "INVITE-dialog")
+        method = kind.partition("-")[0]
+        if kind == "REGISTER":
+            msg = base_register(rng, ctx, n)
+        elif in_dialog:
+            msg = base_in_dialog(rng, ctx, n, method)
+        elif kind == "CANCEL":
+            msg = base_cancel(rng, ctx, n)
+        else:
+            msg = base_initial(rng, ctx, n, method)
+        labels = []
+        may_drop = ""
+        extra: frozenset[int] = frozenset()
+        rounds = 0 if rng.random() < 0.125 else rng.choice((1, 1, 1, 2, 3))
+        for _ in range(rounds):
+            choices = [(f, w) for f, w, only in MUTATIONS if not only or method in only]
+            mutation = rng.choices([f for f, _ in choices], weights=[w for _, w in choices])[0]
+            if mutation is m_content_length:
+                done = mutation(rng, _copy(msg), ctx, transport)
+            else:
+                done = mutation(rng, _copy(msg), ctx)
+            msg = done.msg
+            labels.append(done.label)
+            may_drop = may_drop or done.may_drop
+            extra |= done.extra_codes
+        allowed = allowed_codes(ctx, method, in_dialog) | extra
+        if may_drop:
+            expect = Expect.MAY_DROP
+        elif method == "ACK":
+            expect = Expect.NO_REPLY
+        else:
+            expect = Expect.FINAL
+        name = f"{n:03d}-{transport}-{kind}-" + ("+".join(labels) or "control")
+        out.append(Case(name, transport, msg, expect, allowed, may_drop))
+    return out

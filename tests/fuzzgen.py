@@ -61,17 +61,19 @@ class Msg:
     content_length: str | None = None  # None: the right one
 
     def render(self, host: str, port: int, transport: str, own_token: str) -> bytes:
+        def fill(text: str) -> bytes:
+            text = (text.replace("{HOST}", host).replace("{PORT}", str(port))
+                    .replace("{TRANSPORT}", transport.upper()).replace("{OWN}", own_token))
+            return text.encode("utf-8", "surrogateescape")
+
         start = self.start_line if self.start_line is not None else f"{self.method} {self.ruri} SIP/2.0"
-        body = self.body.encode("utf-8", "surrogateescape")
+        body = fill(self.body)
         lines = [start]
         for name, value in self.headers:
             lines.append(f"{name}: {value}" if name else value)
         length = self.content_length if self.content_length is not None else str(len(body))
         lines.append(f"Content-Length: {length}")
-        text = "\r\n".join(lines) + "\r\n\r\n"
-        text = (text.replace("{HOST}", host).replace("{PORT}", str(port))
-                .replace("{TRANSPORT}", transport.upper()).replace("{OWN}", own_token))
-        return text.encode("utf-8", "surrogateescape") + body
+        return fill("\r\n".join(lines) + "\r\n\r\n") + body
 
 
 @dataclass(frozen=True)
@@ -124,7 +126,7 @@ def base_register(rng: random.Random, ctx: Context, n: int) -> Msg:
 
 def base_initial(rng: random.Random, ctx: Context, n: int, method: str) -> Msg:
     headers = _common(rng, method, 1, ctx, "fz-nobody", to_tag=False, call_id=f"fz-{n}@fuzz")
-    headers.append(("Contact", f"<sip:fz-caller@{{HOST}}:{{PORT}};transport={{TRANSPORT}};ob>"))
+    headers.append(("Contact", "<sip:fz-caller@{HOST}:{PORT};transport={TRANSPORT};ob>"))
     if method == "SUBSCRIBE":
         headers += [("Event", "presence"), ("Expires", "60")]
     body = ""
@@ -160,9 +162,14 @@ def base_cancel(rng: random.Random, ctx: Context, n: int) -> Msg:
 FUZZED_HEADERS = ("Via", "From", "To", "Call-ID", "CSeq", "Contact", "Path", "Route", "Supported",
                   "Require", "Expires", "Max-Forwards")
 JUNK = ("caf\u00e9 \u2603 \U0001f600", "\udcff\udcfe\udc80", "a\x00b", "\x00", "\u00ff\u00fe", "\t\t",
-        "\udcc3\udc28", "%00%ff", "\\\"\\", "<<<>>>", ",,,", ";;;=;=")
+        "\udcc3(", "%00%ff", "\\\"\\", "<<<>>>", ",,,", ";;;=;=")
 BAD_IPV6 = ("[::1", "::1", "[::g]", "[1:2:3:4:5:6:7:8:9]", "[::1]:99999", "[]", "[:::]", "[::1]]",
-            "[fe80::1%25eth0]", "[::ffff:999.1.1.1]")
+            "[::1%25lo]", "[::ffff:999.1.1.1]")
+# headers the core needs before the script runs (receive_msg); those it parses there
+CORE_REQUIRED = frozenset({"From", "To", "Call-ID", "CSeq"})
+CORE_PARSED = frozenset({"Via", "To", "CSeq"})
+# headers Kamailio's parser (sip_parser_mode strict, the default) refuses twice
+STRICT_SINGLE = frozenset({"Call-ID", "To", "CSeq", "From", "Max-Forwards", "Content-Length"})
 CONTACT_PARAMS = (";reg-id=0", ";reg-id=abc", ";reg-id=99999999999", ";reg-id=", ";reg-id",
                   ";reg-id=-1", ";reg-id=1;reg-id=2", ";+sip.instance=urn:uuid:1234;reg-id=1",
                   ";+sip.instance=\"urn:uuid:1234\";reg-id=1", ";+sip.instance=;reg-id=1",
@@ -198,7 +205,10 @@ def _copy(msg: Msg) -> Msg:
 def m_drop(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
     name = rng.choice(FUZZED_HEADERS)
     msg.headers = [(n, v) for n, v in msg.headers if n.lower() != name.lower()]
-    return Mutated(msg, f"drop-{name}", "no Via: the core drops it" if name == "Via" else "")
+    why = "no Via: the core drops it" if name == "Via" else ""
+    if name in CORE_REQUIRED:
+        why = f"no {name}: the core drops it (receive_msg: required headers)"
+    return Mutated(msg, f"drop-{name}", why)
 
 
 def m_duplicate(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
@@ -206,13 +216,17 @@ def m_duplicate(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
     found = _find(msg, name)
     value = msg.headers[found[0]][1] if found else "x"
     msg.headers.insert(rng.randrange(len(msg.headers) + 1), (name, value))
-    return Mutated(msg, f"dup-{name}")
+    why = ""
+    if name in STRICT_SINGLE:
+        why = f"Kamailio's strict parser refuses a second {name} and cannot build a reply"
+    return Mutated(msg, f"dup-{name}", why)
 
 
 def m_empty(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
     name = rng.choice(FUZZED_HEADERS)
     _set(msg, name, "")
-    return Mutated(msg, f"empty-{name}", "empty Via: the core drops it" if name == "Via" else "")
+    why = f"empty {name}: the core cannot parse it and drops the request" if name in CORE_PARSED else ""
+    return Mutated(msg, f"empty-{name}", why)
 
 
 def m_junk(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
@@ -222,7 +236,7 @@ def m_junk(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
     old = msg.headers[found[0]][1] if found else ""
     cut = rng.randrange(len(old) + 1)
     _set(msg, name, old[:cut] + junk + old[cut:])
-    why = "junk in Via: the core may fail to parse it" if name == "Via" else ""
+    why = f"junk in {name}: the core may fail to parse it" if name in CORE_PARSED else ""
     if "\x00" in junk and name in ("From", "To", "Call-ID", "CSeq", "Max-Forwards"):
         why = why or f"NUL in {name}: the core may fail to parse it"
     return Mutated(msg, f"junk-{name}", why)
@@ -266,7 +280,7 @@ def m_garbled_token(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
     token = rng.choice([t for t in ctx.tokens.values()] or ["AAAA"])
     how = rng.choice(("truncate", "flip", "extend", "pad", "percent", "empty-user", "at-signs"))
     if how == "truncate":
-        token = token[: rng.randrange(1, len(token))]
+        token = token[: rng.randrange(1, max(len(token), 2))]
     elif how == "flip":
         i = rng.randrange(len(token))
         token = token[:i] + rng.choice("AZaz09-_") + token[i + 1:]
@@ -294,6 +308,8 @@ def m_ipv6(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
         found = _find(msg, where)
         tag = msg.headers[found[0]][1].partition(">")[2] if found else ""
         _set(msg, where, f"<sip:fz-v6@{bad}>{tag}")
+        if where == "To":
+            return Mutated(msg, f"ipv6-To-{bad}", "malformed IPv6 in To: the core may fail to parse it")
     elif where == "Path":
         _set(msg, "Path", f"<sip:{bad};lr;ob>")
     else:
@@ -319,7 +335,7 @@ def m_star(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
 
 
 def m_content_length(rng: random.Random, msg: Msg, ctx: Context, transport: str = "udp") -> Mutated:
-    size = len(msg.body.encode("utf-8", "surrogateescape"))
+    size = len(msg.render("127.0.0.1", 5060, transport, "").partition(b"\r\n\r\n")[2])
     value = rng.choice((str(size + 10), str(max(size - 3, 0)), "abc", "-1", "99999999999", ""))
     msg.content_length = value
     if transport != "udp":

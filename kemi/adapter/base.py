@@ -16,6 +16,10 @@ if TYPE_CHECKING:
     from .locator_glue import Locator
 
 
+# process_maxfwd(): -1 the value is 0 (483), -2 the header cannot be parsed (400)
+MAXFWD_UNPARSABLE = -2
+
+
 class BaseRoutes:
     """The object app_python3 calls for every message (``mod_init`` returns it)."""
 
@@ -27,7 +31,11 @@ class BaseRoutes:
 
     @guarded
     def ksr_request_route(self, msg: Any) -> int:
-        if KSR.maxfwd.process_maxfwd(10) < 0:
+        maxfwd = KSR.maxfwd.process_maxfwd(10)
+        if maxfwd == MAXFWD_UNPARSABLE:
+            send_reply(Reply(400, "Bad Max-Forwards", "Max-Forwards is not a number 0..255"))
+            return 1
+        if maxfwd < 0:
             send_reply(Reply(483, "Too Many Hops", "Max-Forwards exhausted"))
             return 1
         if KSR.sanity.sanity_check(1511, 7) < 0:
@@ -37,6 +45,9 @@ class BaseRoutes:
         if KSR.is_CANCEL():
             if KSR.tm.t_check_trans() > 0:
                 self._relay()
+            else:
+                # RFC 3261 §9.2: nothing to cancel here; say so rather than drop it
+                send_reply(Reply(481, "Call/Transaction Does Not Exist", "CANCEL matches no transaction"))
             return 1
         if KSR.siputils.has_totag() > 0:
             return self._within_dialog()

@@ -51,6 +51,17 @@ FOREIGN = FlowTokenCodec([parse_key(OTHER_KEY)])
 STATUS = re.compile(rb"^SIP/2\.0 (\d{3})", re.M)
 
 
+def answer_481(data: bytes) -> bytes | None:
+    """481 for a request (None for a reply or an ACK): what the sink and the
+    fuzz client say to a request that reaches them."""
+    head = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+    if not head or head[0].startswith(b"SIP/2.0") or head[0].startswith(b"ACK "):
+        return None
+    keep = [h for h in head[1:] if h.split(b":", 1)[0].strip().lower()
+            in (b"via", b"v", b"from", b"f", b"to", b"t", b"call-id", b"i", b"cseq")]
+    return b"\r\n".join([b"SIP/2.0 481 Call/Transaction Does Not Exist", *keep, b"Content-Length: 0"]) + b"\r\n\r\n"
+
+
 class Sink(threading.Thread):
     """A UAS on SINK:SINK_PORT (UDP) answering every request but ACK with 481:
     where in-dialog requests end, so that each gets a final answer at once."""
@@ -71,14 +82,10 @@ class Sink(threading.Thread):
                 continue
             except OSError:
                 return
-            head = data.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
-            if not head or head[0].startswith(b"SIP/2.0") or head[0].startswith(b"ACK "):
-                continue
-            keep = [h for h in head[1:] if h.split(b":", 1)[0].strip().lower()
-                    in (b"via", b"v", b"from", b"f", b"to", b"t", b"call-id", b"i", b"cseq")]
-            reply = b"\r\n".join([b"SIP/2.0 481 Call/Transaction Does Not Exist", *keep, b"Content-Length: 0"])
-            self.sock.sendto(reply + b"\r\n\r\n", peer)
-            self.answered += 1
+            reply = answer_481(data)
+            if reply:
+                self.sock.sendto(reply, peer)
+                self.answered += 1
 
     def stop(self) -> None:
         self.running = False
@@ -142,10 +149,18 @@ class Runner:
                 sock = key.fileobj
                 outcome, deadline, buf = live[sock]
                 try:
-                    data = sock.recv(65535)
+                    data, peer = sock.recvfrom(65535)
                 except OSError as exc:
-                    data = b""
+                    data, peer = b"", None
                     outcome.error = outcome.error or type(exc).__name__
+                if data and not data.startswith(b"SIP/2.0"):
+                    # a request sent to our own flow (a Route token naming it): answer it
+                    reply = answer_481(data)
+                    if reply and sock.type == socket.SOCK_DGRAM:
+                        sock.sendto(reply, peer)
+                    elif reply:
+                        sock.sendall(reply)
+                    continue
                 if sock.type == socket.SOCK_DGRAM:
                     buf.clear()
                 buf += data

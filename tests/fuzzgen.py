@@ -24,7 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 
-FINAL_CODES_SANITY = frozenset({400, 416, 420, 483, 505})  # sanity / maxfwd answers, any method
+# sanity's answers, any method (483 only when a case sets Max-Forwards: 0)
+FINAL_CODES_SANITY = frozenset({400, 416, 420, 505})
 
 
 class Expect(Enum):
@@ -178,6 +179,13 @@ CONTACT_PARAMS = (";reg-id=0", ";reg-id=abc", ";reg-id=99999999999", ";reg-id=",
                   ";+sip.instance=\"<urn:uuid:x>\";reg-id=\u00b2")
 
 
+def _pick_header(rng: random.Random) -> str:
+    """A header to mutate; those the core needs before the script are picked
+    less often, so that most cases reach the script."""
+    return rng.choices(FUZZED_HEADERS, weights=[1 if h in CORE_REQUIRED or h == "Via" else 3
+                                                 for h in FUZZED_HEADERS])[0]
+
+
 def _find(msg: Msg, name: str) -> list[int]:
     return [i for i, (n, _) in enumerate(msg.headers) if n.lower() == name.lower()]
 
@@ -203,7 +211,7 @@ def _copy(msg: Msg) -> Msg:
 
 
 def m_drop(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
-    name = rng.choice(FUZZED_HEADERS)
+    name = _pick_header(rng)
     msg.headers = [(n, v) for n, v in msg.headers if n.lower() != name.lower()]
     why = "no Via: the core drops it" if name == "Via" else ""
     if name in CORE_REQUIRED:
@@ -212,7 +220,7 @@ def m_drop(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
 
 
 def m_duplicate(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
-    name = rng.choice(FUZZED_HEADERS)
+    name = _pick_header(rng)
     found = _find(msg, name)
     value = msg.headers[found[0]][1] if found else "x"
     msg.headers.insert(rng.randrange(len(msg.headers) + 1), (name, value))
@@ -223,14 +231,14 @@ def m_duplicate(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
 
 
 def m_empty(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
-    name = rng.choice(FUZZED_HEADERS)
+    name = _pick_header(rng)
     _set(msg, name, "")
     why = f"empty {name}: the core cannot parse it and drops the request" if name in CORE_PARSED else ""
     return Mutated(msg, f"empty-{name}", why)
 
 
 def m_junk(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
-    name = rng.choice(FUZZED_HEADERS)
+    name = _pick_header(rng)
     junk = rng.choice(JUNK)
     found = _find(msg, name)
     old = msg.headers[found[0]][1] if found else ""
@@ -365,6 +373,13 @@ def m_start_line(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
     return Mutated(msg, "start-tabs", "tabs in the start line: the core may drop it")
 
 
+def m_maxfwd(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
+    value = rng.choice(("0", "1", "abc", "-1", "256", "99999999999", "7 0", "0x10"))
+    _set(msg, "Max-Forwards", value)
+    # 0: 483 Too Many Hops; a value that is no number: 400 (RFC 3261 §20.22)
+    return Mutated(msg, f"max-forwards-{value}", extra_codes=frozenset({483}) if value == "0" else frozenset())
+
+
 def m_ruri(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
     variant = rng.choice(("tel:+123", "sip:", "sip:@", "sip:fz@[::1", "sips:fz@example.com", "sip:fz@example.com;;;=",
                           "sip:fz\udcff@example.com", "sip:" + "x" * 1500 + "@example.com"))
@@ -388,6 +403,7 @@ MUTATIONS: tuple[tuple[Callable[..., Mutated], int, frozenset[str]], ...] = (
     (m_content_length, 2, frozenset()),
     (m_start_line, 1, frozenset()),
     (m_ruri, 1, frozenset({"REGISTER", "INVITE", "OPTIONS"})),
+    (m_maxfwd, 3, frozenset()),
 )
 
 

@@ -8,7 +8,7 @@ import KSR
 
 from locator.records import ip_family
 from outbound.decisions import Reply
-from outbound.sipmsg import SipSyntaxError, SipUri
+from outbound.sipmsg import SipSyntaxError, SipUri, is_digits, is_hostname
 
 from .runtime import Runtime, check_fault_injection, guarded, send_reply
 
@@ -32,11 +32,13 @@ class BaseRoutes:
     @guarded
     def ksr_request_route(self, msg: Any) -> int:
         maxfwd = KSR.maxfwd.process_maxfwd(10)
-        if maxfwd == MAXFWD_UNPARSABLE:
-            send_reply(Reply(400, "Bad Max-Forwards", "Max-Forwards is not a number 0..255"))
-            return 1
         if maxfwd < 0:
-            send_reply(Reply(483, "Too Many Hops", "Max-Forwards exhausted"))
+            # the module reads an empty Max-Forwards as 0; RFC 3261 §25.1 says 1*DIGIT
+            value = str(KSR.pv.get("$hdr(Max-Forwards)") or "").strip()
+            if maxfwd == MAXFWD_UNPARSABLE or not is_digits(value):
+                send_reply(Reply(400, "Bad Max-Forwards", f"Max-Forwards {value[:20]!r} is not a number"))
+            else:
+                send_reply(Reply(483, "Too Many Hops", "Max-Forwards exhausted"))
             return 1
         if KSR.sanity.sanity_check(1511, 7) < 0:
             KSR.notice(f"kemi-outbound: malformed request from {KSR.kx.get_srcip()}\n")
@@ -95,8 +97,17 @@ class BaseRoutes:
             uri = SipUri.parse(next_hop)
         except SipSyntaxError:
             return True  # tm answers what it cannot send to
-        if ip_family((uri.params.get("maddr") or uri.host).strip("[]")) is not None:
+        host = uri.params.get("maddr") or uri.host
+        if ip_family(host.strip("[]")) is not None:
             return True
+        if not is_hostname(host):
+            # neither an IP nor a host name (RFC 3261 §25.1): nothing to ask DNS about
+            why = f"next hop {next_hop[:80]!r} names no host"
+            if KSR.is_ACK():
+                KSR.notice(f"kemi-outbound: ACK dropped, {why}\n")
+            else:
+                send_reply(Reply(400, "Bad Route", why))
+            return False
         found = locator.plan(next_hop)
         if not found.targets:
             why = f"cannot locate the next hop {next_hop}: {found.describe()}"

@@ -33,7 +33,7 @@ from outbound.bindings import (
 )
 from outbound.config import Config
 from outbound.decisions import Reply
-from outbound.sipmsg import SipSyntaxError, parse_name_addr, split_values
+from outbound.sipmsg import SipSyntaxError, is_hostname, parse_name_addr, split_values
 from outbound.tokens import Flow, FlowTokenCodec, Verdict
 
 from .locator_glue import Locator
@@ -131,6 +131,9 @@ class HomeProxy:
         port = f":{first.port}" if first.port else ""
         dst = f"sip:{first.host}{port}" + (f";transport={transport}" if transport else "")
         if self.locator is not None and not _is_ip_literal(first.host):
+            if not is_hostname(first.host):
+                KSR.notice(f"kemi-outbound: Path of {binding.ruid} names no host ({first.host[:60]!r}); skipped\n")
+                return None
             # an edge named in Path by hostname: RFC 3263, like the edge finds us
             found = self.locator.resolve_next_hop(dst)
             if not found:

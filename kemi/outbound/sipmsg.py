@@ -196,6 +196,20 @@ class NameAddr:
         return parsed
 
 
+# RFC 3261 §25.1: hostname = *( domainlabel "." ) toplabel [ "." ];
+# domainlabel = alphanum / alphanum *( alphanum / "-" ) alphanum;
+# toplabel = ALPHA / ALPHA *( alphanum / "-" ) alphanum
+_DOMAINLABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_TOPLABEL = r"[A-Za-z](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?:{_DOMAINLABEL}\.)*{_TOPLABEL}\.?")
+
+
+def is_hostname(text: str) -> bool:
+    """True for a host name as RFC 3261 §25.1 spells one (not an IP literal):
+    only such a name is worth a DNS query (RFC 3263)."""
+    return len(text) <= 253 and _HOSTNAME.fullmatch(text) is not None
+
+
 def is_digits(text: str) -> bool:
     """ASCII digits only (``str.isdigit`` also accepts "²", which ``int`` rejects)."""
     return text.isascii() and text.isdigit()

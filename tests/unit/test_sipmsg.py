@@ -7,6 +7,7 @@ from outbound.sipmsg import (
     SipSyntaxError,
     SipUri,
     header_block,
+    is_hostname,
     iter_headers,
     parse_delta_seconds,
     parse_name_addr,
@@ -213,3 +214,20 @@ def test_parse_delta_seconds(text, seconds):
 def test_parse_delta_seconds_rejects_non_numbers(text):
     with pytest.raises(SipSyntaxError):
         parse_delta_seconds(text)
+
+
+@pytest.mark.parametrize("host", ["example.com", "edge-1.ko.test", "a", "ko.test.", "x1.example.com"])
+def test_host_names_worth_a_dns_query(host):
+    assert is_hostname(host)
+
+
+@pytest.mark.parametrize("host", [
+    "127.0.1", "127.0.13.2", "127.0.1;;;=;=3.112", "caf\u00e9.example.com", "-a.example.com", "a-.com",
+    "a..com", "", ".", "[::1", "exa mple.com", "a.1com", "x" * 254,
+], ids=["numeric-top", "ipv4", "fuzz-junk", "non-ascii", "leading-dash", "trailing-dash", "empty-label",
+        "empty", "dot", "bad-ipv6", "space", "digit-toplabel", "too-long"])
+def test_junk_is_no_host_name(host):
+    """Found by the fuzz test: a Route naming "127.0.1;;;=;=3.112" made the edge
+    ask DNS about "127.0.1" and answer 503; no query is made for what RFC 3261
+    §25.1 does not call a host name (the route answers 400)."""
+    assert not is_hostname(host)

@@ -271,7 +271,8 @@ def m_many_routes(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
     own = f"<sip:{ctx.target_ip}:{ctx.target_port};lr>"
     for _ in range(60):
         msg.headers.insert(1, ("Route", own))
-    return Mutated(msg, "routes-60")
+    # 60 hops through ourselves: two of these exhaust Max-Forwards 70 (483)
+    return Mutated(msg, "routes-60", extra_codes=frozenset({483}))
 
 
 def m_contact_param(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
@@ -377,7 +378,9 @@ def m_maxfwd(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
     value = rng.choice(("0", "1", "abc", "-1", "256", "99999999999", "7 0", "0x10"))
     _set(msg, "Max-Forwards", value)
     # 0: 483 Too Many Hops; a value that is no number: 400 (RFC 3261 §20.22)
-    return Mutated(msg, f"max-forwards-{value}", extra_codes=frozenset({483}) if value == "0" else frozenset())
+    # 1: the next hop answers 483
+    return Mutated(msg, f"max-forwards-{value}",
+                   extra_codes=frozenset({483}) if value in ("0", "1") else frozenset())
 
 
 def m_ruri(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
@@ -388,7 +391,7 @@ def m_ruri(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
 
 
 MUTATIONS: tuple[tuple[Callable[..., Mutated], int, frozenset[str]], ...] = (
-    # (mutation, weight, methods it applies to; empty: all)
+    # (mutation, weight, kinds of request it applies to (see cases()); empty: all)
     (m_drop, 6, frozenset()),
     (m_duplicate, 4, frozenset()),
     (m_empty, 5, frozenset()),
@@ -402,6 +405,7 @@ MUTATIONS: tuple[tuple[Callable[..., Mutated], int, frozenset[str]], ...] = (
     (m_star, 3, frozenset({"REGISTER"})),
     (m_content_length, 2, frozenset()),
     (m_start_line, 1, frozenset()),
+    # initial requests only: an in-dialog R-URI naming a domain would be looked up in DNS
     (m_ruri, 1, frozenset({"REGISTER", "INVITE", "OPTIONS"})),
     (m_maxfwd, 3, frozenset()),
 )
@@ -446,7 +450,7 @@ def cases(seed: int, ctx: Context, count: int, transports: tuple[str, ...] = ("u
         extra: frozenset[int] = frozenset()
         rounds = 0 if rng.random() < 0.125 else rng.choice((1, 1, 1, 2, 3))
         for _ in range(rounds):
-            choices = [(f, w) for f, w, only in MUTATIONS if not only or method in only]
+            choices = [(f, w) for f, w, only in MUTATIONS if not only or kind in only]
             mutation = rng.choices([f for f, _ in choices], weights=[w for _, w in choices])[0]
             if mutation is m_content_length:
                 done = mutation(rng, _copy(msg), ctx, transport)

@@ -231,3 +231,19 @@ def test_junk_is_no_host_name(host):
     ask DNS about "127.0.1" and answer 503; no query is made for what RFC 3261
     §25.1 does not call a host name (the route answers 400)."""
     assert not is_hostname(host)
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x01", "\x1b", "\x7f"])
+def test_control_character_in_a_wanted_header_is_a_syntax_error(char):
+    """Found by the fuzz test: "Route: <sip:127.a\\x00b0.13.2:5060;lr>" reached
+    KSR.is_myself, which raised SystemError (500 and a traceback); now it is
+    a syntax error, answered 400."""
+    with pytest.raises(SipSyntaxError, match="control character"):
+        Headers(block(f"Route: <sip:127.a{char}b0.13.2:5060;lr>"), frozenset({"route"}))
+
+
+def test_control_character_in_other_headers_is_left_to_kamailio():
+    headers = Headers(block("Subject: a\x00b", "Route: <sip:a.example.com;lr>", "Via: SIP/2.0/UDP h\tx"),
+                      frozenset({"route", "via"}))
+    assert headers.first("route") == "<sip:a.example.com;lr>"
+    assert headers.first("via") == "SIP/2.0/UDP h\tx"

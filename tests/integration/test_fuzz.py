@@ -48,6 +48,10 @@ FINAL_WITHIN = 8.0  # seconds for a final reply (tm answers 408 long after this)
 QUIET_FOR = 0.5  # seconds a NO_REPLY / MAY_DROP case listens before it is done
 CODEC = FlowTokenCodec([parse_key(TEST_KEY)])
 FOREIGN = FlowTokenCodec([parse_key(OTHER_KEY)])
+# what Kamailio logs when it drops a request before the script runs, or cannot
+# build a reply to it (a header its strict parser refuses)
+CORE_REJECTS = ("core parsing of SIP message failed", "required headers not found in request",
+                "no via found in request", "alas, parse_headers failed")
 STATUS = re.compile(rb"^SIP/2\.0 (\d{3})", re.M)
 
 
@@ -277,6 +281,13 @@ def fuzz_and_check(target: Kamailio, watched: list[Kamailio], role: str, *, with
     problems = [f"{o.case.name}: {p}  [{o.case.msg.render(CLIENT, 0, o.case.transport, '')[:300]!r}]"
                 for o in outcomes if (p := o.problem())]
     assert not problems, f"{len(problems)} of {len(outcomes)} cases failed (seed {SEED}):\n" + "\n".join(problems[:25])
+    # every case classified "the core refuses it" that got no reply shows up in
+    # the logs as one of Kamailio's parse-failure lines
+    core_drops = sum(1 for o in outcomes if o.case.core_rejects and o.final is None and o.case.method != "ACK")
+    logged = sum(kam.log()[log_from[kam.name]:].count(line) for kam in watched for line in CORE_REJECTS)
+    assert logged >= core_drops, f"{core_drops} cases dropped unanswered, only {logged} core parse failures " \
+        "logged:\n" + "\n".join(o.case.name for o in outcomes if o.case.core_rejects and o.final is None
+                                and o.case.method != "ACK")
     for kam in watched:
         assert kam.proc is not None and kam.proc.poll() is None, f"{kam.name} exited"
         assert role_pids(kam) == pids[kam.name], f"{kam.name}: processes changed"
@@ -288,7 +299,8 @@ def fuzz_and_check(target: Kamailio, watched: list[Kamailio], role: str, *, with
     by_expect = {e: sum(1 for o in outcomes if o.case.expect is e) for e in Expect}
     dropped = sum(1 for o in outcomes if o.case.expect is Expect.MAY_DROP and o.final is None)
     return (f"{role}: {len(outcomes)} cases in {took:.1f}s (seed {SEED}); final {by_expect[Expect.FINAL]}, "
-            f"ack {by_expect[Expect.NO_REPLY]}, may-drop {by_expect[Expect.MAY_DROP]} ({dropped} dropped)")
+            f"ack {by_expect[Expect.NO_REPLY]}, may-drop {by_expect[Expect.MAY_DROP]} ({dropped} dropped, "
+            f"{logged} core parse failures logged)")
 
 
 def sanity_register(kam: Kamailio, workdir, port: int, user: str) -> None:

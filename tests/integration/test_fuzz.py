@@ -24,6 +24,7 @@ import selectors
 import socket
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -298,9 +299,10 @@ def fuzz_and_check(target: Kamailio, watched: list[Kamailio], role: str, *, with
         assert kam.rpc("core.uptime")
     by_expect = {e: sum(1 for o in outcomes if o.case.expect is e) for e in Expect}
     dropped = sum(1 for o in outcomes if o.case.expect is Expect.MAY_DROP and o.final is None)
+    finals = Counter(o.final for o in outcomes)
     return (f"{role}: {len(outcomes)} cases in {took:.1f}s (seed {SEED}); final {by_expect[Expect.FINAL]}, "
             f"ack {by_expect[Expect.NO_REPLY]}, may-drop {by_expect[Expect.MAY_DROP]} ({dropped} dropped, "
-            f"{logged} core parse failures logged)")
+            f"{logged} core parse failures logged); finals {dict(sorted(finals.items(), key=str))}")
 
 
 def sanity_register(kam: Kamailio, workdir, port: int, user: str) -> None:

@@ -236,8 +236,12 @@ class HomeProxy:
                 return -1
         self._arm()
         if KSR.tm.t_relay() < 0:
-            KSR.notice(f"kemi-outbound: relaying to the bindings of {aor} failed\n")
-            KSR.sl.sl_reply_error()
+            # every branch failed at once (a TCP contact refusing the connection):
+            # a transport error is a 503 of our own (RFC 3261 §16.9), which the
+            # caller sees as 480 like any flow failure (RFC 5626 §11.5), never
+            # a 500 "No error" from sl_reply_error
+            send_reply(Reply(caller_status(503) or 480, "Temporarily Unavailable",
+                             f"could not send to any binding of {aor}"))
             return -1
         return 1
 

@@ -30,7 +30,8 @@ FINAL_CODES_SANITY = frozenset({400, 416, 420, 505})
 
 
 # MAY_DROP reasons that are no parse failure of Kamailio's core
-NOT_CORE = ("stream framing", "the Route now names")
+# ("silent": Kamailio drops these without a log line at the default level)
+NOT_CORE = ("stream framing", "the Route now names", "silent")
 
 
 class Expect(Enum):
@@ -97,8 +98,9 @@ class Case:
 
     @property
     def core_rejects(self) -> bool:
-        """MAY_DROP because Kamailio's own parser refuses it (and logs so); the
-        other MAY_DROP cases are stream framing and Routes to a dead port."""
+        """MAY_DROP because Kamailio's own parser refuses it and logs so; the
+        other MAY_DROP cases are stream framing, Routes to a dead port and what
+        the core drops without a log line (start line, To)."""
         return self.expect is Expect.MAY_DROP and not self.note.startswith(NOT_CORE)
 
 
@@ -260,7 +262,7 @@ def m_junk(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
     if port is not None and int(port.group(1)) != ctx.target_port:
         why = f"the Route now names port {port.group(1)}, where nobody listens: tm answers 408 only after fr_timer"
     if "\x00" in junk and name in ("From", "To", "Call-ID", "CSeq", "Max-Forwards"):
-        why = why or f"NUL in {name}: the core may fail to parse it"
+        why = why or f"silent: NUL in {name}, the core may fail to parse it"
     return Mutated(msg, f"junk-{name}", why)
 
 
@@ -332,7 +334,7 @@ def m_ipv6(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
         tag = msg.headers[found[0]][1].partition(">")[2] if found else ""
         _set(msg, where, f"<sip:fz-v6@{bad}>{tag}")
         if where == "To":
-            return Mutated(msg, f"ipv6-To-{bad}", "malformed IPv6 in To: the core may fail to parse it")
+            return Mutated(msg, f"ipv6-To-{bad}", "silent: malformed IPv6 in To, the core may fail to parse it")
     elif where == "Path":
         _set(msg, "Path", f"<sip:{bad};lr;ob>")
     else:
@@ -374,18 +376,18 @@ def m_start_line(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
     variant = rng.choice(("garbage", "version", "no-uri", "lower-method", "tab"))
     if variant == "garbage":
         msg.start_line = "HELLO \udcff WORLD"
-        return Mutated(msg, "start-garbage", "bad start line: the core drops it")
+        return Mutated(msg, "start-garbage", "silent: a bad start line is dropped by the core")
     if variant == "version":
         msg.start_line = f"{msg.method} {msg.ruri} SIP/3.0"
-        return Mutated(msg, "start-version", "SIP/3.0: the core may drop it")
+        return Mutated(msg, "start-version", "silent: SIP/3.0 is dropped by the core")
     if variant == "no-uri":
         msg.start_line = f"{msg.method} SIP/2.0"
-        return Mutated(msg, "start-no-uri", "no Request-URI: the core drops it")
+        return Mutated(msg, "start-no-uri", "silent: no Request-URI, dropped by the core")
     if variant == "lower-method":
         msg.start_line = f"{msg.method.lower()} {msg.ruri} SIP/2.0"
-        return Mutated(msg, "start-lower-method", "unknown method: the core may drop it")
+        return Mutated(msg, "start-lower-method", "silent: an unknown method may be dropped by the core")
     msg.start_line = f"{msg.method}\t{msg.ruri}\tSIP/2.0"
-    return Mutated(msg, "start-tabs", "tabs in the start line: the core may drop it")
+    return Mutated(msg, "start-tabs", "silent: tabs in the start line, may be dropped by the core")
 
 
 def m_maxfwd(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
@@ -401,7 +403,7 @@ def m_ruri(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
     variant = rng.choice(("tel:+123", "sip:", "sip:@", "sip:fz@[::1", "sips:fz@example.com", "sip:fz@example.com;;;=",
                           "sip:fz\udcff@example.com", "sip:" + "x" * 1500 + "@example.com"))
     msg.ruri = variant
-    return Mutated(msg, f"ruri-{variant[:20]}", "unparsable Request-URI: the core may drop it")
+    return Mutated(msg, f"ruri-{variant[:20]}", "silent: unparsable Request-URI, the core may drop it")
 
 
 MUTATIONS: tuple[tuple[Callable[..., Mutated], int, frozenset[str]], ...] = (

@@ -399,6 +399,12 @@ def m_maxfwd(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
                    extra_codes=frozenset({483}) if value in ("0", "1") else frozenset())
 
 
+def m_require(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
+    value = rng.choice(("foo", "gruu", "path, foo", "path", "outbound", "Path, OUTBOUND", "100rel"))
+    _set(msg, "Require", value)
+    return Mutated(msg, f"require-{value}")
+
+
 def m_ruri(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
     variant = rng.choice(("tel:+123", "sip:", "sip:@", "sip:fz@[::1", "sips:fz@example.com", "sip:fz@example.com;;;=",
                           "sip:fz\udcff@example.com", "sip:" + "x" * 1500 + "@example.com"))
@@ -424,6 +430,7 @@ MUTATIONS: tuple[tuple[Callable[..., Mutated], int, frozenset[str]], ...] = (
     # initial requests only: an in-dialog R-URI naming a domain would be looked up in DNS
     (m_ruri, 1, frozenset({"REGISTER", "INVITE", "OPTIONS"})),
     (m_maxfwd, 3, frozenset()),
+    (m_require, 2, frozenset({"REGISTER"})),
 )
 
 
@@ -441,6 +448,13 @@ def allowed_codes(ctx: Context, method: str, in_dialog: bool) -> frozenset[int]:
     else:
         codes |= {404, 403, 430, 481}  # no binding; forged token; gone flow; sink via token
     return frozenset(codes)
+
+
+def required_unknown(msg: Msg) -> bool:
+    """A Require header lists an option tag other than path / outbound."""
+    tags = {tag.strip().lower() for name, value in msg.headers if name.lower() == "require"
+            for tag in value.split(",") if tag.strip()}
+    return bool(tags - {"path", "outbound"})
 
 
 # a call to a registered AOR whose flows are gone: no usable flow / nobody answered
@@ -494,6 +508,9 @@ def cases(seed: int, ctx: Context, count: int, transports: tuple[str, ...] = ("u
                 may_drop = done.may_drop or may_drop  # a framing problem outranks a parse failure
             extra |= done.extra_codes
         allowed = allowed_codes(ctx, method, in_dialog) | extra
+        if method == "REGISTER" and required_unknown(msg):
+            # RFC 3261 §10.3 step 2: never saved; 420 (or 400 for other garbage)
+            allowed = FINAL_CODES_SANITY | {420} | (extra & {483})
         if may_drop:
             expect = Expect.MAY_DROP
         elif method == "ACK":

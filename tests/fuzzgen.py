@@ -34,6 +34,9 @@ FINAL_CODES_SANITY = frozenset({400, 416, 420, 505})
 NOT_CORE = ("stream framing", "the Route now names", "silent")
 
 
+DEAD_TCP_PORT = 5098  # on the sink's address; nothing listens there
+
+
 class Expect(Enum):
     FINAL = "final"
     NO_REPLY = "no-reply"
@@ -52,6 +55,10 @@ class Context:
     # flow tokens (edge and single roles): a gone TCP flow, a flow to the sink,
     # one signed with a foreign key; the own flow is filled in at send time
     tokens: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def sink_host(self) -> str:
+        return self.sink_uri.rpartition("@")[2].partition(":")[0]
 
     @property
     def has_tokens(self) -> bool:
@@ -399,6 +406,16 @@ def m_maxfwd(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
                    extra_codes=frozenset({483}) if value in ("0", "1") else frozenset())
 
 
+def m_dead_next_hop(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
+    """An in-dialog Route, after ours, to a loopback TCP port where nobody
+    listens: the connection is refused at once."""
+    found = _find(msg, "Route")
+    at = found[-1] + 1 if found else 1
+    msg.headers.insert(at, ("Route", f"<sip:{ctx.sink_host}:{DEAD_TCP_PORT};transport=tcp;lr>"))
+    # a transport error is a 503 (RFC 3261 §16.9); a lone 503 becomes 500 (§16.7 step 6)
+    return Mutated(msg, "route-dead-tcp", extra_codes=frozenset({500}))
+
+
 def m_require(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
     value = rng.choice(("foo", "gruu", "path, foo", "path", "outbound", "Path, OUTBOUND", "100rel"))
     _set(msg, "Require", value)
@@ -431,6 +448,7 @@ MUTATIONS: tuple[tuple[Callable[..., Mutated], int, frozenset[str]], ...] = (
     (m_ruri, 1, frozenset({"REGISTER", "INVITE", "OPTIONS"})),
     (m_maxfwd, 3, frozenset()),
     (m_require, 2, frozenset({"REGISTER"})),
+    (m_dead_next_hop, 2, frozenset({"BYE", "ACK", "INVITE-dialog"})),
 )
 
 

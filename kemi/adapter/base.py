@@ -120,8 +120,12 @@ class BaseRoutes:
         return True
 
     def _relay(self) -> None:
-        if KSR.tm.t_relay() < 0:
-            KSR.sl.sl_reply_error()
+        if KSR.tm.t_relay() < 0 and not KSR.is_ACK():
+            # a transport error counts as a 503 from the next hop (RFC 3261 §16.9) and a
+            # proxy whose only answer is a 503 sends 500 (§16.7 step 6); sl_reply_error()
+            # would say "500 No error" here
+            next_hop = str(KSR.pv.get("$du") or "") or KSR.kx.get_ruri()
+            send_reply(Reply(500, "Next Hop Unreachable", f"could not send to {next_hop[:100]!r}"))
 
     @guarded
     def ksr_reply_route(self, msg: Any) -> int:

@@ -54,6 +54,9 @@ FOREIGN = FlowTokenCodec([parse_key(OTHER_KEY)])
 CORE_REJECTS = ("core parsing of SIP message failed", "required headers not found in request",
                 "no via found in request", "alas, parse_headers failed")
 STATUS = re.compile(rb"^SIP/2\.0 (\d{3})", re.M)
+STATUS_LINE = re.compile(rb"^SIP/2\.0 (\d{3}) ([^\r\n]*)", re.M)
+# the one 500 that is right: the next hop refused the connection (RFC 3261 §16.9, §16.7)
+RIGHT_500 = "Next Hop Unreachable"
 
 
 def answer_481(data: bytes) -> bytes | None:
@@ -104,6 +107,7 @@ class Outcome:
     codes: list[int] = field(default_factory=list)
     traceback_in_reply: bool = False
     error: str = ""
+    reasons: dict[int, str] = field(default_factory=dict)
 
     @property
     def final(self) -> int | None:
@@ -124,6 +128,8 @@ class Outcome:
             return "no final reply" + (f" (only {self.codes})" if self.codes else "")
         if final not in case.allowed:
             return f"final {final} not in {sorted(case.allowed)}"
+        if final == 500 and self.reasons.get(500) != RIGHT_500:
+            return f"500 {self.reasons.get(500)!r}: only {RIGHT_500!r} is a right 500 here"
         return ""
 
 
@@ -172,6 +178,8 @@ class Runner:
                 codes = [int(m) for m in STATUS.findall(bytes(buf))]
                 outcome.codes = codes if sock.type == socket.SOCK_STREAM else outcome.codes + codes
                 outcome.traceback_in_reply |= b"Traceback" in data
+                for code, reason in STATUS_LINE.findall(data):
+                    outcome.reasons[int(code)] = reason.decode(errors="replace")
                 if not data and sock.type == socket.SOCK_STREAM:
                     self._close(selector, live, sock)  # the server closed the connection
                 elif outcome.final is not None and outcome.case.expect is not Expect.NO_REPLY:

@@ -53,12 +53,19 @@ class Context:
     sink_uri: str  # a UAS that answers every request 481 (in-dialog targets)
     domain: str = "example.com"
     # flow tokens (edge and single roles): a gone TCP flow, a flow to the sink,
-    # one signed with a foreign key; the own flow is filled in at send time
+    # one signed with a foreign key, one of a peer edge (another local socket);
+    # the own flow is filled in at send time
     tokens: dict[str, str] = field(default_factory=dict)
 
     @property
     def sink_host(self) -> str:
-        return self.sink_uri.rpartition("@")[2].partition(":")[0]
+        return self.sink_hostport.partition(":")[0]
+
+    @property
+    def sink_hostport(self) -> str:
+        """Request-URIs name the sink, never a domain: whatever gets routed on by
+        its R-URI reaches the sink (481), and nothing asks DNS off this machine."""
+        return self.sink_uri.rpartition("@")[2]
 
     @property
     def has_tokens(self) -> bool:
@@ -155,9 +162,9 @@ def base_initial(rng: random.Random, ctx: Context, n: int, method: str) -> Msg:
         headers.append(("Content-Type", "application/sdp"))
         body = "v=0\r\no=- 1 1 IN IP4 {HOST}\r\ns=-\r\nc=IN IP4 {HOST}\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n"
     if ctx.has_tokens and rng.random() < 0.5:
-        token = rng.choice(("{OWN}", ctx.tokens["gone"], ctx.tokens["sink"], ctx.tokens["forged"]))
+        token = rng.choice(("{OWN}", ctx.tokens["gone"], ctx.tokens["sink"], ctx.tokens["forged"], ctx.tokens["peer"]))
         headers.insert(1, ("Route", f"<sip:{token}@{ctx.target_ip}:{ctx.target_port};lr;ob>"))
-    return Msg(method, f"sip:fz-nobody@{ctx.domain}", headers, body=body)
+    return Msg(method, f"sip:fz-nobody@{ctx.sink_hostport}", headers, body=body)
 
 
 def base_in_dialog(rng: random.Random, ctx: Context, n: int, method: str) -> Msg:
@@ -167,7 +174,8 @@ def base_in_dialog(rng: random.Random, ctx: Context, n: int, method: str) -> Msg
     headers = _common(rng, method, cseq, ctx, "fz-callee", to_tag=True, call_id=f"fz-{n}@fuzz")
     user = ""
     if ctx.has_tokens:
-        user = rng.choice(("{OWN}", "{OWN}", ctx.tokens["gone"], ctx.tokens["sink"], ctx.tokens["forged"], ""))
+        user = rng.choice(("{OWN}", "{OWN}", ctx.tokens["gone"], ctx.tokens["sink"], ctx.tokens["forged"],
+                           ctx.tokens["peer"], ""))
         user = f"{user}@" if user else ""
     headers.insert(1, ("Route", f"<sip:{user}{ctx.target_ip}:{ctx.target_port};lr>"))
     return Msg(method, ctx.sink_uri, headers)
@@ -175,7 +183,7 @@ def base_in_dialog(rng: random.Random, ctx: Context, n: int, method: str) -> Msg
 
 def base_cancel(rng: random.Random, ctx: Context, n: int) -> Msg:
     headers = _common(rng, "CANCEL", 1, ctx, "fz-nobody", to_tag=False, call_id=f"fz-{n}@fuzz")
-    return Msg("CANCEL", f"sip:fz-nobody@{ctx.domain}", headers)
+    return Msg("CANCEL", f"sip:fz-nobody@{ctx.sink_hostport}", headers)
 
 
 # ----- mutations ----------------------------------------------------------------
@@ -345,7 +353,8 @@ def m_ipv6(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
     elif where == "Path":
         _set(msg, "Path", f"<sip:{bad};lr;ob>")
     else:
-        msg.headers.insert(0, ("Via", f"SIP/2.0/UDP {bad};branch=z9hG4bK-v6"))
+        # the host of our own Via (a second Via would make the request one "from the core")
+        _set(msg, "Via", f"SIP/2.0/{{TRANSPORT}} {bad};rport;branch=z9hG4bK-v6{rng.randrange(10**9)}")
         return Mutated(msg, f"ipv6-Via-{bad}", "malformed IPv6 in Via: the core may reject it")
     return Mutated(msg, f"ipv6-{where}-{bad}")
 
@@ -423,10 +432,13 @@ def m_require(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
 
 
 def m_ruri(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
-    variant = rng.choice(("tel:+123", "sip:", "sip:@", "sip:fz@[::1", "sips:fz@example.com", "sip:fz@example.com;;;=",
-                          "sip:fz\udcff@example.com", "sip:" + "x" * 1500 + "@example.com"))
+    sink = ctx.sink_hostport
+    variant = rng.choice(("tel:+123", "sip:", "sip:@", "sip:fz@[::1", f"sips:fz@{sink}", f"sip:fz@{sink};;;=",
+                          f"sip:fz\udcff@{sink}", "sip:" + "x" * 1500 + f"@{sink}"))
     msg.ruri = variant
-    return Mutated(msg, f"ruri-{variant[:20]}", "silent: unparsable Request-URI, the core may drop it")
+    # 500: a request routed on by its R-URI (sips:, no TLS) cannot be sent (R10)
+    return Mutated(msg, f"ruri-{variant[:20]}", "silent: unparsable Request-URI, the core may drop it",
+                   extra_codes=frozenset({500}))
 
 
 MUTATIONS: tuple[tuple[Callable[..., Mutated], int, frozenset[str]], ...] = (
@@ -477,9 +489,15 @@ def required_unknown(msg: Msg) -> bool:
 
 # a call to a registered AOR whose flows are gone: no usable flow / nobody answered
 CALL_CODES = frozenset({480, 404})
-# REGISTER cases whose AOR is not called later: a junk contact host could make
-# Kamailio ask DNS (off this machine); a hundred bindings take 13 waves to fail
-UNSAFE_TO_CALL = ("junk-Contact", "junk-Path", "ipv6-", "contacts-100", "dup-Path")
+# REGISTER cases whose AOR later cases call: only those whose mutations leave the
+# outbound Contact alone (a junk contact host could make Kamailio ask DNS off this
+# machine; a plain binding with a dead UDP contact takes fr_timer to fail; a
+# hundred bindings take 13 waves)
+SAFE_TO_CALL = ("dup-Supported", "drop-Supported", "empty-Supported", "junk-Supported", "dup-Expires",
+                "drop-Expires", "empty-Expires", "junk-Expires", "dup-Route", "drop-Route", "empty-Route",
+                "junk-Route", "route-", "token-", "routes-60", "max-forwards-", "dup-Max-Forwards",
+                "drop-Max-Forwards", "empty-Max-Forwards", "junk-Max-Forwards", "drop-Path", "empty-Path",
+                "require-", "dup-Require", "drop-Require", "empty-Require", "junk-Require")
 
 
 def cases(seed: int, ctx: Context, count: int, transports: tuple[str, ...] = ("udp", "tcp")) -> list[Case]:
@@ -508,7 +526,7 @@ def cases(seed: int, ctx: Context, count: int, transports: tuple[str, ...] = ("u
             # call an AOR an earlier case registered: the home proxy reads the
             # stored bindings (their flows are gone by now: 480, or 404)
             user = rng.choice(registered)
-            msg.ruri = f"sip:{user}@{ctx.domain}"
+            msg.ruri = f"sip:{user}@{ctx.sink_hostport}"
             _set(msg, "To", f"<sip:{user}@{ctx.domain}>")
             labels.append(f"call-{user}")
             extra = CALL_CODES
@@ -526,6 +544,10 @@ def cases(seed: int, ctx: Context, count: int, transports: tuple[str, ...] = ("u
                 may_drop = done.may_drop or may_drop  # a framing problem outranks a parse failure
             extra |= done.extra_codes
         allowed = allowed_codes(ctx, method, in_dialog) | extra
+        routes = [value for name, value in msg.headers if name.lower() == "route"]
+        if ctx.tokens.get("peer") and routes and f"sip:{ctx.tokens['peer']}@" in routes[0] and method != "REGISTER":
+            # a valid token naming a socket of a peer edge: that flow is not here (430)
+            allowed = FINAL_CODES_SANITY | {430} | (extra & {483})
         if method == "REGISTER" and required_unknown(msg):
             # RFC 3261 §10.3 step 2: never saved; 420 (or 400 for other garbage)
             allowed = FINAL_CODES_SANITY | {420} | (extra & {483})
@@ -535,7 +557,7 @@ def cases(seed: int, ctx: Context, count: int, transports: tuple[str, ...] = ("u
             expect = Expect.NO_REPLY
         else:
             expect = Expect.FINAL
-        if kind == "REGISTER" and not any(label.startswith(UNSAFE_TO_CALL) for label in labels):
+        if kind == "REGISTER" and all(label.startswith(SAFE_TO_CALL) for label in labels):
             registered.append(f"fz-reg{n}")
         name = f"{n:03d}-{transport}-{kind}-" + ("+".join(labels) or "control")
         out.append(Case(name, transport, msg, expect, allowed, may_drop))

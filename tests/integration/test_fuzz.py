@@ -43,6 +43,7 @@ SINK = net(111)
 SINGLE = net(112)
 PROBE_UA = net(113)
 CALLER = net(114)
+PEER_EDGE = net(115)  # a peer edge's socket in "peer" tokens; nothing listens there
 SINK_PORT = 5099
 IN_FLIGHT = 24
 FINAL_WITHIN = 8.0  # seconds for a final reply (tm answers 408 long after this)
@@ -258,6 +259,7 @@ def tokens_for(kam: Kamailio) -> dict[str, str]:
         "gone": CODEC.encode(Flow("tcp", kam.addr, kam.port, CLIENT, 40000, 987654)),
         "sink": CODEC.encode(Flow("udp", kam.addr, kam.port, SINK, SINK_PORT)),
         "forged": FOREIGN.encode(Flow("udp", kam.addr, kam.port, CLIENT, 40001)),
+        "peer": CODEC.encode(Flow("udp", PEER_EDGE, kam.port, SINK, SINK_PORT)),
     }
 
 
@@ -357,7 +359,8 @@ def test_fuzz_single(single_server, workdir, local_port, callees, sink):
 
 def test_generator_is_seeded() -> None:
     """Same seed, same cases; another seed, other cases (KO_FUZZ_SEED reruns)."""
-    ctx = Context("edge", "127.0.0.1", 5060, "sip:s@127.0.0.1:9", tokens={"gone": "g", "sink": "s", "forged": "f"})
+    ctx = Context("edge", "127.0.0.1", 5060, "sip:s@127.0.0.1:9",
+                  tokens={"gone": "g", "sink": "s", "forged": "f", "peer": "p"})
     first = [c.msg.render("h", 1, c.transport, "o") for c in cases(1, ctx, 40)]
     assert first == [c.msg.render("h", 1, c.transport, "o") for c in cases(1, ctx, 40)]
     assert first != [c.msg.render("h", 1, c.transport, "o") for c in cases(2, ctx, 40)]

@@ -201,8 +201,10 @@ class EdgeRoutes(BaseRoutes):
             KSR.hdr.remove("Route")
             self.forward_to_home()
         elif KSR.rr.loose_route() in (1, RR_PRELOADED):
-            # our preloaded Route (a plain Path) was the last one: on to the R-URI
-            self._relay()
+            # our preloaded Route (a plain Path) was the last one: on to the R-URI,
+            # a name in it located by our RFC 3263 locator like any next hop
+            if self._locate_next_hop():
+                self._relay()
         else:
             send_reply(Reply(404, "Not Found", "no route for an initial request from the core"))
         return 1

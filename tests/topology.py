@@ -42,19 +42,31 @@ def stop(kam: Kamailio) -> None:
         RUNNING.remove(kam)
 
 
+TLS_PORT = 5061
+
+
+def tls_defines(tls_cfg: Path | None, port: int = TLS_PORT) -> dict[str, str]:
+    """Defines that add the TLS listener of edge.cfg / single.cfg (WITH_TLS)."""
+    if tls_cfg is None:
+        return {}
+    return {"WITH_TLS": "", "KO_TLS_PORT": str(port), "KO_TLS_CFG": f'"{tls_cfg}"'}
+
+
 def registrar(workdir: Path, name: str = "registrar", addr: str = REGISTRAR_ADDR,
               port: int = REGISTRAR_PORT, **kw) -> Kamailio:
     return Kamailio(name, "registrar.cfg", workdir, addr, port, yaml_text=ko_yaml(), **kw)
 
 
 def edge(workdir: Path, name: str, addr: str, registrar_uri: str, key: str = TEST_KEY,
-         port: int = 5060, **kw) -> Kamailio:
+         port: int = 5060, tls_cfg: Path | None = None, **kw) -> Kamailio:
     return Kamailio(name, "edge.cfg", workdir, addr, port, env={"KO_FLOW_KEYS": key},
-                    defines={"KO_REGISTRAR": f'"{registrar_uri}"'}, yaml_text=ko_yaml(), **kw)
+                    defines={"KO_REGISTRAR": f'"{registrar_uri}"', **tls_defines(tls_cfg)},
+                    yaml_text=ko_yaml(), **kw)
 
 
 def single(workdir: Path, name: str = "single", addr: str | None = None, key: str = TEST_KEY,
-           port: int = 5060, **kw) -> Kamailio:
+           port: int = 5060, tls_cfg: Path | None = None, **kw) -> Kamailio:
     """Edge + registrar + home proxy in one Kamailio (cfg/single.cfg)."""
+    defines = {**kw.pop("defines", {}), **tls_defines(tls_cfg)}
     return Kamailio(name, "single.cfg", workdir, addr or net(60), port, env={"KO_FLOW_KEYS": key},
-                    yaml_text=kw.pop("yaml_text", None) or ko_yaml(), **kw)
+                    yaml_text=kw.pop("yaml_text", None) or ko_yaml(), defines=defines, **kw)

@@ -22,13 +22,14 @@ from outbound.sipmsg import NameAddr, parse_name_addrs
 from outbound.tokens import Flow
 
 from .base import BaseRoutes
-from .locator_glue import FailoverRelay, Locator, PeerGate, claims_core
+from .locator_glue import FailoverRelay, HealthMemory, Locator, PeerGate, claims_core
 from .runtime import Runtime, Snapshot, guarded, send_reply, snapshot
 
 # The rr module takes the Record-Route user part from this AVP (cfg: custom_user_avp).
 RR_USER_AVP = "$avp(ko_rr_user)"
 FLOW_FAILURE_ROUTE = "ksr_failure_flow"
 HOME_FAILURE_ROUTE = "ksr_failure_home"
+HOME_REPLY_ROUTE = "ksr_reply_home"
 # loose_route(): "the Route was preloaded and we were its last entry" (rr module, loose.h)
 RR_PRELOADED = -3
 
@@ -53,7 +54,9 @@ class EdgeRoutes(BaseRoutes):
             raise ValueError("an edge needs flow-token keys")
         self.codec = runtime.codec
         self.locator = locator if locator is not None else Locator.for_kamailio(runtime.config)
-        self.home_relay = FailoverRelay(self.locator, HOME_FAILURE_ROUTE)
+        # failed registrar targets are tried last by later transactions (docs/dns.md, hold-down)
+        health = HealthMemory(self.locator.hold_policy, self.locator.clock)
+        self.home_relay = FailoverRelay(self.locator, HOME_FAILURE_ROUTE, health=health, reply_route=HOME_REPLY_ROUTE)
         self.peers = PeerGate(self.locator, runtime.config.dns.peers)
 
     def register(self) -> int:
@@ -228,4 +231,10 @@ class EdgeRoutes(BaseRoutes):
     def ksr_failure_home(self, msg: Any) -> int:
         """A registrar target failed: the next one on 503 / silence / transport error."""
         self.home_relay.on_failure()
+        return 1
+
+    @guarded
+    def ksr_reply_home(self, msg: Any) -> int:
+        """A reply from a held-down registrar target: it serves again."""
+        self.home_relay.on_reply()
         return 1

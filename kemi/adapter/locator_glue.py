@@ -11,6 +11,12 @@ Three pieces, each usable from any role's routes object:
   URI, relays to the first target and arms a failure route; ``on_failure()``
   in that failure route sends a new branch to the next target on 503, a
   transport error or silence, and on nothing else (locator.failover).
+  With a :class:`HealthMemory` it also remembers failed targets across
+  transactions (locator.health, RFC 3261 §21.5.4): they are tried last
+  until their hold-down ends or they answer again.
+* :class:`HealthMemory` - the hold-downs in Kamailio shared memory (the
+  htable ``ko_health`` of cfg/edge.cfg), seen by every worker and by tm's
+  timer process (which runs the failure route after a timeout).
 * :class:`PeerGate` - "is this source address one of the trusted peer
   farms?" by the farms' DNS sets, refreshed as their TTLs expire.
 """
@@ -20,13 +26,15 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterable
+from typing import TypeVar
 
 import KSR
 
 from locator.dns import Resolver, ResolverSettings, send_query, system_nameservers
 from locator.failover import BranchOutcome, failover_verdict
+from locator.health import HoldPolicy, Key, TargetHealth, key_of, key_of_uri, retry_after_seconds
 from locator.peers import PeerTrust, peer_addresses
-from locator.plan import Plan, Policy, plan
+from locator.plan import Plan, Policy, Target, plan
 from locator.records import ip_family
 from outbound.config import Config, ConfigError, DnsConfig
 from outbound.decisions import Reply
@@ -38,6 +46,14 @@ from .runtime import define, send_reply
 REMAINING_AVP = "$avp(ko_dns_remaining)"
 CURRENT_AVP = "$avp(ko_dns_current)"
 LOG = "kemi-outbound: dns:"
+# Shared memory for the hold-downs (cfg/edge.cfg: modparam("htable", "htable", "ko_health=>...")):
+# one item holds the whole memory as text (locator.health.TargetHealth.to_text), bounded by
+# dns.hold_down_entries; read and written under the htable's slot lock.
+HEALTH_TABLE = "ko_health"
+HEALTH_ITEM = "targets"
+# The reply from the target, in a failure route (tmx $T_rpl)
+RETRY_AFTER_PV = "$T_rpl($hdr(Retry-After))"
+R = TypeVar("R")
 
 
 def listen_families(addresses: Iterable[str | None]) -> set[str]:
@@ -70,6 +86,7 @@ class Locator:
         )
         self.resolver = Resolver(settings, clock, send)  # type: ignore[arg-type]
         self.clock = clock
+        self.hold_policy = HoldPolicy(dns.hold_down, dns.max_hold_down, dns.hold_down_entries)
         # SystemRandom: workers forked from one parent must not share a seed
         self.rng = rng if rng is not None else random.SystemRandom()
 
@@ -88,6 +105,79 @@ class Locator:
         return [target.uri for target in self.plan(uri).targets]
 
 
+def target_key(target: Target) -> Key:
+    return key_of(target.transport, target.address, target.port)
+
+
+class HealthMemory:
+    """Hold-downs of failed targets where every Kamailio process sees them.
+
+    With the htable module loaded (``KSR.htable``; cfg/edge.cfg defines the
+    table ``ko_health``) the memory is one shared-memory item: a failure seen
+    by tm's timer process (a timeout) or by any worker (a 503) steers the next
+    transaction of every worker. Without htable it falls back to this process
+    alone (said once in the log): then a timeout, handled in the timer
+    process, is not seen by the workers at all.
+    """
+
+    def __init__(self, policy: HoldPolicy, clock: Callable[[], float]) -> None:
+        self.policy = policy
+        self.clock = clock  # time.monotonic: CLOCK_MONOTONIC is one clock for all processes
+        self.local = TargetHealth(policy)
+        self._shared: bool | None = None
+
+    @property
+    def shared(self) -> bool:
+        if self._shared is None:
+            self._shared = hasattr(KSR, "htable")
+            if not self._shared:
+                KSR.notice(f"{LOG} htable not loaded: hold-downs are remembered per process\n")
+        return self._shared
+
+    def current(self) -> TargetHealth:
+        """The memory as it is now (a copy when shared)."""
+        if not self.shared:
+            return self.local
+        return TargetHealth.from_text(self.policy, KSR.htable.sht_gete(HEALTH_TABLE, HEALTH_ITEM))
+
+    def change(self, edit: Callable[[TargetHealth], R]) -> R:
+        """Read, ``edit`` and write back the memory under the slot lock."""
+        if not self.shared:
+            return edit(self.local)
+        KSR.htable.sht_lock(HEALTH_TABLE, HEALTH_ITEM)
+        try:
+            health = self.current()
+            before = dict(health.held)
+            result = edit(health)
+            if health.held != before:
+                if health.held:
+                    KSR.htable.sht_sets(HEALTH_TABLE, HEALTH_ITEM, health.to_text())
+                else:
+                    KSR.htable.sht_rm(HEALTH_TABLE, HEALTH_ITEM)
+            return result
+        finally:
+            KSR.htable.sht_unlock(HEALTH_TABLE, HEALTH_ITEM)
+
+    def failed(self, target: str, retry_after: int | None, why: str) -> None:
+        """``target`` (a ``$du`` URI) failed: hold it down, say so in the log."""
+        key = key_of_uri(target)
+        if key is None:
+            return
+        now = self.clock()
+        seconds = self.change(lambda health: health.fail(key, now, retry_after))
+        if seconds > 0:
+            asked = "" if retry_after is None else f", Retry-After {retry_after}"
+            KSR.notice(f"{LOG} {target} held down for {seconds}s ({why}{asked})\n")
+
+    def answered(self, target: str, status: int) -> None:
+        """``target`` answered (anything but a 503): no longer held down."""
+        key = key_of_uri(target)
+        if key is None or not self.current().held.get(key):
+            return  # the common case: nothing to clear, no lock taken
+        if self.change(lambda health: health.succeed(key)):
+            KSR.info(f"{LOG} {target} answered {status}: hold-down cleared\n")
+
+
 def no_target_reply(found: Plan) -> Reply:
     """503 when nothing can be reached; the log line names the domain and why."""
     return Reply(503, "Service Unavailable", f"cannot locate {found.uri}: {found.describe()}")
@@ -97,11 +187,17 @@ class FailoverRelay:
     """Relay to the targets of a URI one after the other (RFC 3263 §4.3)."""
 
     def __init__(self, locator: Locator, failure_route: str,
-                 no_target: Callable[[Plan], Reply] = no_target_reply) -> None:
+                 no_target: Callable[[Plan], Reply] = no_target_reply,
+                 health: HealthMemory | None = None, reply_route: str = "") -> None:
         self.locator = locator
         self.failure_route = failure_route
         self.no_target = no_target
+        # hold-downs across transactions; reply_route (armed only for a held-down
+        # target) is where its answer clears the hold-down
+        self.health = health
+        self.reply_route = reply_route
         self._last_plan: dict[str, tuple[object, ...]] = {}
+        self._last_held: dict[str, tuple[Target, ...]] = {}
 
     def _log_plan(self, found: Plan) -> None:
         """At info level when the targets of a URI change (per process), else debug."""
@@ -123,16 +219,37 @@ class FailoverRelay:
             send_reply(self.no_target(found))
             return False
         self._log_plan(found)
+        targets, memory = self._healthy_first(found)
         # we answer ourselves when no target takes the request
         KSR.tm.t_set_disable_internal_reply(1)
-        if len(found.targets) > 1:
+        if len(targets) > 1:
             KSR.tm.t_set_fr(0, self.locator.dns.branch_timeout_ms)
-        if self._relay_next([t.uri for t in found.targets]):
+        if self._relay_next([t.uri for t in targets], memory):
             return True
         if KSR.tm.t_reply(503, "Service Unavailable") < 0:
             KSR.sl.send_reply(503, "Service Unavailable")
         KSR.notice(f"{LOG} no target of {found.uri} took the request\n")
         return False
+
+    def _healthy_first(self, found: Plan) -> tuple[list[Target], TargetHealth | None]:
+        """The plan's targets with the held-down ones last (locator.health);
+        logged at info level when the held-down set of a URI changes."""
+        targets = list(found.targets)
+        if self.health is None or len(targets) < 2:
+            return targets, None
+        memory = self.health.current()
+        now = self.locator.clock()
+        ordered = memory.order(targets, now, target_key)
+        held = tuple(t for t in targets if memory.is_held(target_key(t), now))
+        if self._last_held.get(found.uri, ()) != held:
+            self._last_held[found.uri] = held
+            if held:
+                down = ", ".join(f"{t} ({memory.remaining(target_key(t), now):.0f}s)" for t in held)
+                every = "; every target is, plan order kept" if len(held) == len(targets) else ""
+                KSR.info(f"{LOG} {found.uri}: held down, tried last: {down}{every}\n")
+            else:
+                KSR.info(f"{LOG} {found.uri}: no target held down\n")
+        return ordered, memory
 
     def on_failure(self) -> bool:
         """Failure route: a new branch to the next target when the failed one
@@ -147,6 +264,7 @@ class FailoverRelay:
         )
         verdict = failover_verdict(outcome)
         remaining = _avp(REMAINING_AVP).split()
+        self._remember(failed, outcome, verdict.retry, verdict.why)
         if not verdict.retry:
             KSR.info(f"{LOG} {failed}: {verdict.why}; no failover\n")
             return False
@@ -154,11 +272,34 @@ class FailoverRelay:
             KSR.notice(f"{LOG} {failed}: {verdict.why}; no target left\n")
             return False
         KSR.notice(f"{LOG} {failed}: {verdict.why}; trying {remaining[0]}\n")
-        return self._relay_next(remaining)
+        return self._relay_next(remaining, self.health.current() if self.health is not None else None)
 
-    def _relay_next(self, remaining: list[str]) -> bool:
+    def _remember(self, failed: str, outcome: BranchOutcome, retry: bool, why: str) -> None:
+        """Failure route: hold the target down when it failed (RFC 3261
+        §21.5.4: a 503's Retry-After), clear it when it answered."""
+        if self.health is None or not failed:
+            return
+        if retry:
+            received_503 = outcome.status == 503 and not outcome.timed_out
+            retry_after = retry_after_seconds(KSR.pv.get(RETRY_AFTER_PV)) if received_503 else None
+            self.health.failed(failed, retry_after, why)
+        elif not outcome.canceled:
+            self.health.answered(failed, outcome.status)
+
+    def on_reply(self) -> None:
+        """Reply route (armed only when a held-down target was tried): any
+        answer but a 503 shows the target serves again."""
+        if self.health is None:
+            return
+        status = _int(KSR.kx.get_status())
+        target = _avp(CURRENT_AVP)
+        if status != 503 and target:
+            self.health.answered(target, status)
+
+    def _relay_next(self, remaining: list[str], memory: TargetHealth | None = None) -> bool:
         """t_relay to the first target that takes the request (a failed send is
-        a transport error: on to the next one)."""
+        a transport error: on to the next one, and held down)."""
+        now = self.locator.clock()
         while remaining:
             target = remaining.pop(0)
             _set_avp(CURRENT_AVP, target)
@@ -167,9 +308,14 @@ class FailoverRelay:
             # a failure route needs for t_relay to make a new branch (serial forking)
             KSR.pv.sets("$du", target)
             KSR.tm.t_on_failure(self.failure_route)
+            key = key_of_uri(target)
+            if self.reply_route and memory is not None and key is not None and memory.is_held(key, now):
+                KSR.tm.t_on_reply(self.reply_route)  # its answer may clear the hold-down
             if KSR.tm.t_relay() > 0:
                 return True
             KSR.notice(f"{LOG} sending to {target} failed (transport error)\n")
+            if self.health is not None:
+                self.health.failed(target, None, "transport error")
         return False
 
 

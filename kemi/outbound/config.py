@@ -42,6 +42,9 @@ class DnsConfig:
     failure_ttl: int = 5  # SERVFAIL / timeout remembered this long
     branch_timeout_ms: int = 4000  # no reply at all from a target in this time: next target
     peers: tuple[str, ...] = ()  # SIP URIs of trusted peer farms (edge: the registrar farm)
+    hold_down: int = 30  # a failed target is tried last for this long (s): timeout, transport error, bare 503
+    max_hold_down: int = 300  # cap on any hold-down, a 503's Retry-After included (s); 0: no memory
+    hold_down_entries: int = 64  # failed targets remembered at most
 
 
 DNS_TRANSPORTS = ("udp", "tcp", "tls", "sctp")
@@ -76,7 +79,8 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "dns": {
         "nameservers": list, "port": int, "timeout_ms": int, "attempt_ms": int, "transports": list,
         "families": list, "max_targets": int, "cache_entries": int, "max_ttl": int, "negative_ttl": int,
-        "failure_ttl": int, "branch_timeout_ms": int, "peers": list,
+        "failure_ttl": int, "branch_timeout_ms": int, "peers": list, "hold_down": int, "max_hold_down": int,
+        "hold_down_entries": int,
     },
 }
 
@@ -90,7 +94,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "dns": {
         "nameservers": [], "port": 53, "timeout_ms": 2000, "attempt_ms": 1000, "transports": ["udp", "tcp"],
         "families": ["ipv4", "ipv6"], "max_targets": 8, "cache_entries": 1024, "max_ttl": 3600,
-        "negative_ttl": 60, "failure_ttl": 5, "branch_timeout_ms": 4000, "peers": [],
+        "negative_ttl": 60, "failure_ttl": 5, "branch_timeout_ms": 4000, "peers": [], "hold_down": 30,
+        "max_hold_down": 300, "hold_down_entries": 64,
     },
 }
 
@@ -234,6 +239,7 @@ def _build_dns(values: dict[str, Any], source: str) -> DnsConfig:
         except ValueError:
             raise ConfigError(source, "dns.nameservers", f"not an IP address: {server!r}") from None
     timeout_ms = _int_in(values, source, "timeout_ms", 1, 30000, " ms")
+    max_hold_down = _int_in(values, source, "max_hold_down", 0, 86400, " s")
     return DnsConfig(
         nameservers=tuple(servers),
         port=_int_in(values, source, "port", 1, 65535),
@@ -249,6 +255,9 @@ def _build_dns(values: dict[str, Any], source: str) -> DnsConfig:
         # below RFC 3261 Timer F (32 s), or the caller gives up before the next target is tried
         branch_timeout_ms=_int_in(values, source, "branch_timeout_ms", 100, 31000, " ms"),
         peers=tuple(_peer_uri(item, source) for item in values["peers"]),
+        hold_down=_int_in(values, source, "hold_down", 0, max_hold_down, " s (at most dns.max_hold_down)"),
+        max_hold_down=max_hold_down,
+        hold_down_entries=_int_in(values, source, "hold_down_entries", 1, 4096),
     )
 
 

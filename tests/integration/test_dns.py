@@ -72,9 +72,9 @@ def servers(workdir: Path) -> Iterator[Callable[..., subprocess.Popen]]:
     """SIPp standing in for a home target (tests/sipp/dns_home); killed after the test."""
     running: list[subprocess.Popen] = []
 
-    def serve(name: str, scenario: str) -> subprocess.Popen:
+    def serve(name: str, scenario: str, calls: int = 1) -> subprocess.Popen:
         proc = sipp(f"dns_home/{scenario}", f"{UA}:5060", workdir=workdir, local_ip=UAS[name], local_port=UAS_PORT,
-                    background=True, timeout=30,
+                    background=True, timeout=30, calls=calls,
                     name=f"dns-home-{name}-{time.monotonic_ns()}")
         assert isinstance(proc, subprocess.Popen)
         running.append(proc)
@@ -184,6 +184,106 @@ def test_503_fails_over_to_the_next_target(registrars, make_edge, servers, workd
     assert received(server_a) == ["REGISTER"]
     assert bound_at(registrars, "erin-busy") == ["b"]
     assert "503 from the server; trying" in kam.log()
+
+
+def test_503_retry_after_holds_the_server_down_for_the_next_transactions(registrars, make_edge, servers, workdir,
+                                                                        local_port):
+    """RFC 3261 §21.5.4: after a 503 with Retry-After: 60 from SIPp A (priority 10)
+    the edge fails over to registrar B, and the REGISTERs that follow go straight
+    to B: A, still listening, receives nothing more. The hold-down lives in the
+    edge's htable, so whichever worker takes the next REGISTER knows it."""
+    server_a = servers("a", "register_503_retry.xml", calls=5)
+    kam = make_edge("sip:busy.ko.test")
+
+    assert register(kam, workdir, local_port, "liz-0").value("final") == "200"
+    for n in range(1, 5):
+        assert register(kam, workdir, local_port + n, f"liz-{n}").value("final") == "200"
+
+    assert received(server_a) == ["REGISTER"], "only the first REGISTER reached the server that said 503"
+    assert all(bound_at(registrars, f"liz-{n}") == ["b"] for n in range(5))
+    log = kam.log()
+    a_uri = f"sip:{UAS['a']}:5080;transport=udp"
+    assert f"{a_uri} held down for 60s (503 from the server, Retry-After 60)" in log
+    assert f"sip:busy.ko.test: held down, tried last: udp:{UAS['a']}:5080" in log
+    assert log.count("503 from the server; trying") == 1
+
+
+def test_retry_after_is_capped_and_the_hold_down_expires(registrars, make_edge, servers, workdir, local_port):
+    """dns.max_hold_down: 1 caps Retry-After: 60; a second later A is tried first again."""
+    server_a = servers("a", "register_503_retry.xml", calls=5)
+    kam = make_edge("sip:busy.ko.test", hold_down=1, max_hold_down=1)
+
+    assert register(kam, workdir, local_port, "max-0").value("final") == "200"
+    assert f"sip:{UAS['a']}:5080;transport=udp held down for 1s (503 from the server, Retry-After 60)" in kam.log()
+    deadline = time.monotonic() + 10
+    attempt = 0
+    while kam.log().count("503 from the server; trying") < 2:
+        assert time.monotonic() < deadline, "A was never tried again after its hold-down ended"
+        attempt += 1
+        assert register(kam, workdir, local_port + attempt, f"max-{attempt}").value("final") == "200"
+        time.sleep(0.2)
+    assert received(server_a) == ["REGISTER", "REGISTER"]
+
+
+def test_a_silent_target_is_held_down_by_the_timer_process_for_every_worker(registrars, make_edge, workdir,
+                                                                           local_port):
+    """pair.ko.test: the dead address (priority 10) times out once; tm's timer
+    process runs that failure route, and the workers' next REGISTERs skip it."""
+    kam = make_edge("sip:pair.ko.test")
+
+    for n in range(4):
+        assert register(kam, workdir, local_port + n, f"mo-{n}").value("final") == "200"
+
+    log = kam.log()
+    assert log.count("no response at all before the timeout; trying") == 1
+    assert f"sip:{DEAD}:5070;transport=udp held down for 30s (no response at all before the timeout)" in log
+    assert f"sip:pair.ko.test: held down, tried last: udp:{DEAD}:5070" in log
+    assert all(bound_at(registrars, f"mo-{n}") == ["b"] for n in range(4))
+
+
+def test_when_every_target_is_held_down_they_are_tried_and_an_answer_clears_the_hold_down(make_edge, servers,
+                                                                                         workdir, local_port):
+    """uas.ko.test: SIPp A (priority 10) and B (priority 20) both say 503 with
+    Retry-After: 60, so both are held down. The next REGISTER still goes to A
+    first (plan order, nothing removed), where a new SIPp now answers 200: the
+    reply route armed for a held-down target clears A's hold-down."""
+    first_a = servers("a", "register_503_retry.xml")
+    first_b = servers("b", "register_503_retry.xml")
+    kam = make_edge("sip:uas.ko.test")
+
+    assert register(kam, workdir, local_port, "nia-0").value("final") == "500", "tm remaps the last 503"
+    assert received(first_a) == ["REGISTER"] and received(first_b) == ["REGISTER"]
+    second_a = servers("a", "register_200.xml")
+    assert register(kam, workdir, local_port + 1, "nia-1").value("final") == "200"
+    assert received(second_a) == ["REGISTER"]
+
+    log = kam.log()
+    a_uri, b_uri = f"sip:{UAS['a']}:5080;transport=udp", f"sip:{UAS['b']}:5080;transport=udp"
+    assert f"{b_uri} held down for 60s (503 from the server, Retry-After 60)" in log
+    assert "every target is, plan order kept" in log
+    assert f"{a_uri} answered 200: hold-down cleared" in log
+
+
+def test_in_dialog_route_to_an_unresolvable_hostname_gets_503_and_a_log_line(make_edge, workdir, local_port):
+    """After loose_route the next hop is a Route naming a host that does not
+    exist: our locator (never Kamailio's resolver) finds nothing, the BYE gets
+    503 and the ACK is dropped, each with a log line."""
+    kam = make_edge("sip:farm.ko.test")
+    route = f"<sip:{kam.addr}:{kam.port};lr>, <sip:edge-gone.ko.test;lr>"
+
+    result = sipp("dns_ua/in_dialog.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA,
+                  local_port=local_port, keys={"ruri": f"sip:bob@{net(99)}", "route": route, "user": "alice",
+                                               "domain": "ko.test"}, timeout=15)
+    assert isinstance(result, SippResult)
+    assert result.value("final") == "503"
+    deadline = time.monotonic() + 5
+    while "ACK dropped, cannot locate the next hop" not in kam.log():
+        assert time.monotonic() < deadline, "no log line for the dropped ACK"
+        time.sleep(0.05)
+    log = kam.log()
+    assert f"kemi-outbound: 503 Service Unavailable to BYE from {UA}" in log
+    assert "cannot locate the next hop sip:edge-gone.ko.test;lr" in log and "NXDOMAIN" in log
+    assert "Traceback" not in log
 
 
 def test_100_trying_then_silence_does_not_fail_over(registrars, make_edge, servers, workdir, local_port):

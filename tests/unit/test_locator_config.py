@@ -23,13 +23,15 @@ def test_values_are_read_and_normalized():
         "nameservers": ["127.0.1.53", "::1"], "port": 5353, "timeout_ms": 1500, "attempt_ms": 500,
         "transports": ["TCP", "udp"], "families": ["ipv6"], "max_targets": 3, "cache_entries": 0,
         "max_ttl": 60, "negative_ttl": 0, "failure_ttl": 0, "branch_timeout_ms": 800,
-        "peers": ["farm.ko.test", "sips:edges.ko.test;transport=tcp"],
+        "peers": ["farm.ko.test", "sips:edges.ko.test;transport=tcp"], "hold_down": 10, "max_hold_down": 20,
+        "hold_down_entries": 5,
     }}, SOURCE)
 
     assert cfg.dns == DnsConfig(
         nameservers=("127.0.1.53", "::1"), port=5353, timeout_ms=1500, attempt_ms=500, transports=("tcp", "udp"),
         families=("ipv6",), max_targets=3, cache_entries=0, max_ttl=60, negative_ttl=0, failure_ttl=0,
-        branch_timeout_ms=800, peers=("sip:farm.ko.test", "sips:edges.ko.test;transport=tcp"),
+        branch_timeout_ms=800, peers=("sip:farm.ko.test", "sips:edges.ko.test;transport=tcp"), hold_down=10,
+        max_hold_down=20, hold_down_entries=5,
     )
 
 
@@ -61,6 +63,13 @@ def test_the_edge_registrar_may_be_a_domain():
         ({"peers": [""]}, "dns.peers"),
         ({"peers": "farm.ko.test"}, "dns.peers"),
         ({"resolver": "8.8.8.8"}, "dns.resolver"),
+        ({"hold_down": -1}, "dns.hold_down"),
+        ({"hold_down": 400}, "dns.hold_down"),  # above the default max_hold_down (300)
+        ({"max_hold_down": 10}, "dns.hold_down"),  # now below the default hold_down (30)
+        ({"max_hold_down": 100000}, "dns.max_hold_down"),
+        ({"max_hold_down": "60"}, "dns.max_hold_down"),
+        ({"hold_down_entries": 0}, "dns.hold_down_entries"),
+        ({"hold_down_entries": 5000}, "dns.hold_down_entries"),
     ],
     ids=lambda value: str(value) if isinstance(value, str) else None,
 )

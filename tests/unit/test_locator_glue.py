@@ -19,20 +19,20 @@ from dns_fakes import Clock, Server, records
 sys.modules.setdefault("KSR", types.ModuleType("KSR"))
 
 from adapter import edge_routes  # noqa: E402
-from adapter.edge_routes import FLOW_FAILURE_ROUTE, HOME_FAILURE_ROUTE, EdgeRoutes  # noqa: E402
+from adapter.edge_routes import FLOW_FAILURE_ROUTE, HOME_FAILURE_ROUTE, HOME_REPLY_ROUTE, EdgeRoutes  # noqa: E402
 from adapter.locator_glue import Locator, claims_core, effective_families, listen_families  # noqa: E402
 from outbound.config import ConfigError, DnsConfig  # noqa: E402
 
 
-@pytest.mark.parametrize("name", [FLOW_FAILURE_ROUTE, HOME_FAILURE_ROUTE])
-def test_failure_route_names_resolve_to_methods(name):
-    assert callable(getattr(EdgeRoutes, name, None)), f"t_on_failure({name!r}) names no method"
+@pytest.mark.parametrize("name", [FLOW_FAILURE_ROUTE, HOME_FAILURE_ROUTE, HOME_REPLY_ROUTE])
+def test_failure_and_reply_route_names_resolve_to_methods(name):
+    assert callable(getattr(EdgeRoutes, name, None)), f"t_on_failure / t_on_reply({name!r}) names no method"
 
 
 def test_every_failure_route_armed_by_the_edge_is_a_constant():
     source = inspect.getsource(edge_routes)
 
-    assert re.findall(r"t_on_failure\(\s*[\"']", source) == [], "use the *_FAILURE_ROUTE constants"
+    assert re.findall(r"t_on_(failure|reply)\(\s*[\"']", source) == [], "use the *_ROUTE constants"
 
 
 def test_families_follow_the_listen_address():

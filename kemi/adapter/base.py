@@ -8,12 +8,16 @@ import KSR
 
 from locator.records import ip_family
 from outbound.decisions import Reply
-from outbound.sipmsg import SipSyntaxError, SipUri
+from outbound.sipmsg import SipSyntaxError, SipUri, is_digits, is_hostname
 
 from .runtime import Runtime, check_fault_injection, guarded, send_reply
 
 if TYPE_CHECKING:
     from .locator_glue import Locator
+
+
+# process_maxfwd(): -1 the value is 0 (483), -2 the header cannot be parsed (400)
+MAXFWD_UNPARSABLE = -2
 
 
 class BaseRoutes:
@@ -27,8 +31,14 @@ class BaseRoutes:
 
     @guarded
     def ksr_request_route(self, msg: Any) -> int:
-        if KSR.maxfwd.process_maxfwd(10) < 0:
-            send_reply(Reply(483, "Too Many Hops", "Max-Forwards exhausted"))
+        maxfwd = KSR.maxfwd.process_maxfwd(10)
+        if maxfwd < 0:
+            # the module reads an empty Max-Forwards as 0; RFC 3261 §25.1 says 1*DIGIT
+            value = str(KSR.pv.get("$hdr(Max-Forwards)") or "").strip()
+            if maxfwd == MAXFWD_UNPARSABLE or not is_digits(value):
+                send_reply(Reply(400, "Bad Max-Forwards", f"Max-Forwards {value[:20]!r} is not a number"))
+            else:
+                send_reply(Reply(483, "Too Many Hops", "Max-Forwards exhausted"))
             return 1
         if KSR.sanity.sanity_check(1511, 7) < 0:
             KSR.notice(f"kemi-outbound: malformed request from {KSR.kx.get_srcip()}\n")
@@ -37,6 +47,9 @@ class BaseRoutes:
         if KSR.is_CANCEL():
             if KSR.tm.t_check_trans() > 0:
                 self._relay()
+            else:
+                # RFC 3261 §9.2: nothing to cancel here; say so rather than drop it
+                send_reply(Reply(481, "Call/Transaction Does Not Exist", "CANCEL matches no transaction"))
             return 1
         if KSR.siputils.has_totag() > 0:
             return self._within_dialog()
@@ -84,8 +97,17 @@ class BaseRoutes:
             uri = SipUri.parse(next_hop)
         except SipSyntaxError:
             return True  # tm answers what it cannot send to
-        if ip_family((uri.params.get("maddr") or uri.host).strip("[]")) is not None:
+        host = uri.params.get("maddr") or uri.host
+        if ip_family(host.strip("[]")) is not None:
             return True
+        if not is_hostname(host):
+            # neither an IP nor a host name (RFC 3261 §25.1): nothing to ask DNS about
+            why = f"next hop {next_hop[:80]!r} names no host"
+            if KSR.is_ACK():
+                KSR.notice(f"kemi-outbound: ACK dropped, {why}\n")
+            else:
+                send_reply(Reply(400, "Bad Route", why))
+            return False
         found = locator.plan(next_hop)
         if not found.targets:
             why = f"cannot locate the next hop {next_hop}: {found.describe()}"
@@ -98,8 +120,12 @@ class BaseRoutes:
         return True
 
     def _relay(self) -> None:
-        if KSR.tm.t_relay() < 0:
-            KSR.sl.sl_reply_error()
+        if KSR.tm.t_relay() < 0 and not KSR.is_ACK():
+            # a transport error counts as a 503 from the next hop (RFC 3261 §16.9) and a
+            # proxy whose only answer is a 503 sends 500 (§16.7 step 6); sl_reply_error()
+            # would say "500 No error" here
+            next_hop = str(KSR.pv.get("$du") or "") or KSR.kx.get_ruri()
+            send_reply(Reply(500, "Next Hop Unreachable", f"could not send to {next_hop[:100]!r}"))
 
     @guarded
     def ksr_reply_route(self, msg: Any) -> int:

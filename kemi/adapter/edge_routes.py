@@ -149,8 +149,20 @@ class EdgeRoutes(BaseRoutes):
             self._send_to_flow(decision)
         return decision
 
+    @staticmethod
+    def is_local_flow(flow: Flow) -> bool:
+        """The flow's local end is a socket of this Kamailio."""
+        return KSR.is_myself(f"sip:{bracket(flow.local_ip)}:{flow.local_port};transport={flow.transport}") > 0
+
     def _send_to_flow(self, decision: ToFlow) -> None:
         flow = decision.flow
+        if not self.is_local_flow(flow):
+            # a valid token of a peer edge (shared key): that flow is not here, and
+            # its connection id would name another UA's connection of ours (RFC 5626
+            # §5.3.1: a flow that does not exist here is answered 430)
+            if not KSR.is_ACK():
+                send_reply(Reply(430, "Flow Failed", f"flow {flow} is not on a socket of this edge"))
+            return
         if flow.is_stream and KSR.tcpops.tcp_conid_state(flow.conn_id) <= 0:
             if not KSR.is_ACK():
                 send_reply(flow_failed())
@@ -210,8 +222,10 @@ class EdgeRoutes(BaseRoutes):
             KSR.hdr.remove("Route")
             self.forward_to_home()
         elif KSR.rr.loose_route() in (1, RR_PRELOADED):
-            # our preloaded Route (a plain Path) was the last one: on to the R-URI
-            self._relay()
+            # our preloaded Route (a plain Path) was the last one: on to the R-URI,
+            # a name in it located by our RFC 3263 locator like any next hop
+            if self._locate_next_hop():
+                self._relay()
         else:
             send_reply(Reply(404, "Not Found", "no route for an initial request from the core"))
         return 1

@@ -35,7 +35,7 @@ from outbound.bindings import (
 )
 from outbound.config import Config
 from outbound.decisions import Reply
-from outbound.sipmsg import SipSyntaxError, parse_name_addr, split_values
+from outbound.sipmsg import SipSyntaxError, is_hostname, parse_name_addr, split_values
 from outbound.tokens import Flow, FlowTokenCodec, Verdict
 
 from .locator_glue import Locator
@@ -133,6 +133,9 @@ class HomeProxy:
         port = f":{first.port}" if first.port else ""
         dst = f"sip:{first.host}{port}" + (f";transport={transport}" if transport else "")
         if self.locator is not None and not _is_ip_literal(first.host):
+            if not is_hostname(first.host):
+                KSR.notice(f"kemi-outbound: Path of {binding.ruid} names no host ({first.host[:60]!r}); skipped\n")
+                return None
             # an edge named in Path by hostname: RFC 3263, like the edge finds us
             found = self.locator.resolve_next_hop(dst)
             if not found:
@@ -235,8 +238,12 @@ class HomeProxy:
                 return -1
         self._arm()
         if KSR.tm.t_relay() < 0:
-            KSR.notice(f"kemi-outbound: relaying to the bindings of {aor} failed\n")
-            KSR.sl.sl_reply_error()
+            # every branch failed at once (a TCP contact refusing the connection):
+            # a transport error is a 503 of our own (RFC 3261 §16.9), which the
+            # caller sees as 480 like any flow failure (RFC 5626 §11.5), never
+            # a 500 "No error" from sl_reply_error
+            send_reply(Reply(caller_status(503) or 480, "Temporarily Unavailable",
+                             f"could not send to any binding of {aor}"))
             return -1
         return 1
 

@@ -21,6 +21,7 @@ def register_view(snap: Snapshot) -> RegisterView:
         paths=tuple(parse_name_addrs(headers, "path")),
         expires_header=parse_delta_seconds(headers.first("expires")),
         supported=headers.option_tags("supported"),
+        required=headers.option_tags("require"),
     )
 
 

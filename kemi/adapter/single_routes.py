@@ -42,10 +42,6 @@ class SingleRoutes(EdgeRoutes, HomeProxyCallbacks):
         super().__init__(runtime)
         self.home = HomeProxy(runtime.config, self.codec, is_local_flow=self.is_local_flow)
 
-    @staticmethod
-    def is_local_flow(flow: Flow) -> bool:
-        return KSR.is_myself(f"sip:{bracket(flow.local_ip)}:{flow.local_port};transport={flow.transport}") > 0
-
     # ----- REGISTER: we are the first hop ----------------------------------
 
     def register(self) -> int:

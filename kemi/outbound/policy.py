@@ -22,6 +22,12 @@ class RegisterView:
     paths: tuple[NameAddr, ...]
     expires_header: int | None
     supported: frozenset[str]
+    required: frozenset[str] = frozenset()
+
+
+# Option tags this registrar understands in a REGISTER's Require (RFC 3261 §10.3
+# step 2, §8.2.2.3): Path (RFC 3327) and outbound (RFC 5626); GRUU is off.
+REGISTRAR_EXTENSIONS = frozenset({"path", "outbound"})
 
 
 def edge_path_kind(via_count: int, contacts: tuple[NameAddr, ...], force_outbound: bool) -> PathKind:
@@ -67,6 +73,8 @@ def registrar_decision(
     """Validate a REGISTER at the registrar and decide whether outbound applies.
 
     Order of the checks (each one cites its rule):
+    * an option tag in Require that we lack: 420 with Unsupported (RFC 3261
+      §10.3 step 2, §8.2.2.3);
     * ``Contact: *`` only alone and with ``Expires: 0`` (RFC 3261 §10.3 step 6);
     * Path without ``Supported: path``: 420 (RFC 3327 §5.3);
     * reg-id must be 1..2^31-1 when it counts (with +sip.instance; §10): 400;
@@ -76,6 +84,11 @@ def registrar_decision(
       also sent ``Supported: outbound``, otherwise reg-id is ignored (§6);
     * outbound applied: ``Require: outbound`` and ``Flow-Timer`` (§6, §5.4).
     """
+    unknown = view.required - REGISTRAR_EXTENSIONS
+    if unknown:
+        listed = ", ".join(sorted(unknown))
+        return Reply(420, "Bad Extension", f"Require lists {listed[:80]!r}, which this registrar lacks",
+                     headers=(f"Unsupported: {listed}",))
     contacts = view.contacts
     if not contacts:
         return SaveBinding(outbound=False)

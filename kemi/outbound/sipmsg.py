@@ -64,6 +64,19 @@ def iter_headers(block: str) -> Iterator[tuple[str, str]]:
         yield name, body
 
 
+# Control characters other than HTAB have no place in the headers we read (RFC 3261
+# §25.1 allows them only backslash-escaped inside a quoted string): a NUL in a
+# Route would reach Kamailio's C functions, which refuse strings holding one.
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _checked(name: str, body: str) -> str:
+    found = _CONTROL.search(body)
+    if found is not None:
+        raise SipSyntaxError(f"control character {found.group()!r} in {name}: {body[:60]!r}")
+    return body
+
+
 class Headers:
     """Headers of one message, by lower-case name, in message order."""
 
@@ -84,7 +97,7 @@ class Headers:
                     body += " " + line.strip()
                 continue
             if body is not None:
-                by_name.setdefault(name, []).append(body)
+                by_name.setdefault(name, []).append(_checked(name, body))
             raw_name, colon, rest = line.partition(":")
             if not colon or not raw_name:
                 raise SipSyntaxError(f"header line without a name: {line[:40]!r}")
@@ -92,7 +105,7 @@ class Headers:
             name = compact.get(raw_name, raw_name)
             body = rest.strip() if name and (wanted is None or name in wanted) else None
         if body is not None:
-            by_name.setdefault(name, []).append(body)
+            by_name.setdefault(name, []).append(_checked(name, body))
         self._by_name = by_name
 
     def bodies(self, name: str) -> list[str]:
@@ -194,6 +207,20 @@ class NameAddr:
             parsed = SipUri.parse(self.uri)
             object.__setattr__(self, "_parsed", parsed)
         return parsed
+
+
+# RFC 3261 §25.1: hostname = *( domainlabel "." ) toplabel [ "." ];
+# domainlabel = alphanum / alphanum *( alphanum / "-" ) alphanum;
+# toplabel = ALPHA / ALPHA *( alphanum / "-" ) alphanum
+_DOMAINLABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_TOPLABEL = r"[A-Za-z](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"(?:{_DOMAINLABEL}\.)*{_TOPLABEL}\.?")
+
+
+def is_hostname(text: str) -> bool:
+    """True for a host name as RFC 3261 §25.1 spells one (not an IP literal):
+    only such a name is worth a DNS query (RFC 3263)."""
+    return len(text) <= 253 and _HOSTNAME.fullmatch(text) is not None
 
 
 def is_digits(text: str) -> bool:

@@ -191,3 +191,21 @@ def test_flow_timer_header_carries_the_configured_value():
     decision = decide(view(1, (OB_CONTACT,)), flow_timer=120)
 
     assert decision.reply_headers == (REQUIRE, "Flow-Timer: 120")
+
+
+@pytest.mark.parametrize("required", [frozenset({"path"}), frozenset({"outbound"}), frozenset(), BOTH])
+def test_require_of_known_extensions_is_accepted(required):
+    register = view(1, (OB_CONTACT,))
+    register = RegisterView(register.via_count, register.contacts, register.paths, None, BOTH, required)
+    assert isinstance(decide(register), SaveBinding)
+
+
+def test_require_of_an_unknown_extension_gets_420_with_unsupported():
+    """RFC 3261 §10.3 step 2 / §8.2.2.3. Before this rule a REGISTER with
+    "Require: foo" was saved and answered 200 (the fuzz test's require-* cases)."""
+    register = view(1, (OB_CONTACT,))
+    register = RegisterView(register.via_count, register.contacts, register.paths, None, BOTH,
+                            frozenset({"foo", "gruu", "path"}))
+    decision = decide(register)
+    assert isinstance(decision, Reply)
+    assert (decision.code, decision.reason, decision.headers) == (420, "Bad Extension", ("Unsupported: foo, gruu",))

@@ -8,6 +8,7 @@ from outbound.sipmsg import (
     SipUri,
     format_name_addr,
     header_block,
+    is_hostname,
     iter_headers,
     parse_delta_seconds,
     parse_name_addr,
@@ -223,3 +224,36 @@ def test_format_name_addr_writes_uri_and_params_back_without_the_named_ones():
         '<sip:al@192.0.2.1:5080;transport=tcp;ob>;+sip.instance="<urn:uuid:1>";expires=60;lr')
     assert parse_name_addr(format_name_addr(contact)) == contact
     assert format_name_addr(parse_name_addr("*")) == "*"
+
+
+@pytest.mark.parametrize("host", ["example.com", "edge-1.ko.test", "a", "ko.test.", "x1.example.com"])
+def test_host_names_worth_a_dns_query(host):
+    assert is_hostname(host)
+
+
+@pytest.mark.parametrize("host", [
+    "127.0.1", "127.0.13.2", "127.0.1;;;=;=3.112", "caf\u00e9.example.com", "-a.example.com", "a-.com",
+    "a..com", "", ".", "[::1", "exa mple.com", "a.1com", "x" * 254,
+], ids=["numeric-top", "ipv4", "fuzz-junk", "non-ascii", "leading-dash", "trailing-dash", "empty-label",
+        "empty", "dot", "bad-ipv6", "space", "digit-toplabel", "too-long"])
+def test_junk_is_no_host_name(host):
+    """Found by the fuzz test: a Route naming "127.0.1;;;=;=3.112" made the edge
+    ask DNS about "127.0.1" and answer 503; no query is made for what RFC 3261
+    §25.1 does not call a host name (the route answers 400)."""
+    assert not is_hostname(host)
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x01", "\x1b", "\x7f"])
+def test_control_character_in_a_wanted_header_is_a_syntax_error(char):
+    """Found by the fuzz test: "Route: <sip:127.a\\x00b0.13.2:5060;lr>" reached
+    KSR.is_myself, which raised SystemError (500 and a traceback); now it is
+    a syntax error, answered 400."""
+    with pytest.raises(SipSyntaxError, match="control character"):
+        Headers(block(f"Route: <sip:127.a{char}b0.13.2:5060;lr>"), frozenset({"route"}))
+
+
+def test_control_character_in_other_headers_is_left_to_kamailio():
+    headers = Headers(block("Subject: a\x00b", "Route: <sip:a.example.com;lr>", "Via: SIP/2.0/UDP h\tx"),
+                      frozenset({"route", "via"}))
+    assert headers.first("route") == "<sip:a.example.com;lr>"
+    assert headers.first("via") == "SIP/2.0/UDP h\tx"

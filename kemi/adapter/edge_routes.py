@@ -23,7 +23,7 @@ from outbound.tokens import Flow
 
 from .base import BaseRoutes
 from .locator_glue import FailoverRelay, HealthMemory, Locator, PeerGate, claims_core
-from .runtime import Runtime, Snapshot, guarded, send_reply, snapshot
+from .runtime import Runtime, Snapshot, guarded, send_reply, snapshot, stream_flow_alive
 
 # The rr module takes the Record-Route user part from this AVP (cfg: custom_user_avp).
 RR_USER_AVP = "$avp(ko_rr_user)"
@@ -163,7 +163,7 @@ class EdgeRoutes(BaseRoutes):
             if not KSR.is_ACK():
                 send_reply(Reply(430, "Flow Failed", f"flow {flow} is not on a socket of this edge"))
             return
-        if flow.is_stream and KSR.tcpops.tcp_conid_state(flow.conn_id) <= 0:
+        if flow.is_stream and not stream_flow_alive(flow):
             if not KSR.is_ACK():
                 send_reply(flow_failed())
             KSR.notice(f"kemi-outbound: flow {flow} is gone, no new connection opened\n")

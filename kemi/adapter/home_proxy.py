@@ -39,7 +39,7 @@ from outbound.sipmsg import SipSyntaxError, is_hostname, parse_name_addr, split_
 from outbound.tokens import Flow, FlowTokenCodec, Verdict
 
 from .locator_glue import Locator
-from .runtime import FLB_OUTBOUND, send_reply
+from .runtime import FLB_OUTBOUND, send_reply, stream_flow_alive
 
 SLOT_SHIFT = 16
 SLOT_MASK = 0x7FFF
@@ -122,7 +122,7 @@ class HomeProxy:
         if local is not None:
             # we hold this flow ourselves (single-server mode): send straight to it
             hops = hops[1:]
-            if local.is_stream and KSR.tcpops.tcp_conid_state(local.conn_id) <= 0:
+            if local.is_stream and not stream_flow_alive(local):
                 self._forget(str(KSR.pv.get(f"$xavp({TX}=>aor)") or ""), binding, "its flow is gone")
                 return None
             dst = f"sip:{_bracket(local.remote_ip)}:{local.remote_port};transport={local.transport}"

@@ -19,7 +19,7 @@ import yaml
 from outbound.config import Config, ConfigError, load_keys, parse_config
 from outbound.decisions import Reply
 from outbound.sipmsg import Headers, SipSyntaxError, header_block
-from outbound.tokens import FlowTokenCodec
+from outbound.tokens import Flow, FlowTokenCodec
 
 # Branch flag that marks a binding as an outbound flow (stored in usrloc cflags).
 # Mirrors FLB_OUTBOUND in cfg/*.cfg.
@@ -126,6 +126,23 @@ def send_reply(reply: Reply) -> None:
 
 
 Route = TypeVar("Route", bound=Callable[..., int])
+
+
+# tcp_get_conid() writes the id of the connection to an address here
+CONID_VAR = "$var(ko_conid)"
+
+
+def stream_flow_alive(flow: Flow) -> bool:
+    """The token's TCP/TLS connection is alive *and* still the one to the token's
+    peer. Kamailio numbers connections from 1 again after a restart and sends by
+    id alone, so a stale token's id may name another UA's connection by now
+    (RFC 5626 §5.3.1: that flow is gone, 430)."""
+    if KSR.tcpops.tcp_conid_state(flow.conn_id) <= 0:
+        return False
+    host = f"[{flow.remote_ip}]" if ":" in flow.remote_ip else flow.remote_ip
+    # tcpops' tcp_get_conid has no KEMI export in 5.6: called by name
+    KSR.x.modf("tcp_get_conid", f"{host}:{flow.remote_port}", CONID_VAR)
+    return KSR.pv.get(CONID_VAR) == flow.conn_id
 
 
 def guarded(route: Route) -> Route:

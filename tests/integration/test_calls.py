@@ -6,6 +6,7 @@ through edge2 and the registrar (home proxy). Everything is real Kamailio.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 import subprocess
 import time
@@ -223,3 +224,31 @@ def test_strict_router_upstream_request_uri_is_restored_and_sent_over_the_flow(t
             flow.sendall(f"SIP/2.0 200 OK\r\n{vias}{reply}Content-Length: 0\r\n\r\n".encode())
             data, _ = core.recvfrom(4096)
             assert data.startswith(b"SIP/2.0 200 "), data
+
+
+def test_token_whose_connection_id_now_belongs_to_another_ua_gets_430(topology, workdir, local_port):
+    """Kamailio sends by connection id alone and numbers connections from 1 again
+    after a restart: a stale token (still signed right) whose id now names
+    another UA's connection must get 430, never reach that other UA (RFC 5626
+    §5.3.1). Built here without a restart: B's flow with C's connection id."""
+    edge1 = topology["edge1"]
+    b = start_callee(edge1, workdir, local_port, "bob-stale")
+    c = actors.start_callee(edge1, workdir, local_port + 1, "carl-now", ua_ip=net(21))
+    try:
+        b_binding = wait_binding(topology["registrar"], "bob-stale", b)
+        c_binding = wait_binding(topology["registrar"], "carl-now", c)
+        b_flow = CODEC.decode(path_token(b_binding)).flow
+        c_flow = CODEC.decode(path_token(c_binding)).flow
+        assert b_flow is not None and c_flow is not None and b_flow.conn_id != c_flow.conn_id
+        stale = CODEC.encode(dataclasses.replace(b_flow, conn_id=c_flow.conn_id))
+        route = b_binding["Path"].replace(path_token(b_binding), stale)
+        direct = sipp("caller/uac_final.xml", f"{edge1.addr}:{edge1.port}", workdir=workdir, local_ip=CORE,
+                      local_port=local_port + 2, timeout=10,
+                      keys={"callee": "bob-stale", "domain": "example.com", "user": "core",
+                            "ruri": b_binding["Address"], "extra": f"Route: {route}"})
+        assert isinstance(direct, SippResult)
+        assert direct.value("final") == "430", direct.messages[-2000:]
+        assert "is gone, no new connection opened" in edge1.log()
+    finally:
+        actors.kill(b)
+        actors.kill(c)

@@ -120,9 +120,9 @@ class EdgeRoutes(BaseRoutes):
         rr module records does."""
         try:
             entry = parse_name_addr(f"<{KSR.kx.get_ruri()}>")
+            uri = entry.sip_uri  # parsed here: a Request-URI we cannot read is no strict route
         except SipSyntaxError:
             return None
-        uri = entry.sip_uri
         if not uri.user or "lr" not in uri.params or not self._is_me(entry):
             return None
         return entry

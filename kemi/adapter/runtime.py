@@ -132,6 +132,13 @@ Route = TypeVar("Route", bound=Callable[..., int])
 CONID_VAR = "$var(ko_conid)"
 
 
+# (connection id, peer address, port) already seen to match, in this process:
+# ids are never reused while Kamailio runs, so a match stays true while the
+# connection lives; bounded by clearing it
+_PEER_CHECKED: set[tuple[int, str, int]] = set()
+PEER_CHECKED_MAX = 4096
+
+
 def stream_flow_alive(flow: Flow) -> bool:
     """The token's TCP/TLS connection is alive *and* still the one to the token's
     peer. Kamailio numbers connections from 1 again after a restart and sends by
@@ -139,10 +146,18 @@ def stream_flow_alive(flow: Flow) -> bool:
     (RFC 5626 §5.3.1: that flow is gone, 430)."""
     if KSR.tcpops.tcp_conid_state(flow.conn_id) <= 0:
         return False
+    key = (flow.conn_id, flow.remote_ip, flow.remote_port)
+    if key in _PEER_CHECKED:
+        return True
     host = f"[{flow.remote_ip}]" if ":" in flow.remote_ip else flow.remote_ip
     # tcpops' tcp_get_conid has no KEMI export in 5.6: called by name
     KSR.x.modf("tcp_get_conid", f"{host}:{flow.remote_port}", CONID_VAR)
-    return KSR.pv.get(CONID_VAR) == flow.conn_id
+    if KSR.pv.get(CONID_VAR) != flow.conn_id:
+        return False
+    if len(_PEER_CHECKED) >= PEER_CHECKED_MAX:
+        _PEER_CHECKED.clear()
+    _PEER_CHECKED.add(key)
+    return True
 
 
 def guarded(route: Route) -> Route:

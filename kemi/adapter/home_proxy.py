@@ -4,8 +4,9 @@
 the core for a fork plan and creates one branch per instance of the first
 wave. ``outbound_next_contact`` runs per failed branch (tm branch-failure
 route): on 430 or a local 408/503 it removes that binding and starts the next
-flow of the same instance. The final failure route starts the next q-wave or
-maps flow failures to 480.
+flow of the same instance; a binding whose Path names its edge by hostname
+first gets the edge's other addresses on a local 408/503 (RFC 3263 §4.3).
+The final failure route starts the next q-wave or maps flow failures to 480.
 
 Per-transaction state lives in xavps (tm keeps them with the transaction, so
 every worker and the timer process see them): ``ko_tx`` (AOR, wave q, the
@@ -24,6 +25,7 @@ import KSR
 
 from outbound.bindings import (
     Binding,
+    EdgeAddresses,
     InstanceQueue,
     better_reply,
     caller_reply,
@@ -64,6 +66,7 @@ class Target:
     socket: str = ""
     conn_id: int = 0
     record_route: str = ""  # our own entry facing a local flow (single-server mode)
+    addresses: EdgeAddresses | None = None  # a Path hostname's addresses, dst_uri the current one
 
 
 class HomeProxy:
@@ -141,7 +144,8 @@ class HomeProxy:
             if not found:
                 KSR.notice(f"kemi-outbound: cannot locate {first.host} (Path of {binding.ruid}); skipped\n")
                 return None
-            dst = found[0]
+            addresses = EdgeAddresses(found[0], tuple(found[1:]))
+            return Target(binding, binding.contact, addresses.current, ", ".join(hops), addresses=addresses)
         return Target(binding, binding.contact, dst, ", ".join(hops))
 
     def _local_flow(self, user: str | None) -> Flow | None:
@@ -170,7 +174,7 @@ class HomeProxy:
         slot = self._new_slot()
         KSR.pv.sets(f"$xavp(ko_b{slot}=>v)", BranchState(
             target.binding.ruid, target.binding.group, target.route, target.record_route,
-            target.binding.outbound).pack())
+            target.binding.outbound, target.addresses.pack() if target.addresses else "").pack())
         flags = (slot << SLOT_SHIFT) | ((1 << FLB_OUTBOUND) if target.binding.outbound else 0)
         if use_ruri:
             KSR.pv.sets("$ru", target.ruri)
@@ -282,6 +286,8 @@ class HomeProxy:
         if not aor or not ruid:
             KSR.notice(f"kemi-outbound: {status} on a branch without flow state; nothing to fail over\n")
             return
+        if self._next_address(aor, state, status, locally):
+            return
         if not state.outbound:
             # 430 is an edge's word about a flow (§11.5); a plain binding has none
             KSR.notice(f"kemi-outbound: {status} from {ruid} of {aor}, which is no outbound flow: binding kept\n")
@@ -303,6 +309,31 @@ class HomeProxy:
         self._arm()
         if KSR.tm.t_relay() < 0:
             KSR.notice(f"kemi-outbound: could not start the next flow {binding.ruid}\n")
+
+    def _next_address(self, aor: str, state: BranchState, status: int, locally: bool) -> bool:
+        """The edge named in the binding's Path could not be reached at this
+        address (our own 408/503): the same binding to the edge's next address
+        (RFC 3263 §4.3, checklist B10; outbound.bindings.EdgeAddresses). True
+        when a new branch went out; False: the flow failed (all addresses tried)."""
+        addresses = EdgeAddresses.unpack(state.addresses)
+        following = addresses.after_failure(status, locally) if addresses is not None else None
+        if addresses is None or following is None:
+            return False
+        binding = next((b for b in self.fetch(aor) if b.ruid == state.ruid), None)
+        if binding is None:
+            return False  # removed meanwhile (another branch's 430, a de-registration)
+        while following is not None:
+            KSR.notice(f"kemi-outbound: edge of {state.ruid} of {aor} unreachable at {addresses.current} "
+                       f"({status}{' local' if locally else ''}); trying {following.current}\n")
+            self._add_branch(Target(binding, binding.contact, following.current, state.route,
+                                    addresses=following), use_ruri=False)
+            self._arm()
+            if KSR.tm.t_relay() > 0:
+                return True
+            # could not even send there: a transport error of our own, next address
+            addresses, status, locally = following, 503, True
+            following = addresses.after_failure(status, locally)
+        return False
 
     def failure_route(self) -> None:
         """All branches done: next q-wave (RFC 3261 §16.6) unless a 6xx or a
@@ -354,16 +385,18 @@ class BranchState:
     route: str = ""
     record_route: str = ""
     outbound: bool = False
+    addresses: str = ""  # EdgeAddresses.pack() of a Path hostname: the current one and the rest
 
     def pack(self) -> str:
-        return SEP.join((self.ruid, self.group, self.route, self.record_route, "1" if self.outbound else "0"))
+        return SEP.join((self.ruid, self.group, self.route, self.record_route, "1" if self.outbound else "0",
+                         self.addresses))
 
     @classmethod
     def unpack(cls, text: str) -> BranchState:
         parts = text.split(SEP)
-        if len(parts) != 5:
+        if len(parts) != 6:
             return cls()
-        return cls(parts[0], parts[1], parts[2], parts[3], parts[4] == "1")
+        return cls(parts[0], parts[1], parts[2], parts[3], parts[4] == "1", parts[5])
 
 
 def _branch_state(slot: int) -> BranchState:

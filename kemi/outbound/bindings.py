@@ -133,6 +133,43 @@ def failover_allowed(status: int, locally_generated: bool) -> bool:
     return locally_generated and status in (408, 503)
 
 
+@dataclass(frozen=True, slots=True)
+class EdgeAddresses:
+    """Where a branch toward an edge named in Path by hostname goes: the
+    address tried now and the other addresses of that name, in the locator's
+    order (RFC 3263 §4.3: "every address of a target before the next target",
+    checklist B10). Kept with the branch as one line (:meth:`pack`)."""
+
+    current: str
+    rest: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, found: list[str] | tuple[str, ...]) -> EdgeAddresses | None:
+        """The resolved ``$du`` URIs, best first; None when there are none."""
+        return cls(found[0], tuple(found[1:])) if found else None
+
+    def pack(self) -> str:
+        return " ".join((self.current, *self.rest))
+
+    @classmethod
+    def unpack(cls, text: str) -> EdgeAddresses | None:
+        return cls.of(text.split())
+
+    def after_failure(self, status: int, locally_generated: bool) -> EdgeAddresses | None:
+        """The same binding at the next address, or None (then the flow has
+        failed: RFC 5626 §7 failover to the instance's next flow).
+
+        Only an edge that could not be reached counts (RFC 3263 §4.3): a 408
+        or 503 this proxy generated itself (no reply at all before the timer,
+        a transport error; RFC 3261 §16.8-16.9). A 430 is the edge's answer
+        (the flow is gone there, RFC 5626 §11.5): another address of the same
+        edge cannot bring the flow back. Any received reply is an answer too.
+        """
+        if not locally_generated or status not in (408, 503) or not self.rest:
+            return None
+        return EdgeAddresses(self.rest[0], self.rest[1:])
+
+
 def caller_status(status: int) -> int | None:
     """What the caller sees instead of a flow failure (RFC 5626 §11.5): 430 is for
     proxies only, and our own 408/503 mean "nobody could be reached": 480."""

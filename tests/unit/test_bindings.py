@@ -6,6 +6,7 @@ import pytest
 
 from outbound.bindings import (
     Binding,
+    EdgeAddresses,
     ForkPlan,
     InstanceQueue,
     better_reply,
@@ -437,3 +438,53 @@ def test_caller_reply_never_430_and_never_hides_a_better_answer(picked, best_oth
 def test_response_rank_follows_tm():
     assert response_rank(603) < response_rank(302) < response_rank(401) < response_rank(404)
     assert response_rank(404) < response_rank(430) < response_rank(480) < response_rank(486) < response_rank(500)
+
+
+# ----- the addresses of an edge named in Path by hostname (RFC 3263 §4.3, B10) -----
+
+DEAD, LIVE, THIRD = "sip:192.0.2.1:5060;transport=udp", "sip:192.0.2.2:5060;transport=udp", "sip:[2001:db8::3]:5060"
+
+
+def test_edge_addresses_of_the_resolved_list_best_first():
+    assert EdgeAddresses.of([DEAD, LIVE, THIRD]) == EdgeAddresses(DEAD, (LIVE, THIRD))
+    assert EdgeAddresses.of([LIVE]) == EdgeAddresses(LIVE, ())
+    assert EdgeAddresses.of([]) is None
+
+
+@pytest.mark.parametrize("found", [[DEAD], [DEAD, LIVE], [DEAD, LIVE, THIRD]], ids=["one", "two", "three"])
+def test_edge_addresses_round_trip(found):
+    addresses = EdgeAddresses.of(found)
+    assert addresses is not None
+    assert EdgeAddresses.unpack(addresses.pack()) == addresses
+
+
+def test_edge_addresses_unpack_of_nothing_is_none():
+    assert EdgeAddresses.unpack("") is None
+    assert EdgeAddresses.unpack("   ") is None
+
+
+@pytest.mark.parametrize(("status", "locally"), [(408, True), (503, True)], ids=["408-local", "503-local"])
+def test_unreachable_edge_address_gives_every_address_in_order_then_none(status, locally):
+    """RFC 3263 §4.3: every address of the edge before the flow counts as failed."""
+    addresses = EdgeAddresses.of([DEAD, LIVE, THIRD])
+    tried = []
+    while addresses is not None:
+        tried.append(addresses.current)
+        addresses = addresses.after_failure(status, locally)
+    assert tried == [DEAD, LIVE, THIRD]
+
+
+@pytest.mark.parametrize(
+    ("status", "locally"),
+    [(430, False), (430, True), (408, False), (503, False), (486, False), (500, False), (486, True), (480, True)],
+    ids=["430-received", "430-local", "408-received", "503-received", "486", "500", "486-local", "480-local"],
+)
+def test_an_answer_from_the_edge_never_tries_its_next_address(status, locally):
+    """A 430 means the edge answered and the flow is gone there; any received
+    reply is an answer: the same edge at another address cannot help."""
+    assert EdgeAddresses.of([DEAD, LIVE]).after_failure(status, locally) is None
+
+
+def test_the_last_address_has_no_next():
+    assert EdgeAddresses.of([LIVE]).after_failure(408, True) is None
+    assert EdgeAddresses(LIVE, ()).after_failure(503, True) is None

@@ -116,7 +116,11 @@ class BaseRoutes:
             else:
                 send_reply(Reply(503, "Service Unavailable", why))
             return False
-        KSR.setdsturi(found.targets[0].uri)
+        uris = [target.uri for target in found.targets]
+        health = getattr(getattr(self, "home", None), "health", None)
+        if health is not None:
+            uris = health.order(uris)  # an edge address that did not answer lately goes last
+        KSR.setdsturi(uris[0])
         return True
 
     def _relay(self) -> None:

@@ -40,7 +40,7 @@ from outbound.decisions import Reply
 from outbound.sipmsg import SipSyntaxError, is_hostname, parse_name_addr, split_values
 from outbound.tokens import Flow, FlowTokenCodec, Verdict
 
-from .locator_glue import Locator
+from .locator_glue import HealthMemory, Locator
 from .runtime import FLB_OUTBOUND, send_reply, stream_flow_alive
 
 SLOT_SHIFT = 16
@@ -73,13 +73,16 @@ class HomeProxy:
     """Forking and failover toward registered flows."""
 
     def __init__(self, config: Config, codec: FlowTokenCodec | None,
-                 is_local_flow: Callable[[Flow], bool] | None = None, locator: Locator | None = None) -> None:
+                 is_local_flow: Callable[[Flow], bool] | None = None, locator: Locator | None = None,
+                 health: HealthMemory | None = None) -> None:
         self.table = config.location_table
         self.max_parallel = config.max_parallel_branches
         self.first_reply_timeout_ms = config.first_reply_timeout_ms
         self.codec = codec
         self.is_local_flow = is_local_flow
         self.locator = locator
+        # edge addresses (of Path hostnames) that did not answer go last for a while
+        self.health = health
 
     # ----- reading usrloc -------------------------------------------------
 
@@ -140,13 +143,17 @@ class HomeProxy:
                 KSR.notice(f"kemi-outbound: Path of {binding.ruid} names no host ({first.host[:60]!r}); skipped\n")
                 return None
             # an edge named in Path by hostname: RFC 3263, like the edge finds us
-            found = self.locator.resolve_next_hop(dst)
+            found = self.order(self.locator.resolve_next_hop(dst))
             if not found:
                 KSR.notice(f"kemi-outbound: cannot locate {first.host} (Path of {binding.ruid}); skipped\n")
                 return None
             addresses = EdgeAddresses(found[0], tuple(found[1:]))
             return Target(binding, binding.contact, addresses.current, ", ".join(hops), addresses=addresses)
         return Target(binding, binding.contact, dst, ", ".join(hops))
+
+    def order(self, uris: list[str]) -> list[str]:
+        """A hostname's addresses, those held down (no answer lately) last."""
+        return self.health.order(uris) if self.health is not None else uris
 
     def _local_flow(self, user: str | None) -> Flow | None:
         if not user or self.codec is None or self.is_local_flow is None:
@@ -317,7 +324,12 @@ class HomeProxy:
         when a new branch went out; False: the flow failed (all addresses tried)."""
         addresses = EdgeAddresses.unpack(state.addresses)
         following = addresses.after_failure(status, locally) if addresses is not None else None
-        if addresses is None or following is None:
+        if addresses is None or status == 430 or not locally:
+            return False
+        if self.health is not None:
+            # later calls (and this dialog's ACK, BYE) try it last (locator.health)
+            self.health.failed(addresses.current, None, f"{status} local")
+        if following is None:
             return False
         binding = next((b for b in self.fetch(aor) if b.ruid == state.ruid), None)
         if binding is None:
@@ -331,6 +343,8 @@ class HomeProxy:
             if KSR.tm.t_relay() > 0:
                 return True
             # could not even send there: a transport error of our own, next address
+            if self.health is not None:
+                self.health.failed(following.current, None, "transport error")
             addresses, status, locally = following, 503, True
             following = addresses.after_failure(status, locally)
         return False

@@ -169,6 +169,15 @@ class HealthMemory:
             asked = "" if retry_after is None else f", Retry-After {retry_after}"
             KSR.notice(f"{LOG} {target} held down for {seconds}s ({why}{asked})\n")
 
+    def order(self, uris: list[str]) -> list[str]:
+        """``$du`` URIs with the held-down ones last (TargetHealth.order)."""
+        if len(uris) < 2:
+            return uris
+        memory = self.current()
+        if not memory.held:
+            return uris
+        return memory.order(uris, self.clock(), lambda uri: key_of_uri(uri) or ("", uri, 0))
+
     def answered(self, target: str, status: int) -> None:
         """``target`` answered (anything but a 503): no longer held down."""
         key = key_of_uri(target)

@@ -9,7 +9,7 @@ from outbound.decisions import Reply
 from . import registration
 from .base import BaseRoutes, HomeProxyCallbacks
 from .home_proxy import HomeProxy
-from .locator_glue import Locator
+from .locator_glue import HealthMemory, Locator
 from .runtime import Runtime, send_reply
 
 
@@ -19,7 +19,9 @@ class RegistrarRoutes(BaseRoutes, HomeProxyCallbacks):
     def __init__(self, runtime: Runtime) -> None:
         super().__init__(runtime)
         self.table = runtime.config.location_table
-        self.home = HomeProxy(runtime.config, runtime.codec, locator=Locator.for_kamailio(runtime.config))
+        locator = Locator.for_kamailio(runtime.config)
+        health = HealthMemory(locator.hold_policy, locator.clock)
+        self.home = HomeProxy(runtime.config, runtime.codec, locator=locator, health=health)
 
     def register(self) -> int:
         """Validate, then save through Kamailio's registrar (RFC 5626 §6)."""

@@ -32,6 +32,7 @@ REG = net(90)
 EDGE_P1, EDGE_P2, EDGE_GONE = net(91), net(92), net(93)  # the zone: edge-p1 .91, edge-p2 .92
 CALLER_EDGE = net(94)
 CALLEE_UA, CALLER_UA = net(95), net(96)
+EDGE_TWO, DEAD = net(97), net(45)  # the zone: edge-two .45 (nothing listens there), then .97
 # Kamailio's own resolver asks here: nothing listens on port 53 (nsd is on NS_PORT)
 RESOLV_CONF = f"nameserver {NS}\noptions timeout:1 attempts:1\n"
 NSD_VALUES = {"MOVING": net(45)}  # test_dns.py moves it; an address where nothing listens
@@ -166,3 +167,38 @@ def test_flow_through_an_edge_that_cannot_be_located_is_skipped_for_the_next_flo
     assert sorted(b["Ruid"] for b in home.bindings("quinn")) == sorted(by_edge.values()), "both bindings kept"
     assert wait_sipp(via_p2, 10).returncode == 0
     assert via_gone.poll() is None, "no call came over edge-gone: its UA still waits"
+
+
+def test_every_address_of_the_edge_named_in_path_before_the_flow_fails(
+        home, caller_edge, named_edge, nsd, workdir, local_port, callees):
+    """RFC 3263 §4.3 (B10): edge-two.ko.test has two addresses, the first where
+    nothing listens. The branch there ends in the home proxy's own 408 (no
+    reply before home.first_reply_timeout_ms); the same binding then goes to
+    the edge's second address, which holds the flow: the call is answered over
+    it and the binding is kept (the flow never failed). The dead address is held
+    down (registrar's htable ko_health): the ACK and BYE of that call, and the
+    next call, go to the live address first."""
+    edge_two = named_edge("edge-two.ko.test", EDGE_TWO)
+    callee = start_callee(edge_two, workdir, local_port, "rhea", ua_ip=CALLEE_UA, who="via-two")
+    callees.append(callee)
+    [binding] = wait_bindings(home, "rhea", [callee])
+    assert path_uri(binding).host == "edge-two.ko.test"
+
+    answered = call(caller_edge, workdir, local_port + 1, "rhea", ua_ip=CALLER_UA)
+    assert answered.value("who") == "via-two" and answered.value("bye") == "200"
+    log = home.log()
+    dead, live = f"sip:{DEAD}:5060;transport=udp", f"sip:{EDGE_TWO}:5060;transport=udp"
+    assert (f"kemi-outbound: edge of {binding['Ruid']} of sip:rhea@example.com unreachable at {dead} "
+            f"(408 local); trying {live}") in log
+    assert f"flow {binding['Ruid']} of sip:rhea@example.com failed" not in log
+    assert [b["Ruid"] for b in home.bindings("rhea")] == [binding["Ruid"]], "the binding is kept"
+    assert f"dns: {dead} held down for 30s (408 local)" in log
+    assert wait_sipp(callee, 10).returncode == 0
+
+    again = start_callee(edge_two, workdir, local_port + 2, "rhea2", ua_ip=CALLEE_UA, who="again")
+    callees.append(again)
+    wait_bindings(home, "rhea2", [again])
+    before = home.log().count("unreachable at")
+    second = call(caller_edge, workdir, local_port + 3, "rhea2", ua_ip=CALLER_UA)
+    assert second.value("who") == "again" and second.value("bye") == "200"
+    assert home.log().count("unreachable at") == before, "the held-down address was not tried first"

@@ -18,7 +18,7 @@ from outbound.routing import (
     record_route_token,
     route_decision,
 )
-from outbound.sipmsg import NameAddr, SipSyntaxError, parse_name_addr, parse_name_addrs
+from outbound.sipmsg import NameAddr, SipSyntaxError, bracket, parse_name_addr, parse_name_addrs
 from outbound.tokens import Flow
 
 from .base import BaseRoutes
@@ -33,9 +33,6 @@ HOME_REPLY_ROUTE = "ksr_reply_home"
 # loose_route(): "the Route was preloaded and we were its last entry" (rr module, loose.h)
 RR_PRELOADED = -3
 
-
-def bracket(ip: str) -> str:
-    return f"[{ip}]" if ":" in ip else ip
 
 
 def source_flow(snap: Snapshot) -> Flow:

@@ -37,7 +37,7 @@ from outbound.bindings import (
 )
 from outbound.config import Config
 from outbound.decisions import Reply
-from outbound.sipmsg import SipSyntaxError, is_hostname, parse_name_addr, split_values
+from outbound.sipmsg import SipSyntaxError, bracket, is_hostname, parse_name_addr, split_values
 from outbound.tokens import Flow, FlowTokenCodec, Verdict
 
 from .locator_glue import HealthMemory, Locator
@@ -131,9 +131,9 @@ class HomeProxy:
             if local.is_stream and not stream_flow_alive(local):
                 self._forget(str(KSR.pv.get(f"$xavp({TX}=>aor)") or ""), binding, "its flow is gone")
                 return None
-            dst = f"sip:{_bracket(local.remote_ip)}:{local.remote_port};transport={local.transport}"
-            socket = f"{local.transport}:{_bracket(local.local_ip)}:{local.local_port}"
-            rr = f"sip:{first.user}@{_bracket(local.local_ip)}:{local.local_port};transport={local.transport}"
+            dst = f"sip:{bracket(local.remote_ip)}:{local.remote_port};transport={local.transport}"
+            socket = f"{local.transport}:{bracket(local.local_ip)}:{local.local_port}"
+            rr = f"sip:{first.user}@{bracket(local.local_ip)}:{local.local_port};transport={local.transport}"
             return Target(binding, binding.contact, dst, ", ".join(hops), socket, local.conn_id, rr)
         transport = first.params.get("transport")
         port = f":{first.port}" if first.port else ""
@@ -424,6 +424,3 @@ def _is_ip_literal(host: str) -> bool:
         return False
     return True
 
-
-def _bracket(ip: str) -> str:
-    return f"[{ip}]" if ":" in ip else ip

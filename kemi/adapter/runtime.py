@@ -18,7 +18,7 @@ import yaml
 
 from outbound.config import Config, ConfigError, load_keys, parse_config
 from outbound.decisions import Reply
-from outbound.sipmsg import Headers, SipSyntaxError, header_block
+from outbound.sipmsg import Headers, SipSyntaxError, bracket, header_block
 from outbound.tokens import Flow, FlowTokenCodec
 
 # Branch flag that marks a binding as an outbound flow (stored in usrloc cflags).
@@ -149,9 +149,8 @@ def stream_flow_alive(flow: Flow) -> bool:
     key = (flow.conn_id, flow.remote_ip, flow.remote_port)
     if key in _PEER_CHECKED:
         return True
-    host = f"[{flow.remote_ip}]" if ":" in flow.remote_ip else flow.remote_ip
     # tcpops' tcp_get_conid has no KEMI export in 5.6: called by name
-    KSR.x.modf("tcp_get_conid", f"{host}:{flow.remote_port}", CONID_VAR)
+    KSR.x.modf("tcp_get_conid", f"{bracket(flow.remote_ip)}:{flow.remote_port}", CONID_VAR)
     if KSR.pv.get(CONID_VAR) != flow.conn_id:
         return False
     if len(_PEER_CHECKED) >= PEER_CHECKED_MAX:

@@ -17,12 +17,12 @@ import KSR
 
 from outbound.decisions import Reply
 from outbound.routing import DIALOG_FORMING, RouteView, ToFlow, record_route_token
-from outbound.sipmsg import parse_name_addr, split_values
+from outbound.sipmsg import bracket, parse_name_addr, split_values
 from outbound.tokens import Flow, Verdict
 
 from . import registration
 from .base import HomeProxyCallbacks
-from .edge_routes import EdgeRoutes, bracket, source_flow
+from .edge_routes import EdgeRoutes, source_flow
 from .home_proxy import HomeProxy
 from .runtime import Runtime, send_reply
 

@@ -29,7 +29,7 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from outbound.sipmsg import SipSyntaxError, SipUri
+from outbound.sipmsg import SipSyntaxError, SipUri, bracket
 
 from .records import (
     FAMILY_RTYPE,
@@ -77,8 +77,7 @@ class Target:
 
     @property
     def hostport(self) -> str:
-        address = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{address}:{self.port}"
+        return f"{bracket(self.address)}:{self.port}"
 
     @property
     def uri(self) -> str:

@@ -223,6 +223,12 @@ def is_hostname(text: str) -> bool:
     return len(text) <= 253 and _HOSTNAME.fullmatch(text) is not None
 
 
+def bracket(ip: str) -> str:
+    """An IP address as the host of a URI or ``host:port``: IPv6 in brackets
+    (RFC 3261 §25.1 IPv6reference)."""
+    return f"[{ip}]" if ":" in ip else ip
+
+
 def is_digits(text: str) -> bool:
     """ASCII digits only (``str.isdigit`` also accepts "²", which ``int`` rejects)."""
     return text.isascii() and text.isdigit()

@@ -102,19 +102,11 @@ class BaseRoutes:
             return True
         if not is_hostname(host):
             # neither an IP nor a host name (RFC 3261 §25.1): nothing to ask DNS about
-            why = f"next hop {next_hop[:80]!r} names no host"
-            if KSR.is_ACK():
-                KSR.notice(f"kemi-outbound: ACK dropped, {why}\n")
-            else:
-                send_reply(Reply(400, "Bad Route", why))
+            send_reply(Reply(400, "Bad Route", f"next hop {next_hop[:80]!r} names no host"))
             return False
         found = locator.plan(next_hop)
         if not found.targets:
-            why = f"cannot locate the next hop {next_hop}: {found.describe()}"
-            if KSR.is_ACK():
-                KSR.notice(f"kemi-outbound: ACK dropped, {why}\n")
-            else:
-                send_reply(Reply(503, "Service Unavailable", why))
+            send_reply(Reply(503, "Service Unavailable", f"cannot locate the next hop {next_hop}: {found.describe()}"))
             return False
         uris = [target.uri for target in found.targets]
         health = getattr(getattr(self, "home", None), "health", None)
@@ -124,7 +116,7 @@ class BaseRoutes:
         return True
 
     def _relay(self) -> None:
-        if KSR.tm.t_relay() < 0 and not KSR.is_ACK():
+        if KSR.tm.t_relay() < 0:
             # a transport error counts as a 503 from the next hop (RFC 3261 §16.9) and a
             # proxy whose only answer is a 503 sends 500 (§16.7 step 6); sl_reply_error()
             # would say "500 No error" here

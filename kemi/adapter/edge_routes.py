@@ -115,8 +115,11 @@ class EdgeRoutes(BaseRoutes):
         """The Request-URI as a Route entry when it is one of our Record-Route URIs:
         names us, carries a user part (a flow token) and ``;lr``, as every URI the
         rr module records does."""
+        ruri = KSR.kx.get_ruri()
+        if ";lr" not in ruri.lower():
+            return None  # the common case, without parsing the Request-URI
         try:
-            entry = parse_name_addr(f"<{KSR.kx.get_ruri()}>")
+            entry = parse_name_addr(f"<{ruri}>")
             uri = entry.sip_uri  # parsed here: a Request-URI we cannot read is no strict route
         except SipSyntaxError:
             return None
@@ -157,12 +160,10 @@ class EdgeRoutes(BaseRoutes):
             # a valid token of a peer edge (shared key): that flow is not here, and
             # its connection id would name another UA's connection of ours (RFC 5626
             # §5.3.1: a flow that does not exist here is answered 430)
-            if not KSR.is_ACK():
-                send_reply(Reply(430, "Flow Failed", f"flow {flow} is not on a socket of this edge"))
+            send_reply(Reply(430, "Flow Failed", f"flow {flow} is not on a socket of this edge"))
             return
         if flow.is_stream and not stream_flow_alive(flow):
-            if not KSR.is_ACK():
-                send_reply(flow_failed())
+            send_reply(flow_failed())
             KSR.notice(f"kemi-outbound: flow {flow} is gone, no new connection opened\n")
             return
         # pops our Route entry (two with double Record-Route); for an initial

@@ -115,7 +115,12 @@ def snapshot() -> Snapshot:
 
 
 def send_reply(reply: Reply) -> None:
-    """Send a core ``Reply`` (through tm when a transaction exists) and log why."""
+    """Send a core ``Reply`` (through tm when a transaction exists) and log why.
+    An ACK is never answered (RFC 3261 §17.2.1, §16.7): it is dropped, and the
+    log line says why."""
+    if KSR.is_ACK():
+        KSR.notice(f"kemi-outbound: ACK dropped, {reply.log}\n")
+        return
     KSR.notice(
         f"kemi-outbound: {reply.code} {reply.reason} to {KSR.kx.get_method()} "
         f"from {KSR.kx.get_srcip()}:{KSR.kx.get_srcport()}: {reply.log}\n"

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from harness import Kamailio, SippResult, describe, sipp, wait_sipp
+from outbound.sipmsg import SipUri, parse_name_addr, split_values
 
 
 def instance(n: int) -> str:
@@ -79,3 +80,15 @@ def wait_until(predicate, what: str, timeout: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.05)
+
+
+def completed_call_routes(caller: SippResult, user: str, hangup: str) -> list[SipUri]:
+    """Check the caller's side of a call to ``user`` that went through (caller/uac.xml:
+    re-INVITE and BYE answered; caller/uac_wait_bye.xml: the callee's BYE received)
+    and return the Record-Route URIs the caller saw."""
+    assert caller.value("who") == user
+    if hangup == "caller":
+        assert caller.value("reinvite") == "200" and caller.value("bye") == "200"
+    else:
+        assert caller.value("bye") == "received"
+    return [parse_name_addr(v).sip_uri for v in split_values(caller.value("rr"))]

@@ -47,6 +47,22 @@ def stop_group(proc: subprocess.Popen | None, *, leader_only: bool = False) -> N
         pass
 
 
+def kill_group(proc: subprocess.Popen | None) -> None:
+    """SIGKILL to a process group we started: a hard crash, no goodbye (the
+    kernel closes its TCP/TLS connections)."""
+    if proc is not None and proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+
+
+def read_log(path: Path) -> str:
+    """A log file's text so far ("" before the process has written one)."""
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
 @dataclass
 class Kamailio:
     """One Kamailio process group running one of our cfg files."""
@@ -134,15 +150,10 @@ class Kamailio:
 
     def kill(self) -> None:
         """Hard crash of the whole Kamailio process group (an edge dying)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        kill_group(self.proc)
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+        return read_log(self.log_path)
 
     def rpc(self, method: str, *params: object, timeout: float = 5.0) -> object:
         client_path = self.workdir / f"rpc-client-{os.getpid()}-{time.monotonic_ns()}.sock"

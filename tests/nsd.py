@@ -21,7 +21,7 @@ import dns.message
 import dns.query
 import dns.rdatatype
 
-from harness import ROOT, ProcessError, stop_group
+from harness import ROOT, ProcessError, read_log, stop_group
 
 ZONE_TEMPLATE = ROOT / "tests" / "dns" / "ko.test.zone"
 ZONE = "ko.test"
@@ -146,7 +146,4 @@ zone:
         stop_group(self.proc, leader_only=True)
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+        return read_log(self.log_path)

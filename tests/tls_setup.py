@@ -13,10 +13,8 @@ readiness is the listening socket in /proc/net/tcp, never a sleep.
 
 from __future__ import annotations
 
-import os
 import re
 import shutil
-import signal
 import socket
 import ssl
 import subprocess
@@ -24,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import ProcessError, stop_group
+from harness import ProcessError, kill_group, read_log, stop_group
 
 TCP_LISTEN = "0A"  # state column of /proc/net/tcp
 
@@ -152,15 +150,10 @@ TIMEOUTclose = 0
 
     def kill(self) -> None:
         """SIGKILL: the kernel closes stunnel's TLS connection (the UA's flow dies)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=10)
+        kill_group(self.proc)
 
     def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")
-        except OSError:
-            return ""
+        return read_log(self.log_path)
 
     def tls_connections(self) -> list[str]:
         """``ip:port`` of every TLS connection stunnel opened toward ``connect``."""

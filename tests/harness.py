@@ -63,8 +63,26 @@ def read_log(path: Path) -> str:
         return ""
 
 
+class GroupProcess:
+    """A process group a test started (``proc``) writing to ``log_path``."""
+
+    proc: subprocess.Popen | None
+    log_path: Path
+
+    def stop(self) -> None:
+        stop_group(self.proc)
+
+    def kill(self) -> None:
+        """SIGKILL to the whole group: a hard crash, no goodbye (the kernel
+        closes its TCP/TLS connections, e.g. an edge dying, a UA's flow dying)."""
+        kill_group(self.proc)
+
+    def log(self) -> str:
+        return read_log(self.log_path)
+
+
 @dataclass
-class Kamailio:
+class Kamailio(GroupProcess):
     """One Kamailio process group running one of our cfg files."""
 
     name: str
@@ -144,16 +162,6 @@ class Kamailio:
             except (OSError, ProcessError):
                 time.sleep(0.05)
         raise ProcessError(f"{self.name} not ready after {timeout}s:\n{self.log()}")
-
-    def stop(self) -> None:
-        stop_group(self.proc)
-
-    def kill(self) -> None:
-        """Hard crash of the whole Kamailio process group (an edge dying)."""
-        kill_group(self.proc)
-
-    def log(self) -> str:
-        return read_log(self.log_path)
 
     def rpc(self, method: str, *params: object, timeout: float = 5.0) -> object:
         client_path = self.workdir / f"rpc-client-{os.getpid()}-{time.monotonic_ns()}.sock"

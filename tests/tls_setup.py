@@ -22,7 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import ProcessError, kill_group, read_log, stop_group
+from harness import GroupProcess, ProcessError
 
 TCP_LISTEN = "0A"  # state column of /proc/net/tcp
 
@@ -91,7 +91,7 @@ def is_listening(ip: str, port: int) -> bool:
 
 
 @dataclass
-class Stunnel:
+class Stunnel(GroupProcess):
     """stunnel in client mode: TCP accepted on ``accept`` goes out as TLS from
     ``local`` to ``connect``, the server certificate checked against the CA."""
 
@@ -145,15 +145,6 @@ TIMEOUTclose = 0
             time.sleep(0.02)
         return self
 
-    def stop(self) -> None:
-        stop_group(self.proc)
-
-    def kill(self) -> None:
-        """SIGKILL: the kernel closes stunnel's TLS connection (the UA's flow dies)."""
-        kill_group(self.proc)
-
-    def log(self) -> str:
-        return read_log(self.log_path)
 
     def tls_connections(self) -> list[str]:
         """``ip:port`` of every TLS connection stunnel opened toward ``connect``."""

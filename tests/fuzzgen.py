@@ -546,8 +546,10 @@ def cases(seed: int, ctx: Context, count: int, transports: tuple[str, ...] = ("u
         allowed = allowed_codes(ctx, method, in_dialog) | extra
         routes = [value for name, value in msg.headers if name.lower() == "route"]
         if ctx.tokens.get("peer") and routes and f"sip:{ctx.tokens['peer']}@" in routes[0] and method != "REGISTER":
-            # a valid token naming a socket of a peer edge: that flow is not here (430)
-            allowed = FINAL_CODES_SANITY | {430} | (extra & {483})
+            # a valid token of another flow (a peer edge's socket) from a device, not
+            # from the farm: refused by the relay policy (outbound.relay) before any
+            # flow is looked at
+            allowed = FINAL_CODES_SANITY | {403} | (extra & {483})
         if method == "REGISTER" and required_unknown(msg):
             # RFC 3261 §10.3 step 2: never saved; 420 (or 400 for other garbage)
             allowed = FINAL_CODES_SANITY | {420} | (extra & {483})

@@ -8,7 +8,7 @@ import KSR
 
 from locator.records import ip_family
 from outbound.decisions import Reply
-from outbound.sipmsg import SipSyntaxError, SipUri, is_digits, is_hostname
+from outbound.sipmsg import NameAddr, SipSyntaxError, SipUri, is_digits, is_hostname
 
 from .runtime import Runtime, check_fault_injection, guarded, send_reply
 
@@ -18,6 +18,14 @@ if TYPE_CHECKING:
 
 # process_maxfwd(): -1 the value is 0 (483), -2 the header cannot be parsed (400)
 MAXFWD_UNPARSABLE = -2
+
+
+def names_us(route: NameAddr) -> bool:
+    """A Route entry names this Kamailio (host, port, transport)."""
+    uri = route.sip_uri
+    port = f":{uri.port}" if uri.port else ""
+    transport = f";transport={uri.params['transport']}" if uri.params.get("transport") else ""
+    return KSR.is_myself(f"sip:{uri.host}{port}{transport}") > 0
 
 
 class BaseRoutes:

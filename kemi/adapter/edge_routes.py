@@ -6,23 +6,23 @@ from typing import Any
 
 import KSR
 
+from locator.records import ip_family
 from outbound.decisions import PathKind, Reply
 from outbound.policy import edge_path_kind
+from outbound.relay import EdgeStep, Onward, ToHome, edge_step, next_hop_refusal
 from outbound.routing import (
     DIALOG_FORMING,
-    Outgoing,
-    RouteDecision,
     RouteView,
     ToFlow,
     flow_failed,
     record_route_token,
     route_decision,
 )
-from outbound.sipmsg import NameAddr, SipSyntaxError, bracket, parse_name_addr, parse_name_addrs
+from outbound.sipmsg import NameAddr, SipSyntaxError, SipUri, bracket, parse_name_addr, parse_name_addrs
 from outbound.tokens import Flow
 
-from .base import BaseRoutes
-from .locator_glue import FailoverRelay, HealthMemory, Locator, PeerGate, claims_core
+from .base import BaseRoutes, names_us
+from .locator_glue import FailoverRelay, HealthMemory, Locator, PeerGate
 from .runtime import Runtime, Snapshot, guarded, send_reply, snapshot, stream_flow_alive
 
 # The rr module takes the Record-Route user part from this AVP (cfg: custom_user_avp).
@@ -54,11 +54,27 @@ class EdgeRoutes(BaseRoutes):
         # failed registrar targets are tried last by later transactions (docs/dns.md, hold-down)
         health = HealthMemory(self.locator.hold_policy, self.locator.clock)
         self.home_relay = FailoverRelay(self.locator, HOME_FAILURE_ROUTE, health=health, reply_route=HOME_REPLY_ROUTE)
-        self.peers = PeerGate(self.locator, runtime.config.dns.peers)
+        # the home proxy farm: the registrar URI's addresses and dns.peers (outbound.relay)
+        farm = (self.registrar,) if self.registrar else ()
+        self.farm = PeerGate(self.locator, farm + runtime.config.dns.peers)
+
+    def from_farm(self) -> bool:
+        """The request's transport source is a farm address (never its Vias)."""
+        return self.farm.contains(KSR.kx.get_srcip())
+
+    def trusted_source(self) -> bool:
+        return self.from_farm()
 
     def register(self) -> int:
-        """Forward a REGISTER to the registrar with our Path (RFC 5626 §5.1)."""
+        """Forward a REGISTER to the registrar with our Path (RFC 5626 §5.1).
+        We are the device's first hop: Route and any Path the device wrote go
+        (a Path with another device's token would steer that AOR's calls onto
+        the other device's flow)."""
         KSR.hdr.remove("Route")
+        if KSR.hdr.is_present("Path") > 0 and not self.from_farm():
+            KSR.notice(f"kemi-outbound: Path written by {KSR.kx.get_srcip()} removed from REGISTER "
+                       f"for {KSR.kx.get_turi()}\n")
+            KSR.hdr.remove("Path")
         self.outbound_add_path()
         self.forward_to_home()
         return 1
@@ -97,7 +113,7 @@ class EdgeRoutes(BaseRoutes):
             routes = (strict, *routes[:1])
         ours = 0
         for route in routes:
-            if not self._is_me(route):
+            if not names_us(route):
                 break
             ours += 1
         contacts = parse_name_addrs(snap.headers, "contact")
@@ -123,31 +139,23 @@ class EdgeRoutes(BaseRoutes):
             uri = entry.sip_uri  # parsed here: a Request-URI we cannot read is no strict route
         except SipSyntaxError:
             return None
-        if not uri.user or "lr" not in uri.params or not self._is_me(entry):
+        if not uri.user or "lr" not in uri.params or not names_us(entry):
             return None
         return entry
 
-    @staticmethod
-    def _is_me(route: NameAddr) -> bool:
-        uri = route.sip_uri
-        port = f":{uri.port}" if uri.port else ""
-        transport = f";transport={uri.params['transport']}" if uri.params.get("transport") else ""
-        return KSR.is_myself(f"sip:{uri.host}{port}{transport}") > 0
-
-    def outbound_route(self, view: RouteView) -> RouteDecision:
-        """Replacement for loose_route (RFC 5626 §5.3): a forged token is answered
-        403, an incoming request is sent over its flow (or answered 430). The
-        decision is returned; after ``Outgoing`` or ``LooseRoute`` ordinary routing
-        goes on in the caller."""
-        decision = route_decision(view, self.codec)
-        if self.peers.enabled and claims_core(view.via_count, isinstance(decision, ToFlow)):
-            # trusted peers by DNS name (dns.peers): the core must come from its farm
-            decision = self.peers.refusal(view.source.remote_ip) or decision
-        if isinstance(decision, Reply):
-            send_reply(decision)
-        elif isinstance(decision, ToFlow):
-            self._send_to_flow(decision)
-        return decision
+    def outbound_route(self, view: RouteView, *, in_dialog: bool) -> EdgeStep:
+        """Replacement for loose_route (RFC 5626 §5.3) under the relay policy
+        (outbound.relay): a forged or replayed token is answered 403, an
+        incoming request from the farm is sent over its flow (or answered 430).
+        The step is returned; after ``ToHome`` or ``Onward`` routing goes on in
+        the caller."""
+        step = edge_step(route_decision(view, self.codec), from_farm=self.from_farm(),
+                         in_dialog=in_dialog, via_count=view.via_count)
+        if isinstance(step, Reply):
+            send_reply(step)
+        elif isinstance(step, ToFlow):
+            self._send_to_flow(step)
+        return step
 
     @staticmethod
     def is_local_flow(flow: Flow) -> bool:
@@ -211,27 +219,51 @@ class EdgeRoutes(BaseRoutes):
 
     def _initial(self) -> int:
         view = self.route_view()
-        decision = self.outbound_route(view)
-        if isinstance(decision, Reply | ToFlow):
-            return 1
-        if view.via_count == 1 or isinstance(decision, Outgoing):
-            # from the UA: record-route, then on to the home proxy
+        step = self.outbound_route(view, in_dialog=False)
+        if isinstance(step, ToHome):
             self.outbound_record_route(view)
             KSR.hdr.remove("Route")
             self.forward_to_home()
-        elif KSR.rr.loose_route() in (1, RR_PRELOADED):
-            # our preloaded Route (a plain Path) was the last one: on to the R-URI,
-            # a name in it located by our RFC 3263 locator like any next hop
-            if self._locate_next_hop():
-                self._relay()
-        else:
-            send_reply(Reply(404, "Not Found", "no route for an initial request from the core"))
+        elif isinstance(step, Onward):
+            # from the farm: on as its Route set says
+            if KSR.rr.loose_route() in (1, RR_PRELOADED):
+                # our preloaded Route (a plain Path) was the last one: on to the R-URI,
+                # a name in it located by our RFC 3263 locator like any next hop
+                if self._locate_next_hop():
+                    self._relay()
+            else:
+                send_reply(Reply(404, "Not Found", "no route for an initial request from the core"))
         return 1
 
     def _within_dialog(self) -> int:
-        if isinstance(self.outbound_route(self.route_view()), Reply | ToFlow):
+        step = self.outbound_route(self.route_view(), in_dialog=True)
+        if not isinstance(step, Onward):
             return 1
-        return super()._within_dialog()
+        if KSR.rr.loose_route() > 0:
+            refusal = self._next_hop_refusal() if step.farm_only else None
+            if refusal is not None:
+                send_reply(refusal)
+            elif self._locate_next_hop():
+                self._relay()
+            return 1
+        if KSR.is_ACK():
+            if KSR.tm.t_check_trans() > 0:
+                self._relay()  # the ACK of a non-2xx answer: tm absorbs it hop by hop
+            return 1
+        send_reply(Reply(404, "Not Found", "in-dialog request without a route"))
+        return 1
+
+    def _next_hop_refusal(self) -> Reply | None:
+        """A device's in-dialog request goes to the farm only (outbound.relay)."""
+        next_hop = str(KSR.pv.get("$du") or "") or KSR.kx.get_ruri()
+        try:
+            uri = SipUri.parse(next_hop)
+        except SipSyntaxError:
+            return Reply(403, "Forbidden", f"in-dialog request from a device toward {next_hop[:80]!r}")
+        host = (uri.params.get("maddr") or uri.host).strip("[]")
+        is_ip = ip_family(host) is not None
+        return next_hop_refusal(host, host_is_ip=is_ip, ip_in_farm=is_ip and self.farm.contains(host),
+                                farm_names=self.farm.names)
 
     @guarded
     def ksr_failure_flow(self, msg: Any) -> int:

@@ -37,10 +37,11 @@ from outbound.bindings import (
 )
 from outbound.config import Config
 from outbound.decisions import Reply
+from outbound.relay import SEAL_PARAM
 from outbound.sipmsg import SipSyntaxError, bracket, is_hostname, parse_name_addr, split_values
 from outbound.tokens import Flow, FlowTokenCodec, Verdict
 
-from .locator_glue import HealthMemory, Locator
+from .locator_glue import HealthMemory, Locator, own_socket_toward
 from .runtime import FLB_OUTBOUND, send_reply, stream_flow_alive
 
 SLOT_SHIFT = 16
@@ -74,7 +75,8 @@ class HomeProxy:
 
     def __init__(self, config: Config, codec: FlowTokenCodec | None,
                  is_local_flow: Callable[[Flow], bool] | None = None, locator: Locator | None = None,
-                 health: HealthMemory | None = None) -> None:
+                 health: HealthMemory | None = None, seal: Callable[[str], str] | None = None,
+                 own_path_only: bool = False) -> None:
         self.table = config.location_table
         self.max_parallel = config.max_parallel_branches
         self.first_reply_timeout_ms = config.first_reply_timeout_ms
@@ -83,6 +85,10 @@ class HomeProxy:
         self.locator = locator
         # edge addresses (of Path hostnames) that did not answer go last for a while
         self.health = health
+        # single-server mode: our Record-Route entries carry a seal of the Call-ID
+        # (outbound.relay.dialog_seal), and only a Path entry of our own is trusted
+        self.seal = seal
+        self.own_path_only = own_path_only
 
     # ----- reading usrloc -------------------------------------------------
 
@@ -135,6 +141,9 @@ class HomeProxy:
             socket = f"{local.transport}:{bracket(local.local_ip)}:{local.local_port}"
             rr = f"sip:{first.user}@{bracket(local.local_ip)}:{local.local_port};transport={local.transport}"
             return Target(binding, binding.contact, dst, ", ".join(hops), socket, local.conn_id, rr)
+        if self.own_path_only:
+            KSR.notice(f"kemi-outbound: binding {binding.ruid} has a Path that is not ours; skipped\n")
+            return None
         transport = first.params.get("transport")
         port = f":{first.port}" if first.port else ""
         dst = f"sip:{first.host}{port}" + (f";transport={transport}" if transport else "")
@@ -183,22 +192,24 @@ class HomeProxy:
             target.binding.ruid, target.binding.group, target.route, target.record_route,
             target.binding.outbound, target.addresses.pack() if target.addresses else "").pack())
         flags = (slot << SLOT_SHIFT) | ((1 << FLB_OUTBOUND) if target.binding.outbound else 0)
+        # toward an edge: from our listen address, by which the edge knows its farm
+        socket = target.socket or (own_socket_toward(target.dst_uri) if target.dst_uri else "")
         if use_ruri:
             KSR.pv.sets("$ru", target.ruri)
             if target.dst_uri:
                 KSR.setdsturi(target.dst_uri)
             else:
                 KSR.resetdsturi()
-            if target.socket:
-                KSR.pv.sets("$fs", target.socket)
+            if socket:
+                KSR.pv.sets("$fs", socket)
             KSR.pv.seti("$bf", flags)
             return
         KSR.pvx.sbranch_reset()
         KSR.pv.sets("$sbranch(uri)", target.ruri)
         if target.dst_uri:
             KSR.pv.sets("$sbranch(dst_uri)", target.dst_uri)
-        if target.socket:
-            KSR.pv.sets("$sbranch(send_socket)", target.socket)
+        if socket:
+            KSR.pv.sets("$sbranch(send_socket)", socket)
         KSR.pv.seti("$sbranch(flags)", flags)
         KSR.pvx.sbranch_append()
 
@@ -274,7 +285,8 @@ class HomeProxy:
         entries = [e for e in (callee_side, caller_side) if e]
         if entries:
             pair = ";r2=on" if len(entries) == 2 else ""
-            KSR.hdr.insert("Record-Route: " + ", ".join(f"<{e};lr{pair}>" for e in entries) + "\r\n")
+            seal = f";{SEAL_PARAM}={self.seal(KSR.kx.get_callid())}" if self.seal is not None else ""
+            KSR.hdr.insert("Record-Route: " + ", ".join(f"<{e};lr{pair}{seal}>" for e in entries) + "\r\n")
 
     def outbound_next_contact(self) -> None:
         """Branch failed: on 430 or our own 408/503, drop that binding and try the

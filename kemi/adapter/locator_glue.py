@@ -17,8 +17,9 @@ Three pieces, each usable from any role's routes object:
 * :class:`HealthMemory` - the hold-downs in Kamailio shared memory (the
   htable ``ko_health`` of cfg/edge.cfg), seen by every worker and by tm's
   timer process (which runs the failure route after a timeout).
-* :class:`PeerGate` - "is this source address one of the trusted peer
-  farms?" by the farms' DNS sets, refreshed as their TTLs expire.
+* :class:`PeerGate` - "is this source address one of the farm's?" by the
+  farms' DNS sets, refreshed as their TTLs expire (outbound.relay: the edge's
+  farm is its registrar URI plus ``dns.peers``).
 """
 
 from __future__ import annotations
@@ -38,8 +39,9 @@ from locator.plan import Plan, Policy, Target, plan
 from locator.records import ip_family
 from outbound.config import Config, ConfigError, DnsConfig
 from outbound.decisions import Reply
+from outbound.sipmsg import SipSyntaxError, SipUri
 
-from .runtime import define, send_reply
+from .runtime import define, own_socket, send_reply
 
 # The targets still to try for the current transaction, space-separated $du
 # URIs; and the one being tried. Transaction AVPs reach the failure route.
@@ -316,6 +318,9 @@ class FailoverRelay:
             # $du through pv, not KSR.setdsturi: it also marks the R-URI as new, which
             # a failure route needs for t_relay to make a new branch (serial forking)
             KSR.pv.sets("$du", target)
+            socket = own_socket_toward(target)
+            if socket:
+                KSR.pv.sets("$fs", socket)  # the farm knows us by our listen address
             KSR.tm.t_on_failure(self.failure_route)
             key = key_of_uri(target)
             if self.reply_route and memory is not None and key is not None and memory.is_held(key, now):
@@ -328,13 +333,6 @@ class FailoverRelay:
         return False
 
 
-def claims_core(via_count: int, to_flow: bool) -> bool:
-    """At an edge, a request claims to come from the core (a peer) when another
-    proxy handled it (more than one Via, RFC 5626 §5.1's first-hop test) or
-    when it asks to be sent over a UA's flow (RFC 5626 §5.3.1 incoming)."""
-    return via_count > 1 or to_flow
-
-
 class PeerGate:
     """Trusted peers by DNS name: the configured farms' address sets."""
 
@@ -342,6 +340,9 @@ class PeerGate:
         self.locator = locator
         self.trust = PeerTrust(tuple(uris), self._resolve)
         self._lookup = locator.resolver.session()
+        # the host names of the farm's URIs (lower case, no trailing dot): next
+        # hops a device may name, resolved by us (outbound.relay)
+        self.names = frozenset(SipUri.parse(uri).host.rstrip(".") for uri in self.trust.uris)
 
     @property
     def enabled(self) -> bool:
@@ -361,12 +362,26 @@ class PeerGate:
             KSR.info(f"{LOG} trusted peer {changed.uri} = {', '.join(sorted(changed.addresses)) or 'nobody'}\n")
         return self.trust.peer_of(source_ip, now)
 
-    def refusal(self, source_ip: str) -> Reply | None:
-        """403 for a request claiming to come from a peer from elsewhere."""
-        if self.peer_of(source_ip) is not None:
-            return None
-        return Reply(403, "Forbidden",
-                     f"{source_ip} claims to be a peer but is not in the DNS set of {', '.join(self.trust.uris)}")
+    def contains(self, source_ip: str) -> bool:
+        """``source_ip`` (a request's transport source) is an address of a farm."""
+        return self.peer_of(source_ip) is not None
+
+    def describe(self) -> str:
+        return ", ".join(self.trust.uris)
+
+
+def own_socket_toward(uri: str) -> str:
+    """Our listen socket (runtime.own_socket) for sending to ``uri``, a numeric
+    ``$du``: "" when the families differ or the URI is no IP destination."""
+    try:
+        parsed = SipUri.parse(uri)
+    except SipSyntaxError:
+        return ""
+    ours = define("KO_ADDR") or ""
+    family = ip_family(parsed.host.strip("[]"))
+    if family is None or family != ip_family(ours):
+        return ""
+    return own_socket((parsed.params.get("transport") or "udp").lower())
 
 
 def _avp(name: str) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
+import secrets
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,6 +51,19 @@ def define(name: str) -> str | None:
     return value
 
 
+def own_socket(transport: str) -> str:
+    """This Kamailio's listen socket for ``transport`` ("udp:ADDR:PORT"), from
+    the cfg defines KO_ADDR / KO_PORT / KO_TLS_PORT; "" when unknown. Forcing it
+    ($fs) makes Kamailio bind a new TCP/TLS connection's source to the listen
+    address too (tcp_main: a forced socket is the connection's local address),
+    so peers that know us by address (outbound.relay) see that address."""
+    addr = define("KO_ADDR")
+    port = define("KO_TLS_PORT") if transport == "tls" else define("KO_PORT")
+    if not addr or not port or transport not in ("udp", "tcp", "tls"):
+        return ""
+    return f"{transport}:{bracket(addr)}:{port}"
+
+
 def _read_text(path: str) -> str:
     with open(path, encoding="utf-8") as handle:
         return handle.read()
@@ -83,6 +97,24 @@ def bootstrap(role: str, *, needs_keys: bool) -> Runtime:
         raise
     KSR.info(f"kemi-outbound {role}: configuration loaded from {path}\n")
     return Runtime(config, codec)
+
+
+def dialog_keys(runtime: Runtime, role: str) -> tuple[bytes, ...]:
+    """Keys for the Record-Route seal (outbound.relay.dialog_seal): the flow-token
+    keys when configured (a farm shares them, so a dialog survives a restart),
+    else one random key made at start (mod_init, before the workers fork)."""
+    if runtime.codec is not None:
+        return runtime.codec.keys
+    config = runtime.config
+    if config.keys_file or (config.keys_env and os.environ.get(config.keys_env)):
+        try:
+            return tuple(load_keys(config, os.environ, _read_text))
+        except ConfigError as exc:
+            KSR.err(f"kemi-outbound {role}: configuration error: {exc}\n")
+            raise
+    KSR.notice(f"kemi-outbound {role}: no flow-token key configured: Record-Route seals use a key of this "
+               "start only (dialogs do not outlive a restart; set the same key on every registrar)\n")
+    return (secrets.token_bytes(32),)
 
 
 @dataclass(frozen=True, slots=True)

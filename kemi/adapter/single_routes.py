@@ -11,12 +11,14 @@ on it is removed at once, for all AORs (§7).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import KSR
 
 from outbound.decisions import Reply
-from outbound.routing import DIALOG_FORMING, RouteView, ToFlow, record_route_token
+from outbound.relay import SEAL_PARAM, EdgeStep, dialog_seal, seal_valid, single_step
+from outbound.routing import DIALOG_FORMING, RouteView, ToFlow, record_route_token, route_decision
 from outbound.sipmsg import bracket, parse_name_addr, split_values
 from outbound.tokens import Flow, Verdict
 
@@ -29,6 +31,10 @@ from .runtime import Runtime, send_reply
 FLOWS_TABLE = "ko_flows"
 RR_A_SIDE = "$xavp(ko_rr=>a)"
 CLOSE_EVENTS = ("tcp:closed", "tcp:timeout", "tcp:reset")
+# ko_flows holds "<conn id> <aor> ..." per connection: bounded, so that one
+# connection cannot grow a shared-memory string with every AOR it registers
+MAX_AORS_PER_FLOW = 16
+MAX_FLOW_ENTRY = 4096
 
 
 def flow_key(transport: str, local_ip: str, local_port: int, remote_ip: str, remote_port: int) -> str:
@@ -40,26 +46,65 @@ class SingleRoutes(EdgeRoutes, HomeProxyCallbacks):
 
     def __init__(self, runtime: Runtime) -> None:
         super().__init__(runtime)
-        self.home = HomeProxy(runtime.config, self.codec, is_local_flow=self.is_local_flow)
+        self.home = HomeProxy(runtime.config, self.codec, is_local_flow=self.is_local_flow,
+                              seal=self.seal, own_path_only=True)
+
+    def seal(self, call_id: str) -> str:
+        """Our Record-Route parameter for a dialog (outbound.relay.dialog_seal)."""
+        return dialog_seal(self.codec.signing_key, call_id)
 
     # ----- REGISTER: we are the first hop ----------------------------------
 
     def register(self) -> int:
         snap, view = registration.current()
         config = self.runtime.config
+        changed = bool(view.paths)
+        if changed:
+            # we are the first hop: a Path the device wrote is not ours to keep
+            # (another device's token in it would steer this AOR's calls there)
+            KSR.notice(f"kemi-outbound: Path written by {snap.src_ip} removed from REGISTER "
+                       f"for {KSR.kx.get_turi()}\n")
+            KSR.hdr.remove("Path")
+            view = replace(view, paths=())
         decision = registration.decide(config, view)
         if isinstance(decision, Reply):
             send_reply(decision)
             return 1
         flow = source_flow(snap)
+        watch = decision.outbound and flow.is_stream
+        if watch:
+            refusal = self._flow_room(flow, KSR.kx.get_turi())
+            if refusal is not None:
+                send_reply(refusal)
+                return 1
         if decision.outbound and view.via_count == 1:
             token = self.codec.encode(flow)
             uri = f"sip:{token}@{bracket(flow.local_ip)}:{flow.local_port};transport={flow.transport};lr;ob"
             KSR.hdr.insert(f"Path: <{uri}>\r\n")
+            changed = True
+        if changed:
             KSR.textopsx.msg_apply_changes()
-        if registration.save(config, decision, view, KSR.kx.get_callid()) and decision.outbound and flow.is_stream:
+        if registration.save(config, decision, view, KSR.kx.get_callid()) and watch:
             self._watch_flow(flow, KSR.kx.get_turi())
         return 1
+
+    @staticmethod
+    def _flow_key(flow: Flow) -> str:
+        return flow_key(flow.transport, flow.local_ip, flow.local_port, flow.remote_ip, flow.remote_port)
+
+    def _flow_aors(self, flow: Flow) -> list[str]:
+        known = str(KSR.htable.sht_get(FLOWS_TABLE, self._flow_key(flow)) or "").split()
+        return known[1:] if known and known[0] == str(flow.conn_id) else []
+
+    def _flow_room(self, flow: Flow, aor: str) -> Reply | None:
+        """403 when this connection already carries as many AORs as ko_flows keeps."""
+        aors = self._flow_aors(flow)
+        if aor in aors:
+            return None
+        if len(aors) >= MAX_AORS_PER_FLOW or len(" ".join([str(flow.conn_id), *aors, aor])) > MAX_FLOW_ENTRY:
+            return Reply(403, "Too Many AORs On This Flow",
+                         f"connection {flow.conn_id} already carries {len(aors)} AORs (at most {MAX_AORS_PER_FLOW})")
+        return None
 
     def _watch_flow(self, flow: Flow, aor: str) -> None:
         """Remember which AORs live on this connection; ask for its close event;
@@ -67,12 +112,10 @@ class SingleRoutes(EdgeRoutes, HomeProxyCallbacks):
 
         ``ko_flows`` maps the connection's addresses to "<conn id> <aor> ...".
         """
-        key = flow_key(flow.transport, flow.local_ip, flow.local_port, flow.remote_ip, flow.remote_port)
-        known = str(KSR.htable.sht_get(FLOWS_TABLE, key) or "").split()
-        aors = known[1:] if known and known[0] == str(flow.conn_id) else []
+        aors = self._flow_aors(flow)
         if aor not in aors:
             aors.append(aor)
-        KSR.htable.sht_sets(FLOWS_TABLE, key, " ".join([str(flow.conn_id), *aors]))
+        KSR.htable.sht_sets(FLOWS_TABLE, self._flow_key(flow), " ".join([str(flow.conn_id), *aors]))
         KSR.tcpops.tcp_enable_closed_event()
         self.keep_flow_open()
 
@@ -92,10 +135,25 @@ class SingleRoutes(EdgeRoutes, HomeProxyCallbacks):
         KSR.pv.sets(RR_A_SIDE, f"sip:{user}{bracket(source.local_ip)}:{source.local_port};transport={source.transport}")
         return outbound
 
+    def outbound_route(self, view: RouteView, *, in_dialog: bool) -> EdgeStep:
+        """The single server's relay policy (outbound.relay.single_step): a token
+        sends an initial request to a flow only from a peer; inside a dialog our
+        own Record-Route entry, sealed for the Call-ID, must be in the Route."""
+        ours = view.routes[: view.routes_ours]
+        sealed = any(seal_valid(self.codec.keys, KSR.kx.get_callid(), r.sip_uri.params.get(SEAL_PARAM))
+                     for r in ours)
+        step = single_step(route_decision(view, self.codec), from_peer=self.from_farm(),
+                           in_dialog=in_dialog, sealed=sealed)
+        if isinstance(step, Reply):
+            send_reply(step)
+        elif isinstance(step, ToFlow):
+            self._send_to_flow(step)
+        return step
+
     def _initial(self) -> int:
         view = self.route_view()
-        decision = self.outbound_route(view)
-        if isinstance(decision, Reply | ToFlow):
+        step = self.outbound_route(view, in_dialog=False)
+        if isinstance(step, Reply | ToFlow):
             return 1
         self.outbound_record_route(view)
         KSR.hdr.remove("Route")

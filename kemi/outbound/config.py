@@ -67,13 +67,14 @@ class Config:
     flow_reply_timeout_ms: int = 5000
     keepalive_grace_seconds: int = 20
     dns: DnsConfig = DnsConfig()
+    trusted_edges: tuple[str, ...] = ()  # registrar: where a Path may come from (empty: the edge it names)
 
 
 _SCHEMA: dict[str, dict[str, type]] = {
     "flow_tokens": {"keys_env": str, "keys_file": str},
     "edge": {"registrar": str, "force_outbound": bool, "flow_reply_timeout_ms": int},
     "home": {"max_parallel_branches": int, "first_reply_timeout_ms": int},
-    "registrar": {"location_table": str, "default_expires": int, "flow_timer": int},
+    "registrar": {"location_table": str, "default_expires": int, "flow_timer": int, "trusted_edges": list},
     "testing": {"fault_injection_header": str},
     "keepalive": {"grace_seconds": int},
     "dns": {
@@ -88,7 +89,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "flow_tokens": {"keys_env": "KO_FLOW_KEYS", "keys_file": ""},
     "edge": {"registrar": "", "force_outbound": False, "flow_reply_timeout_ms": 5000},
     "home": {"max_parallel_branches": 8, "first_reply_timeout_ms": 2000},
-    "registrar": {"location_table": "location", "default_expires": 3600, "flow_timer": 25},
+    "registrar": {"location_table": "location", "default_expires": 3600, "flow_timer": 25, "trusted_edges": []},
     "testing": {"fault_injection_header": ""},
     "keepalive": {"grace_seconds": 20},
     "dns": {
@@ -194,6 +195,8 @@ def _build(values: dict[str, dict[str, Any]], source: str) -> Config:
         flow_reply_timeout_ms=values["edge"]["flow_reply_timeout_ms"],
         keepalive_grace_seconds=grace,
         dns=_build_dns(values["dns"], source),
+        trusted_edges=tuple(_peer_uri(item, source, "registrar.trusted_edges")
+                            for item in values["registrar"]["trusted_edges"]),
     )
 
 
@@ -217,17 +220,17 @@ def _names(values: dict[str, Any], source: str, key: str, known: tuple[str, ...]
     return names
 
 
-def _peer_uri(item: object, source: str) -> str:
-    """A peer is a SIP URI or a bare domain (taken as sip:domain)."""
+def _peer_uri(item: object, source: str, key: str = "dns.peers") -> str:
+    """A peer is a SIP URI or a bare domain or address (taken as sip:domain)."""
     if not isinstance(item, str) or not item.strip():
-        raise ConfigError(source, "dns.peers", f"each peer must be a SIP URI or a domain, got {item!r}")
+        raise ConfigError(source, key, f"each entry must be a SIP URI, a domain or an address, got {item!r}")
     uri = item.strip()
     if not uri.lower().startswith(("sip:", "sips:")):
         uri = "sip:" + uri
     try:
         SipUri.parse(uri)
     except SipSyntaxError as exc:
-        raise ConfigError(source, "dns.peers", f"{item!r}: {exc}") from None
+        raise ConfigError(source, key, f"{item!r}: {exc}") from None
     return uri
 
 

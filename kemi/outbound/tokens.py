@@ -123,6 +123,15 @@ class FlowTokenCodec:
                 raise ValueError(f"flow-token keys need at least {MIN_KEY_BYTES} bytes")
         self._keys = tuple(bytes(k) for k in keys)
 
+    @property
+    def keys(self) -> tuple[bytes, ...]:
+        """Every key, the signing one first (for other MACs made with the same keys)."""
+        return self._keys
+
+    @property
+    def signing_key(self) -> bytes:
+        return self._keys[0]
+
     def encode(self, flow: Flow) -> str:
         code = _TRANSPORT_CODE.get(flow.transport.lower())
         if code is None:

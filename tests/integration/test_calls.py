@@ -23,7 +23,7 @@ from topology import edge, net, start, stop
 
 UA_A = net(30)
 UA_B = net(20)
-CORE = net(40)
+CORE = net(1)  # the farm (the registrar's address): only it may send to device flows
 CODEC = FlowTokenCodec([parse_key(TEST_KEY)])
 
 

@@ -20,7 +20,7 @@ sys.modules.setdefault("KSR", types.ModuleType("KSR"))
 
 from adapter import edge_routes  # noqa: E402
 from adapter.edge_routes import FLOW_FAILURE_ROUTE, HOME_FAILURE_ROUTE, HOME_REPLY_ROUTE, EdgeRoutes  # noqa: E402
-from adapter.locator_glue import Locator, claims_core, effective_families, listen_families  # noqa: E402
+from adapter.locator_glue import Locator, effective_families, listen_families  # noqa: E402
 from outbound.config import ConfigError, DnsConfig  # noqa: E402
 
 
@@ -66,11 +66,3 @@ def test_resolve_next_hop_gives_du_uris_in_rfc3263_order():
     ]
     assert locator.resolve_next_hop("sip:nowhere.ko.test;lr") == []
     assert locator.resolve_next_hop("sip:192.0.2.9:5070;lr") == ["sip:192.0.2.9:5070;transport=udp"]
-
-
-@pytest.mark.parametrize(
-    ("via_count", "to_flow", "claims"),
-    [(1, False, False), (2, False, True), (1, True, True), (3, True, True)],
-)
-def test_what_claims_to_come_from_the_core(via_count, to_flow, claims):
-    assert claims_core(via_count, to_flow) is claims

@@ -1,0 +1,153 @@
+"""Relay policy: what a proxy of ours forwards, and for whom (no open relay).
+
+RFC 3261 §16.3 leaves "may this request be relayed?" to local policy; an edge
+proxy (RFC 5626 §5) that relays anything anywhere is an open relay (toll fraud,
+a way into internal networks). The rules, one place each:
+
+* **Who is the farm** is decided by the request's transport source address,
+  checked against the addresses of the farm's URIs (the registrar URI and
+  ``dns.peers``), never by the number of Vias a sender chose to write.
+* **Edge** (:func:`edge_step`): a request from a device goes to the home proxy
+  farm and nowhere else (initial requests) or, inside a dialog, only toward a
+  farm next hop; a flow token sends a request *to* a device flow only when the
+  farm sent it (RFC 5626 §5.3.1 incoming); from the very flow it names the token
+  only marks the request as outgoing (§5.3.2). Requests from the farm go to the
+  device flow of their token or onward as the farm's Route set says.
+* **Registrar** (:func:`path_refusal`): a Path is stored only as a trusted edge
+  wrote it (RFC 3327 §5.3: the registrar stores what it received; here it must
+  come from the edge the top entry names).
+* **Single server** (:func:`dialog_seal`): in-dialog requests are relayed only
+  when they carry our own Record-Route entry sealed for their Call-ID, i.e. the
+  dialog passed this server's initial-request policy.
+
+Pure: addresses, keys and the decision of ``routing.route_decision`` are passed in.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .decisions import Reply
+from .routing import Outgoing, RouteDecision, ToFlow
+
+SEAL_PARAM = "ko"
+SEAL_BYTES = 9  # 72 bits: 12 URI-safe characters
+
+
+@dataclass(frozen=True, slots=True)
+class ToHome:
+    """Send the request on to the home proxy farm (record-routed first)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Onward:
+    """Ordinary routing (loose_route, RFC 3261 §16.4); ``farm_only``: the next
+    hop it gives must be one of the farm's addresses or names."""
+
+    farm_only: bool
+
+
+EdgeStep = Reply | ToFlow | ToHome | Onward
+
+
+def edge_step(decision: RouteDecision, *, from_farm: bool, in_dialog: bool, via_count: int) -> EdgeStep:
+    """What the edge does with a request, after ``route_decision`` read its tokens.
+
+    * a ``Reply`` (a forged token: 403) stands;
+    * ``ToFlow`` (a token names a flow that is not the request's source) only
+      from the farm; from anyone else it is a token replayed from a Path or a
+      Record-Route, refused 403 (RFC 5626 §5.3.1 SHOULD 403 for tokens that
+      fail, and no token of another device may steer a device's request);
+    * from the farm: an initial request with one Via (a farm node's own request)
+      or outgoing over a flow goes home as a device's would, anything else on
+      as the farm's Route set says;
+    * from a device: initial requests go home, in-dialog requests on toward a
+      farm next hop only.
+    """
+    if isinstance(decision, Reply):
+        return decision
+    if isinstance(decision, ToFlow):
+        if from_farm:
+            return decision
+        return Reply(403, "Forbidden", f"flow token for {decision.flow} from outside the farm (replayed?)")
+    if from_farm:
+        if in_dialog:
+            return Onward(farm_only=False)
+        if via_count == 1 or isinstance(decision, Outgoing):
+            return ToHome()
+        return Onward(farm_only=False)
+    if in_dialog:
+        return Onward(farm_only=True)
+    return ToHome()
+
+
+def single_step(decision: RouteDecision, *, from_peer: bool, in_dialog: bool, sealed: bool) -> EdgeStep:
+    """The single server's policy: it is the farm itself, so devices' initial
+    requests go to its home proxy (``ToHome``: lookup, where an unknown AOR gets
+    404 and nothing leaves); a token steers an initial request straight to a
+    flow only from a peer (``dns.peers``); an in-dialog request is relayed only
+    when our Record-Route entry in its Route is sealed for its Call-ID (or a
+    peer sent it), wherever its tokens point."""
+    if isinstance(decision, Reply):
+        return decision
+    if in_dialog:
+        if not (sealed or from_peer):
+            return Reply(403, "Forbidden", "in-dialog request without our sealed Record-Route (not a dialog of ours)")
+        return decision if isinstance(decision, ToFlow) else Onward(farm_only=False)
+    if isinstance(decision, ToFlow) and not from_peer:
+        return Reply(403, "Forbidden", f"flow token for {decision.flow} in an initial request from a device")
+    return decision if isinstance(decision, ToFlow) else ToHome()
+
+
+def next_hop_refusal(host: str, *, host_is_ip: bool, ip_in_farm: bool, farm_names: frozenset[str]) -> Reply | None:
+    """A device's in-dialog request may go only to the farm: the next hop's
+    host must be a farm address (an IP) or one of the farm's configured names
+    (which we resolve ourselves; a name the sender chose is never looked up)."""
+    if host_is_ip:
+        if ip_in_farm:
+            return None
+    elif host.lower().rstrip(".") in farm_names:
+        return None
+    return Reply(403, "Forbidden", f"in-dialog request from a device toward {host[:80]!r}, which is not the farm")
+
+
+def path_refusal(top_path_host: str | None, *, source_ip: str, host_addresses: Sequence[str],
+                 trusted_source: bool | None) -> Reply | None:
+    """RFC 3327 §5.3 with RFC 5626 §6: a REGISTER's Path is stored only when a
+    trusted edge wrote it. ``trusted_source`` is the answer of the configured
+    edge list (``registrar.trusted_edges``), None when none is configured; then
+    the top Path entry must name the sender (``host_addresses``: its host's
+    addresses, the IP itself for an IP literal): an edge adds itself to Path and
+    sends from that address, a device that writes Path does not."""
+    if top_path_host is None:
+        return None
+    if trusted_source is not None:
+        if trusted_source:
+            return None
+        return Reply(403, "Forbidden", f"Path from {source_ip}, which is no trusted edge (registrar.trusted_edges)")
+    if source_ip in host_addresses:
+        return None
+    return Reply(403, "Forbidden",
+                 f"Path names {top_path_host[:80]!r} but the REGISTER came from {source_ip}: not written by that edge")
+
+
+def _seal_mac(key: bytes, call_id: str) -> str:
+    digest = hmac.digest(key, b"ko-dialog\x00" + call_id.encode("utf-8", "surrogateescape"), "sha256")
+    return base64.urlsafe_b64encode(digest[:SEAL_BYTES]).decode("ascii")
+
+
+def dialog_seal(key: bytes, call_id: str) -> str:
+    """The value of our Record-Route parameter ``ko`` for a dialog: a MAC of its
+    Call-ID with the signing key (the flow-token key)."""
+    return _seal_mac(key, call_id)
+
+
+def seal_valid(keys: Sequence[bytes], call_id: str, value: str | None) -> bool:
+    """True when ``value`` (a Route's ``ko`` parameter) seals ``call_id`` under
+    one of ``keys`` (rotation: every key verifies)."""
+    if not value or len(value) != SEAL_BYTES * 4 // 3:
+        return False
+    return any(hmac.compare_digest(_seal_mac(key, call_id), value) for key in keys)

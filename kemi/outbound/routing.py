@@ -107,7 +107,10 @@ def route_decision(view: RouteView, codec: FlowTokenCodec) -> RouteDecision:
             return Reply(400, "Bad Request", f"Route user part of {len(user)} bytes")
         decoded = codec.decode(user)
         if decoded.verdict is Verdict.NOT_A_TOKEN:
-            continue
+            # a user part on a Route naming us is only ever a token we wrote (Path,
+            # Record-Route): truncated, extended or out of the alphabet, it is a
+            # damaged token, not "no token" (§5.3.1: 403, never routed on)
+            return Reply(403, "Forbidden", f"damaged flow token {user[:80]!r}")
         if decoded.verdict is Verdict.FORGED or decoded.flow is None:
             return Reply(403, "Forbidden", f"forged flow token {user[:80]!r}")
         flows.append((decoded.flow, user, route))

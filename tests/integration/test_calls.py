@@ -155,12 +155,12 @@ def test_forged_tokens_get_403(topology, workdir, local_port):
 
 
 BAD_ROUTES = [
-    pytest.param(f"Route: <sip:abc@{net(2)};lr;ob>", "404", id="garbage-token-ordinary-routing"),
+    pytest.param(f"Route: <sip:abc@{net(2)};lr;ob>", "403", id="garbage-token-is-a-damaged-token"),
     pytest.param(f"Route: <sip:@{net(2)};lr;ob>", "404", id="empty-token"),
     pytest.param("Route: <sip:" + "A" * 1100 + f"@{net(2)};lr;ob>", "400", id="oversized-token"),
     pytest.param("Route: <sip:" + "A" * 36 + f"@{net(99)};lr>", "404", id="token-in-foreign-route"),
     pytest.param("Route: <sip:" + "A" * 36 + f"@{net(2)}>", "403", id="forged-token-without-lr"),
-    pytest.param(f"Route: <sip:abc@{net(2)}>", "404", id="garbage-without-lr"),
+    pytest.param(f"Route: <sip:abc@{net(2)}>", "403", id="garbage-without-lr-is-a-damaged-token"),
 ]
 
 

@@ -87,12 +87,13 @@ ROUTE_CASES = [
     ("no-route-loose-route", view(()), LooseRoute),
     ("top-route-not-ours-loose-route", view((route(TOKEN_A),), ours=0), LooseRoute),
     ("ours-without-user-loose-route", view((route(None),)), LooseRoute),
-    ("user-not-a-token-loose-route", view((route("alice"),)), LooseRoute),
-    ("token-one-char-short-loose-route", view((route(TOKEN_A[:-1]),)), LooseRoute),
-    ("token-one-char-long-loose-route", view((route(TOKEN_A + "A"),)), LooseRoute),
-    ("token-length-with-foreign-char-loose-route", view((route(TOKEN_A[:-1] + "."),)), LooseRoute),
-    ("user-of-1024-chars-is-not-too-long", view((route("a" * 1024),)), LooseRoute),
-    # §5.3.1: a token that fails verification is answered 403.
+    # §5.3.1: a token that fails verification is answered 403; a user part on our
+    # Route is only ever a token we wrote, so one that is no token at all is damaged.
+    ("user-not-a-token-403", view((route("alice"),)), 403),
+    ("token-one-char-short-403", view((route(TOKEN_A[:-1]),)), 403),
+    ("token-one-char-long-403", view((route(TOKEN_A + "A"),)), 403),
+    ("token-length-with-foreign-char-403", view((route(TOKEN_A[:-1] + "."),)), 403),
+    ("user-of-1024-chars-is-not-too-long-but-damaged-403", view((route("a" * 1024),)), 403),
     ("first-char-changed-403", view((route(forge(TOKEN_A, 0)),)), 403),
     ("middle-char-changed-403", view((route(forge(TOKEN_A, 17)),)), 403),
     ("last-char-changed-403", view((route(forge(TOKEN_A, 35)),)), 403),

@@ -54,27 +54,26 @@ _FIELD_SPECS = {name: tuple(f"$(hdr({name})[{i}])" for i in range(_LITERAL_INDEX
 _FIELD_BY_VAR = {name: f"$(hdr({name})[{_INDEX_VAR}])" for name in _READ_ORDER}
 
 
-def kamailio_fields() -> list[tuple[str, str]]:
-    """(name, body) of each header field we read, as Kamailio's parser delimited
-    it (LF or CRLF line ends, folding, compact forms: its rules, not a second
-    parser's). Never the raw buffer, so a body is never decoded; a field we
-    read that is not UTF-8 raises UnicodeDecodeError (answered 400)."""
-    if KSR.pv.get(_PARSE_CHECK) is None:
-        raise SipSyntaxError("Kamailio's parser cannot read every header field of the message")
+def kamailio_fields() -> dict[str, list[str]]:
+    """The bodies of each header field we read, by our name, as Kamailio's parser
+    delimited them (LF or CRLF line ends, folding, compact forms: its rules, not
+    a second parser's). Never the raw buffer, so a body is never decoded; a
+    field we read that is not UTF-8 raises UnicodeDecodeError (answered 400)."""
     pv_get = KSR.pv.get
-    fields: list[tuple[str, str]] = []
+    if pv_get(_PARSE_CHECK) is None:
+        raise SipSyntaxError("Kamailio's parser cannot read every header field of the message")
+    by_name: dict[str, list[str]] = {}
     for name, count in zip(_READ_ORDER, str(pv_get(_COUNTS)).split(" "), strict=True):
         if count == "0":
             continue
         specs = _FIELD_SPECS[name]
-        for index in range(int(count)):  # Kamailio's count of fields: a small int
-            if index < _LITERAL_INDEXES:
-                body = pv_get(specs[index])
-            else:
-                KSR.pv.seti(_INDEX_VAR, index)
-                body = pv_get(_FIELD_BY_VAR[name])
-            fields.append((name, "" if body is None else str(body)))
-    return fields
+        total = int(count)  # Kamailio's count of fields: a small number
+        bodies = [pv_get(spec) or "" for spec in specs[:total]]
+        for index in range(_LITERAL_INDEXES, total):
+            KSR.pv.seti(_INDEX_VAR, index)
+            bodies.append(pv_get(_FIELD_BY_VAR[name]) or "")
+        by_name[name] = bodies
+    return by_name
 
 
 def define(name: str) -> str | None:
@@ -138,7 +137,7 @@ class Snapshot:
 
 
 def snapshot() -> Snapshot:
-    headers = Headers.from_fields(kamailio_fields(), WANTED_HEADERS)
+    headers = Headers.from_kamailio(kamailio_fields())
     conn_id = KSR.kx.get_conid()
     return Snapshot(
         method=KSR.kx.get_method(),

@@ -163,6 +163,19 @@ class Headers:
                 continue  # a header nobody reads is never unfolded nor checked
             by_name.setdefault(name, []).append(_checked(name, unfold(body) if body else body))
 
+    @classmethod
+    def from_kamailio(cls, by_name: dict[str, list[str]]) -> Headers:
+        """Headers from Kamailio's bodies already keyed by our lower-case full
+        names (the adapter's ``$hdr`` reads): the per-message fast path, the
+        same normalisation as :meth:`from_fields`."""
+        headers = cls()
+        control = _CONTROL.search
+        headers._by_name = {
+            name: [body.strip(" \t") if control(body) is None else _checked(name, unfold(body)) for body in bodies]
+            for name, bodies in by_name.items()
+        }
+        return headers
+
     def as_dict(self) -> dict[str, list[str]]:
         """Every header kept, by name (a copy)."""
         return {name: list(bodies) for name, bodies in self._by_name.items()}

@@ -19,7 +19,7 @@ import yaml
 
 from outbound.config import Config, ConfigError, load_keys, parse_config
 from outbound.decisions import Reply
-from outbound.sipmsg import Headers, SipSyntaxError, bracket, header_block
+from outbound.sipmsg import Headers, SipSyntaxError, bracket
 from outbound.tokens import Flow, FlowTokenCodec
 
 # Branch flag that marks a binding as an outbound flow (stored in usrloc cflags).
@@ -38,6 +38,43 @@ DEFINE_OVERRIDES = {
 WANTED_HEADERS = frozenset(
     {"via", "contact", "path", "route", "supported", "require", "expires"}
 )
+
+# Kamailio's own view of those header fields (docs/parsing.md): $hdrc / $hdr
+# match a known header by its type, so "v:" counts as Via, "m:" as Contact,
+# "k:" as Supported. One $_s call gives every count; $msg(hdrc) is null when
+# Kamailio's parser fails on any header of the message.
+_READ_ORDER = ("via", "contact", "path", "route", "supported", "require", "expires")
+_PARSE_CHECK = "$msg(hdrc)"
+_COUNTS = "$_s(" + " ".join(f"$hdrc({name})" for name in _READ_ORDER) + ")"
+# $hdr(name)[i] with a literal index for the first fields (each spelling is one
+# entry of Kamailio's pv cache); beyond, one spec with the index in a $var, so
+# a message with thousands of Routes cannot fill the cache
+_LITERAL_INDEXES = 16
+_INDEX_VAR = "$var(ko_hdr_index)"
+_FIELD_SPECS = {name: tuple(f"$(hdr({name})[{i}])" for i in range(_LITERAL_INDEXES)) for name in _READ_ORDER}
+_FIELD_BY_VAR = {name: f"$(hdr({name})[{_INDEX_VAR}])" for name in _READ_ORDER}
+
+
+def kamailio_fields() -> dict[str, list[str]]:
+    """The bodies of each header field we read, by our name, as Kamailio's parser
+    delimited them (LF or CRLF line ends, folding, compact forms: its rules, not
+    a second parser's). Never the raw buffer, so a body is never decoded; a
+    field we read that is not UTF-8 raises UnicodeDecodeError (answered 400)."""
+    pv_get = KSR.pv.get
+    if pv_get(_PARSE_CHECK) is None:
+        raise SipSyntaxError("Kamailio's parser cannot read every header field of the message")
+    by_name: dict[str, list[str]] = {}
+    for name, count in zip(_READ_ORDER, str(pv_get(_COUNTS)).split(" "), strict=True):
+        if count == "0":
+            continue
+        specs = _FIELD_SPECS[name]
+        total = int(count)  # Kamailio's count of fields: a small number
+        bodies = [pv_get(spec) or "" for spec in specs[:total]]
+        for index in range(_LITERAL_INDEXES, total):
+            KSR.pv.seti(_INDEX_VAR, index)
+            bodies.append(pv_get(_FIELD_BY_VAR[name]) or "")
+        by_name[name] = bodies
+    return by_name
 
 
 def define(name: str) -> str | None:
@@ -132,11 +169,11 @@ class Snapshot:
 
 
 def snapshot() -> Snapshot:
-    raw = KSR.kx.get_msgbuf()
+    headers = Headers.from_kamailio(kamailio_fields())
     conn_id = KSR.kx.get_conid()
     return Snapshot(
         method=KSR.kx.get_method(),
-        headers=Headers(header_block(raw), WANTED_HEADERS),
+        headers=headers,
         transport=str(KSR.kx.get_proto()).lower(),
         src_ip=KSR.kx.get_srcip(),
         src_port=int(KSR.kx.get_srcport()),
@@ -207,7 +244,7 @@ def guarded(route: Route) -> Route:
         except SipSyntaxError as exc:
             _fail(400, "Bad Request", f"unparsable header: {exc}", KSR.notice)
         except UnicodeDecodeError as exc:
-            _fail(400, "Bad Request", f"message is not UTF-8: {exc}", KSR.notice)
+            _fail(400, "Bad Request", f"a header field we read is not UTF-8: {exc}", KSR.notice)
         except Exception:  # noqa: BLE001 - the last line of defence
             _fail(500, "Server Internal Error", "exception in route:\n" + traceback.format_exc(), KSR.err)
         return 1

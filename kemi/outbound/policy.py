@@ -8,9 +8,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .decisions import PathKind, Reply, SaveBinding
-from .sipmsg import NameAddr, SipSyntaxError, is_digits
+from .sipmsg import NameAddr, SipSyntaxError, parse_delta_seconds, parse_uint
 
 REG_ID_MAX = 2**31 - 1
+REG_ID_DIGITS = len(str(REG_ID_MAX))  # ten: a longer reg-id is out of range whatever it says
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +51,7 @@ def has_instance(contact: NameAddr) -> bool:
 def contact_expiry(contact: NameAddr, expires_header: int | None, default_expires: int) -> int:
     value = contact.params.get("expires")
     if value is not None:
-        text = value.strip('"')
-        if not is_digits(text):
-            raise SipSyntaxError(f"bad Contact expires: {value[:20]!r}")
-        return int(text)
+        return parse_delta_seconds(value)  # type: ignore[return-value]  # a str gives an int
     return default_expires if expires_header is None else expires_header
 
 
@@ -62,9 +60,10 @@ def reg_id_value(contact: NameAddr) -> int | None:
     if "reg-id" not in contact.params:
         return None
     text = (contact.params["reg-id"] or "").strip('"')  # a bare ";reg-id" has no value: invalid
-    if not is_digits(text) or not 1 <= int(text) <= REG_ID_MAX:
-        raise ValueError(text)
-    return int(text)
+    value = parse_uint(text, "reg-id", REG_ID_DIGITS)  # never int() on 5000 digits
+    if not 1 <= value <= REG_ID_MAX:
+        raise SipSyntaxError(f"reg-id {text!r} outside 1..{REG_ID_MAX}")
+    return value
 
 
 def registrar_decision(

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from .bindings import normalize_instance
 from .decisions import Reply
+from .policy import REG_ID_DIGITS
 from .sipmsg import NameAddr, is_digits
 
 InstanceKey = tuple[str, int]
@@ -46,7 +47,7 @@ def instance_keys(contacts: tuple[NameAddr, ...]) -> frozenset[InstanceKey]:
             continue
         reg_id = 0
         text = (contact.params.get("reg-id") or "").strip('"')
-        if is_digits(text):
+        if is_digits(text) and len(text) <= REG_ID_DIGITS:  # never int() on 5000 digits
             reg_id = int(text)
         keys.add((normalize_instance(raw), reg_id))
     return frozenset(keys)

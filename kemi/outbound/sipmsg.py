@@ -1,15 +1,18 @@
 """Just enough SIP header parsing for the outbound decisions (RFC 3261 §7.3, §20, §25).
 
-The adapter hands us the raw header block of the message (Kamailio has already
-accepted its syntax); we pull out the few headers outbound needs: Via, Contact,
-Path, Route, Supported, Require, Expires. Parsing is tolerant: whatever we
-cannot read raises :class:`SipSyntaxError`, which the caller answers with 400.
+Inside Kamailio the adapter reads the header fields Kamailio's own parser
+delimited (``$hdrc`` / ``$hdr``, docs/parsing.md) and hands them to
+:meth:`Headers.from_fields`; :class:`Headers` can also split a raw header block
+itself, with the rules of Kamailio 5.6's parser (``get_hdr_field``). We pull
+out the few headers outbound needs: Via, Contact, Path, Route, Supported,
+Require, Expires. Whatever we cannot read raises :class:`SipSyntaxError`, which
+the caller answers with 400.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 COMPACT_FORMS = {
@@ -26,6 +29,14 @@ COMPACT_FORMS = {
     "o": "event",
     "r": "refer-to",
     "u": "allow-events",
+    # RFC 3841 (a, j, d), RFC 3892 (b), RFC 4028 (x), RFC 4474 (y): Kamailio's
+    # parse_hname2 knows these too
+    "a": "accept-contact",
+    "j": "reject-contact",
+    "d": "request-disposition",
+    "b": "referred-by",
+    "x": "session-expires",
+    "y": "identity",
 }
 
 
@@ -33,35 +44,81 @@ class SipSyntaxError(ValueError):
     """A header we need could not be parsed; answered with 400 Bad Request."""
 
 
+# ----- splitting a raw message the way Kamailio 5.6 does ------------------------
+#
+# parse_msg / parse_first_line: leading CR, LF, NUL, SP and HTAB before the start
+# line are skipped; the start line ends at its LF (CRLF or bare LF).
+# get_hdr_field: a line that starts with CR or LF ends the headers (CRLF CRLF,
+# LF LF, even CR CR); a header field runs to the first LF that is not followed
+# by SP or HTAB (folding, RFC 3261 §7.3.1); its body starts after the colon and
+# any LWS, and loses trailing CR, LF and NUL (trim_r). parse_hname2: a name is
+# [0-9A-Za-z._+~-]+, then only SP/HTAB up to the colon.
+
+_LEADING = "\r\n\x00\t "
+
+
+# the LF that ends the last header field: the next line starts with CR or LF
+_EOH = re.compile(r"\n[\r\n]")
+
+
 def header_block(raw: str) -> str:
-    """The headers of a raw SIP message, without start line and body."""
-    end = raw.find("\r\n\r\n")
-    head = raw if end < 0 else raw[:end]
-    first = head.find("\r\n")
-    return "" if first < 0 else head[first + 2:]
+    """The header fields of a raw SIP message as Kamailio delimits them: after
+    the start line, up to the line that ends the headers; never the body."""
+    start = len(raw) - len(raw.lstrip(_LEADING))
+    first = raw.find("\n", start)
+    if first < 0:
+        return ""
+    found = _EOH.search(raw, first)
+    end = found.start() if found else len(raw)
+    if end > first + 1 and raw[end - 1] == "\r":
+        end -= 1  # the CR of the last field's CRLF
+    return raw[first + 1:end]
+
+
+_HNAME = re.compile(r"([0-9A-Za-z._+~-]+)[ \t]*:")
+# folding: optional whitespace, an end of line, whitespace (RFC 3261 §7.3.1:
+# "replaced with a single SP")
+_FOLD = re.compile(r"[ \t]*\r?\n[ \t]*")
+
+
+def unfold(body: str) -> str:
+    """A header body with each folded line end replaced by one SP (RFC 3261
+    §7.3.1) and the whitespace around it gone; trailing CR/LF/NUL dropped the
+    way Kamailio's trim_r does."""
+    if "\n" in body:
+        body = _FOLD.sub(" ", body.rstrip("\r\n\x00"))
+    return body.strip(" \t\r\n\x00") if body[-1:] in " \t\r\n\x00" or body[:1] in " \t" else body
+
+
+def split_fields(block: str) -> Iterator[tuple[str, str]]:
+    """(name as written, raw body) of every header field in a header block,
+    with Kamailio's boundaries (see above); an empty line ends the block."""
+    lines = block.split("\n")
+    name = ""
+    parts: list[str] = []
+    for line in lines:
+        if line[:1] in (" ", "\t") and name:
+            parts.append(line)
+            continue
+        if name:
+            yield name, "\n".join(parts)
+        if not line or line[0] == "\r":
+            return  # end of headers (Kamailio: a line starting with CR or LF)
+        match = _HNAME.match(line)
+        if match is None:
+            raise SipSyntaxError(f"header line without a name: {line[:40]!r}")
+        name = match.group(1)
+        parts = [line[match.end():]]
+    if name:
+        yield name, "\n".join(parts)
 
 
 def iter_headers(block: str) -> Iterator[tuple[str, str]]:
-    """(lower-case full name, body) pairs, folded lines joined (RFC 3261 §7.3.1)."""
-    name = ""
-    body = ""
+    """(lower-case full name, unfolded body) pairs in message order."""
     compact = COMPACT_FORMS
-    for line in block.replace("\r\n", "\n").split("\n"):
-        if not line:
-            continue
-        if name and line[0] in " \t":
-            body += " " + line.strip()
-            continue
-        if name:
-            yield name, body
-        raw_name, colon, rest = line.partition(":")
-        if not colon or not raw_name:
-            raise SipSyntaxError(f"header line without a name: {line[:40]!r}")
-        raw_name = raw_name.strip().lower()
-        name = compact.get(raw_name, raw_name)
-        body = rest.strip()
-    if name:
-        yield name, body
+    for raw_name, body in split_fields(block):
+        lower = raw_name.lower()
+        yield compact.get(lower, lower), unfold(body)
 
 
 # Control characters other than HTAB have no place in the headers we read (RFC 3261
@@ -78,35 +135,50 @@ def _checked(name: str, body: str) -> str:
 
 
 class Headers:
-    """Headers of one message, by lower-case name, in message order."""
+    """Headers of one message, by lower-case full name (compact forms expanded),
+    bodies unfolded, in message order."""
 
     __slots__ = ("_by_name",)
 
-    def __init__(self, block: str, wanted: frozenset[str] | None = None) -> None:
-        # iter_headers() inlined: same rules, but the body of a header nobody
-        # wants is never built (this runs for every message)
-        by_name: dict[str, list[str]] = {}
+    def __init__(self, block: str = "", wanted: frozenset[str] | None = None) -> None:
+        self._by_name: dict[str, list[str]] = {}
+        if block:
+            self._add(split_fields(block), wanted)
+
+    @classmethod
+    def from_fields(cls, fields: Iterable[tuple[str, str]], wanted: frozenset[str] | None = None) -> Headers:
+        """Headers from (name, body) pairs as Kamailio's parser delimited them
+        (``$hdr(name)[i]``: folded lines still in, trailing CR/LF trimmed)."""
+        headers = cls()
+        headers._add(fields, wanted)
+        return headers
+
+    def _add(self, fields: Iterable[tuple[str, str]], wanted: frozenset[str] | None) -> None:
+        by_name = self._by_name
         compact = COMPACT_FORMS
-        name = ""
-        body: str | None = None  # body of the current header, None when not kept
-        for line in block.replace("\r\n", "\n").split("\n"):
-            if not line:
-                continue
-            if name and line[0] in " \t":
-                if body is not None:
-                    body += " " + line.strip()
-                continue
-            if body is not None:
-                by_name.setdefault(name, []).append(_checked(name, body))
-            raw_name, colon, rest = line.partition(":")
-            if not colon or not raw_name:
-                raise SipSyntaxError(f"header line without a name: {line[:40]!r}")
-            raw_name = raw_name.strip().lower()
-            name = compact.get(raw_name, raw_name)
-            body = rest.strip() if name and (wanted is None or name in wanted) else None
-        if body is not None:
-            by_name.setdefault(name, []).append(_checked(name, body))
-        self._by_name = by_name
+        for raw_name, body in fields:
+            name = raw_name.lower()
+            name = compact.get(name, name)
+            if wanted is not None and name not in wanted:
+                continue  # a header nobody reads is never unfolded nor checked
+            by_name.setdefault(name, []).append(_checked(name, unfold(body) if body else body))
+
+    @classmethod
+    def from_kamailio(cls, by_name: dict[str, list[str]]) -> Headers:
+        """Headers from Kamailio's bodies already keyed by our lower-case full
+        names (the adapter's ``$hdr`` reads): the per-message fast path, the
+        same normalisation as :meth:`from_fields`."""
+        headers = cls()
+        control = _CONTROL.search
+        headers._by_name = {
+            name: [body.strip(" \t") if control(body) is None else _checked(name, unfold(body)) for body in bodies]
+            for name, bodies in by_name.items()
+        }
+        return headers
+
+    def as_dict(self) -> dict[str, list[str]]:
+        """Every header kept, by name (a copy)."""
+        return {name: list(bodies) for name, bodies in self._by_name.items()}
 
     def bodies(self, name: str) -> list[str]:
         return self._by_name.get(name, [])
@@ -234,6 +306,16 @@ def is_digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
+def parse_uint(text: str, what: str, max_digits: int) -> int:
+    """A number of at most ``max_digits`` ASCII digits (RFC 3261 §25.1: 1*DIGIT),
+    else :class:`SipSyntaxError`. The length is checked before ``int()`` ever
+    sees the text: Python refuses to convert more than 4300 digits with a plain
+    ValueError, and no field we read holds more than ten."""
+    if len(text) > max_digits or not is_digits(text):
+        raise SipSyntaxError(f"bad {what}: {text[:20]!r}" + (f" ({len(text)} characters)" if len(text) > 20 else ""))
+    return int(text)
+
+
 def _find_outside_quotes(text: str, char: str) -> int:
     """Index of the first ``char`` outside a quoted string, -1 when there is none."""
     in_quotes = False
@@ -318,9 +400,11 @@ def _split_hostport(hostport: str) -> tuple[str, int | None]:
         raise SipSyntaxError("empty host")
     if not port_text:
         return host.lower(), None
-    if not is_digits(port_text) or not 0 < int(port_text) < 65536:
+    # leading zeros are still 1*DIGIT (RFC 3261 §25.1); more than five others is no port
+    port = parse_uint(port_text.lstrip("0") or "0", "port", 5) if is_digits(port_text) else -1
+    if not 0 < port < 65536:
         raise SipSyntaxError(f"bad port: {port_text[:10]!r}")
-    return host.lower(), int(port_text)
+    return host.lower(), port
 
 
 def format_name_addr(value: NameAddr, *, without: tuple[str, ...] = ()) -> str:
@@ -340,11 +424,16 @@ def parse_name_addrs(headers: Headers, name: str) -> list[NameAddr]:
     return [parse_name_addr(v) for v in headers.values(name)]
 
 
+# delta-seconds longer than this is refused, as Kamailio's parse_expires does
+# ("more then 32bit/maxuint cant be valid"): its registrar would not read it either
+DELTA_SECONDS_DIGITS = 10
+
+
 def parse_delta_seconds(text: str | None) -> int | None:
-    """Expires values (RFC 3261 §20.19); None when absent, error when not a number."""
+    """Expires values (RFC 3261 §20.19, §20.10 expires param); None when absent,
+    :class:`SipSyntaxError` when not a number or longer than ten digits; a
+    ten-digit value above 2**32-1 counts as 2**32-1."""
     if text is None:
         return None
     text = text.strip().strip('"')
-    if not is_digits(text):
-        raise SipSyntaxError(f"bad expires value: {text[:20]!r}")
-    return min(int(text), 2**32 - 1)
+    return min(parse_uint(text, "expires value", DELTA_SECONDS_DIGITS), 2**32 - 1)

@@ -209,3 +209,18 @@ def test_require_of_an_unknown_extension_gets_420_with_unsupported():
     decision = decide(register)
     assert isinstance(decision, Reply)
     assert (decision.code, decision.reason, decision.headers) == (420, "Bad Extension", ("Unsupported: foo, gruu",))
+
+
+def test_reg_id_and_contact_expires_of_5000_digits_are_syntax_errors():
+    """RFC 3261 §25.1 / RFC 5626 §10: a number longer than any field is refused
+    (400), never Python's int() ValueError past 4300 digits (a 500)."""
+    from outbound.policy import contact_expiry, reg_id_value
+    from outbound.refresh import instance_keys
+    from outbound.sipmsg import SipSyntaxError, parse_name_addr
+
+    contact = parse_name_addr(f'<sip:a@h>;+sip.instance="<urn:uuid:1>";reg-id={"7" * 5000};expires={"1" * 5000}')
+    with pytest.raises(SipSyntaxError):
+        reg_id_value(contact)
+    with pytest.raises(SipSyntaxError):
+        contact_expiry(contact, None, 3600)
+    assert instance_keys((contact,)) == frozenset({("urn:uuid:1", 0)})

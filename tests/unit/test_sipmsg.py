@@ -14,6 +14,7 @@ from outbound.sipmsg import (
     parse_name_addr,
     parse_name_addrs,
     parse_params,
+    parse_uint,
     split_values,
 )
 
@@ -202,11 +203,12 @@ def test_bad_sip_uri_is_a_syntax_error(uri):
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [(None, None), ("0", 0), (" 3600 ", 3600), ('"60"', 60), ("99999999999", 2**32 - 1)],
+    [(None, None), ("0", 0), (" 3600 ", 3600), ('"60"', 60), ("9999999999", 2**32 - 1)],
     ids=["absent", "zero", "spaces", "quoted", "clamped"],
 )
 def test_parse_delta_seconds(text, seconds):
-    """RFC 3261 §20.19: delta-seconds, capped at 2^32-1."""
+    """RFC 3261 §20.19: delta-seconds, capped at 2^32-1 (ten digits at most, see
+    test_rfc3261_25_1_integer_longer_than_any_field)."""
     assert parse_delta_seconds(text) == seconds
 
 
@@ -257,3 +259,89 @@ def test_control_character_in_other_headers_is_left_to_kamailio():
                       frozenset({"route", "via"}))
     assert headers.first("route") == "<sip:a.example.com;lr>"
     assert headers.first("via") == "SIP/2.0/UDP h\tx"
+
+
+# ----- header boundaries as Kamailio 5.6's parser draws them (docs/parsing.md) -----
+
+def test_rfc3261_7_3_1_bare_lf_line_ends_split_headers_as_crlf_does():
+    """RFC 3261 §7 asks for CRLF; Kamailio also ends a line at a bare LF, so do we:
+    an LF-only INVITE keeps its Via and its (forged) Route."""
+    raw = ("INVITE sip:b@example.com SIP/2.0\nVia: SIP/2.0/UDP a;branch=z9hG4bK1\n"
+           "Route: <sip:forged@edge;lr;ob>\nCSeq: 1 INVITE\n\nv=0\nRoute: <sip:in-body>\n")
+    headers = Headers(header_block(raw))
+
+    assert headers.bodies("via") == ["SIP/2.0/UDP a;branch=z9hG4bK1"]
+    assert headers.bodies("route") == ["<sip:forged@edge;lr;ob>"]
+
+
+def test_rfc3261_7_3_1_mixed_line_ends():
+    raw = "REGISTER sip:e SIP/2.0\r\nVia: SIP/2.0/UDP a\nRequire: foo\r\nContact: <sip:a@h>\n\r\nbody"
+
+    assert list(iter_headers(header_block(raw))) == [
+        ("via", "SIP/2.0/UDP a"), ("require", "foo"), ("contact", "<sip:a@h>")]
+
+
+@pytest.mark.parametrize("end", ["\r\n\r\n", "\n\n", "\n\r\n", "\r\n\n", "\n\r"],
+                         ids=["crlf-crlf", "lf-lf", "lf-crlf", "crlf-lf", "lf-cr"])
+def test_rfc3261_7_3_1_headers_end_at_the_first_empty_line(end):
+    """Kamailio's get_hdr_field: a line starting with CR or LF ends the headers,
+    however the line before it ended; what follows is body."""
+    raw = f"OPTIONS sip:e SIP/2.0\r\nVia: SIP/2.0/UDP a{end}Route: <sip:body;lr>\r\n"
+
+    assert Headers(header_block(raw)).bodies("route") == []
+    assert Headers(header_block(raw)).bodies("via") == ["SIP/2.0/UDP a"]
+
+
+@pytest.mark.parametrize("fold", ["\r\n ", "\r\n\t", "\n ", "\n\t\t", " \r\n   "])
+def test_rfc3261_7_3_1_folded_lines_are_one_header_with_one_space(fold):
+    """A line starting with SP or HTAB continues the header; the line break and
+    the whitespace around it are one SP."""
+    raw = f"OPTIONS sip:e SIP/2.0\r\nSupported: path,{fold}outbound\r\nRoute:{fold}<sip:r;lr>\r\n\r\n"
+    headers = Headers(header_block(raw))
+
+    assert headers.bodies("supported") == ["path, outbound"]
+    assert headers.bodies("route") == ["<sip:r;lr>"]
+
+
+def test_rfc3261_7_3_1_whitespace_before_the_colon():
+    assert list(iter_headers(block("Route \t: <sip:r;lr>"))) == [("route", "<sip:r;lr>")]
+
+
+@pytest.mark.parametrize(("compact", "name"), [("v", "via"), ("m", "contact"), ("k", "supported"),
+                                               ("V", "via"), ("M", "contact")])
+def test_rfc3261_7_3_3_compact_forms(compact, name):
+    assert Headers(block(f"{compact}: x")).bodies(name) == ["x"]
+
+
+@pytest.mark.parametrize("line", ["Bad Name: x", "Rou@te: x", " leading: x", "no colon", "Via\r\n : x"])
+def test_rfc3261_25_1_header_name_kamailio_refuses(line):
+    """Kamailio's parse_hname2 takes [0-9A-Za-z._+~-] and then only SP/HTAB
+    before the colon; anything else is a header it cannot parse."""
+    with pytest.raises(SipSyntaxError):
+        Headers(block(line))
+
+
+def test_from_fields_unfolds_kamailio_bodies():
+    """$hdr(name)[i] keeps the folded line breaks; Headers.from_fields treats
+    them exactly as the text splitter does."""
+    fields = [("Via", "SIP/2.0/UDP a ;\r\n branch=z9hG4bK1"), ("v", "SIP/2.0/TCP b"), ("Subject", "x")]
+    headers = Headers.from_fields(fields, frozenset({"via"}))
+
+    assert headers.as_dict() == {"via": ["SIP/2.0/UDP a ; branch=z9hG4bK1", "SIP/2.0/TCP b"]}
+
+
+@pytest.mark.parametrize("text", ["9" * 11, "9" * 4301, "1" * 100000])
+def test_rfc3261_25_1_integer_longer_than_any_field(text):
+    """1*DIGIT has no bound in the grammar, but no field we read holds more than
+    ten digits: a longer one is a SipSyntaxError (400), never int()'s
+    ValueError beyond 4300 digits (500)."""
+    with pytest.raises(SipSyntaxError):
+        parse_delta_seconds(text)
+    with pytest.raises(SipSyntaxError):
+        SipUri.parse(f"sip:a@h:{text}")
+    with pytest.raises(SipSyntaxError):
+        parse_uint(text, "reg-id", 10)
+
+
+def test_rfc3261_25_1_port_with_leading_zeros():
+    assert SipUri.parse("sip:a@h:0005060").port == 5060

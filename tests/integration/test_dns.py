@@ -269,7 +269,7 @@ def test_in_dialog_route_to_an_unresolvable_hostname_gets_503_and_a_log_line(mak
     naming a host that does not exist: our locator (never Kamailio's resolver)
     finds nothing, the BYE gets 503 and the ACK is dropped, each with a log
     line. (From a device the same request is refused 403 before any lookup:
-    tests/integration/test_relay.py.)"""
+    tests/integration/test_no_open_relay.py.)"""
     kam = make_edge("sip:farm.ko.test")
     route = f"<sip:{kam.addr}:{kam.port};lr>, <sip:edge-gone.ko.test;lr>"
 

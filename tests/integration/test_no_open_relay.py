@@ -333,3 +333,32 @@ def test_single_server_ignores_device_path_and_tokens(server, workdir, attacker,
     [stored] = server.bindings("s-mallory")
     assert token not in stored.get("Path", "")
     assert "Path written by" in server.log()
+
+
+def test_one_connection_cannot_grow_the_single_servers_flow_table_without_bound(server):
+    """ko_flows keeps the AORs of each connection for §7's "a dead flow invalidates
+    every binding on it": at most MAX_AORS_PER_FLOW of them per connection; the
+    next AOR over the same connection is refused 403 and nothing of it is stored."""
+    from adapter.single_routes import MAX_AORS_PER_FLOW
+
+    with socket.create_connection((server.addr, server.port), timeout=5, source_address=(ATTACKER, 0)) as conn:
+        ip, port = conn.getsockname()
+        codes = []
+        for n in range(MAX_AORS_PER_FLOW + 1):
+            conn.sendall((f"REGISTER sip:example.com SIP/2.0\r\n"
+                          f"Via: SIP/2.0/TCP {ip}:{port};branch=z9hG4bK-many-{n}\r\nMax-Forwards: 70\r\n"
+                          f"From: <sip:many-{n}@example.com>;tag=f{n}\r\nTo: <sip:many-{n}@example.com>\r\n"
+                          f"Call-ID: many-{n}@{ip}\r\nCSeq: 1 REGISTER\r\n"
+                          f'Contact: <sip:many-{n}@{ip}:{port};transport=tcp;ob>;+sip.instance="<{instance(n)}>"'
+                          ";reg-id=1\r\nSupported: path, outbound\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
+                          ).encode())
+            data = b""
+            while b"\r\n\r\n" not in data:
+                chunk = conn.recv(4096)
+                assert chunk, "connection closed"
+                data += chunk
+            codes.append(int(data[8:11]))
+        assert codes == [200] * MAX_AORS_PER_FLOW + [403]
+        assert server.bindings(f"many-{MAX_AORS_PER_FLOW}") == []
+        assert len(server.bindings(f"many-{MAX_AORS_PER_FLOW - 1}")) == 1
+    assert f"403 Too Many AORs On This Flow to REGISTER from {ATTACKER}:" in server.log()

@@ -17,7 +17,15 @@ from typing import Any
 import KSR
 
 from outbound.decisions import Reply
-from outbound.relay import SEAL_PARAM, EdgeStep, dialog_seal, seal_valid, single_step
+from outbound.relay import (
+    MAX_AORS_PER_FLOW,
+    MAX_FLOW_ENTRY,
+    SEAL_PARAM,
+    EdgeStep,
+    dialog_seal,
+    seal_valid,
+    single_step,
+)
 from outbound.routing import DIALOG_FORMING, RouteView, ToFlow, record_route_token, route_decision
 from outbound.sipmsg import bracket, parse_name_addr, split_values
 from outbound.tokens import Flow, Verdict
@@ -31,10 +39,6 @@ from .runtime import Runtime, send_reply
 FLOWS_TABLE = "ko_flows"
 RR_A_SIDE = "$xavp(ko_rr=>a)"
 CLOSE_EVENTS = ("tcp:closed", "tcp:timeout", "tcp:reset")
-# ko_flows holds "<conn id> <aor> ..." per connection: bounded, so that one
-# connection cannot grow a shared-memory string with every AOR it registers
-MAX_AORS_PER_FLOW = 16
-MAX_FLOW_ENTRY = 4096
 
 
 def flow_key(transport: str, local_ip: str, local_port: int, remote_ip: str, remote_port: int) -> str:

@@ -34,6 +34,11 @@ from .decisions import Reply
 from .routing import Outgoing, RouteDecision, ToFlow
 
 SEAL_PARAM = "ko"
+# single server: ko_flows holds "<conn id> <aor> ..." per connection, bounded so
+# that one connection cannot grow a shared-memory string with every AOR it
+# registers (the next AOR over it is refused 403)
+MAX_AORS_PER_FLOW = 16
+MAX_FLOW_ENTRY = 4096
 SEAL_BYTES = 9  # 72 bits: 12 URI-safe characters
 
 

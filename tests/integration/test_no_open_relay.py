@@ -19,6 +19,7 @@ import pytest
 
 from actors import call, instance, start_callee, wait_bindings
 from harness import TEST_KEY, Kamailio
+from outbound.relay import MAX_AORS_PER_FLOW
 from outbound.sipmsg import parse_name_addr
 from outbound.tokens import FlowTokenCodec, parse_key
 from topology import REGISTRAR_ADDR, net, single, start, stop
@@ -339,8 +340,6 @@ def test_one_connection_cannot_grow_the_single_servers_flow_table_without_bound(
     """ko_flows keeps the AORs of each connection for §7's "a dead flow invalidates
     every binding on it": at most MAX_AORS_PER_FLOW of them per connection; the
     next AOR over the same connection is refused 403 and nothing of it is stored."""
-    from adapter.single_routes import MAX_AORS_PER_FLOW
-
     with socket.create_connection((server.addr, server.port), timeout=5, source_address=(ATTACKER, 0)) as conn:
         ip, port = conn.getsockname()
         codes = []

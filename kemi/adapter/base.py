@@ -32,7 +32,7 @@ MAX_BAN_SECONDS = 86400
 def flood_ban_seconds() -> int | None:
     """How long a flooding source is banned, or None when the flood limit is
     off (``-A WITH_NOPIKE``, or a cfg that loads no pike/htable module)."""
-    if KSR.kx.ifdef(NOPIKE_SWITCH) > 0:  # get_def says "" for a define that is not there
+    if KSR.kx.ifdef(NOPIKE_SWITCH):  # (get_def says "" for a define that is not there)
         KSR.info("kemi-outbound: flood limit off (WITH_NOPIKE)\n")
         return None
     if not (hasattr(KSR, "pike") and hasattr(KSR, "htable")):

@@ -190,3 +190,19 @@ def test_replies_from_a_banned_address_still_pass(workdir, local_port, flood_cle
     assert "call ended" in wait_sipp(callee, 20).log
     assert ban_value(target, UA) > 0, "still banned: the answers passed anyway"
     assert len(ban_lines(target, UA)) == 1
+
+
+@pytest.mark.parametrize("switch", ["", "WITH_NOPIKE"], ids=["default", "nopike"])
+def test_start_log_says_whether_the_limit_is_on(workdir, flood_cleanup, switch):
+    """The defaults reach the Python (a 300 s ban); -A WITH_NOPIKE loads neither
+    pike nor the ban table, and the server still starts and answers."""
+    kam = single(workdir, f"flood-start-{switch or 'default'}", addr=SINGLE, defines={switch: ""} if switch else {})
+    flood_cleanup.append(kam)
+    start(kam)
+
+    if switch:
+        assert "flood limit off (WITH_NOPIKE)" in kam.log()
+        assert "pike_init" not in kam.log()
+    else:
+        assert "flood limit on: a source pike finds too busy is banned for 300 s" in kam.log()
+    assert kam.rpc("core.uptime")

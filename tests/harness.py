@@ -20,8 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 KEMI_DIR = ROOT / "kemi"
 CFG_DIR = ROOT / "cfg"
 SIPP_DIR = ROOT / "tests" / "sipp"
-TEST_KEY = "hex:" + "5eed" * 16
-OTHER_KEY = "hex:" + "0bad" * 16
+# flow-token keys of the test edges: 32 random bytes each (made once with
+# secrets.token_hex(32)); a key must look random, a pattern is refused
+TEST_KEY = "hex:9f9a95f1f24968cd191273341861ce06e3446dd05ced9654970d91ea69ba7ab9"
+OTHER_KEY = "hex:5c6d89262413cdbccac255dbadc4533fb3c5665ca2097d588effc6fa26b4bf4e"
 
 
 class ProcessError(RuntimeError):

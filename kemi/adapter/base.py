@@ -7,10 +7,11 @@ from typing import TYPE_CHECKING, Any
 import KSR
 
 from locator.records import ip_family
+from outbound.config import ConfigError
 from outbound.decisions import Reply
-from outbound.sipmsg import NameAddr, SipSyntaxError, SipUri, is_digits, is_hostname
+from outbound.sipmsg import NameAddr, SipSyntaxError, SipUri, bracket, is_digits, is_hostname
 
-from .runtime import Runtime, check_fault_injection, guarded, send_reply
+from .runtime import Runtime, check_fault_injection, define, guarded, send_reply
 
 if TYPE_CHECKING:
     from .locator_glue import Locator
@@ -18,6 +19,32 @@ if TYPE_CHECKING:
 
 # process_maxfwd(): -1 the value is 0 (483), -2 the header cannot be parsed (400)
 MAXFWD_UNPARSABLE = -2
+
+# Flood limit (docs/operations.md, "Flood limits"): pike counts requests per
+# source address; a source it calls too busy is put in this htable (cfg/*.cfg)
+# for KO_PIKE_BAN seconds and its requests are dropped without an answer.
+BAN_TABLE = "ipban"
+BAN_DEFINE = "KO_PIKE_BAN"
+NOPIKE_SWITCH = "WITH_NOPIKE"
+MAX_BAN_SECONDS = 86400
+
+
+def flood_ban_seconds() -> int | None:
+    """How long a flooding source is banned, or None when the flood limit is
+    off (``-A WITH_NOPIKE``, or a cfg that loads no pike/htable module)."""
+    if KSR.kx.ifdef(NOPIKE_SWITCH):  # (get_def says "" for a define that is not there)
+        KSR.info("kemi-outbound: flood limit off (WITH_NOPIKE)\n")
+        return None
+    if not (hasattr(KSR, "pike") and hasattr(KSR, "htable")):
+        KSR.warn("kemi-outbound: flood limit off: the pike and htable modules are not loaded\n")
+        return None
+    text = define(BAN_DEFINE) or ""
+    if not is_digits(text) or not 1 <= int(text) <= MAX_BAN_SECONDS:
+        exc = ConfigError("(cfg define)", BAN_DEFINE, f"must be 1..{MAX_BAN_SECONDS} seconds, got {text!r}")
+        KSR.err(f"kemi-outbound: configuration error: {exc}\n")
+        raise exc
+    KSR.info(f"kemi-outbound: flood limit on: a source pike finds too busy is banned for {text} s\n")
+    return int(text)
 
 
 def names_us(route: NameAddr) -> bool:
@@ -33,12 +60,15 @@ class BaseRoutes:
 
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
+        self.ban_seconds = flood_ban_seconds()
 
     def child_init(self, rank: int) -> int:
         return 0
 
     @guarded
     def ksr_request_route(self, msg: Any) -> int:
+        if self.ban_seconds is not None and not self.flood_check(self.ban_seconds):
+            return 1  # dropped without an answer: replying to a flood amplifies it
         maxfwd = KSR.maxfwd.process_maxfwd(10)
         if maxfwd < 0:
             # the module reads an empty Max-Forwards as 0; RFC 3261 §25.1 says 1*DIGIT
@@ -66,6 +96,28 @@ class BaseRoutes:
         if KSR.is_REGISTER():
             return self.register()
         return self._initial()
+
+    def flood_check(self, ban_seconds: int) -> bool:
+        """False when the request must be dropped: its source is banned, or pike
+        finds it sends too many and it is neither trusted nor ourselves. A new
+        ban is logged once (the worker whose increment made the entry)."""
+        src = KSR.kx.get_srcip()
+        if (KSR.htable.sht_get(BAN_TABLE, src) or 0) > 0:
+            return False
+        if KSR.pike.pike_check_req() > 0:
+            return True
+        if self.trusted_source() or KSR.is_myself(f"sip:{bracket(src)}"):
+            return True
+        if KSR.htable.sht_inc(BAN_TABLE, src) == 1:
+            KSR.htable.sht_setex(BAN_TABLE, src, ban_seconds)
+            KSR.notice(f"kemi-outbound: flood from {src}: banned for {ban_seconds} s, "
+                       "its requests are dropped without an answer\n")
+        return False
+
+    def trusted_source(self) -> bool:
+        """True when the current request comes from a peer that may send more
+        than the flood limit (asked only once pike finds the source too busy)."""
+        return False
 
     def register(self) -> int:
         raise NotImplementedError

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .sipmsg import SipSyntaxError, SipUri
-from .tokens import MIN_KEY_BYTES, parse_key
+from .tokens import parse_key
 
 
 class ConfigError(ValueError):
@@ -268,30 +268,32 @@ def load_keys(
     config: Config, environ: Mapping[str, str], read_text: Callable[[str], str]
 ) -> list[bytes]:
     """Flow-token keys: the file (one key per line, ``#`` comments) and/or the
-    environment variable (comma-separated). The first key signs; all verify.
-    There is no built-in default: without a key the edge refuses to start."""
-    texts: list[tuple[str, str]] = []
+    environment variable (comma-separated), file first. The first key signs;
+    all verify. Each key is ``hex:`` or ``base64:`` with at least 32 random
+    bytes (``tokens.parse_key``); a bad one is a ConfigError naming its source
+    and line or entry, never quoting it. There is no built-in default: without
+    a key the edge refuses to start."""
+    texts: list[tuple[str, str, str]] = []  # (YAML key, where, text)
     if config.keys_file:
         try:
             content = read_text(config.keys_file)
         except OSError as exc:
             problem = f"cannot read {config.keys_file}: {exc}"
             raise ConfigError(config.source, "flow_tokens.keys_file", problem) from None
-        texts += [("flow_tokens.keys_file", line) for line in content.splitlines()]
+        texts += [("flow_tokens.keys_file", f"line {number} of {config.keys_file}", line)
+                  for number, line in enumerate(content.splitlines(), 1)]
     if config.keys_env and environ.get(config.keys_env):
-        texts += [("flow_tokens.keys_env", part) for part in environ[config.keys_env].split(",")]
+        texts += [("flow_tokens.keys_env", f"entry {number} of ${config.keys_env}", part)
+                  for number, part in enumerate(environ[config.keys_env].split(","), 1)]
     keys: list[bytes] = []
-    for key_name, text in texts:
+    for key_name, where, text in texts:
         text = text.strip()
         if not text or text.startswith("#"):
             continue
         try:
-            key = parse_key(text)
+            keys.append(parse_key(text))
         except ValueError as exc:
-            raise ConfigError(config.source, key_name, f"unreadable key: {exc}") from None
-        if len(key) < MIN_KEY_BYTES:
-            raise ConfigError(config.source, key_name, f"a key needs at least {MIN_KEY_BYTES} bytes")
-        keys.append(key)
+            raise ConfigError(config.source, key_name, f"{where}: {exc}") from None
     if not keys:
         raise ConfigError(
             config.source, "flow_tokens",

@@ -22,6 +22,10 @@ are *unreserved* in a SIP URI user part (RFC 3261 §25.1): no escaping needed.
 
 The codec is pure: keys are passed in (the first signs, every key verifies, for
 rotation), nothing here reads a clock, a socket or Kamailio.
+
+Keys (:func:`parse_key`): at least 32 random bytes (the HMAC-SHA256 key size,
+RFC 2104 §3), written ``hex:...`` or ``base64:...``. A passphrase is refused:
+anyone who guesses it can forge tokens for every flow of every edge.
 """
 
 from __future__ import annotations
@@ -38,7 +42,12 @@ from enum import Enum
 
 MAC_BYTES = 10
 FORMAT_VERSION = 1
-MIN_KEY_BYTES = 16
+MIN_KEY_BYTES = 32
+# 32 random bytes show about 30 different values; fewer than this many is a
+# pattern ("5eed" * 16, all zeros), not randomness (the odds of a random key
+# falling below it are far under 1e-15)
+MIN_DISTINCT_BYTES = 16
+MAKE_KEY_COMMAND = "python3 -c 'import secrets; print(\"hex:\" + secrets.token_hex(32))'"
 MAX_TOKEN_CHARS = 68
 
 TRANSPORTS = ("udp", "tcp", "tls", "sctp", "ws", "wss")
@@ -193,12 +202,31 @@ def _unpack(body: bytes) -> Flow | None:
     return Flow(transport, _ip_text(local), lport, _ip_text(remote), rport, conn_id)
 
 
-def parse_key(text: str) -> bytes:
-    """A key as configured: ``hex:...``, ``base64:...`` or a plain passphrase."""
-    text = text.strip()
-    if text.startswith("hex:"):
-        return bytes.fromhex(text[4:])
-    if text.startswith("base64:"):
-        return base64.b64decode(text[7:], validate=True)
-    return text.encode("utf-8")
+class KeyFormatError(ValueError):
+    """A configured key is refused; the message never quotes the key."""
 
+
+def parse_key(text: str) -> bytes:
+    """A key as configured: ``hex:<hex digits>`` or ``base64:<standard base64>``
+    giving at least MIN_KEY_BYTES bytes that look random. A plain passphrase,
+    an unreadable encoding, a short key or a repeated pattern raise
+    KeyFormatError."""
+    text = text.strip()
+    prefix, colon, body = text.partition(":")
+    if not colon or prefix not in ("hex", "base64"):
+        raise KeyFormatError(
+            "not hex:... or base64:... (a passphrase is not a key); give at least "
+            f"{MIN_KEY_BYTES} random bytes, e.g. from: {MAKE_KEY_COMMAND}"
+        )
+    try:
+        key = bytes.fromhex(body) if prefix == "hex" else base64.b64decode(body, validate=True)
+    except (ValueError, binascii.Error):
+        raise KeyFormatError(f"the text after {prefix}: is not {prefix}") from None
+    if len(key) < MIN_KEY_BYTES:
+        raise KeyFormatError(f"{len(key)} bytes; a key needs at least {MIN_KEY_BYTES} random bytes "
+                             f"(make one: {MAKE_KEY_COMMAND})")
+    distinct = len(set(key))
+    if distinct < MIN_DISTINCT_BYTES:
+        raise KeyFormatError(f"only {distinct} different byte values in {len(key)} bytes: a pattern, "
+                             f"not random (make one: {MAKE_KEY_COMMAND})")
+    return key

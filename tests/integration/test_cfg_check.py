@@ -20,9 +20,9 @@ from topology import net
 ADDR = net(1)
 SWITCHES = {
     "edge.cfg": [(), ("WITH_DEBUG",), ("WITH_TLS",), ("WITH_TLS", "WITH_DEBUG"), ("KO_ADVERTISE",),
-                 ("KO_ADVERTISE", "WITH_TLS")],
-    "registrar.cfg": [(), ("WITH_DEBUG",)],
-    "single.cfg": [(), ("WITH_DEBUG",), ("WITH_TLS",), ("WITH_TLS", "WITH_DEBUG")],
+                 ("KO_ADVERTISE", "WITH_TLS"), ("WITH_NOPIKE",), ("WITH_NOPIKE", "WITH_TLS")],
+    "registrar.cfg": [(), ("WITH_DEBUG",), ("WITH_NOPIKE",)],
+    "single.cfg": [(), ("WITH_DEBUG",), ("WITH_TLS",), ("WITH_TLS", "WITH_DEBUG"), ("WITH_NOPIKE",)],
 }
 CASES = [pytest.param(cfg, switches, id=f"{cfg}-{'+'.join(switches) or 'plain'}")
          for cfg, combos in SWITCHES.items() for switches in combos]

@@ -6,11 +6,15 @@ import pytest
 import yaml
 
 from outbound.config import DEFAULTS, Config, ConfigError, load_keys, parse_config
+from outbound.tokens import parse_key
 
 SOURCE = "/etc/kemi-outbound/outbound.yaml"
 SHIPPED = Path(__file__).resolve().parents[2] / "cfg" / "outbound.yaml"
-KEY_A = "alpha-key-0123456789"
-KEY_B = "bravo-key-0123456789"
+# 32 random bytes each (made once with secrets), as an operator writes them
+KEY_A = "hex:ea1c59c87bf0b1b2087ebdc3d2d3d8bc6bea26e281d2dfbaf7e63a49cb6c0bfc"
+KEY_B = "base64:bpLzlUSn4P6g9J1p6rLg+ndgyBUOEtXLM47kzoIzm0M="
+KEY_C = "hex:680bbc1eb02cd297ec78719039a3184bd7d83adad877c9f72c64731830b7a1a1"
+A, B, C = (parse_key(text) for text in (KEY_A, KEY_B, KEY_C))
 
 
 def config(**sections) -> Config:
@@ -176,18 +180,18 @@ def test_keys_from_env_comma_separated_first_key_first():
 
     keys = load_keys(cfg, {"KO_FLOW_KEYS": f" {KEY_A} , {KEY_B},"}, no_file)
 
-    assert keys == [KEY_A.encode(), KEY_B.encode()]
+    assert keys == [A, B]
 
 
 def test_keys_env_variable_name_is_configurable():
     cfg = config(flow_tokens={"keys_env": "EDGE_KEYS"})
 
-    assert load_keys(cfg, {"EDGE_KEYS": KEY_B, "KO_FLOW_KEYS": KEY_A}, no_file) == [KEY_B.encode()]
+    assert load_keys(cfg, {"EDGE_KEYS": KEY_B, "KO_FLOW_KEYS": KEY_A}, no_file) == [B]
 
 
 def test_keys_from_file_skip_comments_and_blank_lines():
     cfg = config(flow_tokens={"keys_file": "/run/secrets/flow-keys"})
-    content = f"# new key first\n\nhex:{'ab' * 16}\n   \n  # old key\n{KEY_A}\n"
+    content = f"# new key first\n\n{KEY_C}\n   \n  # old key\n{KEY_A}\n"
     asked = []
 
     def read_text(path: str) -> str:
@@ -197,13 +201,13 @@ def test_keys_from_file_skip_comments_and_blank_lines():
     keys = load_keys(cfg, {}, read_text)
 
     assert asked == ["/run/secrets/flow-keys"]
-    assert keys == [bytes.fromhex("ab" * 16), KEY_A.encode()]
+    assert keys == [C, A]
 
 
 def test_file_keys_come_before_env_keys():
     cfg = config(flow_tokens={"keys_file": "/keys"})
 
-    assert load_keys(cfg, {"KO_FLOW_KEYS": KEY_B}, lambda path: KEY_A) == [KEY_A.encode(), KEY_B.encode()]
+    assert load_keys(cfg, {"KO_FLOW_KEYS": KEY_B}, lambda path: KEY_A) == [A, B]
 
 
 def test_unreadable_key_file_is_an_error_naming_the_key():
@@ -221,24 +225,56 @@ def test_unreadable_key_file_is_an_error_naming_the_key():
 
 
 @pytest.mark.parametrize(
-    ("environ", "file_text", "key"),
+    ("environ", "file_text", "key", "where", "problem"),
     [
-        ({"KO_FLOW_KEYS": "short"}, None, "flow_tokens.keys_env"),
-        ({"KO_FLOW_KEYS": "hex:00ff"}, None, "flow_tokens.keys_env"),
-        ({"KO_FLOW_KEYS": "hex:not-hex"}, None, "flow_tokens.keys_env"),
-        ({}, "base64:!!!!", "flow_tokens.keys_file"),
-        ({}, f"{KEY_A}\nshort\n", "flow_tokens.keys_file"),
+        ({"KO_FLOW_KEYS": "correct horse battery staple, really long"}, None,
+         "flow_tokens.keys_env", "entry 1 of $KO_FLOW_KEYS", "a passphrase is not a key"),
+        ({"KO_FLOW_KEYS": f"{KEY_A},my-old-passphrase-0123456789-abcdef"}, None,
+         "flow_tokens.keys_env", "entry 2 of $KO_FLOW_KEYS", "a passphrase is not a key"),
+        ({"KO_FLOW_KEYS": "hex:00ff"}, None, "flow_tokens.keys_env", "entry 1 of $KO_FLOW_KEYS", "2 bytes"),
+        ({"KO_FLOW_KEYS": "hex:not-hex"}, None, "flow_tokens.keys_env", "entry 1 of $KO_FLOW_KEYS", "not hex"),
+        ({"KO_FLOW_KEYS": "hex:" + "5eed" * 16}, None,
+         "flow_tokens.keys_env", "entry 1 of $KO_FLOW_KEYS", "not random"),
+        ({}, "base64:!!!!", "flow_tokens.keys_file", "line 1 of /keys", "not base64"),
+        ({}, f"# new\n{KEY_A}\n\nshort passphrase\n", "flow_tokens.keys_file", "line 4 of /keys",
+         "a passphrase is not a key"),
+        ({"KO_FLOW_KEYS": "a passphrase in the environment"}, KEY_A,
+         "flow_tokens.keys_env", "entry 1 of $KO_FLOW_KEYS", "a passphrase is not a key"),
     ],
-    ids=["short-passphrase", "short-hex", "unreadable-hex", "unreadable-base64", "short-in-file"],
+    ids=["passphrase-env", "passphrase-second-entry", "short-hex", "unreadable-hex", "pattern-hex",
+         "unreadable-base64", "passphrase-in-file-line-4", "good-file-bad-env"],
 )
-def test_bad_or_short_key_is_an_error(environ, file_text, key):
+def test_bad_key_is_an_error_naming_its_source_and_entry(environ, file_text, key, where, problem):
     cfg = config(flow_tokens={"keys_file": "/keys" if file_text is not None else ""})
 
     with pytest.raises(ConfigError) as info:
         load_keys(cfg, environ, lambda path: file_text)
 
     assert info.value.key == key
-    assert SOURCE in str(info.value)
+    message = str(info.value)
+    assert message.startswith(f"{SOURCE}: {key}: {where}: ")
+    assert problem in message
+
+
+def test_refused_passphrase_is_not_quoted_in_the_error():
+    passphrase = "TopSecretWords-that-must-stay-out-of-logs"
+    cfg = config()
+
+    with pytest.raises(ConfigError) as info:
+        load_keys(cfg, {"KO_FLOW_KEYS": passphrase}, no_file)
+
+    assert "TopSecret" not in str(info.value)
+    assert "secrets.token_hex(32)" in str(info.value), "the error says how to make a key"
+
+
+def test_rotation_order_is_kept_new_key_first_old_keys_after():
+    """The first key signs, every key verifies (outbound.tokens): the order of
+    the file, then of the variable, is the order of the list."""
+    cfg = config(flow_tokens={"keys_file": "/keys"})
+
+    keys = load_keys(cfg, {"KO_FLOW_KEYS": f"{KEY_B}"}, lambda path: f"{KEY_C}\n# old\n{KEY_A}\n")
+
+    assert keys == [C, A, B]
 
 
 @pytest.mark.parametrize(

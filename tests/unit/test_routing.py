@@ -17,8 +17,8 @@ from outbound.routing import (
 from outbound.sipmsg import parse_name_addr
 from outbound.tokens import Flow, FlowTokenCodec
 
-KEY = b"edge-key-0123456789abcdef"
-OTHER_KEY = b"someone-elses-key-0123456"
+KEY = b"edge-key-0123456789abcdef-32bytes"
+OTHER_KEY = b"someone-elses-key-0123456-32bytes"
 CODEC = FlowTokenCodec([KEY])
 
 UA_A = Flow("tcp", "192.0.2.10", 5060, "198.51.100.7", 49152, 1234)

@@ -10,7 +10,7 @@ from outbound.routing import Outgoing, RouteView, ToFlow, route_decision
 from outbound.sipmsg import parse_name_addr
 from outbound.tokens import Flow, FlowTokenCodec, Verdict
 
-CODEC = FlowTokenCodec([b"edge-key-0123456789abcdef"])
+CODEC = FlowTokenCodec([b"edge-key-0123456789abcdef-32bytes"])
 TLS_FLOW = Flow("tls", "192.0.2.10", 5061, "203.0.113.9", 50001, 77)
 SAME_ADDRESSES_OVER_TCP = replace(TLS_FLOW, transport="tcp")
 CORE = Flow("udp", "192.0.2.10", 5060, "192.0.2.50", 5060, 0)

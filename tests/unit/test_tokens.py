@@ -2,14 +2,27 @@
 
 import base64
 import re
+import secrets
 
 import pytest
 
-from outbound.tokens import Flow, FlowTokenCodec, TokenError, Verdict, parse_key
+from outbound.tokens import (
+    MAKE_KEY_COMMAND,
+    MIN_KEY_BYTES,
+    Flow,
+    FlowTokenCodec,
+    KeyFormatError,
+    TokenError,
+    Verdict,
+    parse_key,
+)
 
-OLD_KEY = b"old-key-0123456789abcdef"
-NEW_KEY = b"new-key-0123456789abcdef"
-OTHER_KEY = b"someone-elses-key-0123456"
+# codec keys (raw bytes, MIN_KEY_BYTES or more); parse_key's own checks are tested below
+OLD_KEY = b"old-key-0123456789abcdef-32-bytes"
+NEW_KEY = b"new-key-0123456789abcdef-32-bytes"
+OTHER_KEY = b"someone-elses-key-0123456-32bytes"
+# 32 random bytes (secrets.token_bytes(32), made once)
+RANDOM_32 = bytes.fromhex("54cfe17e1df03de20418161f8b2c595be1f35522dc16439053c72dcd7e24914b")
 
 UDP_V4 = Flow("udp", "192.0.2.10", 5060, "198.51.100.7", 40000, 0)
 TCP_V4 = Flow("tcp", "192.0.2.10", 5060, "198.51.100.7", 49152, 1234)
@@ -164,35 +177,79 @@ def test_unencodable_flow_raises_token_error(codec, flow):
 
 @pytest.mark.parametrize(
     "keys",
-    [[], [b"x" * 15], [NEW_KEY, b"short"]],
-    ids=["no-key", "15-byte-key", "one-short-key-among-good"],
+    [[], [b"x" * (MIN_KEY_BYTES - 1)], [NEW_KEY, b"short"]],
+    ids=["no-key", "31-byte-key", "one-short-key-among-good"],
 )
 def test_codec_refuses_missing_or_short_keys(keys):
     with pytest.raises(ValueError):
         FlowTokenCodec(keys)
 
 
-def test_sixteen_byte_key_is_enough():
-    codec = FlowTokenCodec([b"k" * 16])
+def test_thirty_two_byte_key_is_enough():
+    codec = FlowTokenCodec([RANDOM_32])
 
     assert codec.decode(codec.encode(UDP_V4)).verdict is Verdict.VALID
 
 
 @pytest.mark.parametrize(
-    ("text", "key"),
+    "text",
     [
-        ("hex:00112233445566778899aabbccddeeff", bytes(range(0, 256, 17))),
-        ("base64:" + base64.b64encode(b"sixteen byte key").decode(), b"sixteen byte key"),
-        ("  correct horse battery staple \n", b"correct horse battery staple"),
-        ("hexadecimal-looking passphrase", b"hexadecimal-looking passphrase"),
+        "hex:" + RANDOM_32.hex(),
+        "hex:" + RANDOM_32.hex().upper(),
+        "  hex:" + RANDOM_32.hex() + " \n",
+        "base64:" + base64.b64encode(RANDOM_32).decode(),
     ],
-    ids=["hex", "base64", "passphrase-stripped", "passphrase-without-prefix"],
+    ids=["hex", "hex-upper-case", "surrounding-space", "base64"],
 )
-def test_parse_key_formats(text, key):
-    assert parse_key(text) == key
+def test_parse_key_formats(text):
+    assert parse_key(text) == RANDOM_32
 
 
-@pytest.mark.parametrize("text", ["hex:zz", "base64:not base64!"], ids=["bad-hex", "bad-base64"])
-def test_parse_key_rejects_malformed_encodings(text):
-    with pytest.raises(ValueError):
+def test_longer_keys_are_accepted():
+    long_key = RANDOM_32 + bytes(reversed(RANDOM_32))
+
+    assert parse_key("base64:" + base64.b64encode(long_key).decode()) == long_key
+
+
+@pytest.mark.parametrize("attempt", range(20))
+def test_keys_made_the_documented_way_parse(attempt):
+    """docs/operations.md: MAKE_KEY_COMMAND prints "hex:" + secrets.token_hex(32)."""
+    assert 'print("hex:" + secrets.token_hex(32))' in MAKE_KEY_COMMAND
+    text = "hex:" + secrets.token_hex(32) + "\n"
+
+    assert len(parse_key(text)) == 32
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("correct horse battery staple and then some more words", "passphrase"),
+        ("hexadecimal-looking passphrase", "passphrase"),
+        ("sha256:" + RANDOM_32.hex(), "passphrase"),
+        (RANDOM_32.hex(), "passphrase"),
+        ("hex:zz" + RANDOM_32.hex(), "not hex"),
+        ("base64:not base64!", "not base64"),
+        ("hex:" + RANDOM_32[:31].hex(), "31 bytes"),
+        ("base64:" + base64.b64encode(b"sixteen byte key").decode(), "16 bytes"),
+        ("hex:" + "5eed" * 16, "only 2 different byte values"),
+        ("hex:" + "00" * 32, "only 1 different byte values"),
+        ("hex:" + "0123456789abcdef" * 4, "only 8 different byte values"),
+    ],
+    ids=["passphrase", "passphrase-without-prefix", "unknown-prefix", "hex-without-prefix", "bad-hex",
+         "bad-base64", "31-bytes", "16-bytes", "repeated-pattern", "all-zero", "short-cycle"],
+)
+def test_parse_key_refuses_what_is_not_32_random_bytes(text, problem):
+    with pytest.raises(KeyFormatError) as info:
         parse_key(text)
+
+    assert problem in str(info.value)
+
+
+def test_refusal_never_quotes_the_key():
+    secret = "my private passphrase nobody may see in a log"
+
+    with pytest.raises(KeyFormatError) as info:
+        parse_key(secret)
+
+    assert "private" not in str(info.value) and "passphrase nobody" not in str(info.value)
+    assert MAKE_KEY_COMMAND in str(info.value)

@@ -12,6 +12,7 @@ from outbound.relay import SEAL_PARAM, dialog_seal, path_refusal, seal_valid
 from outbound.sipmsg import parse_name_addrs
 
 from . import registration
+from .auth import Authenticator
 from .base import BaseRoutes, HomeProxyCallbacks, names_us
 from .home_proxy import HomeProxy
 from .locator_glue import HealthMemory, Locator, PeerGate
@@ -30,6 +31,7 @@ class RegistrarRoutes(BaseRoutes, HomeProxyCallbacks):
         self.locator = locator
         self.edges = PeerGate(locator, runtime.config.trusted_edges)
         self.seal_keys = dialog_keys(runtime, "registrar")
+        self.auth = Authenticator("registrar", PeerGate(locator, runtime.config.trusted_peers))
 
     def trusted_source(self) -> bool:
         return self.edges.enabled and self.edges.contains(KSR.kx.get_srcip())
@@ -54,6 +56,8 @@ class RegistrarRoutes(BaseRoutes, HomeProxyCallbacks):
 
     def register(self) -> int:
         """Validate, then save through Kamailio's registrar (RFC 5626 §6)."""
+        if not self.auth.register():
+            return 1
         snap, view = registration.current()
         refusal = self.path_trust(snap, view)
         if refusal is not None:
@@ -67,6 +71,8 @@ class RegistrarRoutes(BaseRoutes, HomeProxyCallbacks):
         return 1
 
     def _initial(self) -> int:
+        if not self.auth.request():
+            return 1
         KSR.hdr.remove("Route")
         if KSR.is_method_in("IS"):
             # sealed for the Call-ID: in-dialog requests must bring it back (outbound.relay)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import KSR
 
+from outbound.authz import bindings_added, over_contact_limit
 from outbound.config import Config
 from outbound.decisions import Reply, SaveBinding
 from outbound.policy import RegisterView, registrar_decision
@@ -35,7 +36,14 @@ def save(config: Config, decision: SaveBinding, view: RegisterView, callid: str)
     contacts = view.contacts
     if decision.ignore_reg_id:
         contacts = _drop_reg_id(contacts)
-    if not _refresh_in_order(table, contacts, callid):
+    aor = KSR.kx.get_turi()
+    stored = _stored_bindings(table, aor)
+    if not _refresh_in_order(table, aor, stored, contacts, callid):
+        return False
+    refusal = over_contact_limit(len(stored), bindings_added(stored, contacts, view.expires_header,
+                                                            config.default_expires), config.max_contacts)
+    if refusal is not None:
+        send_reply(refusal)
         return False
     if decision.outbound:
         KSR.setbflag(FLB_OUTBOUND)
@@ -63,7 +71,8 @@ def _drop_reg_id(contacts: tuple[NameAddr, ...]) -> tuple[NameAddr, ...]:
     return stripped
 
 
-def _refresh_in_order(table: str, contacts: tuple[NameAddr, ...], callid: str) -> bool:
+def _refresh_in_order(table: str, aor: str, stored: list[StoredBinding], contacts: tuple[NameAddr, ...],
+                      callid: str) -> bool:
     """Bindings with +sip.instance, which Kamailio 5.6's usrloc matches by
     (instance, reg-id) alone (outbound.refresh): refuse an out-of-order CSeq
     (RFC 3261 §10.3 step 7, answered here); under a new Call-ID remove just the
@@ -73,8 +82,6 @@ def _refresh_in_order(table: str, contacts: tuple[NameAddr, ...], callid: str) -
     keys = instance_keys(contacts)
     if not keys:
         return True
-    aor = KSR.kx.get_turi()
-    stored = _stored_bindings(table, aor)
     refusal = out_of_order(stored, keys, callid, int(KSR.pv.get("$cs") or 0))
     if refusal is not None:
         send_reply(refusal)
@@ -97,7 +104,8 @@ def _stored_bindings(table: str, aor: str) -> list[StoredBinding]:
             return str(KSR.pv.get(f"$(ulc(korel=>{name})[{i}])") or "")
 
         return [StoredBinding(field("ruid", i), field("instance", i), int(field("regid", i) or 0),
-                              field("callid", i), int(field("cseq", i) or 0)) for i in range(count)]
+                              field("callid", i), int(field("cseq", i) or 0), field("addr", i))
+                for i in range(count)]
     finally:
         KSR.registrar.reg_free_contacts("korel")
 

@@ -31,9 +31,11 @@ from outbound.sipmsg import bracket, parse_name_addr, split_values
 from outbound.tokens import Flow, Verdict
 
 from . import registration
+from .auth import Authenticator
 from .base import HomeProxyCallbacks
 from .edge_routes import EdgeRoutes, source_flow
 from .home_proxy import HomeProxy
+from .locator_glue import PeerGate
 from .runtime import Runtime, send_reply
 
 FLOWS_TABLE = "ko_flows"
@@ -52,6 +54,7 @@ class SingleRoutes(EdgeRoutes, HomeProxyCallbacks):
         super().__init__(runtime)
         self.home = HomeProxy(runtime.config, self.codec, is_local_flow=self.is_local_flow,
                               seal=self.seal, own_path_only=True)
+        self.auth = Authenticator("single", PeerGate(self.locator, runtime.config.trusted_peers))
 
     def seal(self, call_id: str) -> str:
         """Our Record-Route parameter for a dialog (outbound.relay.dialog_seal)."""
@@ -60,6 +63,8 @@ class SingleRoutes(EdgeRoutes, HomeProxyCallbacks):
     # ----- REGISTER: we are the first hop ----------------------------------
 
     def register(self) -> int:
+        if not self.auth.register():
+            return 1
         snap, view = registration.current()
         config = self.runtime.config
         changed = bool(view.paths)
@@ -126,7 +131,8 @@ class SingleRoutes(EdgeRoutes, HomeProxyCallbacks):
     # ----- requests toward registered users --------------------------------
 
     def forward_to_home(self) -> None:
-        self.home.outbound_lookup()
+        if self.auth.request():
+            self.home.outbound_lookup()
 
     def outbound_record_route(self, view: RouteView) -> bool:
         """Prepare the caller's side of the Record-Route; the branch route adds the

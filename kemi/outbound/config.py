@@ -68,6 +68,8 @@ class Config:
     keepalive_grace_seconds: int = 20
     dns: DnsConfig = DnsConfig()
     trusted_edges: tuple[str, ...] = ()  # registrar: where a Path may come from (empty: the edge it names)
+    max_contacts: int = 10  # bindings per AOR (auth.max_contacts); 0: no limit
+    trusted_peers: tuple[str, ...] = ()  # core peers whose requests are not challenged (auth.trusted_peers)
 
 
 _SCHEMA: dict[str, dict[str, type]] = {
@@ -76,6 +78,7 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "home": {"max_parallel_branches": int, "first_reply_timeout_ms": int},
     "registrar": {"location_table": str, "default_expires": int, "flow_timer": int, "trusted_edges": list},
     "testing": {"fault_injection_header": str},
+    "auth": {"max_contacts": int, "trusted_peers": list},
     "keepalive": {"grace_seconds": int},
     "dns": {
         "nameservers": list, "port": int, "timeout_ms": int, "attempt_ms": int, "transports": list,
@@ -91,6 +94,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "home": {"max_parallel_branches": 8, "first_reply_timeout_ms": 2000},
     "registrar": {"location_table": "location", "default_expires": 3600, "flow_timer": 25, "trusted_edges": []},
     "testing": {"fault_injection_header": ""},
+    "auth": {"max_contacts": 10, "trusted_peers": []},
     "keepalive": {"grace_seconds": 20},
     "dns": {
         "nameservers": [], "port": 53, "timeout_ms": 2000, "attempt_ms": 1000, "transports": ["udp", "tcp"],
@@ -197,7 +201,15 @@ def _build(values: dict[str, dict[str, Any]], source: str) -> Config:
         dns=_build_dns(values["dns"], source),
         trusted_edges=tuple(_peer_uri(item, source, "registrar.trusted_edges")
                             for item in values["registrar"]["trusted_edges"]),
+        max_contacts=_max_contacts(values["auth"]["max_contacts"], source),
+        trusted_peers=tuple(_peer_uri(item, source, "auth.trusted_peers") for item in values["auth"]["trusted_peers"]),
     )
+
+
+def _max_contacts(value: int, source: str) -> int:
+    if not 0 <= value <= 1000:
+        raise ConfigError(source, "auth.max_contacts", f"must be 0 (no limit) to 1000, got {value}")
+    return value
 
 
 def _int_in(values: dict[str, Any], source: str, key: str, low: int, high: int, unit: str = "") -> int:

@@ -30,6 +30,7 @@ class StoredBinding:
     reg_id: int
     callid: str
     cseq: int
+    contact: str = ""
 
     @property
     def key(self) -> InstanceKey:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from harness import Kamailio, SippResult, describe, sipp, wait_sipp
 from outbound.sipmsg import SipUri, parse_name_addr, split_values
+from topology import subscriber
 
 
 def instance(n: int) -> str:
@@ -25,7 +26,7 @@ def start_callee(kam: Kamailio, workdir: Path, port: int, user: str, *, ua_ip: s
                  who: str | None = None, timeout: int = 30, cid: str | None = None) -> subprocess.Popen:
     """A registered outbound UA (tests/sipp/callee_ob) holding its flow open."""
     proc = sipp("callee_ob/register.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=ua_ip,
-                local_port=port, transport=transport, background=True, timeout=timeout,
+                local_port=port, transport=transport, background=True, timeout=timeout, auth=subscriber(user),
                 keys={"user": user, "domain": "example.com", "expires": "600", "who": who or user,
                       "cparams": cparams if cparams is not None else ob_params(instance(port), 1)},
                 oocsf=f"callee_ob/{uas}", extra=["-cid_str", cid] if cid else None)
@@ -52,9 +53,11 @@ def wait_bindings(registrar: Kamailio, user: str, procs: list[subprocess.Popen],
 def call(kam: Kamailio, workdir: Path, port: int, callee: str, *, ua_ip: str, scenario: str = "uac_short.xml",
          timeout: int = 15, **keys: str) -> SippResult:
     """A caller (tests/sipp/caller) over UDP through ``kam``."""
+    user = keys.pop("user", "alice")
+    domain = keys.pop("domain", "example.com")
     result = sipp(f"caller/{scenario}", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=ua_ip,
                   local_port=port, transport="udp", timeout=timeout, check=scenario != "uac_final.xml",
-                  keys={"callee": callee, "domain": "example.com", "user": "alice", **keys})
+                  auth=subscriber(user, domain), keys={"callee": callee, "domain": domain, "user": user, **keys})
     assert isinstance(result, SippResult)
     return result
 

@@ -222,8 +222,11 @@ def sipp(scenario: str, remote: str, *, workdir: Path, local_ip: str = "127.0.0.
          local_port: int = 0, transport: str = "udp", keys: dict[str, str] | None = None,
          extra: list[str] | None = None,
          calls: int = 1, timeout: int = 20, oocsf: str | None = None, check: bool = True,
-         background: bool = False, name: str | None = None) -> SippResult | subprocess.Popen:
-    """Run SIPp with a scenario from tests/sipp/<name>/; bounded in calls and time."""
+         background: bool = False, name: str | None = None,
+         auth: tuple[str, str] | None = None) -> SippResult | subprocess.Popen:
+    """Run SIPp with a scenario from tests/sipp/<name>/; bounded in calls and time.
+    ``auth`` (username, password) answers digest challenges (SIPp -au/-ap, the
+    scenarios' [authentication])."""
     folder, _, xml = scenario.partition("/")
     xml = xml or "uac.xml"
     tag = name or f"{folder}-{time.monotonic_ns()}"
@@ -234,6 +237,8 @@ def sipp(scenario: str, remote: str, *, workdir: Path, local_ip: str = "127.0.0.
            "-max_recv_loops", "1000", "-trace_msg", "-message_file", str(run_dir / "messages.log"),
            "-trace_logs", "-log_file", str(run_dir / "log.log"), "-trace_err",
            "-error_file", str(run_dir / "errors.log")]
+    if auth is not None:
+        cmd += ["-au", auth[0], "-ap", auth[1]]
     for key, value in (keys or {}).items():
         cmd += ["-key", key, value]
     cmd += ["-sf", str(SIPP_DIR / folder / xml)]

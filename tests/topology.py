@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from harness import CFG_DIR, ROOT, TEST_KEY, Kamailio
+from subscribers import SubscriberDB, password_for
 
 WORK_ROOT = ROOT / "tests" / ".work"
 # All test addresses live in one /24 of loopback; KO_TEST_NET=127.0.5 moves a whole
@@ -24,6 +25,35 @@ REGISTRAR_PORT = 5070
 FAULT_HEADER = "X-KO-Fault"
 RUNNING: list[Kamailio] = []
 PORTS = itertools.count(15000, 50)  # a block of 50 ports per test
+
+
+_SUBSCRIBERS: list[SubscriberDB] = []
+_KNOWN: set[tuple[str, str]] = set()
+
+
+def subscribers() -> SubscriberDB:
+    """The run's subscriber database (SQLite), shared by every registrar and
+    single server the tests start (their KO_DB_URL)."""
+    if not _SUBSCRIBERS:
+        path = WORK_ROOT / f"subscribers-{TEST_NET}-{os.getpid()}.sqlite"
+        path.unlink(missing_ok=True)
+        _SUBSCRIBERS.append(SubscriberDB.create_sqlite(path))
+    return _SUBSCRIBERS[0]
+
+
+def subscriber(username: str, domain: str = "example.com") -> tuple[str, str]:
+    """Make ``username@domain`` a subscriber (once) with its test password;
+    (username, password) for SIPp's ``auth``."""
+    if (username, domain) not in _KNOWN:
+        if not any(r.username == username and r.domain == domain for r in subscribers().rows()):
+            subscribers().add(username, domain, password_for(username))
+        _KNOWN.add((username, domain))
+    return username, password_for(username)
+
+
+def db_defines() -> dict[str, str]:
+    """The registrar's and single server's subscriber database."""
+    return {"KO_DB_URL": f'"{subscribers().url}"'}
 
 
 def ko_yaml() -> str:
@@ -54,7 +84,8 @@ def tls_defines(tls_cfg: Path | None, port: int = TLS_PORT) -> dict[str, str]:
 
 def registrar(workdir: Path, name: str = "registrar", addr: str = REGISTRAR_ADDR,
               port: int = REGISTRAR_PORT, **kw) -> Kamailio:
-    return Kamailio(name, "registrar.cfg", workdir, addr, port, yaml_text=ko_yaml(), **kw)
+    defines = {**db_defines(), **kw.pop("defines", {})}
+    return Kamailio(name, "registrar.cfg", workdir, addr, port, yaml_text=ko_yaml(), defines=defines, **kw)
 
 
 def edge(workdir: Path, name: str, addr: str, registrar_uri: str, key: str = TEST_KEY,
@@ -67,6 +98,6 @@ def edge(workdir: Path, name: str, addr: str, registrar_uri: str, key: str = TES
 def single(workdir: Path, name: str = "single", addr: str | None = None, key: str = TEST_KEY,
            port: int = 5060, tls_cfg: Path | None = None, **kw) -> Kamailio:
     """Edge + registrar + home proxy in one Kamailio (cfg/single.cfg)."""
-    defines = {**kw.pop("defines", {}), **tls_defines(tls_cfg)}
+    defines = {**db_defines(), **kw.pop("defines", {}), **tls_defines(tls_cfg)}
     return Kamailio(name, "single.cfg", workdir, addr or net(60), port, env={"KO_FLOW_KEYS": key},
                     yaml_text=kw.pop("yaml_text", None) or ko_yaml(), defines=defines, **kw)

@@ -23,10 +23,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from rfc4475 import TORTURE, load
 
 from fuzzgen import Context, cases
 from harness import Kamailio
+from rfc4475 import TORTURE, load
 from topology import net, start, stop
 
 PROBE_DIR = Path(__file__).resolve().parent / "probe"

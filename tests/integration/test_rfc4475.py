@@ -15,9 +15,9 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from rfc4475 import TORTURE, load
 
 from harness import Kamailio
+from rfc4475 import TORTURE, load
 from topology import net, single, start, stop
 
 CLIENT = net(133)

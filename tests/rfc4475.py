@@ -4,9 +4,7 @@ RFC's Appendix A archive) and what RFC 4475 says of each.
 Every message of §3.1.1 (valid), §3.1.2 (invalid), §3.2 (transaction layer),
 §3.3 (application layer) and §3.4 (backward compatibility) is here, in the
 RFC's order. Besides the RFC's verdict, an entry records where Kamailio 5.6
-itself (outside our Python) refuses a message, and where our code is known
-to answer otherwise than the RFC says (``finding``: the test then expects the
-RFC's behaviour and is a strict xfail until the code is fixed).
+itself (outside our Python) refuses a message.
 """
 
 from __future__ import annotations
@@ -43,17 +41,10 @@ class Torture:
     tcp: str = ""
     # the final answer the RFC requires (checked instead of the generic rule)
     rfc_code: int | None = None
-    # our code answers otherwise than the RFC says, on these roles: the test
-    # expects the RFC's behaviour and is marked xfail(strict=True) there
-    finding: str = ""
-    finding_roles: tuple[str, ...] = ()
 
     @property
     def title_line(self) -> str:
         return f"{self.name} (RFC 4475 §{self.section} {self.title})"
-
-    def finding_on(self, role: str) -> str:
-        return self.finding if role in self.finding_roles else ""
 
 
 SANITY_RURI = "sanity check_ruri_scheme (flag 2): an R-URI that is not sip/sips/tel is 400 'Bad Request URI'"
@@ -119,10 +110,7 @@ TORTURE: tuple[Torture, ...] = (
     Torture("baddate", "3.1.2.12", "Invalid Time Zone in Date Header Field", False,
             "may be rejected; an element that does not use Date may ignore it"),
     Torture("regbadct", "3.1.2.13", "Failure to Enclose name-addr URI in <>", False,
-            "400 Bad Request is reasonable (a liberal element could infer the <>)",
-            finding="the registrar saves the Contact 'sip:user@example.com?Route=%3Csip:sip.example.com%3E' "
-                    "(an addr-spec with URI headers, not in <>) and answers 200",
-            finding_roles=("registrar", "single")),
+            "400 Bad Request is reasonable (a liberal element could infer the <>)"),
     Torture("badaspec", "3.1.2.14", "Spaces within addr-spec", False,
             "must not break; 400 Bad Request is reasonable"),
     Torture("baddn", "3.1.2.15", "Non-token Characters in Display Name", False, "400 Bad Request"),
@@ -148,11 +136,7 @@ TORTURE: tuple[Torture, ...] = (
             "well formed: a proxy treats it as any request; a registrar answers 400 (the To is no SIP AOR)",
             rfc_allows_400=True),
     Torture("bext01", "3.3.5", "Proxy-Require and Require", True,
-            "420 Bad Extension listing the unsupported options (Proxy-Require at a proxy)", rfc_code=420,
-            finding="Proxy-Require is never checked (sanity flag 512 is not in sanity_check(1511, 7) and "
-                    "the script does not look): the proxy forwards the OPTIONS and the home proxy answers "
-                    "404, where RFC 3261 §16.3 item 5 requires 420 with Unsupported",
-            finding_roles=ROLES),
+            "420 Bad Extension listing the unsupported options (Proxy-Require at a proxy)", rfc_code=420),
     Torture("invut", "3.3.6", "Unknown Content-Type", True,
             "a proxy processes it as any INVITE; an endpoint answers 415"),
     Torture("regaut01", "3.3.7", "Unknown Authorization Scheme", True,
@@ -165,11 +149,7 @@ TORTURE: tuple[Torture, ...] = (
             tcp="closes"),
     Torture("bcast", "3.3.10", "200 OK Response with Broadcast Via Header Field Value", True,
             "an endpoint discards it; a proxy must drop it, never forward it to the broadcast address",
-            response=True,
-            finding="ksr_reply_route returns 1 for a reply that matches no transaction, so Kamailio's core "
-                    "forwards it along its second Via to 255.255.255.255:5060 (only the kernel's EACCES, "
-                    "no SO_BROADCAST, stops it)",
-            finding_roles=ROLES),
+            response=True),
     Torture("zeromf", "3.3.11", "Max-Forwards of Zero", True,
             "a proxy answers 483 Too Many Hops; an endpoint processes it"),
     Torture("cparam01", "3.3.12", "REGISTER with a Contact Header Parameter", True,

@@ -9,9 +9,10 @@ import KSR
 from locator.records import ip_family
 from outbound.config import ConfigError
 from outbound.decisions import Reply
+from outbound.relay import stray_reply_refusal
 from outbound.sipmsg import NameAddr, SipSyntaxError, SipUri, bracket, is_digits, is_hostname
 
-from .runtime import Runtime, check_fault_injection, define, guarded, send_reply
+from .runtime import Runtime, check_fault_injection, define, guarded, send_reply, snapshot
 
 if TYPE_CHECKING:
     from .locator_glue import Locator
@@ -78,7 +79,9 @@ class BaseRoutes:
             else:
                 send_reply(Reply(483, "Too Many Hops", "Max-Forwards exhausted"))
             return 1
-        if KSR.sanity.sanity_check(1511, 7) < 0:
+        # 1511 + 512: Proxy-Require is checked too (RFC 3261 §16.3 step 4: 420 with
+        # Unsupported for an extension we lack, which is every one)
+        if KSR.sanity.sanity_check(2023, 7) < 0:
             KSR.notice(f"kemi-outbound: malformed request from {KSR.kx.get_srcip()}\n")
             return 1
         check_fault_injection(self.runtime)
@@ -188,6 +191,13 @@ class BaseRoutes:
         """A reply that matches none of our transactions (a 2xx retransmission, a
         stray reply) goes on statelessly along its Via, as RFC 3261 §16.7 says."""
         if KSR.tm.t_check_trans() < 0:
+            vias = snapshot().headers.values("via")
+            refusal = stray_reply_refusal(vias[1] if len(vias) > 1 else None)
+            if refusal is not None:
+                KSR.notice(f"kemi-outbound: reply {KSR.kx.get_status()} from {KSR.kx.get_srcip()} "
+                           f"matches no transaction: dropped, {refusal}\n")
+                KSR.set_drop()
+                return 1
             KSR.info(f"kemi-outbound: reply {KSR.kx.get_status()} from {KSR.kx.get_srcip()} "
                      "matches no transaction: forwarded statelessly\n")
         return 1

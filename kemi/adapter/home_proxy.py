@@ -38,7 +38,7 @@ from outbound.bindings import (
 from outbound.config import Config
 from outbound.decisions import Reply
 from outbound.relay import SEAL_PARAM
-from outbound.sipmsg import SipSyntaxError, bracket, is_hostname, parse_name_addr, split_values
+from outbound.sipmsg import SipSyntaxError, SipUri, bracket, is_hostname, parse_name_addr, split_values
 from outbound.tokens import Flow, FlowTokenCodec, Verdict
 
 from .locator_glue import HealthMemory, Locator, own_socket_toward
@@ -111,6 +111,7 @@ class HomeProxy:
                     q=1.0 if q < 0 else q / 1000.0,
                     modified=int(field("modified") or 0),
                     outbound=bool(int(field("cflags") or 0) & (1 << FLB_OUTBOUND)),
+                    received=str(field("received") or ""),
                 ))
             return out
         finally:
@@ -123,6 +124,15 @@ class HomeProxy:
         Path is garbage (the binding is kept) or names a local flow that is gone
         (the binding is removed, RFC 5626 §7)."""
         if not binding.path:
+            # a first-hop registration: to the address it came from (the
+            # registrar stored it as "received"), never to a name in its Contact,
+            # which only Kamailio's own resolver would look up
+            if binding.received:
+                return Target(binding, binding.contact, binding.received, "")
+            if not _is_ip_literal(_contact_host(binding.contact)):
+                KSR.notice(f"kemi-outbound: binding {binding.ruid} names a host in its Contact and no address "
+                           "it came from; skipped (no lookup of a name a device wrote)\n")
+                return None
             return Target(binding, binding.contact, "", "")
         try:
             hops = split_values(binding.path)
@@ -427,6 +437,13 @@ class BranchState:
 
 def _branch_state(slot: int) -> BranchState:
     return BranchState.unpack(str(KSR.pv.get(f"$xavp(ko_b{slot}=>v)") or ""))
+
+
+def _contact_host(contact: str) -> str:
+    try:
+        return SipUri.parse(contact).host
+    except SipSyntaxError:
+        return ""
 
 
 def _is_ip_literal(host: str) -> bool:

@@ -9,9 +9,12 @@ from outbound.config import Config
 from outbound.decisions import Reply, SaveBinding
 from outbound.policy import RegisterView, registrar_decision
 from outbound.refresh import StoredBinding, instance_keys, out_of_order, replaced_by_new_call_id
-from outbound.sipmsg import NameAddr, format_name_addr, parse_delta_seconds, parse_name_addrs
+from outbound.sipmsg import NameAddr, bracket, format_name_addr, parse_delta_seconds, parse_name_addrs
 
 from .runtime import FLB_OUTBOUND, Snapshot, send_reply, snapshot
+
+# registrar module received_avp (cfg/registrar.cfg, cfg/single.cfg)
+RECEIVED_AVP = "$avp(ko_received)"
 
 
 def register_view(snap: Snapshot) -> RegisterView:
@@ -45,6 +48,12 @@ def save(config: Config, decision: SaveBinding, view: RegisterView, callid: str)
     if refusal is not None:
         send_reply(refusal)
         return False
+    if view.via_count == 1 and not view.paths:
+        # first hop without Path: calls go back to where the REGISTER came from
+        # (the registrar stores this as "received"; NAT, and no lookup of a name
+        # the Contact may carry)
+        KSR.pv.sets(RECEIVED_AVP, f"sip:{bracket(KSR.kx.get_srcip())}:{KSR.kx.get_srcport()}"
+                                  f";transport={str(KSR.kx.get_proto()).lower()}")
     if decision.outbound:
         KSR.setbflag(FLB_OUTBOUND)
     for header in decision.reply_headers:

@@ -30,6 +30,7 @@ class Binding:
     outbound: bool = False
     socket: str = ""
     conn_id: int = -1
+    received: str = ""  # where a first-hop REGISTER came from (sip:ip:port;transport=...)
 
     @property
     def group(self) -> str:

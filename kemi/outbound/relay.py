@@ -27,11 +27,13 @@ from __future__ import annotations
 
 import base64
 import hmac
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .decisions import Reply
 from .routing import Outgoing, RouteDecision, ToFlow
+from .sipmsg import parse_params
 
 SEAL_PARAM = "ko"
 # single server: ko_flows holds "<conn id> <aor> ..." per connection, bounded so
@@ -137,6 +139,38 @@ def path_refusal(top_path_host: str | None, *, source_ip: str, host_addresses: S
         return None
     return Reply(403, "Forbidden",
                  f"Path names {top_path_host[:80]!r} but the REGISTER came from {source_ip}: not written by that edge")
+
+
+def stray_reply_refusal(next_via: str | None) -> str | None:
+    """RFC 3261 §16.11: a reply that matches no transaction goes statelessly to
+    its next Via; why not (a log line), or None when it may. Never toward a
+    broadcast, multicast or unspecified address (RFC 4475 §3.3.10), never toward
+    a name that would need Kamailio's own resolver (no ``received`` address)."""
+    if not next_via:
+        return "no Via left to send it to"
+    sent_by, _, params_text = next_via.partition(";")
+    params = parse_params(params_text)
+    host = params.get("received") or _via_host(sent_by)
+    if not host:
+        return f"its next Via {next_via[:80]!r} names no host"
+    try:
+        address = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return f"its next Via names {host[:80]!r}, which would be looked up by Kamailio's resolver"
+    if address.is_multicast or address.is_unspecified or str(address) == "255.255.255.255":
+        return f"its next Via names {host}, no unicast address"
+    return None
+
+
+def _via_host(sent_by: str) -> str:
+    """The host of a Via's ``SIP/2.0/UDP host:port`` (IPv6 in brackets)."""
+    parts = sent_by.strip().split(None, 1)
+    if len(parts) != 2:
+        return ""
+    hostport = parts[1].strip()
+    if hostport.startswith("["):
+        return hostport[1:hostport.find("]")] if "]" in hostport else ""
+    return hostport.rsplit(":", 1)[0] if hostport.count(":") == 1 else hostport
 
 
 def _seal_mac(key: bytes, call_id: str) -> str:

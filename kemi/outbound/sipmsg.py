@@ -352,6 +352,9 @@ def parse_name_addr(value: str) -> NameAddr:
     else:
         uri, _, rest = value.partition(";")
         uri = uri.strip()
+        if "?" in uri:
+            # RFC 3261 §20: a URI with a comma, question mark or semicolon MUST be in <>
+            raise SipSyntaxError(f"URI with headers outside <>: {uri[:60]!r}")
         params = parse_params(rest)
     if ":" not in uri:
         raise SipSyntaxError(f"not a URI: {uri[:60]!r}")

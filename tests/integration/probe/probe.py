@@ -119,6 +119,9 @@ class Probe:
         self.sock.sendto(data, (KSR.kx.get_srcip(), int(KSR.kx.get_srcport())))
         return 1
 
+    def ksr_onsend_route(self, msg: Any) -> int:
+        return 1  # a stray reply forwarded by the core looks this up (bcast)
+
     def ksr_reply_route(self, msg: Any) -> int:
         return 1
 

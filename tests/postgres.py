@@ -2,7 +2,8 @@
 
 The cluster lives in the test workdir (``<workdir>/data``, owned by ``postgres``:
 the server refuses to run as root, so as root every server command runs through
-``runuser -u postgres``). It listens on one loopback address and port, with its
+``runuser -u postgres``; a workdir postgres cannot reach, as in a checkout under
+/root, becomes a link to a directory in /var/tmp). It listens on one loopback address and port, with its
 unix socket in the data directory. The database ``kamailio`` is made from
 Kamailio's own PostgreSQL schema files plus db/kemi-outbound-create.sql and
 belongs to the role ``kamailio``, which logs in over TCP with a password
@@ -21,6 +22,7 @@ import pwd
 import secrets
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +40,10 @@ ROLE = DATABASE = "kamailio"
 def _as_owner(cmd: list[str]) -> list[str]:
     """``cmd`` run as the cluster's owner (postgres when we are root)."""
     return ["runuser", "-u", PG_USER, "--", *cmd] if os.geteuid() == 0 else cmd
+
+
+def _owner_can_write(path: Path) -> bool:
+    return subprocess.run(_as_owner(["test", "-w", str(path)])).returncode == 0
 
 
 def _alive(pid: int) -> bool:
@@ -107,9 +113,16 @@ class Postgres:
         self.workdir.mkdir(parents=True, exist_ok=True)
         if os.geteuid() == 0:
             os.chown(self.workdir, *_owner_ids())
-            if subprocess.run(_as_owner(["test", "-w", str(self.workdir)])).returncode != 0:
-                raise ProcessError(f"user {PG_USER} cannot write {self.workdir} (a parent directory not "
-                                   "searchable by it?)")
+            if not _owner_can_write(self.workdir):
+                # a checkout under /root (0700): postgres cannot reach the workdir, so
+                # the cluster lives in /var/tmp and the workdir links to it
+                real = Path(tempfile.mkdtemp(prefix=f"ko-postgres-{self.workdir.name}-", dir="/var/tmp"))
+                os.chown(real, *_owner_ids())
+                if not _owner_can_write(real):
+                    raise ProcessError(f"user {PG_USER} can write neither {self.workdir} nor {real}")
+                self.workdir.rmdir()
+                self.workdir.symlink_to(real)
+                self.workdir = real
         self._run(_as_owner([str(PG_BIN / "initdb"), "-D", str(self.data_dir), "-U", PG_USER, "--no-locale",
                              "-E", "UTF8", "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync"]))
         with open(self.data_dir / "postgresql.conf", "a") as conf:

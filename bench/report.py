@@ -165,7 +165,18 @@ def machine(results: dict) -> str:
     return (f"- {m['cores']} cores ({m['cpu']}), Linux {m['kernel']}, {m['kamailio']}, {m['sipp']}, "
             f"Python {m['python']}\n- load average at start {load}; at end {load_end} (shared machine)\n"
             f"- command: `{results['command']}`, {len(results['rounds'])} rounds "
-            f"({' '.join(r['impl'] for r in results['rounds'])}) in {fmt(results.get('seconds'))} s")
+            f"({' '.join(r['impl'] for r in results['rounds'])}) in {fmt(results.get('seconds'))} s"
+            f"{auth_line(results)}")
+
+
+def auth_line(results: dict) -> str:
+    """Runs since digest authentication (bench/run.py records it) say so; older ones say nothing."""
+    auth = results.get("auth") or {}
+    if not auth.get("on"):
+        return ""
+    return ("\n- digest authentication on for both sides (the same auth_db subscriber table, "
+            f"{auth.get('db', '')}): {auth.get('challenged', '')} is challenged first, so one REGISTER "
+            "here is a registration (REGISTER, 401, REGISTER, 200) and one call INVITE, 407, ACK, INVITE, ..., BYE")
 
 
 def plot(results: dict, path: Path) -> None:

@@ -15,6 +15,12 @@ round measures, with SIPp as the only load generator:
 * failover time: a flow dies (SIPp SIGKILL) and a call is answered on the
   instance's other flow.
 
+Digest authentication is on for both sides: the two registrars read the same
+SQLite subscriber database (made in the work folder with every bench user,
+auth_db with the same modparams), every REGISTER is answered 401 first and every
+call 407 first, and the SIPp scenarios answer with the user's credentials. A
+"REGISTER" of the ramps is one registration (REGISTER, 401, REGISTER, 200).
+
 All load goes to 127.x addresses of --net, every SIPp run is bounded with -m
 and -timeout, and every process is stopped by its own PID. Run with Debian's
 /usr/bin/python3 (see ``./run bench``).
@@ -44,6 +50,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 import analysis  # noqa: E402
 
 from harness import TEST_KEY, Kamailio, ProcessError  # noqa: E402
+from subscribers import SubscriberDB, password_for  # noqa: E402
 
 BENCH = ROOT / "bench"
 SIPP = BENCH / "sipp"
@@ -59,6 +66,34 @@ RECV_TIMEOUT_MS = 3000
 # (its cost is part of what we measure), but bans nobody below this (pike's
 # counters are 16 bits: keep it under 65535).
 PIKE_REQS = "50000"
+DOMAIN = "example.com"
+CALLER = "caller"  # the From user of bench/sipp/caller/uac.xml, a subscriber too
+AUTH_SECRET = "kemi-outbound-bench-nonce-secret"  # KO_AUTH_SECRET of both registrars
+
+
+class Subscribers:
+    """The run's subscriber database (SQLite, in the work folder), shared by our
+    registrar and the native one; every bench user is added once, password
+    password_for(user)."""
+
+    def __init__(self, workdir: Path) -> None:
+        path = workdir / "subscribers.sqlite"
+        path.unlink(missing_ok=True)
+        self.db = SubscriberDB.create_sqlite(path)
+        self.known: set[str] = set()
+        self.add([CALLER])
+
+    def add(self, users: list[str]) -> None:
+        new = [u for u in users if u not in self.known]
+        if new:
+            self.db.add_many((u, DOMAIN, password_for(u)) for u in new)
+            self.known.update(new)
+
+    def defines(self) -> dict[str, str]:
+        return {"KO_DB_URL": f'"{self.db.url}"', "KO_AUTH_SECRET": f'"{AUTH_SECRET}"'}
+
+
+SUBSCRIBERS: list[Subscribers] = []  # set by main()
 
 
 def log(text: str) -> None:
@@ -180,6 +215,8 @@ def start_sipp(run_dir: Path, scenario: str, remote: str, local_ip: str, transpo
         cmd += ["-trace_msg", "-message_file", str(run_dir / "messages.log")]
     if rate is not None:
         cmd += ["-r", f"{rate:g}", "-rp", "1000", "-l", str(max(100, int(rate * 6)))]
+    if scenario.startswith("caller/"):
+        cmd += ["-au", CALLER, "-ap", password_for(CALLER)]  # the 407's answer ([authentication])
     for key, value in (keys or {}).items():
         cmd += ["-key", key, value]
     cmd += ["-sf", str(SIPP / scenario)]
@@ -192,9 +229,19 @@ def start_sipp(run_dir: Path, scenario: str, remote: str, local_ip: str, transpo
     return Sipp(proc, run_dir, timeout + 15)
 
 
+def auth_field(user: str) -> str:
+    """The injection-file field that answers a 401 with ``user``'s own credentials:
+    SIPp 3.6.1 parses an [authentication] keyword that an injected field holds,
+    while [authentication username=[field0] ...] in the scenario does not work."""
+    return f"[authentication username={user} password={password_for(user)}]"
+
+
 def write_users(path: Path, prefix: str, count: int, uuid_group: int) -> Path:
+    """Injection file ``user;uuid;[authentication ...]``; every user becomes a subscriber."""
+    users = [f"{prefix}{i}" for i in range(count)]
+    SUBSCRIBERS[0].add(users)
     lines = ["SEQUENTIAL"]
-    lines += [f"{prefix}{i};00000000-0000-4000-{uuid_group:04d}-{i:012d}" for i in range(count)]
+    lines += [f"{user};00000000-0000-4000-{uuid_group:04d}-{i:012d};{auth_field(user)}" for i, user in enumerate(users)]
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -246,6 +293,8 @@ class Round:
 
     def kamailio(self, name: str, role: str, addr: str, port: int, registrar_uri: str = "") -> BenchKamailio:
         defines = {"KO_REGISTRAR": f'"{registrar_uri}"'} if registrar_uri else {}
+        if role == "registrar":  # the same subscriber database and nonce secret for both implementations
+            defines.update(SUBSCRIBERS[0].defines())
         if self.impl == "ours":
             defines["KO_PIKE_REQS"] = PIKE_REQS
         kam = BenchKamailio(name, IMPLS[self.impl][role].name, self.dir, addr, port, defines=defines,
@@ -372,7 +421,7 @@ class Round:
         before = self.registrar.stat("usrloc:location_contacts")
         sipp = self.sipp(tag, "callee/register.xml", f"{edge.addr}:{edge.port}", local_ip, mode,
                          calls=count, timeout=hold_s + 30, rate=rate, inf=users,
-                         keys={"regid": "1", "cseq": "1", "who": tag, **keys},
+                         keys={"regid": "1", "cseq": "1", "cseq_auth": "2", "who": tag, **keys},
                          extra=["-d", str(int(hold_s * 1000)), "-oocsf", str(SIPP / "callee" / "uas.xml"),
                                 "-max_socket", str(count + 100), *(extra or [])])
         got = self.wait_contacts(before + count, 30 + count / rate, sipp)
@@ -491,7 +540,8 @@ class Round:
     def one_failover(self, i: int) -> dict:
         user = f"fo{i}"
         users = self.dir / f"failover-{i}.csv"
-        users.write_text(f"SEQUENTIAL\n{user};00000000-0000-4000-0007-{i:012d}\n")
+        SUBSCRIBERS[0].add([user])
+        users.write_text(f"SEQUENTIAL\n{user};00000000-0000-4000-0007-{i:012d};{auth_field(user)}\n")
         # one Call-ID for both flows of the instance (RFC 5626 4.2; Kamailio's usrloc
         # drops the instance's other reg-ids on a new Call-ID)
         cid = ["-cid_str", f"failover-{self.index}-{i}@bench"]
@@ -499,10 +549,10 @@ class Round:
         flows = {
             "flow1": (self.edge1, self.start_callees(f"failover-{i}-flow1", "tcp", "t1", users, 1, self.s.addr(40),
                                                      hold, self.edge1, rate=10, extra=cid, regid="1", cseq="1",
-                                                     who="flow1")),
+                                                     cseq_auth="2", who="flow1")),
             "flow2": (self.edge2, self.start_callees(f"failover-{i}-flow2", "tcp", "t1", users, 1, self.s.addr(41),
-                                                     hold, self.edge2, rate=10, extra=cid, regid="2", cseq="2",
-                                                     who="flow2")),
+                                                     hold, self.edge2, rate=10, extra=cid, regid="2", cseq="3",
+                                                     cseq_auth="4", who="flow2")),
         }
         edges = (self.edge1, self.edge2)
         try:
@@ -645,10 +695,13 @@ def machine() -> dict:
 def main(argv: list[str]) -> int:
     settings = parse_args(argv)
     settings.workdir.mkdir(parents=True, exist_ok=True)
+    SUBSCRIBERS[:] = [Subscribers(settings.workdir)]
     log(f"benchmark in {settings.workdir}, rounds {' '.join(settings.rounds)}, net {settings.net}.x")
     started = time.monotonic()
     results = {"command": " ".join(["bench/run.py", *argv]), "machine": machine(),
                "settings": {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(settings).items()},
+               "auth": {"on": True, "db": "sqlite (one file, both implementations)", "qop": "auth",
+                        "challenged": "every REGISTER (401) and every call's INVITE (407)"},
                "rounds": []}
     out_path = settings.workdir / "results.json"
     for index, impl in enumerate(settings.rounds):

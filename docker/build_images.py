@@ -6,7 +6,8 @@
    already uses, with Kamailio, SIPp, NSD and the Python libraries installed
    from Debian packages, turned into an image by ``docker import``.
 2. The project image ``kemi-outbound:<hash>``: ``docker/Dockerfile`` on top of
-   the base, adding ``kemi/``, ``cfg/`` and the small entry scripts. One image
+   the base, adding ``kemi/``, ``cfg/``, ``db/`` (the subscriber schema),
+   ``tools/ko-subscriber`` and the small entry scripts. One image
    plays every role: edge, registrar, SIPp UA and DNS server.
 
 Each tag is a hash of what goes into the image, so a build is skipped when an
@@ -34,10 +35,13 @@ BASE_REPO = "kemi-outbound-base"
 IMAGE_REPO = "kemi-outbound"
 BASE_PACKAGES = (
     "kamailio", "kamailio-python3-modules", "kamailio-outbound-modules", "sip-tester",
+    # digest authentication: auth_db on SQLite (the schema files too) or PostgreSQL
+    "kamailio-sqlite-modules", "kamailio-postgres-modules",
     "python3-yaml", "python3-dnspython", "nsd", "iproute2", "procps", "tini",
 )
 # What goes into the project image (hashed into its tag).
-IMAGE_INPUTS = ("docker/Dockerfile", "docker/entrypoint.sh", "docker/ko-rpc", "docker/dns", "kemi", "cfg", "tests/sipp")
+IMAGE_INPUTS = ("docker/Dockerfile", "docker/entrypoint.sh", "docker/ko-rpc", "docker/ko-subscriber", "docker/dns",
+                "kemi", "cfg", "db", "tools/ko-subscriber", "tests/sipp")
 LABEL = "org.kemi-outbound.image"
 
 

@@ -10,6 +10,11 @@
 # every setting of cfg/*.cfg (KO_PORT, KO_REGISTRAR, KO_CONFIG, KO_TCP_LIFETIME,
 # KO_DEFAULT_EXPIRES, ...) and KO_FORCE_OUTBOUND, KO_FLOW_TIMER,
 # KO_FLOW_KEYS_FILE (passed as -A defines). Arguments after ROLE go to kamailio.
+# registrar / single: KO_DB_URL (default sqlite:///var/lib/kemi-outbound/kemi-outbound.sqlite)
+# is the subscriber database; an SQLite file that is missing is made at start from
+# Kamailio's schema + db/kemi-outbound-create.sql (empty: add subscribers with
+# `docker exec -i CONTAINER ko-subscriber add user@domain`, password on stdin);
+# KO_AUTH_SECRET is the nonce secret, the same on every registrar of a farm.
 set -eu
 
 role="${1:-help}"
@@ -20,6 +25,31 @@ use_dns_server() {
         printf 'nameserver %s\nsearch %s\noptions timeout:1 attempts:2\n' \
             "$KO_DNS_SERVER" "${KO_DNS_DOMAIN:-example.com}" > /etc/resolv.conf
     fi
+}
+
+# The SQLite subscriber database of KO_DB_URL, made when missing (a mounted file
+# is used as it is); PostgreSQL URLs are left alone (the schema is the DBA's).
+ensure_subscriber_db() {
+    url="${KO_DB_URL:-sqlite:///var/lib/kemi-outbound/kemi-outbound.sqlite}"
+    case "$url" in
+        sqlite://*) db="${url#sqlite://}" ;;
+        *) return 0 ;;
+    esac
+    [ -e "$db" ] && return 0
+    mkdir -p "$(dirname "$db")"
+    python3 - "$db" <<'PY'
+import os, sqlite3, sys
+files = ["/usr/share/kamailio/db_sqlite/standard-create.sql", "/usr/share/kamailio/db_sqlite/auth_db-create.sql",
+         "/usr/share/kamailio/db_sqlite/usrloc-create.sql", "/usr/share/kemi-outbound/db/kemi-outbound-create.sql"]
+tmp = sys.argv[1] + ".new"
+if os.path.exists(tmp):
+    os.remove(tmp)  # left by a start that was killed
+conn = sqlite3.connect(tmp)
+conn.executescript("BEGIN;\n" + "\n".join(open(f).read() for f in files) + "\nCOMMIT;\n")
+conn.close()
+os.rename(tmp, sys.argv[1])
+PY
+    echo "ko-entry: made the subscriber database $db (no subscribers yet)" >&2
 }
 
 first_address() {
@@ -35,6 +65,9 @@ case "$role" in
         # a restarted container keeps its files: no stale pid file or RPC socket
         mkdir -p /run/kamailio
         rm -f "/run/kamailio/$role.pid" "$KO_RPC_SOCKET"
+        if [ "$role" != edge ]; then
+            ensure_subscriber_db
+        fi
         set -- -f "/usr/share/kemi-outbound/cfg/$role.cfg" -DD -E \
             -m "${KO_SHM_MB:-64}" -M "${KO_PKG_MB:-8}" -P "/run/kamailio/$role.pid" "$@"
         # YAML keys that the cfg does not read from the environment itself

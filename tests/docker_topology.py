@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness import ROOT, ProcessError, SippResult, collect
+from subscribers import password_for
 
 COMPOSE_FILE = ROOT / "docker" / "compose.yaml"
 PROJECT_LABEL = "com.docker.compose.project"
@@ -25,6 +27,7 @@ SERVICE_LABEL = "com.docker.compose.service"
 TOPOLOGY_LABEL = "org.kemi-outbound.topology"
 # last octet of every service on the network (docker/compose.yaml)
 HOSTS = {"reg1": 11, "reg2": 12, "ua-b": 20, "edge1": 21, "edge2": 22, "ua-a": 30, "dns": 53}
+REGISTRARS = ("reg1", "reg2")
 SIPP_DIR = "/usr/share/kemi-outbound/sipp"
 
 
@@ -33,9 +36,9 @@ class DockerError(RuntimeError):
 
 
 def run(cmd: list[str], *, check: bool = True, timeout: float = 120, env: dict[str, str] | None = None,
-        ) -> subprocess.CompletedProcess:
+        input: str | None = None) -> subprocess.CompletedProcess:
     try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, input=input)
     except subprocess.TimeoutExpired as exc:
         raise DockerError(f"{' '.join(cmd[:4])} took more than {timeout}s") from exc
     if check and result.returncode != 0:
@@ -114,10 +117,12 @@ class Topology:
     out: Path  # host folder, mounted at /out in the UA containers
     image: str
     flow_keys: str
+    auth_secret: str = field(default_factory=lambda: secrets.token_hex(16))  # KO_AUTH_SECRET of reg1 and reg2
     edge_registrar: str = ""
     debug: bool = False
     containers: dict[str, str] = field(default_factory=dict)
     sipps: list[ContainerSipp] = field(default_factory=list)
+    subscribers: set[tuple[str, str]] = field(default_factory=set)
 
     @property
     def bridge(self) -> str:
@@ -133,7 +138,8 @@ class Topology:
 
     def env(self) -> dict[str, str]:
         env = {**os.environ, "KO_IMAGE": self.image, "KO_NET": self.net, "KO_BRIDGE": self.bridge,
-               "KO_OUT": str(self.out), "KO_FLOW_KEYS": self.flow_keys, "KO_DEBUG": "1" if self.debug else "0"}
+               "KO_OUT": str(self.out), "KO_FLOW_KEYS": self.flow_keys, "KO_AUTH_SECRET": self.auth_secret,
+               "KO_DEBUG": "1" if self.debug else "0"}
         if self.edge_registrar:
             env["KO_EDGE_REGISTRAR"] = self.edge_registrar
         return env
@@ -193,8 +199,11 @@ class Topology:
         result = run(["docker", "logs", self.containers[service]], check=False)
         return result.stdout + result.stderr
 
-    def exec(self, service: str, *cmd: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess:
-        return run(["docker", "exec", self.containers[service], *cmd], check=check, timeout=timeout)
+    def exec(self, service: str, *cmd: str, check: bool = True, timeout: float = 30,
+             input: str | None = None) -> subprocess.CompletedProcess:
+        options = ["-i"] if input is not None else []
+        return run(["docker", "exec", *options, self.containers[service], *cmd], check=check, timeout=timeout,
+                   input=input)
 
     def rpc(self, service: str, method: str, *params: object) -> object:
         args = [p if isinstance(p, str) else json.dumps(p) for p in params]
@@ -202,6 +211,17 @@ class Topology:
         if result.returncode != 0:
             raise ProcessError(f"rpc {method} on {service}: {result.stderr.strip()}")
         return json.loads(result.stdout)
+
+    def subscriber(self, username: str, domain: str = "example.com") -> tuple[str, str]:
+        """Make ``username@domain`` a subscriber of reg1 and reg2 (each has its own
+        SQLite file) with its test password, once; (username, password) for SIPp's
+        ``auth``. The password reaches ko-subscriber on stdin, never a command line."""
+        password = password_for(username)
+        if (username, domain) not in self.subscribers:
+            for service in REGISTRARS:
+                self.exec(service, "ko-subscriber", "add", f"{username}@{domain}", input=password + "\n")
+            self.subscribers.add((username, domain))
+        return username, password
 
     def bindings(self, service: str, aor: str | None = None) -> list[dict]:
         """Every contact in the location table of a registrar, flattened."""
@@ -232,9 +252,10 @@ class Topology:
     def sipp(self, service: str, scenario: str, remote: str, *, local_port: int, transport: str = "udp",
              keys: dict[str, str] | None = None, calls: int = 1, timeout: int = 20, oocsf: str | None = None,
              extra: list[str] | None = None, background: bool = False, check: bool = True,
-             name: str | None = None) -> SippResult | ContainerSipp:
+             name: str | None = None, auth: tuple[str, str] | None = None) -> SippResult | ContainerSipp:
         """SIPp inside a UA container with a scenario of tests/sipp (baked into the
-        image); bounded in calls and time; logs land in out/<name>/ on the host."""
+        image); bounded in calls and time; logs land in out/<name>/ on the host.
+        ``auth`` (username, password) answers digest challenges (SIPp -au/-ap)."""
         folder, _, xml = scenario.partition("/")
         tag = name or f"{service}-{folder}-{time.monotonic_ns()}"
         run_dir = self.out / tag
@@ -246,6 +267,8 @@ class Topology:
                "-trace_logs", "-log_file", f"{inside}/log.log", "-trace_err", "-error_file", f"{inside}/errors.log"]
         if not background:
             cmd.insert(cmd.index("-nostdin"), "-timeout_error")
+        if auth is not None:
+            cmd += ["-au", auth[0], "-ap", auth[1]]
         for key, value in (keys or {}).items():
             cmd += ["-key", key, value]
         cmd += ["-sf", f"{SIPP_DIR}/{folder}/{xml or 'uac.xml'}"]

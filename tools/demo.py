@@ -4,6 +4,9 @@ A device (one +sip.instance) registers two flows, reg-id 2 through edge2 and
 reg-id 1 through edge1; a caller calls it through edge2 and the call arrives
 over flow 1; edge1 dies; the next call is answered over flow 2 and the caller
 never sees a 430; an INVITE with a forged flow token is refused with 403.
+Digest authentication is on, as in production: the registrar has a subscriber
+database with the demo's users (dana, carol); every REGISTER is answered 401
+first and every call 407 first, and the UAs answer with their credentials.
 
 Default: Kamailio processes on loopback (KO_TEST_NET, default 127.0.0), no
 Docker. --containers: the same story on docker/compose.yaml (images built
@@ -33,9 +36,12 @@ from harness import CFG_DIR, Kamailio, SippResult, collect, describe, sipp  # no
 from ladder import Capture, Event, Lanes, Message, draw, read_messages  # noqa: E402
 from outbound.sipmsg import parse_name_addr  # noqa: E402
 from outbound.tokens import FlowTokenCodec, parse_key  # noqa: E402
+from subscribers import SubscriberDB, password_for  # noqa: E402
 
 USER = "dana"
+CALLER = "carol"
 DOMAIN = "example.com"
+SUBSCRIBERS = (USER, CALLER)  # the registrar's subscriber database: these two, passwords password_for()
 INSTANCE = "urn:uuid:00000000-0000-4000-8000-0000000de001"
 DEVICE_PORTS = {1: 5091, 2: 5092}
 CALLER_PORT = 5093
@@ -57,7 +63,11 @@ class LoopbackStage:
         self.out = out
         self.net = net
         yaml_text = (CFG_DIR / "outbound.yaml").read_text()
-        self.registrar = Kamailio("registrar", "registrar.cfg", out, net(1), 5070, yaml_text=yaml_text)
+        # the demo's own subscriber database, in its out dir
+        self.db = SubscriberDB.create_sqlite(out / "subscribers.sqlite")
+        self.db.add_many((user, DOMAIN, password_for(user)) for user in SUBSCRIBERS)
+        self.registrar = Kamailio("registrar", "registrar.cfg", out, net(1), 5070, yaml_text=yaml_text,
+                                  defines={"KO_DB_URL": f'"{self.db.url}"'})
         self.edges = {
             n: Kamailio(f"edge{n}", "edge.cfg", out, net(n + 1), 5060, env={"KO_FLOW_KEYS": key},
                         defines={"KO_REGISTRAR": f'"{self.registrar.uri}"'}, yaml_text=yaml_text)
@@ -87,6 +97,9 @@ class LoopbackStage:
     def registrar_addr(self) -> str:
         return self.registrar.addr
 
+    def credentials(self, user: str) -> tuple[str, str]:
+        return user, password_for(user)
+
     def capture(self, path: Path) -> Capture:
         hosts = " or ".join(f"host {ip}" for ip in
                             (self.registrar.addr, *(e.addr for e in self.edges.values()), self.device_ip,
@@ -96,10 +109,10 @@ class LoopbackStage:
     def sip_ports(self) -> tuple[int, ...]:
         return (5060, 5070)
 
-    def register_flow(self, regid: int, edge: int, keys: dict[str, str]) -> None:
+    def register_flow(self, regid: int, edge: int, keys: dict[str, str], auth: tuple[str, str]) -> None:
         proc = sipp("device_ob/register.xml", f"{self.edges[edge].addr}:5060", workdir=self.out,
                     local_ip=self.device_ip, local_port=DEVICE_PORTS[regid], transport="tcp", keys=keys,
-                    background=True, timeout=120, oocsf="device_ob/uas.xml", name=f"device-flow{regid}")
+                    background=True, timeout=120, oocsf="device_ob/uas.xml", name=f"device-flow{regid}", auth=auth)
         assert isinstance(proc, subprocess.Popen)
         self.flows[regid] = proc
 
@@ -112,9 +125,10 @@ class LoopbackStage:
     def bindings(self) -> list[dict]:
         return self.registrar.bindings(USER)
 
-    def caller(self, name: str, scenario: str, edge: int, keys: dict[str, str]) -> SippResult:
+    def caller(self, name: str, scenario: str, edge: int, keys: dict[str, str],
+               auth: tuple[str, str] | None) -> SippResult:
         result = sipp(scenario, f"{self.edges[edge].addr}:5060", workdir=self.out, local_ip=self.caller_ip,
-                      local_port=CALLER_PORT, keys=keys, timeout=20, check=False, name=name)
+                      local_port=CALLER_PORT, keys=keys, timeout=20, check=False, name=name, auth=auth)
         assert isinstance(result, SippResult)
         return result
 
@@ -145,6 +159,11 @@ class ContainerStage:
 
     def start(self) -> None:
         self.topo.up()
+        for user in SUBSCRIBERS:  # into reg1's and reg2's subscriber files (docker exec ko-subscriber add)
+            self.topo.subscriber(user, DOMAIN)
+
+    def credentials(self, user: str) -> tuple[str, str]:
+        return self.topo.subscriber(user, DOMAIN)
 
     def stop(self) -> None:
         self.topo.down()
@@ -158,11 +177,11 @@ class ContainerStage:
     def sip_ports(self) -> tuple[int, ...]:
         return (5060,)
 
-    def register_flow(self, regid: int, edge: int, keys: dict[str, str]) -> None:
+    def register_flow(self, regid: int, edge: int, keys: dict[str, str], auth: tuple[str, str]) -> None:
         self.flows[regid] = self.topo.sipp(
             "ua-b", "device_ob/register.xml", f"{self.edge_addr(edge)}:5060", local_port=DEVICE_PORTS[regid],
             transport="tcp", keys=keys, background=True, timeout=120, oocsf="device_ob/uas.xml",
-            name=f"device-flow{regid}")
+            name=f"device-flow{regid}", auth=auth)
 
     def flow_alive(self, regid: int) -> bool:
         return self.flows[regid].proc.poll() is None
@@ -173,9 +192,10 @@ class ContainerStage:
     def bindings(self) -> list[dict]:
         return self.topo.bindings("reg1", USER)
 
-    def caller(self, name: str, scenario: str, edge: int, keys: dict[str, str]) -> SippResult:
+    def caller(self, name: str, scenario: str, edge: int, keys: dict[str, str],
+               auth: tuple[str, str] | None) -> SippResult:
         result = self.topo.sipp("ua-a", scenario, f"{self.edge_addr(edge)}:5060", local_port=CALLER_PORT,
-                                keys=keys, timeout=20, check=False, name=name)
+                                keys=keys, timeout=20, check=False, name=name, auth=auth)
         assert isinstance(result, SippResult)
         return result
 
@@ -206,16 +226,27 @@ def wait_for(condition, what: str, timeout: float = 15.0):
     raise StoryError(f"timed out waiting for {what}")
 
 
+CHALLENGES = (401, 407)
+
+
 def exchange(messages: list[Message], call_id: str, requester: str, method: str) -> tuple[Message, Message] | None:
     """The first ``method`` request sent by ``requester`` in ``call_id`` and the final
-    response it got back."""
+    response it got back in the end: past a digest challenge (401/407) that the UA
+    answered with credentials, the answer to the authenticated request."""
     request = next((m for m in messages if m.call_id == call_id and m.method == method and m.src[0] == requester),
                    None)
     if request is None:
         return None
-    final = next((m for m in messages if m.call_id == call_id and m.status >= 200 and m.cseq_method == method
-                  and m.dst == request.src and m.time >= request.time), None)
+    finals = [m for m in messages if m.call_id == call_id and m.status >= 200 and m.cseq_method == method
+              and m.dst == request.src and m.time >= request.time]
+    final = next((m for m in finals if m.status not in CHALLENGES), finals[-1] if finals else None)
     return (request, final) if final else None
+
+
+def challenged(messages: list[Message], request: Message, final: Message) -> list[int]:
+    """The digest challenges (401/407) the requester got between its first request and the final answer."""
+    return [m.status for m in messages if m.call_id == request.call_id and m.dst == request.src
+            and m.cseq_method == request.method and m.status in CHALLENGES and request.time <= m.time <= final.time]
 
 
 def call_ids(messages: list[Message], src_ip: str, method: str) -> list[str]:
@@ -249,7 +280,7 @@ def main() -> int:
         for regid, edge in ((2, 2), (1, 1)):
             stage.register_flow(regid, edge, {
                 "user": USER, "domain": DOMAIN, "instance": INSTANCE, "regid": str(regid), "expires": "600",
-                "who": f"flow{regid}"})
+                "who": f"flow{regid}"}, auth=stage.credentials(USER))
 
             def registered(regid: int = regid) -> list[dict]:
                 if not stage.flow_alive(regid):
@@ -260,15 +291,16 @@ def main() -> int:
         bindings = {b["Reg-Id"]: b for b in stage.bindings()}
         flows = {regid: codec.decode(parse_name_addr(b["Path"]).sip_uri.user or "").flow
                  for regid, b in bindings.items()}
-        call_keys = {"callee": USER, "domain": DOMAIN, "user": "carol"}
-        answers["call1"] = stage.caller("call1", "caller/uac_short.xml", 2, call_keys)
+        call_keys = {"callee": USER, "domain": DOMAIN, "user": CALLER}
+        answers["call1"] = stage.caller("call1", "caller/uac_short.xml", 2, call_keys, stage.credentials(CALLER))
         events.append(Event(time.time(), stage.kill_edge(1)))
-        answers["call2"] = stage.caller("call2", "caller/uac_short.xml", 2, call_keys)
+        answers["call2"] = stage.caller("call2", "caller/uac_short.xml", 2, call_keys, stage.credentials(CALLER))
         token = parse_name_addr(bindings[2]["Path"]).sip_uri.user or ""
         forged = token[:10] + ("A" if token[10] != "A" else "B") + token[11:]
+        # mallory is no subscriber: the edge refuses the forged token before any registrar could challenge
         answers["forged"] = stage.caller("forged", "caller/uac_final.xml", 2, {
             **call_keys, "user": "mallory", "ruri": bindings[2]["Address"],
-            "extra": f"Route: <sip:{forged}@{stage.edge_addr(2)};lr;ob>"})
+            "extra": f"Route: <sip:{forged}@{stage.edge_addr(2)};lr;ob>"}, None)
     except Exception:
         print(stage.logs(), file=sys.stderr)
         raise
@@ -284,7 +316,7 @@ def main() -> int:
         ("home proxy (registrar)", stage.registrar_addr),
         ("edge2", stage.edge_addr(2)),
         ("device flow 2 (reg-id 2)", (stage.device_ip, flows[2].remote_port if flows.get(2) else 0)),
-        ("caller (carol)", stage.caller_ip),
+        (f"caller ({CALLER})", stage.caller_ip),
     ])
     steps = summarise(stage, messages, answers, events)
     ladder_svg = draw(messages, lanes, events, out / "ladder.svg",
@@ -292,7 +324,7 @@ def main() -> int:
     ladder_png = draw(messages, lanes, events, out / "ladder.png",
                       f"kemi-outbound: RFC 5626 outbound failover ({stage.mode})")
     print()
-    print(f"kemi-outbound demo ({stage.mode}): {USER}@{DOMAIN}, one device, two flows")
+    print(f"kemi-outbound demo ({stage.mode}): {USER}@{DOMAIN}, one device, two flows; digest authentication on")
     for number, step in enumerate(steps, start=1):
         took = f"{step.millis:8.1f} ms" if step.millis is not None else " " * 11
         mark = "ok " if step.ok else "FAIL"
@@ -302,6 +334,10 @@ def main() -> int:
             print(f" ... {number} {step.text}")
     print(f"ladder diagram: {ladder_svg} (and {ladder_png.name})")
     print(f"SIP capture:    {out / 'sip.pcapng'}   logs and SIPp traces: {out}")
+    print("authentication: the registrar challenges every REGISTER (401, realm = To domain) and every call "
+          "(407, realm = From domain);\n  the UAs answer with their credentials (subscribers "
+          f"{', '.join(f'{u}@{DOMAIN}' for u in SUBSCRIBERS)}), so the ladder shows a 401 or 407 and the request "
+          "again\n  before each 200; timings include that round trip")
     print("bindings after registering (usrloc over RPC, keyed by AOR, +sip.instance, reg-id):")
     for regid in sorted(bindings):
         b = bindings[regid]
@@ -324,7 +360,7 @@ def summarise(stage, messages: list[Message], answers: dict[str, SippResult], ev
             request, final = found
             steps.append(Step(f"device registers flow reg-id {regid} via edge{edge}",
                               f"{final.status} {final.reason}", (final.time - request.time) * 1000,
-                              final.status == 200))
+                              final.status == 200, auth_note(challenged(messages, request, final))))
         else:
             steps.append(Step(f"device registers flow reg-id {regid} via edge{edge}", "no answer seen", None, False))
     invites = call_ids(messages, stage.caller_ip, "INVITE")
@@ -339,7 +375,8 @@ def summarise(stage, messages: list[Message], answers: dict[str, SippResult], ev
             request, final = pair
             seen = [str(m.status) for m in messages if m.call_id == request.call_id and m.dst == request.src
                     and m.cseq_method == "INVITE" and request.time <= m.time <= final.time]
-            note = f"home proxy tried {branches(stage, messages, request.call_id, final.time)}; " \
+            note = f"{auth_note(challenged(messages, request, final))}; " \
+                   f"home proxy tried {branches(stage, messages, request.call_id, final.time)}; " \
                    f"caller saw {' '.join(seen)}"
             answer = f"{final.status} {final.reason}" + (f", answered by {who}" if who else "")
             ok = final.status == 200 and who == expected[name] and "430" not in seen
@@ -357,6 +394,12 @@ def summarise(stage, messages: list[Message], answers: dict[str, SippResult], ev
     else:
         steps.append(Step("INVITE with a forged flow token via edge2", "no final answer seen", None, False))
     return steps
+
+
+def auth_note(codes: list[int]) -> str:
+    if not codes:
+        return "no challenge"
+    return " ".join(f"{c} {'challenge' if c == 401 else 'proxy challenge'}" for c in codes) + " answered"
 
 
 def branches(stage, messages: list[Message], call_id: str, until: float) -> str:

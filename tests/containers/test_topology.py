@@ -4,17 +4,20 @@ A device (SIPp in ua-b, one +sip.instance) keeps two TCP flows: reg-id 1
 through edge1 and reg-id 2 through edge2. A caller (SIPp in ua-a) calls its AOR
 through edge2. Edges find the registrar by DNS SRV (_sip._udp.example.com:
 reg1 preferred, reg2 backup) served by NSD in the dns container.
+Authentication is on: every user is a subscriber of reg1 and reg2
+(Topology.subscriber), REGISTERs answer a 401 and calls a 407.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import re
 import time
 from dataclasses import dataclass
 
 from docker_topology import ContainerSipp, Topology
-from harness import SippResult, describe
+from harness import ROOT, SippResult, describe
 from outbound.sipmsg import parse_name_addr
 
 PORTS = itertools.count(20000)
@@ -61,7 +64,7 @@ def register_device(topo: Topology, user: str, n: int, order: tuple[tuple[int, s
                          transport="tcp", background=True, timeout=150, oocsf="device_ob/uas.xml",
                          keys={"user": user, "domain": DOMAIN, "instance": instance(n), "regid": str(regid),
                                "expires": "600", "who": device.who(regid)},
-                         name=f"{user}-flow{regid}")
+                         name=f"{user}-flow{regid}", auth=topo.subscriber(user))
         assert isinstance(flow, ContainerSipp)
         device.flows[regid] = flow
         device.edges[regid] = edge
@@ -71,7 +74,7 @@ def register_device(topo: Topology, user: str, n: int, order: tuple[tuple[int, s
 
 def call(topo: Topology, user: str, edge: str = "edge2") -> SippResult:
     result = topo.sipp("ua-a", "caller/uac.xml", f"{topo.addr(edge)}:5060", local_port=next(PORTS), timeout=20,
-                       keys={"callee": user, "domain": DOMAIN, "user": "carol"})
+                       keys={"callee": user, "domain": DOMAIN, "user": "carol"}, auth=topo.subscriber("carol"))
     assert isinstance(result, SippResult)
     return result
 
@@ -147,12 +150,14 @@ def test_forged_flow_token_is_refused_with_403(topo):
 
 def test_registrar_found_by_srv_with_the_first_one_down(topo):
     """RFC 3263 §4.3, RFC 2782: reg1 (priority 10) is down; the edge's REGISTER
-    reaches reg2 (priority 20) and the device gets its 200."""
+    reaches reg2 (priority 20), which challenges it and takes the answer (its own
+    subscriber file, the farm's nonce secret), and the device gets its 200."""
+    credentials = topo.subscriber("ivan")
     topo.stop("reg1")
     try:
         result = topo.sipp(
             "ua-b", "register_expect", f"{topo.addr('edge1')}:5060", local_port=next(PORTS), transport="tcp",
-            timeout=45, check=False,
+            timeout=45, check=False, auth=credentials,
             keys={"user": "ivan", "domain": DOMAIN, "expires": "600", "supported": "path, outbound",
                   "extra": "X-Case: srv", "cseq": "1",
                   "contact": f'<sip:ivan@{topo.addr("ua-b")}:5099;transport=tcp;ob>;'
@@ -163,3 +168,49 @@ def test_registrar_found_by_srv_with_the_first_one_down(topo):
         assert binding["Reg-Id"] == 1
     finally:
         topo.start("reg1")
+
+
+NONCE_PROBE = r'''
+import json, socket, sys
+
+def request(cseq, extra=""):
+    return (f"REGISTER sip:example.com SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {ME}:{PORT};branch=z9hG4bK-nonce-{cseq}\r\n"
+            "Max-Forwards: 70\r\n"
+            f"From: <sip:{USER}@example.com>;tag=nonce\r\nTo: <sip:{USER}@example.com>\r\n"
+            f"Call-ID: nonce-{USER}@{ME}\r\nCSeq: {cseq} REGISTER\r\n"
+            f"Contact: <sip:{USER}@{ME}:{PORT}>\r\nExpires: 60\r\n{extra}Content-Length: 0\r\n\r\n")
+
+def final(sock):
+    while True:
+        text = sock.recv(65535).decode(errors="replace")
+        code = int(text.split(" ", 2)[1])
+        if code >= 200:
+            return code, text
+
+ME, PORT, USER, PASSWORD, FIRST, SECOND = sys.argv[1:7]
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind((ME, int(PORT)))
+sock.settimeout(10)
+sock.sendto(request(1).encode(), (FIRST, 5060))
+code1, text = final(sock)
+[challenge] = challenges(text)
+answer = authorization(challenge, "REGISTER", "sip:example.com", USER, PASSWORD)
+sock.sendto(request(2, answer + "\r\n").encode(), (SECOND, 5060))
+code2, _ = final(sock)
+print(json.dumps({"challenge": code1, "realm": challenge.realm, "answer": code2}))
+'''
+
+
+def test_nonce_of_reg1_is_accepted_by_reg2(topo):
+    """RFC 3261 §22.4, docs/containers.md: reg1 and reg2 share KO_AUTH_SECRET, so a
+    REGISTER challenged by reg1 and answered to reg2 (an edge failing over between
+    them) is accepted there; each has the subscriber in its own file."""
+    user, password = topo.subscriber("nina")
+    probe = (ROOT / "tests" / "digest.py").read_text() + NONCE_PROBE
+    result = topo.exec("ua-b", "python3", "-", topo.addr("ua-b"), str(next(PORTS)), user, password,
+                       topo.addr("reg1"), topo.addr("reg2"), input=probe)
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome == {"challenge": 401, "realm": DOMAIN, "answer": 200}, outcome
+    assert [b["Address"] for b in topo.bindings("reg2", user)], "reg2 stored the binding"
+    assert topo.bindings("reg1", user) == []

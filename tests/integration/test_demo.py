@@ -1,4 +1,5 @@
-"""./run demo on loopback: the story holds, the summary and the ladder picture appear."""
+"""./run demo on loopback: the story holds, the summary and the ladder picture appear;
+digest authentication is on (401 for the REGISTERs, 407 for the calls, answered)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ def test_demo_tells_the_failover_story_and_draws_the_ladder():
                             timeout=180, env=os.environ.copy())
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     out = result.stdout
-    assert re.search(r"ok\s+3 call 1: .* 200 OK, answered by flow1", out), out
+    assert re.search(r"ok\s+1 device registers flow reg-id 2 .* 200 OK .*401 challenge answered", out), out
+    assert re.search(r"ok\s+3 call 1: .* 200 OK, answered by flow1 .*407 proxy challenge answered", out), out
     assert re.search(r"ok\s+5 call 2: .* 200 OK, answered by flow2 .*edge1 \(no answer\) -> edge2 \(200\)", out), out
     assert re.search(r"ok\s+6 INVITE with a forged flow token .* 403 Forbidden", out), out
     assert "story: every step held" in out
@@ -24,4 +26,5 @@ def test_demo_tells_the_failover_story_and_draws_the_ladder():
     assert ladder.suffix == ".svg" and ladder.stat().st_size > 10_000
     svg = ladder.read_text()
     assert "edge1 killed" in svg and "403 Forbidden (INVITE)" in svg
+    assert "401 Unauthorized (REGISTER)" in svg and "407 Proxy" in svg
     assert ladder.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -93,3 +93,13 @@ def test_percentile_nearest_rank_and_median_ratio_helpers():
     assert analysis.ratio(2.0, 4.0) == 0.5
     assert analysis.ratio(None, 4.0) is None and analysis.ratio(1.0, 0) is None
     assert analysis.per_thousand(0.5, 2000) == 0.25 and analysis.per_thousand(1.0, 0) is None
+
+
+def test_report_says_when_the_figures_include_authentication():
+    import report
+
+    base = {"machine": {"cores": 2, "cpu": "x", "kernel": "k", "kamailio": "kam", "sipp": "sipp", "python": "3"},
+            "command": "bench/run.py", "rounds": [], "seconds": 1}
+    assert "authentication" not in report.machine(base)  # a run from before issue 11
+    text = report.machine({**base, "auth": {"on": True, "db": "sqlite", "challenged": "every REGISTER (401)"}})
+    assert "digest authentication on for both sides" in text and "REGISTER, 401, REGISTER, 200" in text

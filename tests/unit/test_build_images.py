@@ -54,3 +54,13 @@ def test_base_tag_follows_the_recipe():
     assert build_images.base_tag("http://a.example/debian") == build_images.base_tag("http://a.example/debian")
     assert build_images.base_tag("http://a.example/debian") != build_images.base_tag("http://b.example/debian")
     assert build_images.base_tag("http://a.example/debian").startswith("kemi-outbound-base:")
+
+
+def test_the_image_carries_the_subscriber_schema_and_tool():
+    """Digest authentication: auth_db's SQLite / PostgreSQL modules in the base (their
+    schema files too), db/ and tools/ko-subscriber in the project image's hash."""
+    assert {"kamailio-sqlite-modules", "kamailio-postgres-modules"} <= set(build_images.BASE_PACKAGES)
+    assert {"db", "tools/ko-subscriber", "docker/ko-subscriber"} <= set(build_images.IMAGE_INPUTS)
+    dockerfile = (SCRIPT.parent / "Dockerfile").read_text()
+    assert "COPY tools/ko-subscriber /usr/share/kemi-outbound/tools/ko-subscriber" in dockerfile
+    assert "COPY db /usr/share/kemi-outbound/db" in dockerfile

@@ -205,7 +205,8 @@ def test_strict_router_upstream_request_uri_is_restored_and_sent_over_the_flow(t
         def register(cseq: int, credentials: str = "") -> str:
             flow.sendall((f"REGISTER sip:example.com SIP/2.0\r\n"
                           f"Via: SIP/2.0/TCP {ip}:{port};branch=z9hG4bK-strict-r{cseq}\r\n"
-                          "Max-Forwards: 70\r\nFrom: <sip:strict@example.com>;tag=s1\r\nTo: <sip:strict@example.com>\r\n"
+                          "Max-Forwards: 70\r\nFrom: <sip:strict@example.com>;tag=s1\r\n"
+                          "To: <sip:strict@example.com>\r\n"
                           f"Call-ID: strict-reg@{ip}\r\nCSeq: {cseq} REGISTER\r\n{credentials}"
                           f'Contact: {contact};+sip.instance="<{instance(99)}>";reg-id=1\r\n'
                           "Expires: 600\r\nSupported: path, outbound\r\nContent-Length: 0\r\n\r\n").encode())

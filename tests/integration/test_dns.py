@@ -311,7 +311,8 @@ def test_486_does_not_fail_over(make_edge, servers, workdir, local_port):
 
     result = sipp("caller/uac_final.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA,
                   local_port=local_port, keys={"ruri": "sip:bob@ko.test", "extra": "X-Case: busy", "user": "alice",
-                                               "callee": "bob", "domain": "ko.test"}, timeout=15)
+                                               "callee": "bob", "domain": "ko.test"}, timeout=15,
+                  auth=subscriber("alice", "ko.test"))
     assert isinstance(result, SippResult)
     assert result.value("final") == "486"
     assert received(server_a) == ["INVITE", "ACK"], "tm acknowledges the 486 to the server that sent it"
@@ -326,7 +327,7 @@ def test_cancel_and_ack_go_to_the_server_that_was_chosen(make_edge, servers, wor
 
     result = sipp("dns_ua/cancel.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA,
                   local_port=local_port, keys={"ruri": "sip:bob@ko.test", "user": "alice", "domain": "ko.test"},
-                  timeout=15)
+                  timeout=15, auth=subscriber("alice", "ko.test"))
     assert isinstance(result, SippResult)
     assert result.value("cancel") == "200" and result.value("final") == "487"
     assert received(server_b) == ["INVITE", "CANCEL", "ACK"]

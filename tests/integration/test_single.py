@@ -79,7 +79,7 @@ def test_closing_one_connection_removes_the_bindings_of_every_aor_on_it(server, 
         subscriber(aor)  # users.csv: [field2] is each user's password
     proc = sipp("multi_aor/register.xml", f"{server.addr}:{server.port}", workdir=workdir, local_ip=UA_DEVICE,
                 local_port=local_port, transport="tcp", calls=2, timeout=60, background=True,
-                keys={"domain": "example.com"},
+                keys={"domain": "example.com"},  # credentials per user: users.csv field 2
                 extra=["-inf", str(SIPP_DIR / "multi_aor" / "users.csv"), "-r", "10"])
     assert isinstance(proc, subprocess.Popen)
     callees.append(proc)

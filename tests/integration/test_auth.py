@@ -17,10 +17,11 @@ import pytest
 
 from actors import call, instance, start_callee, wait_bindings
 from digest import ChallengeHeader, authorization, challenges
-from harness import Kamailio, sipp
+from harness import Kamailio
+from outbound.sipmsg import parse_name_addr
 from postgres import Postgres
 from subscribers import SubscriberDB
-from topology import REGISTRAR_ADDR, net, registrar, start, stop
+from topology import net, registrar, start, stop
 
 UA = net(150)
 OTHER_UA = net(151)
@@ -302,19 +303,72 @@ def test_call_from_a_device_is_challenged_407_then_answered(topology, workdir, l
     assert "Proxy-Authenticate: Digest realm=\"example.com\"" in answered.messages
 
 
-def test_calls_from_the_core_to_devices_are_not_challenged(topology, workdir, local_port, callees):
-    """The farm's requests to a device's flow go through the edge, which holds no
-    credentials and asks for none: answered by the device at once."""
-    user = "auth-core-callee"
-    callee = start_callee(topology["edge1"], workdir, local_port, user, ua_ip=net(163))
-    callees.append(callee)
-    [binding] = wait_bindings(topology["registrar"], user, [callee])
-    result = sipp("caller/uac_final.xml", f"{topology['edge1'].addr}:{topology['edge1'].port}", workdir=workdir,
-                  local_ip=REGISTRAR_ADDR, local_port=local_port + 1, timeout=10, check=False,
-                  keys={"callee": user, "domain": "example.com", "user": "core", "ruri": binding["Address"],
-                        "extra": f"Route: {binding['Path']}"})
-    assert result.value("final") == "200"
-    assert "407" not in result.messages and "401" not in result.messages
+def _headers(message: str, name: str) -> list[str]:
+    values = []
+    for line in message.split("\r\n\r\n", 1)[0].split("\r\n")[1:]:
+        key, _, value = line.partition(":")
+        if key.strip().lower() == name.lower():
+            values += [v.strip() for v in value.split(",")] if name.lower() == "record-route" else [value.strip()]
+    return values
+
+
+def test_calls_from_a_trusted_core_peer_are_not_challenged(workdir, local_port, callees):
+    """auth.trusted_peers (a gateway in the core): its INVITE to a registered user
+    is not challenged at the home proxy and reaches the device through its edge;
+    the dialog's ACK and BYE follow the Record-Route (no challenge either)."""
+    import yaml
+
+    from topology import edge, ko_yaml
+
+    peer = net(165)
+    data = yaml.safe_load(ko_yaml())
+    data["auth"]["trusted_peers"] = [peer]
+    reg = registrar(workdir, name="auth-peer-reg", addr=net(166))
+    reg.yaml_text = yaml.safe_dump(data)
+    start(reg)
+    kam = start(edge(workdir, "auth-peer-edge", net(167), reg.uri))
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        user = "auth-peer-callee"
+        callee = start_callee(kam, workdir, local_port, user, ua_ip=net(168))
+        callees.append(callee)
+        wait_bindings(reg, user, [callee])
+        sock.bind((peer, 0))
+        sock.settimeout(8)
+        ip, port = sock.getsockname()
+
+        def request(method: str, ruri: str, cseq: int, to: str, routes: list[str], branch: str) -> str:
+            route = "".join(f"Route: {r}\r\n" for r in routes)
+            return (f"{method} {ruri} SIP/2.0\r\nVia: SIP/2.0/UDP {ip}:{port};rport;branch=z9hG4bK-{branch}\r\n"
+                    f"{route}Max-Forwards: 70\r\nFrom: <sip:gw@pstn.example.com>;tag=gw1\r\nTo: {to}\r\n"
+                    f"Call-ID: peer-{port}@{ip}\r\nCSeq: {cseq} {method}\r\nContact: <sip:gw@{ip}:{port}>\r\n"
+                    "Content-Length: 0\r\n\r\n")
+
+        def final() -> str:
+            while True:
+                data = sock.recv(65535).decode(errors="replace")
+                if data.startswith("SIP/2.0 ") and data[8] != "1":
+                    return data
+
+        sock.sendto(request("INVITE", f"sip:{user}@example.com", 1, f"<sip:{user}@example.com>", [],
+                            "peer-inv").encode(), (reg.addr, reg.port))
+        answer = final()
+        assert answer.startswith("SIP/2.0 200 "), answer.splitlines()[0]
+        to = _headers(answer, "To")[0]
+        target = _headers(answer, "Contact")[0].strip("<>").split(">")[0]
+        routes = list(reversed(_headers(answer, "Record-Route")))
+        first_hop = parse_name_addr(routes[0]).sip_uri
+        hop = (first_hop.host, first_hop.port or 5060)
+        sock.sendto(request("ACK", target, 1, to, routes, "peer-ack").encode(), hop)
+        sock.sendto(request("BYE", target, 2, to, routes, "peer-bye").encode(), hop)
+        assert final().startswith("SIP/2.0 200 ")
+        log = reg.log()
+        assert f"challenging INVITE from {peer}" not in log and "challenging BYE" not in log
+        assert f"challenging REGISTER from {kam.addr}" in log  # the device itself was asked
+    finally:
+        sock.close()
+        stop(kam)
+        stop(reg)
 
 
 def test_device_registration_through_the_edge_with_credentials(topology, workdir, local_port, callees):

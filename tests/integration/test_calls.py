@@ -16,10 +16,11 @@ import pytest
 
 import actors
 from actors import instance, tcp_stat
+from digest import authorization, challenges
 from harness import OTHER_KEY, TEST_KEY, Kamailio, SippResult, describe, sipp, wait_sipp
 from outbound.sipmsg import parse_name_addr
 from outbound.tokens import FlowTokenCodec, Verdict, parse_key
-from topology import edge, net, start, stop
+from topology import edge, net, start, stop, subscriber
 
 UA_A = net(30)
 UA_B = net(20)
@@ -137,7 +138,7 @@ def test_forged_tokens_get_403(topology, workdir, local_port):
     foreign = path_token(binding)
     assert CODEC.decode(foreign).verdict is Verdict.FORGED
     own = sipp("register_expect", f"{edge1.addr}:{edge1.port}", workdir=workdir, local_ip=UA_B,
-               local_port=local_port + 1,
+               local_port=local_port + 1, auth=subscriber("bob-own"),
                keys={"user": "bob-own", "domain": "example.com", "expires": "600", "supported": "path, outbound",
                      "extra": "X-Case: own", "cseq": "1",
                      "contact": f'<sip:bob-own@{UA_B}:{local_port + 1};ob>;+sip.instance="<{instance(1)}>";reg-id=1'})
@@ -170,7 +171,7 @@ def test_bad_routes_get_a_defined_answer(topology, workdir, local_port, route, s
     reply or ordinary routing (here: on to the home proxy, which knows no such user)."""
     edge1 = topology["edge1"]
     result = sipp("caller/uac_final.xml", f"{edge1.addr}:{edge1.port}", workdir=workdir, local_ip=UA_A,
-                  local_port=local_port, timeout=10,
+                  local_port=local_port, timeout=10, auth=subscriber("alice"),
                   keys={"callee": "nobody", "domain": "example.com", "user": "alice",
                         "ruri": "sip:nobody@example.com", "extra": route})
     assert isinstance(result, SippResult)
@@ -201,12 +202,21 @@ def test_strict_router_upstream_request_uri_is_restored_and_sent_over_the_flow(t
     contact = f"<sip:strict@{net(99)}:5999;transport=tcp;ob>"
     with socket.create_connection((edge1.addr, edge1.port), timeout=5, source_address=(UA_B, 0)) as flow:
         ip, port = flow.getsockname()
-        flow.sendall((f"REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/TCP {ip}:{port};branch=z9hG4bK-strict-r\r\n"
-                      "Max-Forwards: 70\r\nFrom: <sip:strict@example.com>;tag=s1\r\nTo: <sip:strict@example.com>\r\n"
-                      f"Call-ID: strict-reg@{ip}\r\nCSeq: 1 REGISTER\r\n"
-                      f'Contact: {contact};+sip.instance="<{instance(99)}>";reg-id=1\r\n'
-                      "Expires: 600\r\nSupported: path, outbound\r\nContent-Length: 0\r\n\r\n").encode())
-        answer = read_message(flow, "the 200 to REGISTER")
+        def register(cseq: int, credentials: str = "") -> str:
+            flow.sendall((f"REGISTER sip:example.com SIP/2.0\r\n"
+                          f"Via: SIP/2.0/TCP {ip}:{port};branch=z9hG4bK-strict-r{cseq}\r\n"
+                          "Max-Forwards: 70\r\nFrom: <sip:strict@example.com>;tag=s1\r\n"
+                          "To: <sip:strict@example.com>\r\n"
+                          f"Call-ID: strict-reg@{ip}\r\nCSeq: {cseq} REGISTER\r\n{credentials}"
+                          f'Contact: {contact};+sip.instance="<{instance(99)}>";reg-id=1\r\n'
+                          "Expires: 600\r\nSupported: path, outbound\r\nContent-Length: 0\r\n\r\n").encode())
+            return read_message(flow, "the answer to REGISTER")
+
+        answer = register(1)
+        assert answer.startswith("SIP/2.0 401 "), answer
+        # answer the challenge as a UA would (RFC 3261 §22.2)
+        answer = register(2, authorization(challenges(answer)[0], "REGISTER", "sip:example.com",
+                                           *subscriber("strict")) + "\r\n")
         assert answer.startswith("SIP/2.0 200 "), answer
         token = parse_name_addr(header(answer, "Path")[0]).sip_uri.user
         target = f"sip:strict@{net(99)}:5999;transport=tcp"

@@ -24,7 +24,7 @@ from dns_setup import NS, NS_PORT, dns_yaml
 from harness import TEST_KEY, Kamailio, SippResult, describe, sipp, wait_sipp
 from nsd import Nsd
 from outbound.tokens import Flow, FlowTokenCodec, parse_key
-from topology import edge, net, registrar, start, stop
+from topology import edge, net, registrar, start, stop, subscriber
 
 UA = net(11)
 CALLEE = net(12)
@@ -35,6 +35,9 @@ UAS_PORT = 5080
 DEAD = net(45)
 EDGE_ADDRS = itertools.count(60)
 NSD_VALUES = {"MOVING": REG["a"]}  # the zone's @MOVING@ at the start (conftest's nsd fixture)
+# the registrars of a farm share the nonce secret (cfg KO_AUTH_SECRET), as they must in
+# production: a REGISTER challenged by one may bring its credentials to another
+FARM_SECRET = {"KO_AUTH_SECRET": '"dns-farm-nonce-secret-for-the-tests"'}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,7 @@ def registrars(workdir: Path, nsd: Nsd) -> Iterator[dict[str, Kamailio]]:
     started = {}
     try:
         for name in ("a", "b"):
-            started[name] = start(registrar(workdir, name=f"dns-reg-{name}", addr=REG[name]))
+            started[name] = start(registrar(workdir, name=f"dns-reg-{name}", addr=REG[name], defines=FARM_SECRET))
         yield started
     finally:
         for kam in started.values():
@@ -108,7 +111,8 @@ def received(proc: subprocess.Popen) -> list[str]:
 
 def register(kam: Kamailio, workdir: Path, port: int, user: str) -> SippResult:
     result = sipp("dns_ua/register.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA, local_port=port,
-                  keys={"user": user, "domain": "ko.test", "expires": "600"}, timeout=20)
+                  keys={"user": user, "domain": "ko.test", "expires": "600"}, timeout=20,
+                  auth=subscriber(user, "ko.test"))
     assert isinstance(result, SippResult)
     return result
 
@@ -128,7 +132,8 @@ def test_register_goes_to_the_lowest_priority_registrar(registrars, make_edge, w
 
 def test_registrar_a_stopped_registrations_go_to_b(workdir, make_edge, nsd, local_port):
     """RFC 3263 §4.3: no response at all from A: a new branch to B."""
-    regs = {name: start(registrar(workdir, name=f"dns-reg-{name}", addr=REG[name])) for name in ("c", "d")}
+    regs = {name: start(registrar(workdir, name=f"dns-reg-{name}", addr=REG[name], defines=FARM_SECRET))
+            for name in ("c", "d")}
     try:
         kam = make_edge("sip:cdfarm.ko.test")
         assert register(kam, workdir, local_port, "bob-before").value("final") == "200"
@@ -306,7 +311,8 @@ def test_486_does_not_fail_over(make_edge, servers, workdir, local_port):
 
     result = sipp("caller/uac_final.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA,
                   local_port=local_port, keys={"ruri": "sip:bob@ko.test", "extra": "X-Case: busy", "user": "alice",
-                                               "callee": "bob", "domain": "ko.test"}, timeout=15)
+                                               "callee": "bob", "domain": "ko.test"}, timeout=15,
+                  auth=subscriber("alice", "ko.test"))
     assert isinstance(result, SippResult)
     assert result.value("final") == "486"
     assert received(server_a) == ["INVITE", "ACK"], "tm acknowledges the 486 to the server that sent it"
@@ -321,7 +327,7 @@ def test_cancel_and_ack_go_to_the_server_that_was_chosen(make_edge, servers, wor
 
     result = sipp("dns_ua/cancel.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA,
                   local_port=local_port, keys={"ruri": "sip:bob@ko.test", "user": "alice", "domain": "ko.test"},
-                  timeout=15)
+                  timeout=15, auth=subscriber("alice", "ko.test"))
     assert isinstance(result, SippResult)
     assert result.value("cancel") == "200" and result.value("final") == "487"
     assert received(server_b) == ["INVITE", "CANCEL", "ACK"]
@@ -420,7 +426,8 @@ def test_requests_claiming_to_be_from_the_core_must_come_from_the_farm(registrar
     assert "from outside the farm" in kam.log()
 
     call = sipp("caller/uac.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA, local_port=local_port + 2,
-                keys={"callee": "kate", "domain": "example.com", "user": "alice"}, timeout=15)
+                keys={"callee": "kate", "domain": "example.com", "user": "alice"}, timeout=15,
+                auth=subscriber("alice"))
     assert isinstance(call, SippResult)
     assert call.value("who") == "kate" and call.value("bye") == "200"
     assert f"trusted peer sip:farm.ko.test = {REG['a']}, {REG['b']}" in kam.log()

@@ -5,15 +5,38 @@ from __future__ import annotations
 
 import socket
 import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 from actors import call, instance, ob_params, start_callee, wait_bindings, wait_until
-from harness import sipp, wait_sipp
-from topology import net
+from harness import Kamailio, sipp, wait_sipp
+from topology import edge, net, registrar, start, stop, subscriber
 
 UA = net(41)
 UA_PLAIN = net(42)
 CALLER = net(43)
 RAW = net(44)
+CROWD = 200  # bindings of one AOR in test_aor_with_hundreds_of_bindings
+
+
+@pytest.fixture(scope="module")
+def topology(workdir: Path) -> Iterator[dict[str, Kamailio]]:
+    """conftest's topology, with a registrar that takes CROWD bindings per AOR
+    (auth.max_contacts; the default is 10)."""
+    reg = registrar(workdir)
+    assert "max_contacts: 10 " in reg.yaml_text
+    reg.yaml_text = reg.yaml_text.replace("max_contacts: 10 ", f"max_contacts: {CROWD} ")
+    edges = [edge(workdir, f"edge{i}", net(i + 1), reg.uri) for i in (1, 2)]
+    started: list[Kamailio] = []
+    try:
+        for kam in (reg, *edges):
+            started.append(start(kam))
+        yield {"registrar": reg, "edge1": edges[0], "edge2": edges[1]}
+    finally:
+        for kam in started:
+            stop(kam)
 
 
 def test_430_from_a_contact_without_flow_keeps_the_binding(topology, workdir, local_port, callees):
@@ -21,7 +44,7 @@ def test_430_from_a_contact_without_flow_keeps_the_binding(topology, workdir, lo
     removes nothing, and the caller never sees it."""
     user = "plain-430"
     plain = sipp("callee_ob/register.xml", f"{topology['edge2'].addr}:5060", workdir=workdir, local_ip=UA_PLAIN,
-                 local_port=local_port, transport="udp", background=True, timeout=30,
+                 local_port=local_port, transport="udp", background=True, timeout=30, auth=subscriber(user),
                  keys={"user": user, "domain": "example.com", "expires": "600", "who": "plain", "cparams": ""},
                  oocsf="callee_ob/uas_flow_failed.xml")
     callees.append(plain)
@@ -63,11 +86,11 @@ def test_aor_with_hundreds_of_bindings(topology, workdir, local_port, callees):
     callees.append(bystander)
     wait_bindings(topology["registrar"], "bystander", [bystander])
     crowd = sipp("many_bindings/register.xml", f"{topology['edge1'].addr}:5060", workdir=workdir, local_ip=UA,
-                 local_port=local_port + 1, transport="udp", calls=200, timeout=60, background=True,
-                 keys={"user": user, "domain": "example.com"}, extra=["-r", "200"])
+                 local_port=local_port + 1, transport="udp", calls=CROWD, timeout=60, background=True,
+                 auth=subscriber(user), keys={"user": user, "domain": "example.com"}, extra=["-r", "200"])
     assert isinstance(crowd, subprocess.Popen)
     callees.append(crowd)
-    wait_until(lambda: len(topology["registrar"].bindings(user)) == 200, "200 bindings", timeout=20)
+    wait_until(lambda: len(topology["registrar"].bindings(user)) == CROWD, f"{CROWD} bindings", timeout=20)
     invites_before = invite_count(topology["edge1"])
     result = call(topology["edge2"], workdir, local_port + 2, user, ua_ip=CALLER, scenario="uac_cancel.xml")
     assert result.value("final") == "487"

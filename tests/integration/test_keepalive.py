@@ -14,8 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 
+from digest import authorization, challenges
 from harness import Kamailio
-from topology import net, single, start, stop
+from topology import net, single, start, stop, subscriber
 
 MAGIC_COOKIE = 0x2112A442
 BINDING_REQUEST = 0x0001
@@ -80,14 +81,15 @@ def test_stun_binding_request_on_the_sip_udp_port(topology, single_server, role)
         assert xor_mapped_address(response, transaction) == sock.getsockname()
 
 
-def register_query(conn: socket.socket, kam: Kamailio, user: str) -> bytes:
-    """A REGISTER without Contact (fetch the bindings, RFC 3261 §10.2.3) over ``conn``."""
+def register_query(conn: socket.socket, kam: Kamailio, user: str, cseq: int = 1, credentials: str = "") -> bytes:
+    """A REGISTER without Contact (fetch the bindings, RFC 3261 §10.2.3) over
+    ``conn``; ``credentials``: an Authorization line answering a 401."""
     ip, port = conn.getsockname()
     return (f"REGISTER sip:example.com SIP/2.0\r\n"
-            f"Via: SIP/2.0/TCP {ip}:{port};branch=z9hG4bK-crlf-{user}\r\n"
+            f"Via: SIP/2.0/TCP {ip}:{port};branch=z9hG4bK-crlf-{user}-{cseq}\r\n"
             f"Max-Forwards: 70\r\nFrom: <sip:{user}@example.com>;tag=crlf\r\nTo: <sip:{user}@example.com>\r\n"
-            f"Call-ID: crlf-{user}@{ip}\r\nCSeq: 1 REGISTER\r\nSupported: path, outbound\r\n"
-            f"Content-Length: 0\r\n\r\n").encode()
+            f"Call-ID: crlf-{user}@{ip}\r\nCSeq: {cseq} REGISTER\r\nSupported: path, outbound\r\n"
+            + (f"{credentials}\r\n" if credentials else "") + "Content-Length: 0\r\n\r\n").encode()
 
 
 def read_response(conn: socket.socket) -> bytes:
@@ -107,7 +109,15 @@ def test_crlf_before_a_start_line_is_ignored_on_a_stream(topology, single_server
     after them is answered."""
     kam = servers(topology, single_server)[role]
     with socket.create_connection((kam.addr, kam.port), timeout=5, source_address=(net(71), 0)) as conn:
-        conn.sendall(prefix + register_query(conn, kam, f"crlf-{role}-{len(prefix)}"))
+        user = f"crlf-{role}-{len(prefix)}"
+        conn.sendall(prefix + register_query(conn, kam, user))
         response = read_response(conn)
-    pong = b"\r\n" if len(prefix) >= 4 else b""
-    assert response.startswith(pong + b"SIP/2.0 200 "), response
+        pong = b"\r\n" if len(prefix) >= 4 else b""
+        # the request after the CRLFs is answered: with the digest challenge (RFC 3261 §22.2) ...
+        assert response.startswith(pong + b"SIP/2.0 401 "), response
+        [challenge] = challenges(response.decode())
+        # ... which a UA answers over the same connection: 200 with the bindings (none)
+        conn.sendall(register_query(conn, kam, user, 2, authorization(challenge, "REGISTER", "sip:example.com",
+                                                                      *subscriber(user))))
+        answered = read_response(conn)
+    assert answered.startswith(b"SIP/2.0 200 "), answered

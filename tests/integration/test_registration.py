@@ -12,7 +12,7 @@ import pytest
 from harness import TEST_KEY, Kamailio, ProcessError, SippResult, sipp
 from outbound.sipmsg import parse_name_addr, split_values
 from outbound.tokens import FlowTokenCodec, Verdict, parse_key
-from topology import FAULT_HEADER, edge, net, registrar, start, stop
+from topology import FAULT_HEADER, edge, net, registrar, start, stop, subscriber
 
 UA_IP = net(10)
 INSTANCE = '"<urn:uuid:6f1a2b3c-0000-4000-8000-00000000a001>"'
@@ -32,7 +32,7 @@ def register(kam: Kamailio, workdir: Path, port: int, *, user: str, contact_para
     # [cseq] is SIPp's own counter: it starts at -base_cseq
     extra_args = ["-base_cseq", str(cseq), *(["-cid_str", cid] if cid else [])]
     result = sipp("register_expect", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA_IP,
-                  local_port=port, transport=transport, keys=keys, extra=extra_args)
+                  local_port=port, transport=transport, keys=keys, extra=extra_args, auth=subscriber(user))
     assert isinstance(result, SippResult)
     return result
 

@@ -15,7 +15,7 @@ import pytest
 
 from actors import call, instance, kill, ob_params, start_callee, wait_bindings, wait_until
 from harness import Kamailio, SippResult, sipp, wait_sipp
-from topology import edge, net, registrar, start, stop
+from topology import edge, net, registrar, start, stop, subscriber
 
 UA = net(91)
 CALLER = net(92)
@@ -34,7 +34,7 @@ def farm(workdir) -> Iterator[dict[str, Kamailio]]:
 def probe(kam: Kamailio, workdir, port: int, reg_id: int, inst: str, *, expect_answer: bool = True) -> SippResult:
     """The idle account's probe: REGISTER with Expires: 0 for its (instance, reg-id)."""
     result = sipp("register_expect", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA, local_port=port,
-                  transport="udp", timeout=3 if not expect_answer else 10, check=False,
+                  transport="udp", timeout=3 if not expect_answer else 10, check=False, auth=subscriber(USER),
                   keys={"user": USER, "domain": "example.com", "expires": "0", "supported": "path, outbound",
                         "extra": "X-Serreg: probe", "cseq": "1",
                         "contact": f"<sip:{USER}@{UA}:{port};ob>" + ob_params(inst, reg_id)})

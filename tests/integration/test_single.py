@@ -12,7 +12,7 @@ from actors import call, instance, kill, ob_params, start_callee, tcp_stat, wait
 from harness import SIPP_DIR, TEST_KEY, Kamailio, describe, sipp, wait_sipp
 from outbound.sipmsg import parse_name_addr
 from outbound.tokens import FlowTokenCodec, parse_key
-from topology import net, single, start, stop
+from topology import net, single, start, stop, subscriber
 
 UA_DEVICE = net(61)
 UA_CALLER = net(62)
@@ -75,9 +75,11 @@ def test_closed_connection_removes_its_bindings_at_once_and_calls_fail_over(serv
 
 def test_closing_one_connection_removes_the_bindings_of_every_aor_on_it(server, workdir, local_port, callees):
     """RFC 5626 §7 (A4.5, D9): all AORs registered over the dead flow, not just one."""
+    for aor in ("multi-a", "multi-b"):
+        subscriber(aor)  # users.csv: [field2] is each user's password
     proc = sipp("multi_aor/register.xml", f"{server.addr}:{server.port}", workdir=workdir, local_ip=UA_DEVICE,
                 local_port=local_port, transport="tcp", calls=2, timeout=60, background=True,
-                keys={"domain": "example.com"},
+                keys={"domain": "example.com"},  # credentials per user: users.csv field 2
                 extra=["-inf", str(SIPP_DIR / "multi_aor" / "users.csv"), "-r", "10"])
     assert isinstance(proc, subprocess.Popen)
     callees.append(proc)

@@ -25,7 +25,7 @@ from harness import TEST_KEY, Kamailio, SippResult, describe, sipp, wait_sipp
 from outbound.sipmsg import parse_name_addr
 from outbound.tokens import Flow, FlowTokenCodec, parse_key
 from tls_setup import Certs, Stunnel, make_certs, write_tls_cfg
-from topology import TLS_PORT, edge, ko_yaml, net, registrar, single, start, stop
+from topology import TLS_PORT, edge, ko_yaml, net, registrar, single, start, stop, subscriber
 
 REGISTRAR = net(80)
 EDGE = net(81)
@@ -90,7 +90,7 @@ def tls_callee(kam: Kamailio, workdir: Path, port: int, user: str, certs: Certs,
                      connect=(kam.addr, TLS_PORT), local=UA_TLS, certs=certs)
     tunnels.append(tunnel.start())
     proc = sipp("callee_ob/register.xml", f"{UA_TLS}:{port + 10}", workdir=workdir, local_ip=UA_TLS,
-                local_port=port, transport="tcp", background=True, timeout=30,
+                local_port=port, transport="tcp", background=True, timeout=30, auth=subscriber(user),
                 keys={"user": user, "domain": "example.com", "expires": "600", "who": user,
                       "cparams": ob_params(instance(port), 1)},
                 oocsf=f"callee_ob/{uas}")

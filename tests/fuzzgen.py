@@ -15,15 +15,32 @@ the same list of :class:`Case` for the same arguments; the randomness is one
 Messages are raw text so that they can be malformed in ways SIPp cannot send.
 Header values may carry lone surrogates (``\\udcff``), rendered as the raw byte
 (invalid UTF-8) with ``surrogateescape``.
+
+Credentials (digest authentication at the registrar and home proxy): REGISTERs
+carry ``Authorization`` for their own AOR, initial INVITE / OPTIONS / SUBSCRIBE
+``Proxy-Authorization`` as ``fz-caller``, most of them valid, so that cases get
+past the challenge to the code behind it. A nonce only exists at send time, so
+a message holds a :class:`Credentials` slot; ``Msg.render`` signs it with a
+``Signer`` (``signer()``: the challenges the test collected from the role) and
+then applies the case's garbling (``m_credentials``: dropped, empty, unknown
+user, wrong password, a nonce we never got, a missing or doubled parameter,
+junk, a trailing comma ...). A case whose credentials are intact may not be
+answered 401/407; one without, or with broken ones, may.
+
+``with_credentials`` and ``ack_for`` are the two steps a UA takes after a
+challenge, for the raw-socket tests: the request again with credentials and
+CSeq + 1, and the ACK of a 407 to an INVITE.
 """
 
 from __future__ import annotations
 
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
+
+from digest import ChallengeHeader, authorization, challenges
 
 # sanity's answers, any method (483 only when a case sets Max-Forwards: 0)
 FINAL_CODES_SANITY = frozenset({400, 416, 420, 505})
@@ -72,6 +89,162 @@ class Context:
         return self.role in ("edge", "single")
 
 
+# ----- credentials ------------------------------------------------------------
+
+AUTH_SLOT = "{AUTH}"  # a header value that render() replaces by the signed credentials
+CALLER = "fz-caller"  # who places the initial requests (From), a subscriber
+UNKNOWN_USER = "fz-nobody-knows"  # no subscriber
+WRONG_PASSWORD = "fz-wrong-password"
+OFFLINE_NONCE = "fz-offline-nonce"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What render() signs: ``header`` says which challenge answers it
+    (Authorization: the 401 to a REGISTER; Proxy-Authorization: the 407 to an
+    initial request); ``garble`` is applied to the signed value (see garbled())."""
+
+    header: str
+    username: str
+    cnonce: str
+    password_ok: bool = True
+    garble: tuple[tuple, ...] = ()  # changes, in order
+
+
+def _garble(creds: Credentials, *change: object) -> Credentials:
+    return replace(creds, garble=(*creds.garble, change))
+
+
+# (credentials, method, digest uri) -> the header value, "Digest username=..."
+Signer = Callable[[Credentials, str, str], str]
+
+
+def signer(found: Mapping[str, ChallengeHeader], password: Callable[[str], str]) -> Signer:
+    """Sign with the challenges a test collected: ``found["Authorization"]`` (a
+    401's WWW-Authenticate), ``found["Proxy-Authorization"]`` (a 407's)."""
+    def sign(creds: Credentials, method: str, uri: str) -> str:
+        secret = password(creds.username) if creds.password_ok else WRONG_PASSWORD
+        line = authorization(found[creds.header], method, uri, creds.username, secret, cnonce=creds.cnonce)
+        return line.partition(": ")[2]
+    return sign
+
+
+def offline_signer(domain: str = "example.com") -> Signer:
+    """Signs with a made-up nonce (no Kamailio to ask): for corpora and seeding checks."""
+    made_up = {name: ChallengeHeader(challenge, domain, OFFLINE_NONCE, "auth", "MD5", False, None)
+               for name, challenge in (("Authorization", "WWW-Authenticate"),
+                                       ("Proxy-Authorization", "Proxy-Authenticate"))}
+    return signer(made_up, lambda user: "pw-" + user)
+
+
+def _param_span(value: str, name: str) -> re.Match | None:
+    return re.search(rf'(,\s*)?\b{name}\s*=\s*("(?:[^"\\]|\\.)*"|[^\s,]+)', value)
+
+
+def garbled(value: str, garble: tuple[tuple, ...]) -> str:
+    """The signed credentials ``value`` changed as ``garble`` says (pure)."""
+    for change in garble:
+        value = _change(value, change)
+    return value
+
+
+def _change(value: str, change: tuple) -> str:
+    how, *args = change
+    if how == "drop-param":
+        found = _param_span(value, args[0])
+        if found is None:
+            return value
+        rest = value[found.end():]
+        if found.group(1) is None:  # the first pair: take the comma after it
+            rest = re.sub(r"^\s*,\s*", " ", rest, count=1)
+        return value[:found.start()] + rest
+    if how == "replace-param":
+        found = _param_span(value, args[0])
+        if found is None:
+            return value
+        return value[:found.start(2)] + args[1] + value[found.end(2):]
+    if how == "append":
+        return value + args[0]
+    if how == "junk":
+        cut = len(value) * args[0] // 1000
+        return value[:cut] + args[1] + value[cut:]
+    if how == "truncate":
+        return value[:len(value) * args[0] // 1000]
+    if how == "scheme":
+        return args[0] + value.partition(" ")[1] + value.partition(" ")[2]
+    if how == "unquote":
+        return value.replace('"', "")
+    if how == "no-commas":
+        return value.replace(", ", " ")
+    if how == "flip-response":
+        found = _param_span(value, "response")
+        if found is None:
+            return value
+        at = found.start(2) + 1
+        return value[:at] + ("0" if value[at] != "0" else "1") + value[at + 1:]
+    raise ValueError(f"unknown garble {how}")
+
+
+# ----- a UA's answer to a challenge (raw-socket tests) -----------------------
+
+def _split(request: bytes) -> tuple[str, list[str], bytes]:
+    """(line end, header lines with the start line first, body) of a request."""
+    eol = "\r\n" if b"\r\n" in request.split(b"\n", 1)[0] + b"\n" else "\n"
+    head, _, body = request.partition((eol * 2).encode())
+    return eol, head.decode("utf-8", "surrogateescape").split(eol), body
+
+
+def _name(line: str) -> str:
+    return line.partition(":")[0].strip().lower()
+
+
+def with_credentials(request: bytes, reply: bytes | str, username: str, password: str) -> bytes:
+    """What a UA sends after a 401/407 (RFC 3261 §22.2, §8.1.3.5): the request
+    again with CSeq + 1, a new branch and the credentials answering the reply's
+    first challenge; line ends as the request had them."""
+    text = reply.decode(errors="replace") if isinstance(reply, bytes) else reply
+    found = challenges(text)
+    if not found:
+        raise ValueError(f"no digest challenge in {text.splitlines()[0] if text else text!r}")
+    eol, lines, body = _split(request)
+    method, uri = lines[0].split(" ")[:2]
+    out, via_done = [lines[0]], False
+    for line in lines[1:]:
+        name = _name(line)
+        if name in ("via", "v") and not via_done:
+            line, via_done = re.sub(r"branch=([^;,\s]+)", r"branch=\1-auth", line, count=1), True
+        elif name == "cseq":
+            number, _, rest = line.partition(":")[2].strip().partition(" ")
+            line = f"CSeq: {int(number) + 1} {rest}"
+        out.append(line)
+    credentials = authorization(found[0], method, uri, username, password)
+    at = next((i for i, line in enumerate(out) if _name(line) in ("content-length", "l")), len(out))
+    out.insert(at, credentials)
+    return (eol.join(out) + eol + eol).encode("utf-8", "surrogateescape") + body
+
+
+def ack_for(request: bytes, reply: bytes | str) -> bytes:
+    """The ACK of a non-2xx final answer to an INVITE (RFC 3261 §17.1.1.3): the
+    INVITE's R-URI, top Via, From, Call-ID and Routes, the reply's To (its tag)."""
+    text = reply.decode(errors="replace") if isinstance(reply, bytes) else reply
+    to = next(line for line in text.replace("\r\n", "\n").split("\n")[1:] if _name(line) in ("to", "t"))
+    eol, lines, _ = _split(request)
+    uri = lines[0].split(" ")[1]
+    out = [f"ACK {uri} SIP/2.0"]
+    via_done = False
+    for line in lines[1:]:
+        name = _name(line)
+        if name in ("via", "v") and not via_done:
+            out.append(line)
+            via_done = True
+        elif name in ("from", "f", "call-id", "i", "route", "max-forwards"):
+            out.append(line)
+        elif name == "cseq":
+            out.append(f"CSeq: {line.partition(':')[2].split()[0]} ACK")
+    out += [to, "Content-Length: 0"]
+    return (eol.join(out) + eol + eol).encode("utf-8", "surrogateescape")
+
+
 @dataclass
 class Msg:
     method: str
@@ -80,10 +253,21 @@ class Msg:
     body: str = ""
     start_line: str | None = None
     content_length: str | None = None  # None: the right one
+    credentials: Credentials | None = None  # signed at render() into every AUTH_SLOT value
 
-    def render(self, host: str, port: int, transport: str, own_token: str) -> bytes:
+    def render(self, host: str, port: int, transport: str, own_token: str, sign: Signer | None = None) -> bytes:
+        auth = ""
+        if self.credentials is not None and any(AUTH_SLOT in value for _, value in self.headers):
+            uri = (self.ruri.replace("{HOST}", host).replace("{PORT}", str(port))
+                   .replace("{TRANSPORT}", transport.upper()).replace("{OWN}", own_token))
+            # a digest is over octets: a URI with a lone surrogate or other junk is
+            # signed as its ASCII reading, and that is the uri the credentials name
+            uri = uri.encode("utf-8", "surrogateescape").decode("ascii", "replace")
+            signed = (sign or offline_signer())(self.credentials, self.method, uri)
+            auth = garbled(signed, self.credentials.garble)
+
         def fill(text: str) -> bytes:
-            text = (text.replace("{HOST}", host).replace("{PORT}", str(port))
+            text = (text.replace(AUTH_SLOT, auth).replace("{HOST}", host).replace("{PORT}", str(port))
                     .replace("{TRANSPORT}", transport.upper()).replace("{OWN}", own_token))
             return text.encode("utf-8", "surrogateescape")
 
@@ -105,6 +289,9 @@ class Case:
     expect: Expect
     allowed: frozenset[int]
     note: str = ""
+    # kinds the role challenges (REGISTER, initial requests): "intact" (signed right,
+    # nothing changed that they depend on: no 401/407 allowed), "broken", "none"
+    credentials: str = ""
 
     @property
     def method(self) -> str:
@@ -126,11 +313,21 @@ def _common(rng: random.Random, method: str, cseq: int, ctx: Context, user: str,
     return [
         ("Via", f"SIP/2.0/{{TRANSPORT}} {{HOST}}:{{PORT}};rport;branch=z9hG4bK-fz{rng.randrange(10**12)}"),
         ("Max-Forwards", "70"),
-        ("From", f"<sip:fz-caller@{ctx.domain}>;tag=ft{rng.randrange(10**6)}"),
+        ("From", f"<sip:{CALLER}@{ctx.domain}>;tag=ft{rng.randrange(10**6)}"),
         ("To", to),
         ("Call-ID", call_id),
         ("CSeq", f"{cseq} {method}"),
     ]
+
+
+def _with_credentials(rng: random.Random, msg: Msg, header: str, username: str) -> Msg:
+    """Valid credentials most of the time (the cases are about what comes after
+    the challenge); about one in eight goes without."""
+    if rng.random() < 0.125:
+        return msg
+    msg.credentials = Credentials(header, username, f"{rng.getrandbits(64):016x}")
+    msg.headers.append((header, AUTH_SLOT))
+    return msg
 
 
 def _contact(user: str, *, ob: bool = True, instance: int = 1, reg_id: int | None = 1) -> str:
@@ -149,12 +346,12 @@ def base_register(rng: random.Random, ctx: Context, n: int) -> Msg:
         ("Expires", str(rng.choice((0, 60, 600, 3600)))),
         ("Supported", "path, outbound"),
     ]
-    return Msg("REGISTER", f"sip:{ctx.domain}", headers)
+    return _with_credentials(rng, Msg("REGISTER", f"sip:{ctx.domain}", headers), "Authorization", user)
 
 
 def base_initial(rng: random.Random, ctx: Context, n: int, method: str) -> Msg:
     headers = _common(rng, method, 1, ctx, "fz-nobody", to_tag=False, call_id=f"fz-{n}@fuzz")
-    headers.append(("Contact", "<sip:fz-caller@{HOST}:{PORT};transport={TRANSPORT};ob>"))
+    headers.append(("Contact", f"<sip:{CALLER}@{{HOST}}:{{PORT}};transport={{TRANSPORT}};ob>"))
     if method == "SUBSCRIBE":
         headers += [("Event", "presence"), ("Expires", "60")]
     body = ""
@@ -164,7 +361,8 @@ def base_initial(rng: random.Random, ctx: Context, n: int, method: str) -> Msg:
     if ctx.has_tokens and rng.random() < 0.5:
         token = rng.choice(("{OWN}", ctx.tokens["gone"], ctx.tokens["sink"], ctx.tokens["forged"], ctx.tokens["peer"]))
         headers.insert(1, ("Route", f"<sip:{token}@{ctx.target_ip}:{ctx.target_port};lr;ob>"))
-    return Msg(method, f"sip:fz-nobody@{ctx.sink_hostport}", headers, body=body)
+    return _with_credentials(rng, Msg(method, f"sip:fz-nobody@{ctx.sink_hostport}", headers, body=body),
+                             "Proxy-Authorization", CALLER)
 
 
 def base_in_dialog(rng: random.Random, ctx: Context, n: int, method: str) -> Msg:
@@ -441,6 +639,93 @@ def m_ruri(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
                    extra_codes=frozenset({500}))
 
 
+CREDENTIAL_JUNK = (*JUNK, "\r\n", "\"", "=", ",", "Digest ", "\\")
+
+
+def m_credentials(rng: random.Random, msg: Msg, ctx: Context) -> Mutated:
+    """Credentials that are gone, malformed or wrong: a defined answer (a new
+    challenge, 400 for what no digest check can read, 403 for a failed check),
+    never a 500. A message without credentials gets some first."""
+    creds = msg.credentials
+    if creds is None or not any(AUTH_SLOT in value for _, value in msg.headers):
+        header = "Authorization" if msg.method == "REGISTER" else "Proxy-Authorization"
+        user = CALLER
+        if msg.method == "REGISTER":
+            to = next((v for n, v in msg.headers if n.lower() == "to"), "")
+            user = re.search(r"sip:([^@>]*)@", to).group(1) if "sip:" in to and "@" in to else CALLER
+        creds = Credentials(header, user, f"{rng.getrandbits(64):016x}")
+        msg.headers.append((header, AUTH_SLOT))
+    slots = [i for i, (_, value) in enumerate(msg.headers) if AUTH_SLOT in value]
+    how = rng.choice(("drop", "empty", "dup", "many", "other-header", "unknown-user", "wrong-password",
+                      "other-user", "foreign-nonce", "other-realm", "drop-param", "dup-param", "junk", "truncate",
+                      "scheme", "unquote", "no-commas", "trailing-comma", "flip-response", "long-param",
+                      "nc", "qop", "algorithm", "no-qop"))
+    label = how
+    if how == "drop":
+        msg.headers = [(n, v) for n, v in msg.headers if AUTH_SLOT not in v]
+    elif how == "empty":
+        msg.headers[slots[0]] = (creds.header, "")
+    elif how in ("dup", "many"):
+        for _ in range(1 if how == "dup" else 20):
+            msg.headers.insert(rng.randrange(1, len(msg.headers) + 1), (creds.header, AUTH_SLOT))
+    elif how == "other-header":
+        # the credentials in the header of the other kind of challenge
+        other = "Proxy-Authorization" if creds.header == "Authorization" else "Authorization"
+        msg.headers[slots[0]] = (other, AUTH_SLOT)
+    elif how == "unknown-user":
+        creds = replace(creds, username=UNKNOWN_USER)
+    elif how == "wrong-password":
+        creds = replace(creds, password_ok=False)
+    elif how == "other-user":
+        # a subscriber with the right password, but not the AOR's owner (REGISTER: 403)
+        creds = replace(creds, username="fz-reg-owner" if creds.username == CALLER else CALLER)
+    elif how == "foreign-nonce":
+        creds = _garble(creds, "replace-param", "nonce", '"' + f"{rng.getrandbits(160):040x}" + '"')
+    elif how == "other-realm":
+        creds = _garble(creds, "replace-param", "realm", rng.choice(('"fz-other.example"', '""', "x")))
+    elif how == "drop-param":
+        name = rng.choice(("username", "realm", "nonce", "uri", "response", "qop", "nc", "cnonce"))
+        creds, label = _garble(creds, "drop-param", name), f"drop-param-{name}"
+    elif how == "dup-param":
+        name = rng.choice(("username", "realm", "nonce", "uri", "response"))
+        creds, label = _garble(creds, "append", f', {name}="fz-second"'), f"dup-param-{name}"
+    elif how == "junk":
+        junk = rng.choice(CREDENTIAL_JUNK)
+        creds = _garble(creds, "junk", rng.randrange(1001), junk)
+        if junk == "\r\n":
+            # what follows the line break is a header line that Kamailio cannot
+            # parse: the script answers 400, or (two Vias, a header the core needs
+            # after it) no reply can be built at all
+            msg.credentials = creds
+            return Mutated(msg, "creds-junk-crlf", "a line break in the credentials: Kamailio may fail to parse "
+                           "the rest and build no reply")
+    elif how == "truncate":
+        creds = _garble(creds, "truncate", rng.randrange(1000))
+    elif how == "scheme":
+        scheme = rng.choice(("Basic", "digest", "DIGEST", "Digestx", "", "Bearer"))
+        creds, label = _garble(creds, "scheme", scheme), f"scheme-{scheme or 'none'}"
+    elif how in ("unquote", "no-commas", "flip-response"):
+        creds = _garble(creds, how)
+    elif how == "trailing-comma":
+        creds = _garble(creds, "append", rng.choice((",", ", ", ",,", ", x", ", x=")))
+    elif how == "long-param":
+        name, long = rng.choice(("username", "nonce", "cnonce", "uri", "opaque")), "x" * rng.choice((300, 5000))
+        change = ("append", f', opaque="{long}"') if name == "opaque" else ("replace-param", name, f'"{long}"')
+        creds, label = _garble(creds, *change), f"long-{name}"
+    elif how == "nc":
+        creds = _garble(creds, "replace-param", "nc", rng.choice(("zzzzzzzz", "0", "1" * 40, "-1", '""')))
+    elif how == "qop":
+        creds = _garble(creds, "replace-param", "qop", rng.choice(("auth-int", "AUTH", '"auth"', "x")))
+    elif how == "algorithm":
+        creds = _garble(creds, "append", rng.choice((", algorithm=SHA-512-256", ", algorithm=MD5-sess",
+                                                     ", algorithm=x", ", algorithm=")))
+    else:  # RFC 2069 style: no qop, nc, cnonce (the response is still the RFC 2617 one)
+        for name in ("qop", "nc", "cnonce"):
+            creds = _garble(creds, "drop-param", name)
+    msg.credentials = creds
+    return Mutated(msg, f"creds-{label}")
+
+
 MUTATIONS: tuple[tuple[Callable[..., Mutated], int, frozenset[str]], ...] = (
     # (mutation, weight, kinds of request it applies to (see cases()); empty: all)
     (m_drop, 6, frozenset()),
@@ -461,13 +746,15 @@ MUTATIONS: tuple[tuple[Callable[..., Mutated], int, frozenset[str]], ...] = (
     (m_maxfwd, 3, frozenset()),
     (m_require, 2, frozenset({"REGISTER"})),
     (m_dead_next_hop, 2, frozenset({"BYE", "ACK", "INVITE-dialog"})),
+    (m_credentials, 6, frozenset({"REGISTER", "INVITE", "OPTIONS", "SUBSCRIBE"})),
 )
 
 
 # ----- what may come back ----------------------------------------------------
 
 def allowed_codes(ctx: Context, method: str, in_dialog: bool) -> frozenset[int]:
-    """Final codes that are right for a mutated request of this kind at this role."""
+    """Final codes that are right for a mutated request of this kind at this role
+    (with intact credentials where the role challenges)."""
     codes = set(FINAL_CODES_SANITY)
     if method == "REGISTER":
         codes |= {200, 403, 439}  # 403: a forged/garbled flow token does not matter for REGISTER
@@ -480,10 +767,38 @@ def allowed_codes(ctx: Context, method: str, in_dialog: bool) -> frozenset[int]:
     return frozenset(codes)
 
 
+# mutations after which credentials signed for the message may no longer fit it:
+# the realm and owner come from To (REGISTER) / From (initial requests), the
+# digest's method from the start line
+BREAKS_CREDENTIALS = ("creds-", "drop-From", "dup-From", "empty-From", "junk-From", "ipv6-From", "drop-To",
+                      "dup-To", "empty-To", "junk-To", "ipv6-To", "start-")
+# the To of an in-dialog request loses its tag: an initial request now (407)
+LOSES_TO_TAG = ("drop-To", "dup-To", "empty-To", "junk-To", "ipv6-To")
+
+
+def challenges_allowed(kind: str, msg: Msg, labels: list[str]) -> tuple[str, frozenset[int]]:
+    """(the state of the case's credentials, the challenge codes it may get)."""
+    if kind in ("BYE", "ACK", "INVITE-dialog", "CANCEL"):
+        # never challenged, unless a mutation made it an initial request
+        lost_tag = kind != "CANCEL" and any(label.startswith(LOSES_TO_TAG) for label in labels)
+        return "", frozenset({407}) if lost_tag else frozenset()
+    code = 401 if kind == "REGISTER" else 407
+    if any(label.startswith("start-") for label in labels):
+        code_set = frozenset({401, 407})  # a lower-case "register" is no REGISTER
+    else:
+        code_set = frozenset({code})
+    if msg.credentials is None or not any(AUTH_SLOT in value for _, value in msg.headers):
+        return "none", code_set
+    if any(label.startswith(BREAKS_CREDENTIALS) for label in labels):
+        return "broken", code_set
+    return "intact", frozenset()
+
+
 def required_unknown(msg: Msg) -> bool:
-    """A Require header lists an option tag other than path / outbound."""
+    """A Require header lists an option tag other than path / outbound (as
+    Kamailio reads the body: without trailing CR, LF, NUL, docs/parsing.md)."""
     tags = {tag.strip().lower() for name, value in msg.headers if name.lower() == "require"
-            for tag in value.split(",") if tag.strip()}
+            for tag in value.rstrip("\r\n\x00").split(",") if tag.strip()}
     return bool(tags - {"path", "outbound"})
 
 
@@ -498,6 +813,11 @@ SAFE_TO_CALL = ("dup-Supported", "drop-Supported", "empty-Supported", "junk-Supp
                 "junk-Route", "route-", "token-", "routes-60", "max-forwards-", "dup-Max-Forwards",
                 "drop-Max-Forwards", "empty-Max-Forwards", "junk-Max-Forwards", "drop-Path", "empty-Path",
                 "require-", "dup-Require", "drop-Require", "empty-Require", "junk-Require")
+
+
+def subscribers_needed(all_cases: list[Case]) -> set[str]:
+    """The users the cases sign as (every one but UNKNOWN_USER must be a subscriber)."""
+    return {c.msg.credentials.username for c in all_cases if c.msg.credentials} - {UNKNOWN_USER}
 
 
 def cases(seed: int, ctx: Context, count: int, transports: tuple[str, ...] = ("udp", "tcp")) -> list[Case]:
@@ -543,24 +863,28 @@ def cases(seed: int, ctx: Context, count: int, transports: tuple[str, ...] = ("u
             if done.may_drop.startswith(NOT_CORE) or not may_drop:
                 may_drop = done.may_drop or may_drop  # a framing problem outranks a parse failure
             extra |= done.extra_codes
-        allowed = allowed_codes(ctx, method, in_dialog) | extra
+        state, challenge = challenges_allowed(kind, msg, labels)
+        allowed = allowed_codes(ctx, method, in_dialog) | extra | challenge
         routes = [value for name, value in msg.headers if name.lower() == "route"]
-        if ctx.tokens.get("peer") and routes and f"sip:{ctx.tokens['peer']}@" in routes[0] and method != "REGISTER":
+        peer_route = f"sip:{ctx.tokens.get('peer')}@{ctx.target_ip}:{ctx.target_port};"
+        if ctx.tokens.get("peer") and routes and peer_route in routes[0] and method != "REGISTER":
             # a valid token of another flow (a peer edge's socket) from a device, not
             # from the farm: refused by the relay policy (outbound.relay) before any
-            # flow is looked at
+            # flow is looked at (junk in the Route's host makes it no Route of ours)
             allowed = FINAL_CODES_SANITY | {403} | (extra & {483})
         if method == "REGISTER" and required_unknown(msg):
-            # RFC 3261 §10.3 step 2: never saved; 420 (or 400 for other garbage)
-            allowed = FINAL_CODES_SANITY | {420} | (extra & {483})
+            # RFC 3261 §10.3 step 2: never saved; 420 (or 400 for other garbage),
+            # after the credentials were checked (a 401, 403 first for broken ones)
+            allowed = FINAL_CODES_SANITY | {420} | (extra & {483}) | challenge | ({403} if challenge else set())
         if may_drop:
             expect = Expect.MAY_DROP
         elif method == "ACK":
             expect = Expect.NO_REPLY
         else:
             expect = Expect.FINAL
-        if kind == "REGISTER" and all(label.startswith(SAFE_TO_CALL) for label in labels):
+        if kind == "REGISTER" and state == "intact" and all(label.startswith(SAFE_TO_CALL) for label in labels):
             registered.append(f"fz-reg{n}")
         name = f"{n:03d}-{transport}-{kind}-" + ("+".join(labels) or "control")
-        out.append(Case(name, transport, msg, expect, allowed, may_drop))
+        name += "-nocreds" if state == "none" else ""
+        out.append(Case(name, transport, msg, expect, allowed, may_drop, state))
     return out

@@ -91,7 +91,7 @@ def auth_outcome(code: int, *, user: str, realm: str, headers: Iterable[str],
         return Reply(403, "Forbidden", f"authentication failed for {user!r} in {realm!r} "
                      f"({'unknown user' if code == AUTH_USER_UNKNOWN else 'wrong credentials'})")
     present = [h for h in headers if h.strip()]
-    if present and not all(credentials_readable(h) for h in present):
+    if present and (not user or not all(credentials_readable(h) for h in present)):  # Kamailio read no user
         return Reply(400, "Bad Authorization Header", "credentials that are no readable Digest")
     if present and db_reachable:
         return Challenge(why="a nonce we did not issue")

@@ -7,6 +7,12 @@ MESSAGE whose body is every byte value 0..255 (NULs, CR, LF, bytes that are no
 UTF-8), ``Content-Type: application/octet-stream``, the right Content-Length.
 The device must receive the very same body and its 200 must reach the sender:
 (a) edge (cfg/edge.cfg) in front of a registrar, (b) the single server.
+
+Digest authentication is on: both raw sockets answer the challenge as a UA
+would (the REGISTER's 401 in the realm of its To domain, the MESSAGE's 407 in
+that of its From domain), sending the request again with credentials and CSeq
++ 1; the MESSAGE that is forwarded is the authenticated one, its credentials
+consumed (the device never sees them).
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ from pathlib import Path
 
 import pytest
 
+from fuzzgen import with_credentials
 from harness import Kamailio
-from topology import edge, net, registrar, single, start, stop
+from topology import edge, net, registrar, single, start, stop, subscriber
 
 BODY = bytes(range(256))
 AOR_USER = "binary"
@@ -103,6 +110,9 @@ def register(device: RawSocket, kam: Kamailio) -> None:
         "Expires: 600",
         "Content-Length: 0", "", ""]).encode()
     device.send(kam, request)
+    challenge, _ = device.receive(final_answer_to(call_id))
+    assert status(challenge) == 401, challenge.split(b"\r\n", 1)[0]
+    device.send(kam, with_credentials(request, challenge, *subscriber(AOR_USER, kam.addr)))
     answer, _ = device.receive(final_answer_to(call_id))
     assert status(answer) == 200, answer.split(b"\r\n", 1)[0]
 
@@ -145,12 +155,16 @@ def test_binary_body_is_forwarded_unchanged(request, topology_name):
         register(device, kam)
         data, call_id = message(sender, kam)
         sender.send(kam, data)
+        challenge, _ = sender.receive(final_answer_to(call_id))
+        assert status(challenge) == 407, challenge.split(b"\r\n", 1)[0]
+        sender.send(kam, with_credentials(data, challenge, *subscriber("sender", sender.ip)))
         received, peer = device.receive(lambda d: d.startswith(b"MESSAGE ") and call_id.encode() in d)
         assert peer == (kam.addr, kam.port), f"the MESSAGE came from {peer}, not over the device's flow"
         head, _, body = received.partition(b"\r\n\r\n")
         length = re.search(rb"(?im)^(?:Content-Length|l)\s*:\s*(\d+)\s*$", head)
         assert length and int(length.group(1)) == len(BODY), head.decode(errors="replace")
         assert re.search(rb"(?im)^(?:Content-Type|c)\s*:\s*application/octet-stream\s*$", head)
+        assert not re.search(rb"(?im)^Proxy-Authorization\s*:", head), "the caller's credentials reached the device"
         first_difference = next((i for i, (a, b) in enumerate(zip(body, BODY, strict=False)) if a != b),
                                 min(len(body), len(BODY)))
         assert body == BODY, f"body changed: {len(body)} octets, first difference at octet {first_difference}"

@@ -3,7 +3,10 @@
 No network: `-c` only parses the cfg and loads the modules. WITH_TLS needs a tls.cfg,
 made with a throwaway certificate (tests/tls_setup.py). KO_ADVERTISE with a name is
 checked in test_path_dns.py (it must resolve); an IP literal here covers the
-advertise branches of edge.cfg, TLS included.
+advertise branches of edge.cfg, TLS included. The auth switches of registrar.cfg
+and single.cfg (WITH_NOAUTH, WITH_SHA256_DIGEST) show in the debug log only: with
+WITH_DEBUG the test checks that the auth modules (and the algorithm parameter) are
+loaded as the switches say.
 """
 
 from __future__ import annotations
@@ -21,8 +24,15 @@ ADDR = net(1)
 SWITCHES = {
     "edge.cfg": [(), ("WITH_DEBUG",), ("WITH_TLS",), ("WITH_TLS", "WITH_DEBUG"), ("KO_ADVERTISE",),
                  ("KO_ADVERTISE", "WITH_TLS"), ("WITH_NOPIKE",), ("WITH_NOPIKE", "WITH_TLS")],
-    "registrar.cfg": [(), ("WITH_DEBUG",), ("WITH_NOPIKE",)],
-    "single.cfg": [(), ("WITH_DEBUG",), ("WITH_TLS",), ("WITH_TLS", "WITH_DEBUG"), ("WITH_NOPIKE",)],
+    # auth (registrar and single only): WITH_NOAUTH (labs: no auth modules at all),
+    # WITH_SHA256_DIGEST (RFC 8760 challenges, the ha1_sha256 column)
+    "registrar.cfg": [(), ("WITH_DEBUG",), ("WITH_NOPIKE",), ("WITH_NOAUTH",), ("WITH_NOAUTH", "WITH_DEBUG"),
+                      ("WITH_NOAUTH", "WITH_NOPIKE"), ("WITH_SHA256_DIGEST",),
+                      ("WITH_SHA256_DIGEST", "WITH_DEBUG"), ("WITH_SHA256_DIGEST", "WITH_NOPIKE")],
+    "single.cfg": [(), ("WITH_DEBUG",), ("WITH_TLS",), ("WITH_TLS", "WITH_DEBUG"), ("WITH_NOPIKE",),
+                   ("WITH_NOAUTH",), ("WITH_NOAUTH", "WITH_DEBUG"), ("WITH_NOAUTH", "WITH_TLS"),
+                   ("WITH_NOAUTH", "WITH_NOPIKE"), ("WITH_SHA256_DIGEST",), ("WITH_SHA256_DIGEST", "WITH_DEBUG"),
+                   ("WITH_SHA256_DIGEST", "WITH_TLS"), ("WITH_SHA256_DIGEST", "WITH_TLS", "WITH_DEBUG")],
 }
 CASES = [pytest.param(cfg, switches, id=f"{cfg}-{'+'.join(switches) or 'plain'}")
          for cfg, combos in SWITCHES.items() for switches in combos]
@@ -53,3 +63,8 @@ def test_cfg_parses(workdir, tls_cfg, cfg, switches):
     assert (f"advertise {net(2)}:" in result.stdout) == ("KO_ADVERTISE" in switches), result.stdout
     if not os.environ.get("KO_DEBUG"):  # KO_DEBUG=1 turns WITH_DEBUG on for every Kamailio of a run
         assert (" DEBUG: " in result.stderr) == ("WITH_DEBUG" in switches)
+    if " DEBUG: " in result.stderr and cfg != "edge.cfg":
+        # only the debug log shows which modules and parameters the auth switches chose
+        loaded = "loading module auth_db.so" in result.stderr and "loading module auth.so" in result.stderr
+        assert loaded == ("WITH_NOAUTH" not in switches), "auth modules loaded under WITH_NOAUTH or not without it"
+        assert ("found <algorithm> in module auth " in result.stderr) == ("WITH_SHA256_DIGEST" in switches)

@@ -13,6 +13,15 @@ number in flight. For each role (edge, registrar, single) it checks:
 * a binding registered before the fuzzing is still there and still reachable
   (a SIPp call to it), and a fresh SIPp outbound REGISTER gets 200.
 
+Digest authentication is on (registrar, single server). Before a role's cases
+the test asks it for one 401 (a REGISTER) and one 407 (an INVITE); their nonces
+sign every case's credentials at send time (fuzzgen.signer; the auth module
+takes a nonce until it expires, 300 s). Most REGISTER and initial cases carry
+valid credentials and must get past the challenge (no 401/407 allowed for
+them: 200 stored, 404 / 480 looked up, 420 for an unknown Require ...); cases
+without credentials, or with garbled or wrong ones (fuzzgen.m_credentials),
+may get the challenge, 400 or 403, never a 500.
+
 SIPp stays the tool for end-to-end behaviour; this test is about robustness.
 """
 
@@ -31,10 +40,13 @@ from dataclasses import dataclass, field
 import pytest
 
 from actors import call, start_callee, wait_bindings
-from fuzzgen import Case, Context, Expect, cases
+from digest import ChallengeHeader, challenges
+from fuzzgen import CALLER as FZ_CALLER
+from fuzzgen import Case, Context, Expect, Signer, ack_for, cases, signer, subscribers_needed, with_credentials
 from harness import OTHER_KEY, TEST_KEY, Kamailio, SippResult, sipp, wait_sipp
 from outbound.tokens import Flow, FlowTokenCodec, parse_key
-from topology import net, single, start, stop
+from subscribers import password_for
+from topology import net, single, start, stop, subscriber
 
 SEED = int(os.environ.get("KO_FUZZ_SEED", "5626"))
 COUNT = int(os.environ.get("KO_FUZZ_COUNT", "250"))
@@ -137,9 +149,10 @@ class Outcome:
 class Runner:
     """Sends cases with at most IN_FLIGHT outstanding, one socket per case."""
 
-    def __init__(self, target: Kamailio, own_token: dict[str, object]) -> None:
+    def __init__(self, target: Kamailio, own_token: dict[str, object], sign: Signer) -> None:
         self.target = target
         self.own_token = own_token
+        self.sign = sign
 
     def run(self, all_cases: list[Case]) -> list[Outcome]:
         selector = selectors.DefaultSelector()
@@ -204,7 +217,7 @@ class Runner:
             sock.bind((CLIENT, 0))
             port = sock.getsockname()[1]
             own = self._own(case.transport, port)
-            data = case.msg.render(CLIENT, port, case.transport, own)
+            data = case.msg.render(CLIENT, port, case.transport, own, self.sign)
             if kind == socket.SOCK_STREAM:
                 sock.settimeout(2)
                 sock.connect((self.target.addr, self.target.port))
@@ -278,18 +291,54 @@ def single_server(workdir) -> Iterator[Kamailio]:
     stop(kam)
 
 
+def first_final(sock: socket.socket) -> bytes:
+    sock.settimeout(FINAL_WITHIN)
+    while True:
+        data = sock.recv(65535)
+        if STATUS.match(data) and int(STATUS.match(data).group(1)) >= 200:
+            return data
+
+
+def collect_challenges(target: Kamailio) -> dict[str, ChallengeHeader]:
+    """The role's 401 to a REGISTER without credentials and its 407 to such an
+    INVITE (ACKed): {"Authorization": its challenge, "Proxy-Authorization": ...}."""
+    found: dict[str, ChallengeHeader] = {}
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((CLIENT, 0))
+        port = sock.getsockname()[1]
+        for method, ruri, user, code, header in (("REGISTER", "sip:example.com", "fz-challenge", 401, "Authorization"),
+                                                  ("INVITE", "sip:fz-nobody@example.com", FZ_CALLER, 407,
+                                                   "Proxy-Authorization")):
+            to = "fz-challenge" if method == "REGISTER" else "fz-nobody"
+            request = (f"{method} {ruri} SIP/2.0\r\n"
+                       f"Via: SIP/2.0/UDP {CLIENT}:{port};rport;branch=z9hG4bK-ch-{method}\r\n"
+                       f"Max-Forwards: 70\r\nFrom: <sip:{user}@example.com>;tag=ch\r\nTo: <sip:{to}@example.com>\r\n"
+                       f"Call-ID: fz-challenge-{method}-{port}\r\nCSeq: 1 {method}\r\n"
+                       f"Contact: <sip:{user}@{CLIENT}:{port}>\r\nContent-Length: 0\r\n\r\n").encode()
+            sock.sendto(request, (target.addr, target.port))
+            reply = first_final(sock)
+            assert int(reply[8:11]) == code, f"{target.name}: {method} without credentials got {reply[:40]!r}"
+            if method == "INVITE":
+                sock.sendto(ack_for(request, reply), (target.addr, target.port))
+            [found[header]] = challenges(reply.decode(errors="replace"))
+    return found
+
+
 def fuzz_and_check(target: Kamailio, watched: list[Kamailio], role: str, *, with_tokens: bool) -> str:
     """Run the cases against ``target``; check replies, processes and logs of
     ``watched`` (the target and the Kamailio behind it). Returns a summary."""
     ctx = Context(role, target.addr, target.port, f"sip:fz-sink@{SINK}:{SINK_PORT}",
                   tokens=tokens_for(target) if with_tokens else {})
     generated = cases(SEED, ctx, COUNT)
+    for user in sorted(subscribers_needed(generated)):
+        subscriber(user)
+    sign = signer(collect_challenges(target), password_for)
     pids = {kam.name: role_pids(kam) for kam in watched}
     log_from = {kam.name: len(kam.log()) for kam in watched}
     started = time.monotonic()
-    outcomes = Runner(target, ctx.tokens).run(generated)
+    outcomes = Runner(target, ctx.tokens, sign).run(generated)
     took = time.monotonic() - started
-    problems = [f"{o.case.name}: {p}  [{o.case.msg.render(CLIENT, 0, o.case.transport, '')[:300]!r}]"
+    problems = [f"{o.case.name}: {p}  [{o.case.msg.render(CLIENT, 0, o.case.transport, '', sign)[:300]!r}]"
                 for o in outcomes if (p := o.problem())]
     assert not problems, f"{len(problems)} of {len(outcomes)} cases failed (seed {SEED}):\n" + "\n".join(problems[:25])
     # every case classified "the core refuses it" that got no reply shows up in
@@ -306,19 +355,31 @@ def fuzz_and_check(target: Kamailio, watched: list[Kamailio], role: str, *, with
         new_log = kam.log()[log_from[kam.name]:]
         assert "Traceback" not in new_log, f"{kam.name} logged a Python traceback:\n" + \
             new_log[new_log.index("Traceback") - 400:][:3000]
+        # our own 500s are logged: none, even one sent after another answer (a reply
+        # the test no longer reads), e.g. credentials taken for a database failure
+        ours = [line for line in new_log.splitlines() if "kemi-outbound: 500 " in line]
+        assert not ours, f"{kam.name} answered 500:\n" + "\n".join(ours[:5])
         assert kam.rpc("core.uptime")
     by_expect = {e: sum(1 for o in outcomes if o.case.expect is e) for e in Expect}
     dropped = sum(1 for o in outcomes if o.case.expect is Expect.MAY_DROP and o.final is None)
     finals = Counter(o.final for o in outcomes)
+    # past the challenge: the REGISTERs and initial requests with intact credentials
+    # reached the code behind it (bindings saved, lookups, the relay policy)
+    intact = Counter(o.final for o in outcomes if o.case.credentials == "intact")
+    assert intact[200] > 0, f"no REGISTER with valid credentials was saved: {dict(intact)}"
+    assert sum(n for code, n in intact.items() if code in (404, 480)) > 0, \
+        f"no initial request with valid credentials was looked up: {dict(intact)}"
+    states = Counter(o.case.credentials or "not challenged" for o in outcomes)
     return (f"{role}: {len(outcomes)} cases in {took:.1f}s (seed {SEED}); final {by_expect[Expect.FINAL]}, "
             f"ack {by_expect[Expect.NO_REPLY]}, may-drop {by_expect[Expect.MAY_DROP]} ({dropped} dropped, "
-            f"{logged} core parse failures logged); finals {dict(sorted(finals.items(), key=str))}")
+            f"{logged} core parse failures logged); finals {dict(sorted(finals.items(), key=str))}; "
+            f"credentials {dict(states)}, finals with intact ones {dict(sorted(intact.items(), key=str))}")
 
 
 def sanity_register(kam: Kamailio, workdir, port: int, user: str) -> None:
     """A normal outbound REGISTER (SIPp) after the fuzzing still gets 200."""
     result = sipp("register_expect", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=PROBE_UA,
-                  local_port=port, keys={
+                  local_port=port, auth=subscriber(user), keys={
                       "user": user, "domain": "example.com", "expires": "600", "supported": "path, outbound",
                       "extra": "X-Case: after-fuzz", "cseq": "1",
                       "contact": f'<sip:{user}@{PROBE_UA}:{port};ob>;+sip.instance='
@@ -362,6 +423,41 @@ def test_generator_is_seeded() -> None:
     ctx = Context("edge", "127.0.0.1", 5060, "sip:s@127.0.0.1:9",
                   tokens={"gone": "g", "sink": "s", "forged": "f", "peer": "p"})
     first = [c.msg.render("h", 1, c.transport, "o") for c in cases(1, ctx, 40)]
+    assert any(b"Authorization: Digest " in m for m in first)
     assert first == [c.msg.render("h", 1, c.transport, "o") for c in cases(1, ctx, 40)]
     assert first != [c.msg.render("h", 1, c.transport, "o") for c in cases(2, ctx, 40)]
 
+
+
+def test_credentials_are_signed_at_send_time() -> None:
+    """A case's credentials answer the challenge the test collected (RFC 2617
+    §3.2.2, recomputed here), for the R-URI as sent; the raw-socket helpers keep
+    what a UA keeps (Call-ID, tags, line ends) and count CSeq on."""
+    import hashlib
+
+    def md5(text: str) -> str:
+        return hashlib.md5(text.encode()).hexdigest()
+
+    challenge = ChallengeHeader("WWW-Authenticate", "example.com", "n0nce", "auth", "MD5", False, None)
+    sign = signer({"Authorization": challenge, "Proxy-Authorization": challenge}, password_for)
+    ctx = Context("registrar", "127.0.0.1", 5060, "sip:s@127.0.0.1:9")
+    case = next(c for c in cases(3, ctx, 200) if c.credentials == "intact" and c.method == "REGISTER"
+                and c.msg.start_line is None)
+    text = case.msg.render("h", 1, case.transport, "", sign).decode("utf-8", "surrogateescape")
+    [line] = [h for h in text.split("\r\n") if h.startswith("Authorization: ")]
+    params = dict(re.findall(r'(\w+)="?([^",]*)"?', line.partition("Digest ")[2]))
+    user = case.msg.credentials.username
+    ha1, ha2 = md5(f"{user}:example.com:{password_for(user)}"), md5(f"REGISTER:{params['uri']}")
+    assert params["uri"] == case.msg.ruri and params["nonce"] == "n0nce"
+    assert params["response"] == md5(f"{ha1}:n0nce:{params['nc']}:{params['cnonce']}:auth:{ha2}")
+    request = (b"INVITE sip:b@example.com SIP/2.0\nVia: SIP/2.0/UDP 1.2.3.4;branch=z9hG4bK-1\nFrom: <sip:a@example.com>"
+               b";tag=f\nTo: <sip:b@example.com>\nCall-ID: c1\nCSeq: 7 INVITE\nContent-Length: 0\n\n")
+    reply = ('SIP/2.0 407 Proxy Authentication Required\r\nTo: <sip:b@example.com>;tag=t9\r\n'
+             'Proxy-Authenticate: Digest realm="example.com", nonce="n0nce", qop="auth"\r\n\r\n')
+    again = with_credentials(request, reply, "a", "pw-a").decode()
+    assert "\r" not in again and "CSeq: 8 INVITE\n" in again and "branch=z9hG4bK-1-auth\n" in again
+    assert "\nProxy-Authorization: Digest username=\"a\"" in again
+    assert again.index("Proxy-Authorization") < again.index("Content-Length")
+    ack = ack_for(request, reply).decode()
+    assert ack.startswith("ACK sip:b@example.com SIP/2.0\n") and "CSeq: 7 ACK\n" in ack and ";tag=t9" in ack
+    assert "branch=z9hG4bK-1\n" in ack

@@ -5,10 +5,20 @@ would, to a real edge, registrar and single server; a sink on another loopback
 address records every message that reaches it. Every variant gets a defined
 answer and the sink stays empty; the legitimate ways (device -> farm -> device,
 in-dialog both ways) keep working.
+
+Digest authentication is on. What the edge refuses itself (a token from a
+device, an in-dialog request toward anything but the farm) is refused before
+any credentials matter. What the edge sends on to the farm meets the farm's
+challenge first (407 for an initial request, 401 for a REGISTER); the attacker
+then answers it as a UA would, with the credentials of its own subscriber
+(``mallory``), so that the test still shows the policy behind the challenge:
+404 for a user nobody registered, the registrar's Path refusal, the bound on
+the AORs of one connection.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import threading
@@ -18,11 +28,12 @@ from collections.abc import Iterator
 import pytest
 
 from actors import call, instance, start_callee, wait_bindings
+from fuzzgen import ack_for, with_credentials
 from harness import TEST_KEY, Kamailio
 from outbound.relay import MAX_AORS_PER_FLOW
 from outbound.sipmsg import parse_name_addr
 from outbound.tokens import FlowTokenCodec, parse_key
-from topology import REGISTRAR_ADDR, net, single, start, stop
+from topology import REGISTRAR_ADDR, net, single, start, stop, subscriber
 
 ATTACKER = net(66)
 UA_B = net(67)  # a registered device: the victim
@@ -86,6 +97,7 @@ class RawUA:
         self.sock.bind((ip, 0))
         self.ip, self.port = self.sock.getsockname()
         self.n = 0
+        self.last = ""  # the last final answer send() read
 
     def request(self, method: str, ruri: str, *, routes: tuple[str, ...] = (), extra_vias: tuple[str, ...] = (),
                 to_tag: str | None = None, headers: tuple[str, ...] = (), eol: str = "\r\n") -> str:
@@ -112,8 +124,22 @@ class RawUA:
                 break
             text = data.decode(errors="replace")
             if text.startswith("SIP/2.0 ") and not text[8:9] == "1":
+                self.last = text
                 return int(text[8:11])
         return 0
+
+    def send_authenticated(self, kam: Kamailio, message: str, user: str) -> tuple[int, int]:
+        """Send ``message``; when it is challenged (401/407), ACK a challenged INVITE
+        and send it again with ``user``'s credentials and CSeq + 1, as a UA does.
+        (the first final code, the final code after the credentials: 0 if none)."""
+        first = self.send(kam, message)
+        if first not in (401, 407):
+            return first, 0
+        request = message.encode()
+        if message.startswith("INVITE "):
+            self.sock.sendto(ack_for(request, self.last), (kam.addr, kam.port))
+        again = with_credentials(request, self.last, *subscriber(user))
+        return first, self.send(kam, again.decode())
 
     def close(self) -> None:
         self.sock.close()
@@ -138,9 +164,10 @@ TO_SINK = f"<sip:{SINK}:{SINK_PORT};lr>"
 FAKE_VIA = ("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-made-up",)
 # (name, request arguments, the policy's answer) for every way to ask the edge to
 # relay to the sink; {edge} and {reg} stand for their host:port. Initial requests
-# from a device go to the farm, which knows no such user (404); in-dialog ones
-# toward anything but the farm get 403, and the farm relays only along its own
-# sealed Record-Route (403 again).
+# from a device go to the farm, which challenges them (407) and, with the
+# attacker's own valid credentials, knows no such user (404); in-dialog ones
+# toward anything but the farm get 403 at the edge, no challenge, and the farm
+# relays only along its own sealed Record-Route (403 again).
 EDGE_VARIANTS = [
     ("initial-1via-route-edge", {"method": "INVITE", "ruri": SINK_URI, "routes": (ME,)}, 404),
     ("initial-2via-route-edge", {"method": "INVITE", "ruri": SINK_URI, "routes": (ME,), "extra_vias": FAKE_VIA}, 404),
@@ -173,7 +200,11 @@ def test_edge_is_no_open_relay(topology, sink, attacker, args, expected):
     routes = tuple(r.format(edge=hostport(edge1), reg=hostport(registrar)) for r in args.get("routes", ()))
     args = {**args, "routes": routes}
     before = len(sink.received)
-    assert attacker.send(edge1, attacker.request(**args)) == expected
+    if args["method"] == "INVITE" and "to_tag" not in args:
+        # the farm's challenge comes first; then the relay policy shows
+        assert attacker.send_authenticated(edge1, attacker.request(**args), "mallory") == (407, expected)
+    else:
+        assert attacker.send(edge1, attacker.request(**args)) == expected
     assert sink.received[before:] == [], "relayed to the sink"
     log = edge1.log() + registrar.log()
     assert "Traceback" not in log
@@ -246,7 +277,8 @@ def test_device_supplied_path_with_another_devices_token_never_steers_calls(topo
     ).replace("To: <sip:victim@example.com>", "To: <sip:mallory@example.com>").replace(
         f"Contact: <sip:mallory@{attacker.ip}:{attacker.port}>",
         f'Contact: <sip:mallory@{attacker.ip}:{attacker.port};ob>;+sip.instance="<{instance(4242)}>";reg-id=1')
-    assert attacker.send(edge1, register) == 200
+    # mallory is a subscriber: her own AOR, her own credentials (the farm's 401 first)
+    assert attacker.send_authenticated(edge1, register, "mallory") == (401, 200)
     [binding] = registrar.bindings("mallory")
     assert token not in binding["Path"]
     flow = CODEC.decode(parse_name_addr(binding["Path"]).sip_uri.user or "").flow
@@ -277,14 +309,16 @@ def test_device_supplied_path_with_another_devices_token_never_steers_calls(topo
 
 def test_registrar_refuses_a_path_the_edge_did_not_write(topology, victim, attacker):
     """RFC 3327 §5.3: a REGISTER straight to the registrar with a Path naming
-    edge1 (and the victim's token) is not edge1's word: 403, nothing stored."""
+    edge1 (and the victim's token) is not edge1's word: 403, nothing stored.
+    Authentication comes first (401); with trudy's own valid credentials for
+    her own AOR the Path is what gets the 403."""
     edge1, registrar = topology["edge1"], topology["registrar"]
     _, token = victim
     register = attacker.request(
         "REGISTER", "sip:example.com",
         headers=(f"Path: <sip:{token}@{hostport(edge1)};lr;ob>", "Supported: path", "Expires: 600"),
     ).replace("To: <sip:victim@example.com>", "To: <sip:trudy@example.com>")
-    assert attacker.send(registrar, register) == 403
+    assert attacker.send_authenticated(registrar, register, "trudy") == (401, 403)
     assert registrar.bindings("trudy") == []
     assert f"but the REGISTER came from {ATTACKER}: not written by that edge" in registrar.log()
 
@@ -318,7 +352,8 @@ def test_single_server_relays_only_its_own_sealed_dialogs(server, sink, attacker
 
 def test_single_server_ignores_device_path_and_tokens(server, workdir, attacker, callees):
     """The single server trusts only its own Path entry; a device's token in an
-    initial request's Route gets 403."""
+    initial request's Route gets 403 (before any challenge: the relay policy
+    refuses it, nothing is looked up)."""
     proc = start_callee(server, workdir, 14980, "s-victim", ua_ip=UA_B, who="s-victim")
     callees.append(proc)
     [binding] = wait_bindings(server, "s-victim", [proc])
@@ -330,33 +365,50 @@ def test_single_server_ignores_device_path_and_tokens(server, workdir, attacker,
         "REGISTER", "sip:example.com",
         headers=(f"Path: <sip:{token}@{hostport(server)};lr;ob>", "Supported: path", "Expires: 600"),
     ).replace("To: <sip:victim@example.com>", "To: <sip:s-mallory@example.com>")
-    assert attacker.send(server, register) == 200
+    assert attacker.send_authenticated(server, register, "s-mallory") == (401, 200)
     [stored] = server.bindings("s-mallory")
     assert token not in stored.get("Path", "")
     assert "Path written by" in server.log()
 
 
+def read_reply(conn: socket.socket) -> bytes:
+    """One whole SIP message from a stream (its head and Content-Length body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        assert chunk, "connection closed"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    found = re.search(rb"(?im)^(?:content-length|l)\s*:\s*(\d+)", head)
+    length = int(found.group(1)) if found else 0
+    while len(body) < length:
+        chunk = conn.recv(4096)
+        assert chunk, "connection closed"
+        body += chunk
+    return head + b"\r\n\r\n" + body
+
+
 def test_one_connection_cannot_grow_the_single_servers_flow_table_without_bound(server):
     """ko_flows keeps the AORs of each connection for §7's "a dead flow invalidates
     every binding on it": at most MAX_AORS_PER_FLOW of them per connection; the
-    next AOR over the same connection is refused 403 and nothing of it is stored."""
+    next AOR over the same connection is refused 403 and nothing of it is stored.
+    Each REGISTER is challenged (401) and sent again with the credentials of its
+    own AOR's subscriber: the bound holds for authenticated users, after the check."""
     with socket.create_connection((server.addr, server.port), timeout=5, source_address=(ATTACKER, 0)) as conn:
         ip, port = conn.getsockname()
         codes = []
         for n in range(MAX_AORS_PER_FLOW + 1):
-            conn.sendall((f"REGISTER sip:example.com SIP/2.0\r\n"
-                          f"Via: SIP/2.0/TCP {ip}:{port};branch=z9hG4bK-many-{n}\r\nMax-Forwards: 70\r\n"
-                          f"From: <sip:many-{n}@example.com>;tag=f{n}\r\nTo: <sip:many-{n}@example.com>\r\n"
-                          f"Call-ID: many-{n}@{ip}\r\nCSeq: 1 REGISTER\r\n"
-                          f'Contact: <sip:many-{n}@{ip}:{port};transport=tcp;ob>;+sip.instance="<{instance(n)}>"'
-                          ";reg-id=1\r\nSupported: path, outbound\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n"
-                          ).encode())
-            data = b""
-            while b"\r\n\r\n" not in data:
-                chunk = conn.recv(4096)
-                assert chunk, "connection closed"
-                data += chunk
-            codes.append(int(data[8:11]))
+            register = (f"REGISTER sip:example.com SIP/2.0\r\n"
+                        f"Via: SIP/2.0/TCP {ip}:{port};branch=z9hG4bK-many-{n}\r\nMax-Forwards: 70\r\n"
+                        f"From: <sip:many-{n}@example.com>;tag=f{n}\r\nTo: <sip:many-{n}@example.com>\r\n"
+                        f"Call-ID: many-{n}@{ip}\r\nCSeq: 1 REGISTER\r\n"
+                        f'Contact: <sip:many-{n}@{ip}:{port};transport=tcp;ob>;+sip.instance="<{instance(n)}>"'
+                        ";reg-id=1\r\nSupported: path, outbound\r\nExpires: 600\r\nContent-Length: 0\r\n\r\n").encode()
+            conn.sendall(register)
+            challenge = read_reply(conn)
+            assert int(challenge[8:11]) == 401, challenge[:60]
+            conn.sendall(with_credentials(register, challenge, *subscriber(f"many-{n}")))
+            codes.append(int(read_reply(conn)[8:11]))
         assert codes == [200] * MAX_AORS_PER_FLOW + [403]
         assert server.bindings(f"many-{MAX_AORS_PER_FLOW}") == []
         assert len(server.bindings(f"many-{MAX_AORS_PER_FLOW - 1}")) == 1

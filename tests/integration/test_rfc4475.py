@@ -3,7 +3,8 @@
 Every message goes over UDP to an edge (with its registrar), a registrar and a
 single server; the framing ones (Content-Length) go over TCP as well. A valid
 message must be processed: a final answer that is not 400 or 500 (404, 403,
-420, 483, 200 ... as the role's policy says). An invalid one must get a 4xx, or
+420, 483, 200 ... as the role's policy says; with digest authentication on, a
+REGISTER's 401 or an initial request's 407 is such a defined answer too). An invalid one must get a 4xx, or
 be dropped by Kamailio's core before the script (its log then says so). A
 response is never answered. Never a 500, never a Python traceback, and every
 Kamailio still answers an OPTIONS after the set.
@@ -27,10 +28,13 @@ from pathlib import Path
 
 import pytest
 
+from digest import challenges
+from fuzzgen import ack_for, with_credentials
 from harness import Kamailio, ProcessError
+from outbound.credentials import CredentialError
 from rfc4475 import BY_NAME, ROLES, TORTURE, Torture, load
 from topology import edge as edge_role
-from topology import net, registrar, single, start, stop
+from topology import net, registrar, single, start, stop, subscriber
 
 CLIENT = net(133)
 SINGLE = net(134)
@@ -144,7 +148,7 @@ def call_id(data: bytes) -> bytes | None:
     return found.group(1) if found else None
 
 
-def final_reply(sock: socket.socket, wanted: bytes | None) -> int | None:
+def final_answer(sock: socket.socket, wanted: bytes | None) -> bytes | None:
     """The first final answer on ``sock`` whose Call-ID is ``wanted``."""
     deadline = time.monotonic() + GUARD
     while (left := deadline - time.monotonic()) > 0:
@@ -155,8 +159,13 @@ def final_reply(sock: socket.socket, wanted: bytes | None) -> int | None:
             return None
         codes = [int(c) for c in STATUS.findall(reply)]
         if codes and codes[0] >= 200 and (wanted is None or call_id(reply) == wanted):
-            return codes[0]
+            return reply
     return None
+
+
+def final_reply(sock: socket.socket, wanted: bytes | None) -> int | None:
+    reply = final_answer(sock, wanted)
+    return int(STATUS.findall(reply)[0]) if reply else None
 
 
 def expected(torture: Torture, role: str, code: int | None, log: str) -> str:
@@ -213,7 +222,16 @@ def test_torture_message_over_udp(roles, dns_sink, role, torture):
             except BlockingIOError:
                 code = None
         else:
-            code = final_reply(sock, call_id(data))
+            reply = final_answer(sock, call_id(data))
+            code = int(STATUS.findall(reply)[0]) if reply else None
+            if code in (401, 407):
+                # the challenge is a defined answer; the message again with credentials
+                # shows what the role's policy says of it (regbadct's 400, escnull's ...)
+                authenticated = answer_challenge(sock, roles[role], data, reply)
+                if authenticated is not None:
+                    again = final_reply(sock, call_id(data))
+                    problem = expected(torture, role, again, marks.since())
+                    assert not problem, problem + " (with credentials)"
             log = marks.since()
     finally:
         sock.close()
@@ -221,6 +239,27 @@ def test_torture_message_over_udp(roles, dns_sink, role, torture):
     assert dns_sink.names[queries:] == [], f"{torture.title_line} at {role}: DNS queries for a name it wrote"
     problem = expected(torture, role, code, log)
     assert not problem, problem
+
+
+def answer_challenge(sock: socket.socket, target: Kamailio, data: bytes, reply: bytes) -> bytes | None:
+    """Send ``data`` again with credentials for its challenge (401: the To user,
+    407: the From user, as subscribers of the challenge's realm), after the ACK
+    of a 407 to an INVITE; None when the user is no name a subscriber can have
+    (escnull's ``null-%00-null``): then the challenge is all there is to see."""
+    [challenge, *_] = challenges(reply.decode(errors="replace"))
+    field = rb"To|t" if int(reply[8:11]) == 401 else rb"From|f"
+    found = re.search(rb"^(?:" + field + rb")[ \t]*:[^\r\n]*?sips?:([^@;>\s]+)@", data, re.M | re.I)
+    if found is None:
+        return None
+    try:
+        credentials = subscriber(found.group(1).decode(errors="replace"), challenge.realm)
+    except CredentialError:
+        return None
+    if data.startswith(b"INVITE "):
+        sock.sendto(ack_for(data, reply), (target.addr, target.port))
+    again = with_credentials(data, reply, *credentials)
+    sock.sendto(again, (target.addr, target.port))
+    return again
 
 
 MARKER = ("OPTIONS sip:marker@{host} SIP/2.0\r\nVia: SIP/2.0/TCP {client};branch=z9hG4bK-marker-{tag}\r\n"
@@ -331,17 +370,28 @@ def test_broadcast_via_reply_is_dropped(roles, role):
 def test_registered_hostnames_are_never_resolved(roles, dns_sink, role):
     """regescrt (§3.3.14) registers sip:user@example.com with a hostname
     Contact; sdp01 (§3.3.15) then asks for that user. The Contact's name is the
-    device's: docs/security.md says no role resolves it."""
+    device's: docs/security.md says no role resolves it. Both are challenged
+    first (401, 407) and sent again with credentials (user@example.com, the
+    caller@example.net of sdp01's From), as a UA would: the REGISTER is saved and
+    the INVITE looked up, so the binding with the name is really there to call."""
     clear_bindings(roles)
     target = roles[role]
     queries = len(dns_sink.names)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.bind((CLIENT, 0))
-        for name in ("regescrt", "sdp01"):
+        for name, user, domain, challenge in (("regescrt", "user", "example.com", 401),
+                                              ("sdp01", "caller", "example.net", 407)):
             data = load(name)
             sock.sendto(data, (target.addr, target.port))
+            reply = final_answer(sock, call_id(data))
+            assert reply is not None and int(reply[8:11]) == challenge, f"{name} at {role}: {reply and reply[:40]}"
+            if name == "sdp01":
+                sock.sendto(ack_for(data, reply), (target.addr, target.port))
+            sock.sendto(with_credentials(data, reply, *subscriber(user, domain)), (target.addr, target.port))
             code = final_reply(sock, call_id(data))
             assert code is not None and code != 500, f"{name} at {role}: {code}"
+            if name == "regescrt":
+                assert code == 200 and target.bindings("user"), f"regescrt at {role}: {code}, nothing stored"
     clear_bindings(roles)
     assert dns_sink.names[queries:] == [], f"{role} resolved {sorted(set(dns_sink.names[queries:]))}"
 

@@ -34,6 +34,7 @@ CSeq + 1, and the ACK of a 407 to an INVITE.
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from collections.abc import Callable, Mapping
@@ -122,9 +123,13 @@ Signer = Callable[[Credentials, str, str], str]
 def signer(found: Mapping[str, ChallengeHeader], password: Callable[[str], str]) -> Signer:
     """Sign with the challenges a test collected: ``found["Authorization"]`` (a
     401's WWW-Authenticate), ``found["Proxy-Authorization"]`` (a 407's)."""
+    uses = itertools.count(1)  # nonce-count: every use of a collected nonce counts up, as a
+    # UA reusing a nonce does (RFC 2617 §3.2.2)
+
     def sign(creds: Credentials, method: str, uri: str) -> str:
         secret = password(creds.username) if creds.password_ok else WRONG_PASSWORD
-        line = authorization(found[creds.header], method, uri, creds.username, secret, cnonce=creds.cnonce)
+        line = authorization(found[creds.header], method, uri, creds.username, secret, cnonce=creds.cnonce,
+                             nc=next(uses))
         return line.partition(": ")[2]
     return sign
 

@@ -189,6 +189,30 @@ def test_malformed_credentials_get_400(farm, ua):
     assert "Traceback" not in reg.log()
 
 
+def test_captured_credentials_replayed_from_elsewhere_get_no_binding(workdir, ua):
+    """-A WITH_AUTH_CHECKS binds a nonce to the Call-ID, From tag and source
+    address it was issued for: an Authorization seen on the wire, sent again
+    verbatim from another address with another Contact, is refused (401
+    stale=true) and the attacker's Contact is never stored."""
+    db = SubscriberDB.create_sqlite(workdir / "auth-checks.sqlite")
+    db.add("alice", "example.com", PASSWORD)
+    kam = start(registrar(workdir, name="auth-checks", addr=net(169),
+                          defines={"KO_DB_URL": f'"{db.url}"', "WITH_AUTH_CHECKS": ""}))
+    attacker = RawUA(OTHER_UA)
+    try:
+        [challenge] = challenges(ua.register(kam, "alice"))
+        line = authorization(challenge, "REGISTER", "sip:example.com", "alice", PASSWORD)
+        assert status(ua.register(kam, "alice", auth=line)) == 200
+        attacker.callid = ua.callid
+        attacker.cseq = ua.cseq + 5
+        replay = attacker.register(kam, "alice", auth=line, contact=f"<sip:evil@{attacker.ip}:{attacker.port}>")
+        assert status(replay) == 401 and challenges(replay)[0].stale
+        assert [b["Address"] for b in kam.bindings("alice")] == [f"sip:alice@{ua.ip}:{ua.port}"]
+    finally:
+        attacker.close()
+        stop(kam)
+
+
 def test_sha256_and_md5_digests(workdir, ua):
     """RFC 8760: a registrar set to SHA-256 (WITH_SHA256_DIGEST) challenges with
     algorithm=SHA-256 and verifies a SHA-256 response against the ha1_sha256
@@ -222,8 +246,10 @@ def test_stale_nonce_gets_401_with_stale_true(workdir, ua):
     try:
         [challenge] = challenges(ua.register(kam, "erin"))
         deadline = time.monotonic() + 15
+        uses = 0
         while True:
-            line = authorization(challenge, "REGISTER", "sip:example.com", "erin", PASSWORD)
+            uses += 1  # a growing nonce-count, as a UA reusing a nonce sends it
+            line = authorization(challenge, "REGISTER", "sip:example.com", "erin", PASSWORD, nc=uses)
             answer = ua.register(kam, "erin", auth=line)
             if status(answer) == 401:
                 break
@@ -243,7 +269,7 @@ def test_two_registrars_sharing_one_postgresql_verify_each_others_nonces(workdir
     db = SubscriberDB.for_postgres(postgres)
     if not any(r.username == "frank" for r in db.rows()):
         db.add("frank", "example.com", PASSWORD)
-    defines = {"KO_DB_URL": f'"{db.url}"', "KO_AUTH_SECRET": f'"{SECRET}"'}
+    defines = {"KO_DB_URL": f'"{db.url}"', "KO_AUTH_SECRET": f'"{SECRET}"', "WITH_AUTH_CHECKS": ""}
     reg1 = start(registrar(workdir, name="auth-pg1", addr=net(157), defines=defines))
     reg2 = start(registrar(workdir, name="auth-pg2", addr=net(158), defines=defines))
     try:
@@ -254,15 +280,38 @@ def test_two_registrars_sharing_one_postgresql_verify_each_others_nonces(workdir
         stop(reg2)
 
 
+def server_time(postgres: Postgres) -> str:
+    return postgres.sql("SELECT now()").strip()
+
+
+def wait_all_connected(kam: Kamailio, postgres: Postgres, since: str, timeout: float = 15.0) -> None:
+    """Until every child of ``kam`` holds its database connection (each opens
+    one in its child_init, all but the main process; ``since``: the server's
+    clock before ``kam`` started, so older registrars' connections do not
+    count): a child still starting when the database goes down would stop
+    Kamailio, which is not this test."""
+    deadline = time.monotonic() + timeout
+    while True:
+        wanted = len(kam.rpc("core.psx")) - 1
+        held = int(postgres.sql("SELECT count(*) FROM pg_stat_activity WHERE usename = 'kamailio' "
+                                f"AND backend_start >= '{since}'::timestamptz").strip() or 0)
+        if held >= wanted:
+            return
+        assert time.monotonic() < deadline, f"{kam.name}: {held} of {wanted} database connections"
+        time.sleep(0.05)
+
+
 def test_database_down_is_500_never_200_and_service_comes_back(workdir, postgres, ua):
     """A subscriber database that does not answer: 500 with a log line, no
     binding; when it is back, the same REGISTER succeeds without a restart."""
     db = SubscriberDB.for_postgres(postgres)
     if not any(r.username == "grace" for r in db.rows()):
         db.add("grace", "example.com", PASSWORD)
+    since = server_time(postgres)
     kam = start(registrar(workdir, name="auth-pgdown", addr=net(159),
                           defines={"KO_DB_URL": f'"{db.url}"', "KO_AUTH_SECRET": f'"{SECRET}"'}))
     try:
+        wait_all_connected(kam, postgres, since)
         [challenge] = challenges(ua.register(kam, "grace"))
         postgres.kill()
         line = authorization(challenge, "REGISTER", "sip:example.com", "grace", PASSWORD)

@@ -107,3 +107,10 @@ def test_bindings_a_register_would_add(incoming, added):
 def test_the_contact_past_max_contacts_gets_403(stored, adding, limit, refused):
     refusal = over_contact_limit(stored, adding, limit)
     assert (refusal is not None and refusal.code == 403) is refused
+
+
+def test_credentials_kamailio_reads_no_user_from_are_400_not_500():
+    """A Digest header our reader accepts but Kamailio's parser refuses (a trailing
+    comma): no user came out of it, so it is the header, not the database."""
+    result = auth_outcome(AUTH_ERROR, user="", realm="example.com", headers=(GOOD + ",",), db_reachable=None)
+    assert isinstance(result, Reply) and result.code == 400

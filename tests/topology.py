@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 from harness import CFG_DIR, ROOT, TEST_KEY, Kamailio
@@ -86,6 +87,20 @@ def registrar(workdir: Path, name: str = "registrar", addr: str = REGISTRAR_ADDR
               port: int = REGISTRAR_PORT, **kw) -> Kamailio:
     defines = {**db_defines(), **kw.pop("defines", {})}
     return Kamailio(name, "registrar.cfg", workdir, addr, port, yaml_text=ko_yaml(), defines=defines, **kw)
+
+
+def farm_with_two_edges(workdir: Path, reg: Kamailio) -> Iterator[dict[str, Kamailio]]:
+    """Start ``reg`` and edge1 (net(2):5060), edge2 (net(3):5060) toward it; yield
+    them by name; stop whatever started (a fixture's body)."""
+    edges = [edge(workdir, f"edge{i}", net(i + 1), reg.uri) for i in (1, 2)]
+    started: list[Kamailio] = []
+    try:
+        for kam in (reg, *edges):
+            started.append(start(kam))
+        yield {"registrar": reg, "edge1": edges[0], "edge2": edges[1]}
+    finally:
+        for kam in started:
+            stop(kam)
 
 
 def edge(workdir: Path, name: str, addr: str, registrar_uri: str, key: str = TEST_KEY,

@@ -18,7 +18,7 @@ from actors import kill  # noqa: E402
 from dns_setup import NS, NS_PORT  # noqa: E402
 from harness import Kamailio  # noqa: E402
 from nsd import Nsd  # noqa: E402
-from topology import PORTS, RUNNING, TEST_NET, WORK_ROOT, edge, net, registrar, start, stop  # noqa: E402
+from topology import PORTS, RUNNING, TEST_NET, WORK_ROOT, farm_with_two_edges, net, registrar  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -48,15 +48,7 @@ def callees() -> Iterator[list[subprocess.Popen]]:
 def topology(workdir: Path) -> Iterator[dict[str, Kamailio]]:
     """Registrar on net(1):5070, edge1 on net(2):5060, edge2 on net(3):5060."""
     reg = registrar(workdir)
-    edges = [edge(workdir, f"edge{i}", net(i + 1), reg.uri) for i in (1, 2)]
-    started: list[Kamailio] = []
-    try:
-        for kam in (reg, *edges):
-            started.append(start(kam))
-        yield {"registrar": reg, "edge1": edges[0], "edge2": edges[1]}
-    finally:
-        for kam in started:
-            stop(kam)
+    yield from farm_with_two_edges(workdir, reg)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ import pytest
 
 from actors import call, instance, ob_params, start_callee, wait_bindings, wait_until
 from harness import Kamailio, sipp, wait_sipp
-from topology import edge, net, registrar, start, stop, subscriber
+from topology import farm_with_two_edges, net, registrar, subscriber
 
 UA = net(41)
 UA_PLAIN = net(42)
@@ -28,15 +28,7 @@ def topology(workdir: Path) -> Iterator[dict[str, Kamailio]]:
     reg = registrar(workdir)
     assert "max_contacts: 10 " in reg.yaml_text
     reg.yaml_text = reg.yaml_text.replace("max_contacts: 10 ", f"max_contacts: {CROWD} ")
-    edges = [edge(workdir, f"edge{i}", net(i + 1), reg.uri) for i in (1, 2)]
-    started: list[Kamailio] = []
-    try:
-        for kam in (reg, *edges):
-            started.append(start(kam))
-        yield {"registrar": reg, "edge1": edges[0], "edge2": edges[1]}
-    finally:
-        for kam in started:
-            stop(kam)
+    yield from farm_with_two_edges(workdir, reg)
 
 
 def test_430_from_a_contact_without_flow_keeps_the_binding(topology, workdir, local_port, callees):

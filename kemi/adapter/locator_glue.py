@@ -24,6 +24,7 @@ Three pieces, each usable from any role's routes object:
 
 from __future__ import annotations
 
+import functools
 import random
 import time
 from collections.abc import Callable, Iterable
@@ -355,11 +356,13 @@ class PeerGate:
         return addresses, found
 
     def peer_of(self, source_ip: str) -> str | None:
+        """Asked for every request at an edge: DNS (one budget for this request,
+        however many sets need it) only when a set's TTL ran out."""
         now = self.locator.clock()
-        # one DNS budget for this request, however many peer sets need a refresh
-        self._lookup = self.locator.resolver.session()
-        for changed in self.trust.refresh(now):
-            KSR.info(f"{LOG} trusted peer {changed.uri} = {', '.join(sorted(changed.addresses)) or 'nobody'}\n")
+        if any(now >= peer.expires_at for peer in self.trust.sets):
+            self._lookup = self.locator.resolver.session()
+            for changed in self.trust.refresh(now):
+                KSR.info(f"{LOG} trusted peer {changed.uri} = {', '.join(sorted(changed.addresses)) or 'nobody'}\n")
         return self.trust.peer_of(source_ip, now)
 
     def contains(self, source_ip: str) -> bool:
@@ -370,6 +373,11 @@ class PeerGate:
         return ", ".join(self.trust.uris)
 
 
+@functools.lru_cache(maxsize=1)
+def _own_family() -> str | None:
+    return ip_family(define("KO_ADDR") or "")
+
+
 def own_socket_toward(uri: str) -> str:
     """Our listen socket (runtime.own_socket) for sending to ``uri``, a numeric
     ``$du``: "" when the families differ or the URI is no IP destination."""
@@ -377,9 +385,8 @@ def own_socket_toward(uri: str) -> str:
         parsed = SipUri.parse(uri)
     except SipSyntaxError:
         return ""
-    ours = define("KO_ADDR") or ""
     family = ip_family(parsed.host.strip("[]"))
-    if family is None or family != ip_family(ours):
+    if family is None or family != _own_family():
         return ""
     return own_socket((parsed.params.get("transport") or "udp").lower())
 

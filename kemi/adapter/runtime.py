@@ -88,12 +88,14 @@ def define(name: str) -> str | None:
     return value
 
 
+@functools.lru_cache(maxsize=8)
 def own_socket(transport: str) -> str:
     """This Kamailio's listen socket for ``transport`` ("udp:ADDR:PORT"), from
     the cfg defines KO_ADDR / KO_PORT / KO_TLS_PORT; "" when unknown. Forcing it
     ($fs) makes Kamailio bind a new TCP/TLS connection's source to the listen
     address too (tcp_main: a forced socket is the connection's local address),
-    so peers that know us by address (outbound.relay) see that address."""
+    so peers that know us by address (outbound.relay) see that address. The
+    defines do not change while Kamailio runs: read once per transport."""
     addr = define("KO_ADDR")
     port = define("KO_TLS_PORT") if transport == "tls" else define("KO_PORT")
     if not addr or not port or transport not in ("udp", "tcp", "tls"):

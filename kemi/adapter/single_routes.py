@@ -149,9 +149,9 @@ class SingleRoutes(EdgeRoutes, HomeProxyCallbacks):
         """The single server's relay policy (outbound.relay.single_step): a token
         sends an initial request to a flow only from a peer; inside a dialog our
         own Record-Route entry, sealed for the Call-ID, must be in the Route."""
-        ours = view.routes[: view.routes_ours]
-        sealed = any(seal_valid(self.codec.keys, KSR.kx.get_callid(), r.sip_uri.params.get(SEAL_PARAM))
-                     for r in ours)
+        sealed = in_dialog and any(
+            seal_valid(self.codec.keys, KSR.kx.get_callid(), r.sip_uri.params.get(SEAL_PARAM))
+            for r in view.routes[: view.routes_ours])
         step = single_step(route_decision(view, self.codec), from_peer=self.from_farm(),
                            in_dialog=in_dialog, sealed=sealed)
         if isinstance(step, Reply):

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 from .decisions import Reply
 from .routing import Outgoing, RouteDecision, ToFlow
-from .sipmsg import parse_params
+from .sipmsg import SipSyntaxError, parse_params, split_hostport
 
 SEAL_PARAM = "ko"
 # single server: ko_flows holds "<conn id> <aor> ..." per connection, bounded so
@@ -163,14 +163,15 @@ def stray_reply_refusal(next_via: str | None) -> str | None:
 
 
 def _via_host(sent_by: str) -> str:
-    """The host of a Via's ``SIP/2.0/UDP host:port`` (IPv6 in brackets)."""
+    """The host of a Via's ``SIP/2.0/UDP host:port`` (IPv6 without brackets);
+    "" when there is none to read."""
     parts = sent_by.strip().split(None, 1)
     if len(parts) != 2:
         return ""
-    hostport = parts[1].strip()
-    if hostport.startswith("["):
-        return hostport[1:hostport.find("]")] if "]" in hostport else ""
-    return hostport.rsplit(":", 1)[0] if hostport.count(":") == 1 else hostport
+    try:
+        return split_hostport(parts[1])[0].strip("[]")
+    except SipSyntaxError:
+        return ""
 
 
 def _seal_mac(key: bytes, call_id: str) -> str:

@@ -383,11 +383,11 @@ class SipUri:
             user, rest = rest.rsplit("@", 1)
             user = user.split(":", 1)[0]
         hostport, _, param_text = rest.partition(";")
-        host, port = _split_hostport(hostport)
+        host, port = split_hostport(hostport)
         return cls(scheme, user, host, port, parse_params(param_text))
 
 
-def _split_hostport(hostport: str) -> tuple[str, int | None]:
+def split_hostport(hostport: str) -> tuple[str, int | None]:
     hostport = hostport.strip()
     if hostport.startswith("["):
         closing = hostport.find("]")

@@ -18,7 +18,7 @@ from actors import kill  # noqa: E402
 from dns_setup import NS, NS_PORT  # noqa: E402
 from harness import Kamailio  # noqa: E402
 from nsd import Nsd  # noqa: E402
-from topology import PORTS, RUNNING, TEST_NET, WORK_ROOT, farm_with_two_edges, net, registrar  # noqa: E402
+from topology import PORTS, RUNNING, TEST_NET, WORK_ROOT, farm_with_two_edges, net, registrar, stop  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +42,19 @@ def callees() -> Iterator[list[subprocess.Popen]]:
     yield procs
     for proc in procs:
         kill(proc)
+
+
+@pytest.fixture
+def started() -> Iterator[list]:
+    """Kamailios and SIPps a test started itself: stopped (by PID) when it ends,
+    pass or fail, last started first."""
+    items: list = []
+    yield items
+    for item in reversed(items):
+        if isinstance(item, Kamailio):
+            stop(item)
+        else:
+            kill(item)
 
 
 @pytest.fixture(scope="module")

@@ -15,13 +15,12 @@ import re
 import select
 import socket
 import threading
-from collections.abc import Iterator
 
 import pytest
 
-from actors import call, kill, start_callee, wait_bindings, wait_until
+from actors import call, start_callee, wait_bindings, wait_until
 from harness import Kamailio, ProcessError, describe, wait_sipp
-from topology import edge, net, registrar, single, start, stop
+from topology import edge, net, registrar, single, start
 
 FLOODER = net(140)
 UA = net(141)
@@ -113,18 +112,6 @@ def ban_lines(kam: Kamailio, source: str) -> list[str]:
     return [line for line in kam.log().splitlines() if f"flood from {source}: banned for {BAN_SECONDS} s" in line]
 
 
-@pytest.fixture
-def flood_cleanup() -> Iterator[list]:
-    """Kamailios and SIPps a test started: stopped (by PID) when it ends."""
-    started: list = []
-    yield started
-    for item in reversed(started):
-        if isinstance(item, Kamailio):
-            stop(item)
-        else:
-            kill(item)
-
-
 def topology_for(role: str, workdir, started: list) -> tuple[Kamailio, Kamailio, Kamailio]:
     """(target of the flood, where UAs register and call, where bindings live)."""
     if role == "single":
@@ -141,8 +128,8 @@ def topology_for(role: str, workdir, started: list) -> tuple[Kamailio, Kamailio,
 
 
 @pytest.mark.parametrize("role", ["edge", "registrar", "single"])
-def test_flood_from_one_address_is_banned_while_others_register_and_call(workdir, local_port, flood_cleanup, role):
-    target, front, bindings = topology_for(role, workdir, flood_cleanup)
+def test_flood_from_one_address_is_banned_while_others_register_and_call(workdir, local_port, started, role):
+    target, front, bindings = topology_for(role, workdir, started)
     user = f"flood-{role}"
     options_before = stat(target, "core:rcv_requests_options")
     flood = Flood((target.addr, target.port))
@@ -151,7 +138,7 @@ def test_flood_from_one_address_is_banned_while_others_register_and_call(workdir
         wait_until(lambda: ban_value(target, FLOODER) > 0, f"{FLOODER} banned on {target.name}", timeout=30)
         # the flood goes on; another address registers and calls through the same server
         callee = start_callee(front, workdir, local_port, user, ua_ip=UA)
-        flood_cleanup.append(callee)
+        started.append(callee)
         wait_bindings(bindings, user, [callee])
         result = call(front, workdir, local_port + 1, user, ua_ip=CALLER)
         assert result.value("who") == user, describe(result)
@@ -169,14 +156,14 @@ def test_flood_from_one_address_is_banned_while_others_register_and_call(workdir
     assert target.rpc("core.uptime")
 
 
-def test_replies_from_a_banned_address_still_pass(workdir, local_port, flood_cleanup):
+def test_replies_from_a_banned_address_still_pass(workdir, local_port, started):
     """Only requests are limited: a device whose address is banned (a flood from
     another port of it) still answers a call over its flow, and the edge relays
     the answers; only its own requests are dropped."""
-    target, front, bindings = topology_for("edge", workdir, flood_cleanup)
+    target, front, bindings = topology_for("edge", workdir, started)
     user = "flood-banned-device"
     callee = start_callee(front, workdir, local_port, user, ua_ip=UA)
-    flood_cleanup.append(callee)
+    started.append(callee)
     wait_bindings(bindings, user, [callee])
     flood = Flood((target.addr, target.port), source=UA)
     flood.start()
@@ -193,11 +180,11 @@ def test_replies_from_a_banned_address_still_pass(workdir, local_port, flood_cle
 
 
 @pytest.mark.parametrize("switch", ["", "WITH_NOPIKE"], ids=["default", "nopike"])
-def test_start_log_says_whether_the_limit_is_on(workdir, flood_cleanup, switch):
+def test_start_log_says_whether_the_limit_is_on(workdir, started, switch):
     """The defaults reach the Python (a 300 s ban); -A WITH_NOPIKE loads neither
     pike nor the ban table, and the server still starts and answers."""
     kam = single(workdir, f"flood-start-{switch or 'default'}", addr=SINGLE, defines={switch: ""} if switch else {})
-    flood_cleanup.append(kam)
+    started.append(kam)
     start(kam)
 
     if switch:

@@ -10,11 +10,10 @@ token the old key signed, and signs new tokens with the new key.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
 
 import pytest
 
-from actors import call, instance, kill, ob_params, start_callee, wait_bindings
+from actors import call, instance, ob_params, start_callee, wait_bindings
 from harness import TEST_KEY, Kamailio, ProcessError, describe, wait_sipp
 from outbound.sipmsg import parse_name_addr
 from outbound.tokens import FlowTokenCodec, Verdict, parse_key
@@ -26,18 +25,6 @@ UA = net(152)
 CALLER = net(153)
 PASSPHRASE = "Tr0ub4dor&3-was-a-good-passphrase-once"
 NEW_KEY = "hex:" + secrets.token_hex(32)
-
-
-@pytest.fixture
-def started() -> Iterator[list]:
-    """Kamailios and SIPps a test started: stopped (by PID) when it ends."""
-    items: list = []
-    yield items
-    for item in reversed(items):
-        if isinstance(item, Kamailio):
-            stop(item)
-        else:
-            kill(item)
 
 
 def refused(kam: Kamailio, started: list) -> str:

@@ -12,6 +12,7 @@ from outbound.relay import (
     path_refusal,
     seal_valid,
     single_step,
+    stray_reply_refusal,
 )
 from outbound.routing import LooseRoute, Outgoing, ToFlow
 from outbound.tokens import Flow
@@ -118,3 +119,20 @@ def test_dialog_seal_verifies_for_its_call_id_only_and_across_rotation():
     assert not seal_valid([KEY], "x", None)
     assert not seal_valid([KEY], "x", seal[:-1])
     assert seal.isascii() and all(c.isalnum() or c in "-_" for c in seal)  # URI-safe as a parameter value
+
+
+@pytest.mark.parametrize(("via", "refused"), [
+    ("SIP/2.0/UDP 192.0.2.7:5060;branch=z9hG4bK1", False),
+    ("SIP/2.0/UDP [2001:db8::7]:5060;branch=z9hG4bK1", False),
+    ("SIP/2.0/UDP proxy.example.com;branch=z9hG4bK1;received=192.0.2.7", False),  # received wins
+    ("SIP/2.0/UDP 255.255.255.255;branch=z9hG4bKbcast", True),  # RFC 4475 §3.3.10
+    ("SIP/2.0/UDP 224.0.1.75:5060;branch=z9hG4bK1", True),  # multicast
+    ("SIP/2.0/UDP 0.0.0.0:5060;branch=z9hG4bK1", True),
+    ("SIP/2.0/UDP proxy.example.com:5060;branch=z9hG4bK1", True),  # only Kamailio's resolver would find it
+    ("SIP/2.0/UDP", True),
+    (None, True),
+])
+def test_a_stray_reply_goes_on_only_toward_a_unicast_address(via, refused):
+    """RFC 3261 §16.11 stateless forwarding of a reply along its next Via, never to
+    a broadcast, multicast or unspecified address, never after a DNS lookup."""
+    assert (stray_reply_refusal(via) is not None) is refused

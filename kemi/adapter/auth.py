@@ -16,10 +16,10 @@ from outbound.authz import AUTH_ERROR, Authorized, Challenge, auth_outcome, regi
 from outbound.decisions import Reply
 
 from .locator_glue import PeerGate
+from .names import NOAUTH_SWITCH
 from .runtime import send_reply
 
 SUBSCRIBER_TABLE = "subscriber"
-NOAUTH_SWITCH = "WITH_NOAUTH"
 CHALLENGE_QOP = 1  # auth_challenge flags: qop=auth
 CHALLENGE_STALE = 16  # ... and stale=true
 

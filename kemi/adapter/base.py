@@ -6,12 +6,13 @@ from typing import TYPE_CHECKING, Any
 
 import KSR
 
-from locator.records import ip_family
-from outbound.config import ConfigError
+from outbound.addresses import ip_family
 from outbound.decisions import Reply
+from outbound.errors import ConfigError, SipSyntaxError
 from outbound.relay import stray_reply_refusal
-from outbound.sipmsg import NameAddr, SipSyntaxError, SipUri, bracket, is_digits, is_hostname
+from outbound.sipmsg import NameAddr, SipUri, bracket, is_digits, is_hostname
 
+from .names import BAN_DEFINE, BAN_TABLE, NOPIKE_SWITCH
 from .runtime import Runtime, check_fault_injection, define, guarded, send_reply, snapshot
 
 if TYPE_CHECKING:
@@ -24,9 +25,6 @@ MAXFWD_UNPARSABLE = -2
 # Flood limit (docs/operations.md, "Flood limits"): pike counts requests per
 # source address; a source it calls too busy is put in this htable (cfg/*.cfg)
 # for KO_PIKE_BAN seconds and its requests are dropped without an answer.
-BAN_TABLE = "ipban"
-BAN_DEFINE = "KO_PIKE_BAN"
-NOPIKE_SWITCH = "WITH_NOPIKE"
 MAX_BAN_SECONDS = 86400
 
 

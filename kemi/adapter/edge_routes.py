@@ -6,8 +6,9 @@ from typing import Any
 
 import KSR
 
-from locator.records import ip_family
+from outbound.addresses import ip_family
 from outbound.decisions import PathKind, Reply
+from outbound.errors import SipSyntaxError
 from outbound.policy import edge_path_kind
 from outbound.relay import EdgeStep, Onward, ToHome, edge_step, next_hop_refusal
 from outbound.routing import (
@@ -18,18 +19,15 @@ from outbound.routing import (
     record_route_token,
     route_decision,
 )
-from outbound.sipmsg import NameAddr, SipSyntaxError, SipUri, bracket, parse_name_addr, parse_name_addrs
+from outbound.sipmsg import NameAddr, SipUri, parse_name_addr, parse_name_addrs
 from outbound.tokens import Flow
 
 from .base import BaseRoutes, names_us
 from .locator_glue import FailoverRelay, HealthMemory, Locator, PeerGate
+from .names import FLOW_FAILURE_ROUTE, HOME_FAILURE_ROUTE, HOME_REPLY_ROUTE, RR_USER_AVP
 from .runtime import Runtime, Snapshot, guarded, send_reply, snapshot, stream_flow_alive
 
 # The rr module takes the Record-Route user part from this AVP (cfg: custom_user_avp).
-RR_USER_AVP = "$avp(ko_rr_user)"
-FLOW_FAILURE_ROUTE = "ksr_failure_flow"
-HOME_FAILURE_ROUTE = "ksr_failure_home"
-HOME_REPLY_ROUTE = "ksr_reply_home"
 # loose_route(): "the Route was preloaded and we were its last entry" (rr module, loose.h)
 RR_PRELOADED = -3
 
@@ -160,7 +158,7 @@ class EdgeRoutes(BaseRoutes):
     @staticmethod
     def is_local_flow(flow: Flow) -> bool:
         """The flow's local end is a socket of this Kamailio."""
-        return KSR.is_myself(f"sip:{bracket(flow.local_ip)}:{flow.local_port};transport={flow.transport}") > 0
+        return KSR.is_myself(flow.local_uri()) > 0
 
     def _send_to_flow(self, decision: ToFlow) -> None:
         flow = decision.flow
@@ -179,8 +177,8 @@ class EdgeRoutes(BaseRoutes):
         KSR.rr.loose_route()
         if decision.record_route:
             self._record_route(decision.token)
-        KSR.pv.sets("$fs", f"{flow.transport}:{bracket(flow.local_ip)}:{flow.local_port}")
-        KSR.setdsturi(f"sip:{bracket(flow.remote_ip)}:{flow.remote_port};transport={flow.transport}")
+        KSR.pv.sets("$fs", flow.socket)
+        KSR.setdsturi(flow.destination)
         KSR.set_forward_no_connect()
         if flow.is_stream:
             KSR.tcpops.tcp_set_otcpid(flow.conn_id)

@@ -17,12 +17,12 @@ branch and failure routes.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import KSR
 
+from outbound.addresses import is_ip_literal
 from outbound.bindings import (
     Binding,
     EdgeAddresses,
@@ -37,23 +37,20 @@ from outbound.bindings import (
 )
 from outbound.config import Config
 from outbound.decisions import Reply
+from outbound.errors import SipSyntaxError
 from outbound.relay import SEAL_PARAM
-from outbound.sipmsg import SipSyntaxError, SipUri, bracket, is_hostname, parse_name_addr, split_values
+from outbound.sipmsg import SipUri, is_hostname, parse_name_addr, split_values
 from outbound.tokens import Flow, FlowTokenCodec, Verdict
 
 from .locator_glue import HealthMemory, Locator, own_socket_toward
-from .runtime import FLB_OUTBOUND, send_reply, stream_flow_alive
+from .names import BRANCH_FAILURE_ROUTE, BRANCH_ROUTE, FAILURE_ROUTE, FLB_OUTBOUND, FORK_XAVP, LOOKUP_HANDLE
+from .runtime import send_reply, stream_flow_alive
 
 SLOT_SHIFT = 16
 SLOT_MASK = 0x7FFF
-TX = "ko_tx"
-ULC = "ko"
 SEP = "\x1f"
 
 # tm callback names (methods of the routes object); tests check they resolve.
-BRANCH_ROUTE = "ksr_branch_outbound"
-BRANCH_FAILURE_ROUTE = "ksr_branch_failure_outbound"
-FAILURE_ROUTE = "ksr_failure_outbound"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,14 +90,14 @@ class HomeProxy:
     # ----- reading usrloc -------------------------------------------------
 
     def fetch(self, aor: str) -> list[Binding]:
-        if KSR.registrar.reg_fetch_contacts(self.table, aor, ULC) < 0:
+        if KSR.registrar.reg_fetch_contacts(self.table, aor, LOOKUP_HANDLE) < 0:
             return []
         try:
-            count = int(KSR.pv.get(f"$ulc({ULC}=>count)") or 0)
+            count = int(KSR.pv.get(f"$ulc({LOOKUP_HANDLE}=>count)") or 0)
             out = []
             for i in range(count):
                 def field(name: str, i: int = i) -> object:
-                    return KSR.pv.get(f"$(ulc({ULC}=>{name})[{i}])")
+                    return KSR.pv.get(f"$(ulc({LOOKUP_HANDLE}=>{name})[{i}])")
                 q = int(field("q") or -1)
                 out.append(Binding(
                     ruid=str(field("ruid") or ""),
@@ -115,7 +112,7 @@ class HomeProxy:
                 ))
             return out
         finally:
-            KSR.registrar.reg_free_contacts(ULC)
+            KSR.registrar.reg_free_contacts(LOOKUP_HANDLE)
 
     # ----- building branches ---------------------------------------------
 
@@ -129,7 +126,7 @@ class HomeProxy:
             # which only Kamailio's own resolver would look up
             if binding.received:
                 return Target(binding, binding.contact, binding.received, "")
-            if not _is_ip_literal(_contact_host(binding.contact)):
+            if not is_ip_literal(_contact_host(binding.contact)):
                 KSR.notice(f"kemi-outbound: binding {binding.ruid} names a host in its Contact and no address "
                            "it came from; skipped (no lookup of a name a device wrote)\n")
                 return None
@@ -145,19 +142,17 @@ class HomeProxy:
             # we hold this flow ourselves (single-server mode): send straight to it
             hops = hops[1:]
             if local.is_stream and not stream_flow_alive(local):
-                self._forget(str(KSR.pv.get(f"$xavp({TX}=>aor)") or ""), binding, "its flow is gone")
+                self._forget(str(KSR.pv.get(f"$xavp({FORK_XAVP}=>aor)") or ""), binding, "its flow is gone")
                 return None
-            dst = f"sip:{bracket(local.remote_ip)}:{local.remote_port};transport={local.transport}"
-            socket = f"{local.transport}:{bracket(local.local_ip)}:{local.local_port}"
-            rr = f"sip:{first.user}@{bracket(local.local_ip)}:{local.local_port};transport={local.transport}"
-            return Target(binding, binding.contact, dst, ", ".join(hops), socket, local.conn_id, rr)
+            return Target(binding, binding.contact, local.destination, ", ".join(hops), local.socket,
+                          record_route=local.local_uri(first.user))
         if self.own_path_only:
             KSR.notice(f"kemi-outbound: binding {binding.ruid} has a Path that is not ours; skipped\n")
             return None
         transport = first.params.get("transport")
         port = f":{first.port}" if first.port else ""
         dst = f"sip:{first.host}{port}" + (f";transport={transport}" if transport else "")
-        if self.locator is not None and not _is_ip_literal(first.host):
+        if self.locator is not None and not is_ip_literal(first.host):
             if not is_hostname(first.host):
                 KSR.notice(f"kemi-outbound: Path of {binding.ruid} names no host ({first.host[:60]!r}); skipped\n")
                 return None
@@ -192,8 +187,8 @@ class HomeProxy:
         return None
 
     def _new_slot(self) -> int:
-        slot = int(KSR.pv.get(f"$xavp({TX}=>slots)") or 0) + 1
-        KSR.pv.seti(f"$xavp({TX}[0]=>slots)", slot)
+        slot = int(KSR.pv.get(f"$xavp({FORK_XAVP}=>slots)") or 0) + 1
+        KSR.pv.seti(f"$xavp({FORK_XAVP}[0]=>slots)", slot)
         return slot & SLOT_MASK
 
     def _add_branch(self, target: Target, *, use_ruri: bool) -> None:
@@ -243,11 +238,11 @@ class HomeProxy:
         return started
 
     def _mark_tried(self, group: str) -> None:
-        tried = str(KSR.pv.get(f"$xavp({TX}=>tried)") or "")
-        KSR.pv.sets(f"$xavp({TX}[0]=>tried)", f"{tried}|{group}")
+        tried = str(KSR.pv.get(f"$xavp({FORK_XAVP}=>tried)") or "")
+        KSR.pv.sets(f"$xavp({FORK_XAVP}[0]=>tried)", f"{tried}|{group}")
 
     def _tried(self) -> frozenset[str]:
-        return frozenset(g for g in str(KSR.pv.get(f"$xavp({TX}=>tried)") or "").split("|") if g)
+        return frozenset(g for g in str(KSR.pv.get(f"$xavp({FORK_XAVP}=>tried)") or "").split("|") if g)
 
     # ----- the three entry points ----------------------------------------
 
@@ -260,9 +255,9 @@ class HomeProxy:
             send_reply(Reply(404, "Not Found", f"no binding for {aor}"))
             return -1
         plan = plan_forks(bindings, max_parallel=self.max_parallel)
-        KSR.pv.sets(f"$xavp({TX}=>aor)", aor)
+        KSR.pv.sets(f"$xavp({FORK_XAVP}=>aor)", aor)
         for index, wave in enumerate(plan.waves):
-            KSR.pv.sets(f"$xavp({TX}[0]=>q)", repr(wave[0].q))
+            KSR.pv.sets(f"$xavp({FORK_XAVP}[0]=>q)", repr(wave[0].q))
             if self._start_wave(aor, wave, in_request=True):
                 break
             if index == len(plan.waves) - 1:
@@ -309,7 +304,7 @@ class HomeProxy:
         slot = (int(KSR.pv.get("$T_branch(flags)") or 0) >> SLOT_SHIFT) & SLOT_MASK
         if not slot or not failover_allowed(status, locally):
             return
-        aor = str(KSR.pv.get(f"$xavp({TX}=>aor)") or "")
+        aor = str(KSR.pv.get(f"$xavp({FORK_XAVP}=>aor)") or "")
         state = _branch_state(slot)
         ruid, group = state.ruid, state.group
         if not aor or not ruid:
@@ -379,32 +374,32 @@ class HomeProxy:
             if caller_status(status) is not None:  # never a 430 to the caller (§11.5)
                 KSR.tm.t_reply(487, "Request Terminated")
             return
-        aor = str(KSR.pv.get(f"$xavp({TX}=>aor)") or "")
+        aor = str(KSR.pv.get(f"$xavp({FORK_XAVP}=>aor)") or "")
         if aor and not 600 <= status < 700:
-            current = float(str(KSR.pv.get(f"$xavp({TX}=>q)") or "1.0"))
+            current = float(str(KSR.pv.get(f"$xavp({FORK_XAVP}=>q)") or "1.0"))
             plan = plan_forks(self.fetch(aor), max_parallel=self.max_parallel, max_q=current,
                               skip_groups=self._tried())
             for wave in plan.waves:
-                KSR.pv.sets(f"$xavp({TX}[0]=>q)", repr(wave[0].q))
+                KSR.pv.sets(f"$xavp({FORK_XAVP}[0]=>q)", repr(wave[0].q))
                 if self._start_wave(aor, wave, in_request=False):
                     self._arm()
                     if KSR.tm.t_relay() > 0:
                         return
-        best = int(KSR.pv.get(f"$xavp({TX}=>best)") or 0) or None
+        best = int(KSR.pv.get(f"$xavp({FORK_XAVP}=>best)") or 0) or None
         sent = caller_reply(status, best)
         if sent is not None:
             # tm ranks 430 (and our 408) before 480/486: a flow failure never hides
             # another device's real answer, and never reaches the caller (A6.3)
-            reason = str(KSR.pv.get(f"$xavp({TX}=>best_reason)") or "") if sent == best else ""
+            reason = str(KSR.pv.get(f"$xavp({FORK_XAVP}=>best_reason)") or "") if sent == best else ""
             KSR.tm.t_reply(sent, reason or ("Temporarily Unavailable" if sent == 480 else "Request Failed"))
 
     def _remember_answer(self, status: int) -> None:
         """Keep the best real final answer of any branch (outbound.bindings.better_reply)."""
-        best = int(KSR.pv.get(f"$xavp({TX}=>best)") or 0) or None
+        best = int(KSR.pv.get(f"$xavp({FORK_XAVP}=>best)") or 0) or None
         kept = better_reply(best, status)
         if kept is not None and kept != best:
-            KSR.pv.seti(f"$xavp({TX}[0]=>best)", kept)
-            KSR.pv.sets(f"$xavp({TX}[0]=>best_reason)", str(KSR.pv.get("$T_rpl($rr)") or ""))
+            KSR.pv.seti(f"$xavp({FORK_XAVP}[0]=>best)", kept)
+            KSR.pv.sets(f"$xavp({FORK_XAVP}[0]=>best_reason)", str(KSR.pv.get("$T_rpl($rr)") or ""))
 
     def _forget(self, aor: str, binding: Binding, why: str) -> None:
         KSR.notice(f"kemi-outbound: removing binding {binding.ruid} of {aor}: {why}\n")
@@ -444,12 +439,4 @@ def _contact_host(contact: str) -> str:
         return SipUri.parse(contact).host
     except SipSyntaxError:
         return ""
-
-
-def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host.strip("[]"))
-    except ValueError:
-        return False
-    return True
 

@@ -37,23 +37,21 @@ from locator.failover import BranchOutcome, failover_verdict
 from locator.health import HoldPolicy, Key, TargetHealth, key_of, key_of_uri, retry_after_seconds
 from locator.peers import PeerTrust, peer_addresses
 from locator.plan import Plan, Policy, Target, plan
-from locator.records import ip_family
-from outbound.config import Config, ConfigError, DnsConfig
+from outbound.addresses import ip_family
+from outbound.config import Config, DnsConfig
 from outbound.decisions import Reply
-from outbound.sipmsg import SipSyntaxError, SipUri
+from outbound.errors import ConfigError, SipSyntaxError
+from outbound.sipmsg import SipUri
 
+from .names import DNS_CURRENT_AVP, DNS_REMAINING_AVP, HEALTH_ITEM, HEALTH_TABLE
 from .runtime import define, own_socket, send_reply
 
 # The targets still to try for the current transaction, space-separated $du
 # URIs; and the one being tried. Transaction AVPs reach the failure route.
-REMAINING_AVP = "$avp(ko_dns_remaining)"
-CURRENT_AVP = "$avp(ko_dns_current)"
 LOG = "kemi-outbound: dns:"
 # Shared memory for the hold-downs (cfg/edge.cfg: modparam("htable", "htable", "ko_health=>...")):
 # one item holds the whole memory as text (locator.health.TargetHealth.to_text), bounded by
 # dns.hold_down_entries; read and written under the htable's slot lock.
-HEALTH_TABLE = "ko_health"
-HEALTH_ITEM = "targets"
 # The reply from the target, in a failure route (tmx $T_rpl)
 RETRY_AFTER_PV = "$T_rpl($hdr(Retry-After))"
 R = TypeVar("R")
@@ -267,7 +265,7 @@ class FailoverRelay:
         """Failure route: a new branch to the next target when the failed one
         gave a 503, a transport error or no response at all. True when a new
         branch went out; otherwise tm relays the best reply it has."""
-        failed = _avp(CURRENT_AVP)
+        failed = _avp(DNS_CURRENT_AVP)
         outcome = BranchOutcome(
             status=_int(KSR.pv.get("$T_reply_code")),
             timed_out=KSR.tm.t_branch_timeout() > 0,
@@ -275,7 +273,7 @@ class FailoverRelay:
             canceled=KSR.tm.t_is_canceled() > 0,
         )
         verdict = failover_verdict(outcome)
-        remaining = _avp(REMAINING_AVP).split()
+        remaining = _avp(DNS_REMAINING_AVP).split()
         self._remember(failed, outcome, verdict.retry, verdict.why)
         if not verdict.retry:
             KSR.info(f"{LOG} {failed}: {verdict.why}; no failover\n")
@@ -304,7 +302,7 @@ class FailoverRelay:
         if self.health is None:
             return
         status = _int(KSR.kx.get_status())
-        target = _avp(CURRENT_AVP)
+        target = _avp(DNS_CURRENT_AVP)
         if status != 503 and target:
             self.health.answered(target, status)
 
@@ -314,8 +312,8 @@ class FailoverRelay:
         now = self.locator.clock()
         while remaining:
             target = remaining.pop(0)
-            _set_avp(CURRENT_AVP, target)
-            _set_avp(REMAINING_AVP, " ".join(remaining))
+            _set_avp(DNS_CURRENT_AVP, target)
+            _set_avp(DNS_REMAINING_AVP, " ".join(remaining))
             # $du through pv, not KSR.setdsturi: it also marks the R-URI as new, which
             # a failure route needs for t_relay to make a new branch (serial forking)
             KSR.pv.sets("$du", target)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import KSR
 
 from locator.peers import peer_addresses
-from locator.records import canonical_ip, ip_family
+from outbound.addresses import canonical_ip, ip_family
 from outbound.decisions import Reply
 from outbound.policy import RegisterView
 from outbound.relay import SEAL_PARAM, dialog_seal, path_refusal, seal_valid

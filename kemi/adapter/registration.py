@@ -11,10 +11,10 @@ from outbound.policy import RegisterView, registrar_decision
 from outbound.refresh import StoredBinding, instance_keys, out_of_order, replaced_by_new_call_id
 from outbound.sipmsg import NameAddr, bracket, format_name_addr, parse_delta_seconds, parse_name_addrs
 
-from .runtime import FLB_OUTBOUND, Snapshot, send_reply, snapshot
+from .names import FLB_OUTBOUND, RECEIVED_AVP, STORED_HANDLE
+from .runtime import Snapshot, send_reply, snapshot
 
 # registrar module received_avp (cfg/registrar.cfg, cfg/single.cfg)
-RECEIVED_AVP = "$avp(ko_received)"
 
 
 def register_view(snap: Snapshot) -> RegisterView:
@@ -104,19 +104,19 @@ def _refresh_in_order(table: str, aor: str, stored: list[StoredBinding], contact
 
 
 def _stored_bindings(table: str, aor: str) -> list[StoredBinding]:
-    if KSR.registrar.reg_fetch_contacts(table, aor, "korel") < 0:
+    if KSR.registrar.reg_fetch_contacts(table, aor, STORED_HANDLE) < 0:
         return []
     try:
-        count = int(KSR.pv.get("$ulc(korel=>count)") or 0)
+        count = int(KSR.pv.get(f"$ulc({STORED_HANDLE}=>count)") or 0)
 
         def field(name: str, i: int) -> str:
-            return str(KSR.pv.get(f"$(ulc(korel=>{name})[{i}])") or "")
+            return str(KSR.pv.get(f"$(ulc({STORED_HANDLE}=>{name})[{i}])") or "")
 
         return [StoredBinding(field("ruid", i), field("instance", i), int(field("regid", i) or 0),
                               field("callid", i), int(field("cseq", i) or 0), field("addr", i))
                 for i in range(count)]
     finally:
-        KSR.registrar.reg_free_contacts("korel")
+        KSR.registrar.reg_free_contacts(STORED_HANDLE)
 
 
 def current() -> tuple[Snapshot, RegisterView]:

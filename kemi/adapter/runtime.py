@@ -17,23 +17,18 @@ from typing import Any, TypeVar
 import KSR  # provided by app_python3 inside Kamailio
 import yaml
 
-from outbound.config import Config, ConfigError, load_keys, parse_config
+from outbound.config import Config, load_keys, parse_config
 from outbound.decisions import Reply
-from outbound.sipmsg import Headers, SipSyntaxError, bracket
+from outbound.errors import ConfigError, OutboundError, SipSyntaxError
+from outbound.sipmsg import Headers, bracket
 from outbound.tokens import Flow, FlowTokenCodec
+
+from .names import CONID_VAR, DEFINE_OVERRIDES, HDR_INDEX_VAR
 
 # Branch flag that marks a binding as an outbound flow (stored in usrloc cflags).
 # Mirrors FLB_OUTBOUND in cfg/*.cfg.
-FLB_OUTBOUND = 6
 
 # Kamailio cfg defines that override YAML keys (set with -A or from the environment).
-DEFINE_OVERRIDES = {
-    "KO_REGISTRAR": "edge.registrar",
-    "KO_FORCE_OUTBOUND": "edge.force_outbound",
-    "KO_FLOW_KEYS_FILE": "flow_tokens.keys_file",
-    "KO_FLOW_TIMER": "registrar.flow_timer",
-    "KO_DEFAULT_EXPIRES": "registrar.default_expires",
-}
 
 WANTED_HEADERS = frozenset(
     {"via", "contact", "path", "route", "supported", "require", "expires"}
@@ -50,9 +45,8 @@ _COUNTS = "$_s(" + " ".join(f"$hdrc({name})" for name in _READ_ORDER) + ")"
 # entry of Kamailio's pv cache); beyond, one spec with the index in a $var, so
 # a message with thousands of Routes cannot fill the cache
 _LITERAL_INDEXES = 16
-_INDEX_VAR = "$var(ko_hdr_index)"
 _FIELD_SPECS = {name: tuple(f"$(hdr({name})[{i}])" for i in range(_LITERAL_INDEXES)) for name in _READ_ORDER}
-_FIELD_BY_VAR = {name: f"$(hdr({name})[{_INDEX_VAR}])" for name in _READ_ORDER}
+_FIELD_BY_VAR = {name: f"$(hdr({name})[{HDR_INDEX_VAR}])" for name in _READ_ORDER}
 
 
 def kamailio_fields() -> dict[str, list[str]]:
@@ -71,7 +65,7 @@ def kamailio_fields() -> dict[str, list[str]]:
         total = int(count)  # Kamailio's count of fields: a small number
         bodies = [pv_get(spec) or "" for spec in specs[:total]]
         for index in range(_LITERAL_INDEXES, total):
-            KSR.pv.seti(_INDEX_VAR, index)
+            KSR.pv.seti(HDR_INDEX_VAR, index)
             bodies.append(pv_get(_FIELD_BY_VAR[name]) or "")
         by_name[name] = bodies
     return by_name
@@ -205,7 +199,6 @@ Route = TypeVar("Route", bound=Callable[..., int])
 
 
 # tcp_get_conid() writes the id of the connection to an address here
-CONID_VAR = "$var(ko_conid)"
 
 
 # (connection id, peer address, port) already seen to match, in this process:
@@ -244,7 +237,10 @@ def guarded(route: Route) -> Route:
         try:
             return route(self, msg, *args)
         except SipSyntaxError as exc:
-            _fail(400, "Bad Request", f"unparsable header: {exc}", KSR.notice)
+            _fail(exc.status, exc.reason, f"unparsable header: {exc}", KSR.notice)
+        except OutboundError as exc:
+            # any other refusal of the core answers with the status it carries
+            _fail(exc.status, exc.reason, f"{type(exc).__name__}: {exc}", KSR.notice if exc.status < 500 else KSR.err)
         except UnicodeDecodeError as exc:
             _fail(400, "Bad Request", f"a header field we read is not UTF-8: {exc}", KSR.notice)
         except Exception:  # noqa: BLE001 - the last line of defence

@@ -27,7 +27,7 @@ from outbound.relay import (
     single_step,
 )
 from outbound.routing import DIALOG_FORMING, RouteView, ToFlow, record_route_token, route_decision
-from outbound.sipmsg import bracket, parse_name_addr, split_values
+from outbound.sipmsg import parse_name_addr, split_values
 from outbound.tokens import Flow, Verdict
 
 from . import registration
@@ -36,15 +36,10 @@ from .base import HomeProxyCallbacks
 from .edge_routes import EdgeRoutes, source_flow
 from .home_proxy import HomeProxy
 from .locator_glue import PeerGate
+from .names import FLOWS_ITERATOR, FLOWS_TABLE, RR_CALLER_SIDE_XAVP
 from .runtime import Runtime, send_reply
 
-FLOWS_TABLE = "ko_flows"
-RR_A_SIDE = "$xavp(ko_rr=>a)"
 CLOSE_EVENTS = ("tcp:closed", "tcp:timeout", "tcp:reset")
-
-
-def flow_key(transport: str, local_ip: str, local_port: int, remote_ip: str, remote_port: int) -> str:
-    return f"{transport}:{local_ip}:{local_port}>{remote_ip}:{remote_port}"
 
 
 class SingleRoutes(EdgeRoutes, HomeProxyCallbacks):
@@ -87,9 +82,7 @@ class SingleRoutes(EdgeRoutes, HomeProxyCallbacks):
                 send_reply(refusal)
                 return 1
         if decision.outbound and view.via_count == 1:
-            token = self.codec.encode(flow)
-            uri = f"sip:{token}@{bracket(flow.local_ip)}:{flow.local_port};transport={flow.transport};lr;ob"
-            KSR.hdr.insert(f"Path: <{uri}>\r\n")
+            KSR.hdr.insert(f"Path: <{flow.local_uri(self.codec.encode(flow))};lr;ob>\r\n")
             changed = True
         if changed:
             KSR.textopsx.msg_apply_changes()
@@ -97,12 +90,8 @@ class SingleRoutes(EdgeRoutes, HomeProxyCallbacks):
             self._watch_flow(flow, KSR.kx.get_turi())
         return 1
 
-    @staticmethod
-    def _flow_key(flow: Flow) -> str:
-        return flow_key(flow.transport, flow.local_ip, flow.local_port, flow.remote_ip, flow.remote_port)
-
     def _flow_aors(self, flow: Flow) -> list[str]:
-        known = str(KSR.htable.sht_get(FLOWS_TABLE, self._flow_key(flow)) or "").split()
+        known = str(KSR.htable.sht_get(FLOWS_TABLE, flow.key) or "").split()
         return known[1:] if known and known[0] == str(flow.conn_id) else []
 
     def _flow_room(self, flow: Flow, aor: str) -> Reply | None:
@@ -124,7 +113,7 @@ class SingleRoutes(EdgeRoutes, HomeProxyCallbacks):
         aors = self._flow_aors(flow)
         if aor not in aors:
             aors.append(aor)
-        KSR.htable.sht_sets(FLOWS_TABLE, self._flow_key(flow), " ".join([str(flow.conn_id), *aors]))
+        KSR.htable.sht_sets(FLOWS_TABLE, flow.key, " ".join([str(flow.conn_id), *aors]))
         KSR.tcpops.tcp_enable_closed_event()
         self.keep_flow_open()
 
@@ -141,8 +130,7 @@ class SingleRoutes(EdgeRoutes, HomeProxyCallbacks):
             return False
         source = view.source
         outbound = record_route_token(view, self.runtime.config.force_outbound)
-        user = f"{self.codec.encode(source)}@" if outbound else ""
-        KSR.pv.sets(RR_A_SIDE, f"sip:{user}{bracket(source.local_ip)}:{source.local_port};transport={source.transport}")
+        KSR.pv.sets(RR_CALLER_SIDE_XAVP, source.local_uri(self.codec.encode(source) if outbound else ""))
         return outbound
 
     def outbound_route(self, view: RouteView, *, in_dialog: bool) -> EdgeStep:
@@ -178,9 +166,9 @@ class SingleRoutes(EdgeRoutes, HomeProxyCallbacks):
         try:
             if event in CLOSE_EVENTS:
                 transport = str(KSR.kx.get_proto()).lower()
-                key = flow_key(transport, KSR.kx.get_rcvip(), int(KSR.kx.get_rcvport()),
-                               KSR.kx.get_srcip(), int(KSR.kx.get_srcport()))
-                self.drop_flow(key, event)
+                closed = Flow(transport, KSR.kx.get_rcvip(), int(KSR.kx.get_rcvport()),
+                              KSR.kx.get_srcip(), int(KSR.kx.get_srcport()))
+                self.drop_flow(closed.key, event)
         except Exception as exc:  # noqa: BLE001 - an event route has nobody to answer
             KSR.err(f"kemi-outbound: {event}: could not clean up bindings: {exc!r}\n")
         return 1
@@ -191,16 +179,16 @@ class SingleRoutes(EdgeRoutes, HomeProxyCallbacks):
         watched flows whose connection is gone are swept here."""
         try:
             gone = []
-            if KSR.htable.sht_iterator_start("ko_it", FLOWS_TABLE) < 0:
+            if KSR.htable.sht_iterator_start(FLOWS_ITERATOR, FLOWS_TABLE) < 0:
                 return 1
             try:
-                while KSR.htable.sht_iterator_next("ko_it") > 0:
-                    key = str(KSR.pv.get("$shtitkey(ko_it)") or "")
-                    value = str(KSR.pv.get("$shtitval(ko_it)") or "").split()
+                while KSR.htable.sht_iterator_next(FLOWS_ITERATOR) > 0:
+                    key = str(KSR.pv.get(f"$shtitkey({FLOWS_ITERATOR})") or "")
+                    value = str(KSR.pv.get(f"$shtitval({FLOWS_ITERATOR})") or "").split()
                     if value and value[0].isdigit() and KSR.tcpops.tcp_conid_state(int(value[0])) <= 0:
                         gone.append(key)
             finally:
-                KSR.htable.sht_iterator_end("ko_it")
+                KSR.htable.sht_iterator_end(FLOWS_ITERATOR)
             for key in gone:
                 self.drop_flow(key, "idle timeout")
         except Exception as exc:  # noqa: BLE001 - a timer route has nobody to answer
@@ -213,8 +201,7 @@ class SingleRoutes(EdgeRoutes, HomeProxyCallbacks):
         for aor in aors:
             for binding in self.home.fetch(aor):
                 flow = self._binding_flow(binding.path)
-                if flow is not None and flow_key(flow.transport, flow.local_ip, flow.local_port,
-                                                 flow.remote_ip, flow.remote_port) == key:
+                if flow is not None and flow.key == key:
                     KSR.notice(f"kemi-outbound: {why} on {key}: removing binding {binding.ruid} of {aor}\n")
                     KSR.registrar.unregister_ruid(self.home.table, aor, binding.ruid)
 

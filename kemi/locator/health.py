@@ -33,9 +33,9 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
 
-from outbound.sipmsg import SipSyntaxError, SipUri
-
-from .records import canonical_ip, ip_family
+from outbound.addresses import canonical_ip, ip_family
+from outbound.errors import SipSyntaxError
+from outbound.sipmsg import SipUri
 
 Key = tuple[str, str, int]  # (transport, address, port) as the planner's Target has them
 T = TypeVar("T")

@@ -15,8 +15,9 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+from outbound.addresses import canonical_ip, ip_family
+
 from .plan import Lookup, Plan, Policy, plan
-from .records import canonical_ip, ip_family
 
 # how long a set lives when its answers carried TTL 0 or DNS failed (seconds)
 MIN_REFRESH = 1

@@ -29,7 +29,9 @@ import random
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from outbound.sipmsg import SipSyntaxError, SipUri, bracket
+from outbound.addresses import canonical_ip, ip_family
+from outbound.errors import SipSyntaxError
+from outbound.sipmsg import SipUri, bracket
 
 from .records import (
     FAMILY_RTYPE,
@@ -40,8 +42,6 @@ from .records import (
     RType,
     Srv,
     Status,
-    canonical_ip,
-    ip_family,
     normalize_name,
 )
 from .srv import rfc2782_order, service_unavailable, usable

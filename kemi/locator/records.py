@@ -8,7 +8,6 @@ still be used (RFC 1035 §3.2.1 TTL; RFC 2308 for negative answers).
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass
 from enum import Enum, StrEnum
 
@@ -27,26 +26,6 @@ FAMILIES = tuple(FAMILY_RTYPE)
 def normalize_name(name: str) -> str:
     """Lower case, no trailing dot: DNS names compare case-insensitively (RFC 4343)."""
     return name.strip().rstrip(".").lower()
-
-
-def ip_family(text: str) -> str | None:
-    """"ipv4" / "ipv6" for an IP literal (brackets allowed), None for a name."""
-    text = text.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    try:
-        address = ipaddress.ip_address(text)
-    except ValueError:
-        return None
-    return "ipv4" if address.version == 4 else "ipv6"
-
-
-def canonical_ip(text: str) -> str:
-    """One spelling per address ("::0001" and "::1" are the same peer)."""
-    text = text.strip()
-    if text.startswith("[") and text.endswith("]"):
-        text = text[1:-1]
-    return str(ipaddress.ip_address(text))
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,17 +12,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .sipmsg import SipSyntaxError, SipUri
+from .errors import ConfigError, SipSyntaxError
+from .sipmsg import SipUri
 from .tokens import parse_key
-
-
-class ConfigError(ValueError):
-    """Invalid configuration; the message names the file and the key."""
-
-    def __init__(self, source: str, key: str, problem: str) -> None:
-        super().__init__(f"{source}: {key}: {problem}")
-        self.source = source
-        self.key = key
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,11 +11,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
+from .errors import CredentialError
+
 MAX_NAME = 64  # the subscriber table's username and domain columns: VARCHAR(64)
-
-
-class CredentialError(ValueError):
-    """A subscriber that cannot be stored (empty or too long a name, empty password)."""
 
 
 def ha1(algorithm: str, username: str, realm: str, password: str) -> str:

@@ -8,7 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .decisions import PathKind, Reply, SaveBinding
-from .sipmsg import NameAddr, SipSyntaxError, parse_delta_seconds, parse_uint
+from .errors import SipSyntaxError
+from .sipmsg import NameAddr, parse_delta_seconds, parse_uint
 
 REG_ID_MAX = 2**31 - 1
 REG_ID_DIGITS = len(str(REG_ID_MAX))  # ten: a longer reg-id is out of range whatever it says

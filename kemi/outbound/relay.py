@@ -32,8 +32,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .decisions import Reply
+from .errors import SipSyntaxError
 from .routing import Outgoing, RouteDecision, ToFlow
-from .sipmsg import SipSyntaxError, parse_params, split_hostport
+from .sipmsg import parse_params, split_hostport
 
 SEAL_PARAM = "ko"
 # single server: ko_flows holds "<conn id> <aor> ..." per connection, bounded so

@@ -10,8 +10,7 @@ Record-Route (§5.3.2) so that mid-dialog requests come back over the flow.
 
 from __future__ import annotations
 
-import ipaddress
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from .decisions import Reply
 from .sipmsg import NameAddr
@@ -73,18 +72,6 @@ class ToFlow:
 RouteDecision = LooseRoute | Outgoing | ToFlow | Reply
 
 
-def _canonical(flow: Flow) -> Flow:
-    """The flow spelled as a decoded token spells it: lower-case transport, IPs in
-    Python's compressed form without brackets. Kamailio prints IPv6 upper-case and
-    uncompressed ($si, $Ri), so a plain comparison would never match over IPv6."""
-    try:
-        local = str(ipaddress.ip_address(flow.local_ip.strip("[]")))
-        remote = str(ipaddress.ip_address(flow.remote_ip.strip("[]")))
-    except ValueError:
-        return flow
-    return replace(flow, transport=flow.transport.lower(), local_ip=local, remote_ip=remote)
-
-
 def route_decision(view: RouteView, codec: FlowTokenCodec) -> RouteDecision:
     """RFC 5626 §5.3: route processing when the top Route is us and has a token.
 
@@ -116,7 +103,7 @@ def route_decision(view: RouteView, codec: FlowTokenCodec) -> RouteDecision:
         flows.append((decoded.flow, user, route))
     if not flows:
         return LooseRoute("our Route carries no flow token")
-    source = _canonical(view.source)
+    source = view.source.canonical()
     for flow, user, route in flows:
         if flow != source:
             record = view.method in DIALOG_FORMING and not view.has_to_tag and "ob" in route.sip_uri.params

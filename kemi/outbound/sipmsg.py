@@ -15,6 +15,8 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
+from .errors import SipSyntaxError
+
 COMPACT_FORMS = {
     "v": "via",
     "m": "contact",
@@ -38,10 +40,6 @@ COMPACT_FORMS = {
     "x": "session-expires",
     "y": "identity",
 }
-
-
-class SipSyntaxError(ValueError):
-    """A header we need could not be parsed; answered with 400 Bad Request."""
 
 
 # ----- splitting a raw message the way Kamailio 5.6 does ------------------------

@@ -37,8 +37,12 @@ import hmac
 import ipaddress
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
+
+from .addresses import canonical_ip
+from .errors import KeyFormatError, TokenError
+from .sipmsg import bracket
 
 MAC_BYTES = 10
 FORMAT_VERSION = 1
@@ -66,10 +70,6 @@ _TO_URLSAFE = bytes.maketrans(b"+/", b"-_")
 _FROM_URLSAFE = bytes.maketrans(b"-_", b"+/")
 
 
-class TokenError(ValueError):
-    """A flow could not be encoded (bad address, port or transport)."""
-
-
 @dataclass(frozen=True, slots=True)
 class Flow:
     """One flow as the edge sees it (RFC 5626 §3.3)."""
@@ -84,6 +84,39 @@ class Flow:
     @property
     def is_stream(self) -> bool:
         return self.transport != "udp"
+
+    def canonical(self) -> Flow:
+        """The flow spelled as a decoded token spells it: lower-case transport,
+        addresses in one spelling (outbound.addresses.canonical_ip); Kamailio
+        prints IPv6 upper-case and uncompressed. Unchanged when an address is
+        no IP literal."""
+        try:
+            local, remote = canonical_ip(self.local_ip), canonical_ip(self.remote_ip)
+        except ValueError:
+            return self
+        return replace(self, transport=self.transport.lower(), local_ip=local, remote_ip=remote)
+
+    @property
+    def destination(self) -> str:
+        """The device's end as a ``$du`` URI (RFC 5626 §5.3.1: send over this flow)."""
+        return f"sip:{bracket(self.remote_ip)}:{self.remote_port};transport={self.transport}"
+
+    @property
+    def socket(self) -> str:
+        """Our end as a Kamailio socket (``$fs``): ``proto:[addr]:port``."""
+        return f"{self.transport}:{bracket(self.local_ip)}:{self.local_port}"
+
+    def local_uri(self, user: str = "") -> str:
+        """A URI naming our end of the flow, with ``user`` (a flow token) as
+        user part: a Path or Record-Route entry (without ``;lr``)."""
+        at = f"{user}@" if user else ""
+        return f"sip:{at}{bracket(self.local_ip)}:{self.local_port};transport={self.transport}"
+
+    @property
+    def key(self) -> str:
+        """One text per flow (its canonical spelling), e.g. for an htable key."""
+        flow = self.canonical()
+        return f"{flow.transport}:{flow.local_ip}:{flow.local_port}>{flow.remote_ip}:{flow.remote_port}"
 
 
 class Verdict(Enum):
@@ -200,10 +233,6 @@ def _unpack(body: bytes) -> Flow | None:
         return None
     _, local, lport, remote, rport, conn_id = _BODY[ip_len].unpack(body)
     return Flow(transport, _ip_text(local), lport, _ip_text(remote), rport, conn_id)
-
-
-class KeyFormatError(ValueError):
-    """A configured key is refused; the message never quotes the key."""
 
 
 def parse_key(text: str) -> bytes:

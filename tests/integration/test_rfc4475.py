@@ -31,7 +31,7 @@ import pytest
 from digest import challenges
 from fuzzgen import ack_for, with_credentials
 from harness import Kamailio, ProcessError
-from outbound.credentials import CredentialError
+from outbound.errors import CredentialError
 from rfc4475 import BY_NAME, ROLES, TORTURE, Torture, load
 from topology import edge as edge_role
 from topology import net, registrar, single, start, stop, subscriber

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from outbound.config import DEFAULTS, Config, ConfigError, load_keys, parse_config
+from outbound.config import DEFAULTS, Config, load_keys, parse_config
+from outbound.errors import ConfigError
 from outbound.tokens import parse_key
 
 SOURCE = "/etc/kemi-outbound/outbound.yaml"

@@ -15,7 +15,8 @@ import hashlib
 
 import pytest
 
-from outbound.credentials import MAX_NAME, CredentialError, SubscriberRow, ha1, subscriber_row
+from outbound.credentials import MAX_NAME, SubscriberRow, ha1, subscriber_row
+from outbound.errors import CredentialError
 
 
 def h(name: str, data: str) -> str:

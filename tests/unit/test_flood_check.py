@@ -18,8 +18,9 @@ import pytest
 KSR = sys.modules.setdefault("KSR", types.ModuleType("KSR"))
 
 from adapter import base  # noqa: E402
-from adapter.base import BAN_TABLE, BaseRoutes, flood_ban_seconds  # noqa: E402
-from outbound.config import ConfigError  # noqa: E402
+from adapter.base import BaseRoutes, flood_ban_seconds  # noqa: E402
+from adapter.names import BAN_TABLE  # noqa: E402
+from outbound.errors import ConfigError  # noqa: E402
 
 SRC = "198.51.100.9"
 

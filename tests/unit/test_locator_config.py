@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from outbound.config import DEFAULTS, ConfigError, DnsConfig, parse_config
+from outbound.config import DEFAULTS, DnsConfig, parse_config
+from outbound.errors import ConfigError
 
 SOURCE = "/etc/kemi-outbound/outbound.yaml"
 SHIPPED = Path(__file__).resolve().parents[2] / "cfg" / "outbound.yaml"

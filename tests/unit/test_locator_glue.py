@@ -19,9 +19,11 @@ from dns_fakes import Clock, Server, records
 sys.modules.setdefault("KSR", types.ModuleType("KSR"))
 
 from adapter import edge_routes  # noqa: E402
-from adapter.edge_routes import FLOW_FAILURE_ROUTE, HOME_FAILURE_ROUTE, HOME_REPLY_ROUTE, EdgeRoutes  # noqa: E402
+from adapter.edge_routes import EdgeRoutes  # noqa: E402
 from adapter.locator_glue import Locator, effective_families, listen_families  # noqa: E402
-from outbound.config import ConfigError, DnsConfig  # noqa: E402
+from adapter.names import FLOW_FAILURE_ROUTE, HOME_FAILURE_ROUTE, HOME_REPLY_ROUTE  # noqa: E402
+from outbound.config import DnsConfig  # noqa: E402
+from outbound.errors import ConfigError  # noqa: E402
 
 
 @pytest.mark.parametrize("name", [FLOW_FAILURE_ROUTE, HOME_FAILURE_ROUTE, HOME_REPLY_ROUTE])

@@ -214,9 +214,10 @@ def test_require_of_an_unknown_extension_gets_420_with_unsupported():
 def test_reg_id_and_contact_expires_of_5000_digits_are_syntax_errors():
     """RFC 3261 §25.1 / RFC 5626 §10: a number longer than any field is refused
     (400), never Python's int() ValueError past 4300 digits (a 500)."""
+    from outbound.errors import SipSyntaxError
     from outbound.policy import contact_expiry, reg_id_value
     from outbound.refresh import instance_keys
-    from outbound.sipmsg import SipSyntaxError, parse_name_addr
+    from outbound.sipmsg import parse_name_addr
 
     contact = parse_name_addr(f'<sip:a@h>;+sip.instance="<urn:uuid:1>";reg-id={"7" * 5000};expires={"1" * 5000}')
     with pytest.raises(SipSyntaxError):

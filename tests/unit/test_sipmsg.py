@@ -2,9 +2,9 @@
 
 import pytest
 
+from outbound.errors import SipSyntaxError
 from outbound.sipmsg import (
     Headers,
-    SipSyntaxError,
     SipUri,
     format_name_addr,
     header_block,

@@ -6,16 +6,8 @@ import secrets
 
 import pytest
 
-from outbound.tokens import (
-    MAKE_KEY_COMMAND,
-    MIN_KEY_BYTES,
-    Flow,
-    FlowTokenCodec,
-    KeyFormatError,
-    TokenError,
-    Verdict,
-    parse_key,
-)
+from outbound.errors import KeyFormatError, TokenError
+from outbound.tokens import MAKE_KEY_COMMAND, MIN_KEY_BYTES, Flow, FlowTokenCodec, Verdict, parse_key
 
 # codec keys (raw bytes, MIN_KEY_BYTES or more); parse_key's own checks are tested below
 OLD_KEY = b"old-key-0123456789abcdef-32-bytes"

@@ -28,7 +28,8 @@ import KSR
 sys.path.insert(0, str(KSR.kx.get_def("KO_KEMI_DIR")).strip('"'))
 
 from adapter.runtime import WANTED_HEADERS, snapshot  # noqa: E402
-from outbound.sipmsg import Headers, SipSyntaxError, header_block, unfold  # noqa: E402
+from outbound.errors import SipSyntaxError
+from outbound.sipmsg import Headers, header_block, unfold  # noqa: E402
 
 # every spelling Kamailio knows for the names we read (parse_hname2.c)
 SPELLINGS = {

@@ -1,0 +1,128 @@
+"""Every name the cfg files and the Python side share, and the text form of each value.
+
+Kamailio and our routes meet on names: a branch flag the cfg defines and the
+registrar stores, an AVP the rr or registrar module reads, an htable the cfg
+declares and the Python fills, a route callback a module calls by name, a
+``#!define`` the Python reads. A typo on either side fails silently (an
+htable that is not there reads as empty), so each name lives here once, and
+tests/unit/test_names.py reads cfg/*.cfg and checks both directions: every
+name a cfg declares for the Python exists here, and every name here that
+needs a cfg declaration has one in the cfgs listed.
+
+Names only the Python uses (transaction xavps, $var scratch, usrloc fetch
+handles) are here too, so that no two modules pick the same one.
+
+Value codecs: ``ko_flows`` items (:class:`FlowsEntry`, below), ``ko_health``
+(``locator.health.TargetHealth.to_text``), the home proxy's transaction state
+(``outbound.forking``: its own ``to_text``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+EDGE, REGISTRAR, SINGLE = "edge", "registrar", "single"
+ALL_ROLES = (EDGE, REGISTRAR, SINGLE)
+
+# ----- branch flags (#!define in the cfg, stored in usrloc cflags) ------------
+
+FLB_OUTBOUND = 6  # a binding is an outbound flow (RFC 5626 §6 applied)
+
+# ----- AVPs a module reads (modparam in the cfg) ------------------------------
+
+RR_USER_AVP = "$avp(ko_rr_user)"  # rr custom_user_avp: the Record-Route user part (a flow token)
+RECEIVED_AVP = "$avp(ko_received)"  # registrar received_avp: where a first-hop REGISTER came from
+
+# ----- htables (modparam("htable", "htable", ...) in the cfg) -----------------
+
+HEALTH_TABLE = "ko_health"  # hold-downs of failed targets, one item
+HEALTH_ITEM = "targets"
+FLOWS_TABLE = "ko_flows"  # single server: which AORs live on which TCP/TLS connection
+BAN_TABLE = "ipban"  # flood limit: banned sources
+FLOWS_ITERATOR = "ko_it"
+
+# ----- route callbacks Kamailio calls by name ---------------------------------
+
+TCP_EVENT_CALLBACK = "ksr_tcp_event"  # tcpops event_callback (single)
+SWEEP_CALLBACK = "ksr_sweep_flows"  # rtimer exec route (single)
+# tm callbacks armed from Python (methods of the routes object)
+BRANCH_ROUTE = "ksr_branch_outbound"
+BRANCH_FAILURE_ROUTE = "ksr_branch_failure_outbound"
+FAILURE_ROUTE = "ksr_failure_outbound"
+FLOW_FAILURE_ROUTE = "ksr_failure_flow"
+HOME_FAILURE_ROUTE = "ksr_failure_home"
+HOME_REPLY_ROUTE = "ksr_reply_home"
+TM_CALLBACKS = (BRANCH_ROUTE, BRANCH_FAILURE_ROUTE, FAILURE_ROUTE,
+                FLOW_FAILURE_ROUTE, HOME_FAILURE_ROUTE, HOME_REPLY_ROUTE)
+
+# ----- cfg defines the Python reads --------------------------------------------
+
+CONFIG_DEFINE = "KO_CONFIG"  # the YAML file
+ADDR_DEFINE = "KO_ADDR"  # listen address
+PORT_DEFINE = "KO_PORT"
+TLS_PORT_DEFINE = "KO_TLS_PORT"
+BAN_DEFINE = "KO_PIKE_BAN"  # seconds a flooding source stays banned
+NOPIKE_SWITCH = "WITH_NOPIKE"
+NOAUTH_SWITCH = "WITH_NOAUTH"
+# defines that override YAML keys (-A or the environment)
+DEFINE_OVERRIDES = {
+    "KO_REGISTRAR": "edge.registrar",
+    "KO_FORCE_OUTBOUND": "edge.force_outbound",
+    "KO_FLOW_KEYS_FILE": "flow_tokens.keys_file",
+    "KO_FLOW_TIMER": "registrar.flow_timer",
+    "KO_DEFAULT_EXPIRES": "registrar.default_expires",
+}
+
+# ----- names only the Python uses ---------------------------------------------
+
+DNS_REMAINING_AVP = "$avp(ko_dns_remaining)"  # targets still to try (transaction AVP)
+DNS_CURRENT_AVP = "$avp(ko_dns_current)"  # the target being tried
+FORK_XAVP = "ko_tx"  # the home proxy's transaction state (outbound.forking)
+RR_CALLER_SIDE_XAVP = "$xavp(ko_rr=>a)"  # single server: the caller's Record-Route entry
+HDR_INDEX_VAR = "$var(ko_hdr_index)"  # runtime.kamailio_fields
+CONID_VAR = "$var(ko_conid)"  # tcp_get_conid's answer
+LOOKUP_HANDLE = "ko"  # reg_fetch_contacts handle of the home proxy
+STORED_HANDLE = "korel"  # ... and of the registrar's save path
+
+
+@dataclass(frozen=True, slots=True)
+class CfgName:
+    """A name a cfg must declare, and in which roles' cfgs."""
+
+    name: str
+    kind: str  # "define", "avp", "htable", "callback"
+    roles: tuple[str, ...]
+
+
+CFG_NAMES = (
+    CfgName("FLB_OUTBOUND", "define", ALL_ROLES),
+    CfgName("ko_rr_user", "avp", ALL_ROLES),
+    CfgName("ko_received", "avp", (REGISTRAR, SINGLE)),
+    CfgName(HEALTH_TABLE, "htable", (EDGE, REGISTRAR)),
+    CfgName(FLOWS_TABLE, "htable", (SINGLE,)),
+    CfgName(BAN_TABLE, "htable", ALL_ROLES),
+    CfgName(TCP_EVENT_CALLBACK, "callback", (SINGLE,)),
+    CfgName(SWEEP_CALLBACK, "callback", (SINGLE,)),
+)
+
+
+# ----- value codecs ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FlowsEntry:
+    """A ``ko_flows`` value: the connection id, then the AORs on it."""
+
+    conn_id: int
+    aors: tuple[str, ...] = ()
+
+    def to_text(self) -> str:
+        return " ".join([str(self.conn_id), *self.aors])
+
+    @classmethod
+    def from_text(cls, text: object) -> FlowsEntry | None:
+        """None for an empty or malformed item."""
+        parts = text.split() if isinstance(text, str) else []
+        if not parts or not parts[0].isdigit():
+            return None
+        return cls(int(parts[0]), tuple(parts[1:]))

@@ -90,8 +90,7 @@ class EdgeRoutes(BaseRoutes):
         """Path with a flow token and ``;ob`` when outbound applies, else plain."""
         snap = snapshot()
         contacts = tuple(parse_name_addrs(snap.headers, "contact"))
-        via_count = len(snap.headers.values("via"))
-        kind = edge_path_kind(via_count, contacts, self.runtime.config.force_outbound)
+        kind = edge_path_kind(snap.headers.first_hop, contacts, self.runtime.config.force_outbound)
         if kind is PathKind.FLOW:
             flow = source_flow(snap)
             KSR.path.add_path_user_params(self.codec.encode(flow), "ob")
@@ -117,7 +116,7 @@ class EdgeRoutes(BaseRoutes):
         contacts = parse_name_addrs(snap.headers, "contact")
         return RouteView(
             method=snap.method.upper(),
-            via_count=len(snap.headers.values("via")),
+            first_hop=snap.headers.first_hop,
             has_to_tag=KSR.siputils.has_totag() > 0,
             routes=routes,
             routes_ours=ours,
@@ -148,7 +147,7 @@ class EdgeRoutes(BaseRoutes):
         The step is returned; after ``ToHome`` or ``Onward`` routing goes on in
         the caller."""
         step = edge_step(route_decision(view, self.codec), from_farm=self.from_farm(),
-                         in_dialog=in_dialog, via_count=view.via_count)
+                         in_dialog=in_dialog, first_hop=view.first_hop)
         if isinstance(step, Reply):
             send_reply(step)
         elif isinstance(step, ToFlow):

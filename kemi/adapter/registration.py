@@ -20,7 +20,7 @@ from .runtime import Snapshot, send_reply, snapshot
 def register_view(snap: Snapshot) -> RegisterView:
     headers = snap.headers
     return RegisterView(
-        via_count=len(headers.values("via")),
+        first_hop=headers.first_hop,
         contacts=tuple(parse_name_addrs(headers, "contact")),
         paths=tuple(parse_name_addrs(headers, "path")),
         expires_header=parse_delta_seconds(headers.first("expires")),
@@ -48,7 +48,7 @@ def save(config: Config, decision: SaveBinding, view: RegisterView, callid: str)
     if refusal is not None:
         send_reply(refusal)
         return False
-    if view.via_count == 1 and not view.paths:
+    if view.first_hop and not view.paths:
         # first hop without Path: calls go back to where the REGISTER came from
         # (the registrar stores this as "received"; NAT, and no lookup of a name
         # the Contact may carry)

@@ -81,7 +81,7 @@ class SingleRoutes(EdgeRoutes, HomeProxyCallbacks):
             if refusal is not None:
                 send_reply(refusal)
                 return 1
-        if decision.outbound and view.via_count == 1:
+        if decision.outbound and view.first_hop:
             KSR.hdr.insert(f"Path: <{flow.local_uri(self.codec.encode(flow))};lr;ob>\r\n")
             changed = True
         if changed:

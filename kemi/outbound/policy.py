@@ -19,7 +19,7 @@ REG_ID_DIGITS = len(str(REG_ID_MAX))  # ten: a longer reg-id is out of range wha
 class RegisterView:
     """What outbound needs to know about one REGISTER."""
 
-    via_count: int
+    first_hop: bool  # sipmsg.Headers.first_hop
     contacts: tuple[NameAddr, ...]
     paths: tuple[NameAddr, ...]
     expires_header: int | None
@@ -32,14 +32,14 @@ class RegisterView:
 REGISTRAR_EXTENSIONS = frozenset({"path", "outbound"})
 
 
-def edge_path_kind(via_count: int, contacts: tuple[NameAddr, ...], force_outbound: bool) -> PathKind:
-    """RFC 5626 §5.1: a REGISTER whose Contact has ``reg-id``, received as first hop
-    (a single Via), gets a flow token and ``;ob`` in the Path. ``force_outbound``
+def edge_path_kind(first_hop: bool, contacts: tuple[NameAddr, ...], force_outbound: bool) -> PathKind:
+    """RFC 5626 §5.1: a REGISTER whose Contact has ``reg-id``, received as first hop,
+    gets a flow token and ``;ob`` in the Path. ``force_outbound``
     makes the edge treat every REGISTER as an outbound one from a first hop (for
     edges behind a load balancer that adds its own Via, checklist D5)."""
     if force_outbound:
         return PathKind.FLOW
-    if via_count == 1 and any("reg-id" in c.params for c in contacts):
+    if first_hop and any("reg-id" in c.params for c in contacts):
         return PathKind.FLOW
     return PathKind.PLAIN
 
@@ -121,9 +121,8 @@ def registrar_decision(
         return SaveBinding(outbound=False)
     if sum(1 for e in expiries if e > 0) > 1:
         return Reply(400, "Multiple Contacts with reg-id", "more than one live Contact with reg-id")
-    first_hop = view.via_count == 1
     edge_ob = bool(view.paths) and "ob" in view.paths[0].sip_uri.params
-    if not (first_hop or edge_ob):
+    if not (view.first_hop or edge_ob):
         if "outbound" in view.supported:
             return Reply(439, "First Hop Lacks Outbound Support", "reg-id via an edge without ;ob")
         return SaveBinding(outbound=False, ignore_reg_id=True)

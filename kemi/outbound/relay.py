@@ -61,7 +61,7 @@ class Onward:
 EdgeStep = Reply | ToFlow | ToHome | Onward
 
 
-def edge_step(decision: RouteDecision, *, from_farm: bool, in_dialog: bool, via_count: int) -> EdgeStep:
+def edge_step(decision: RouteDecision, *, from_farm: bool, in_dialog: bool, first_hop: bool) -> EdgeStep:
     """What the edge does with a request, after ``route_decision`` read its tokens.
 
     * a ``Reply`` (a forged token: 403) stands;
@@ -69,7 +69,7 @@ def edge_step(decision: RouteDecision, *, from_farm: bool, in_dialog: bool, via_
       from the farm; from anyone else it is a token replayed from a Path or a
       Record-Route, refused 403 (RFC 5626 §5.3.1 SHOULD 403 for tokens that
       fail, and no token of another device may steer a device's request);
-    * from the farm: an initial request with one Via (a farm node's own request)
+    * from the farm: an initial request as first hop (a farm node's own request)
       or outgoing over a flow goes home as a device's would, anything else on
       as the farm's Route set says;
     * from a device: initial requests go home, in-dialog requests on toward a
@@ -84,7 +84,7 @@ def edge_step(decision: RouteDecision, *, from_farm: bool, in_dialog: bool, via_
     if from_farm:
         if in_dialog:
             return Onward(farm_only=False)
-        if via_count == 1 or isinstance(decision, Outgoing):
+        if first_hop or isinstance(decision, Outgoing):
             return ToHome()
         return Onward(farm_only=False)
     if in_dialog:

@@ -29,7 +29,7 @@ class RouteView:
     """
 
     method: str
-    via_count: int
+    first_hop: bool  # sipmsg.Headers.first_hop
     has_to_tag: bool
     routes: tuple[NameAddr, ...]
     routes_ours: int
@@ -120,7 +120,7 @@ def record_route_token(view: RouteView, force_outbound: bool) -> bool:
         return False
     if force_outbound:
         return True
-    if view.via_count != 1:
+    if not view.first_hop:
         return False
     route_has_ob = (
         view.top_route is not None and view.top_route_is_me and "ob" in view.top_route.sip_uri.params

@@ -181,6 +181,14 @@ class Headers:
     def bodies(self, name: str) -> list[str]:
         return self._by_name.get(name, [])
 
+    @property
+    def first_hop(self) -> bool:
+        """The request comes straight from the UA: it carries exactly one Via
+        value (RFC 5626 §5.1 "the edge proxy is the first hop", §6 "the
+        registrar is the first hop"; RFC 3261 §16.6: every proxy adds one).
+        The one place this rule lives."""
+        return len(self.values("via")) == 1
+
     def values(self, name: str) -> list[str]:
         """Every comma-separated value of every header with this name."""
         out: list[str] = []

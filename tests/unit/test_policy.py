@@ -31,7 +31,7 @@ def view(
     supported: frozenset[str] = BOTH,
 ) -> RegisterView:
     return RegisterView(
-        via_count=vias,
+        first_hop=vias == 1,
         contacts=contacts(*contact_values),
         paths=contacts(*path_values),
         expires_header=expires,
@@ -73,7 +73,7 @@ def decide(register: RegisterView, flow_timer: int = 25):
     ],
 )
 def test_edge_path_kind(vias, contact_values, force, kind):
-    assert edge_path_kind(vias, contacts(*contact_values), force) is kind
+    assert edge_path_kind(vias == 1, contacts(*contact_values), force) is kind
 
 
 # --- registrar (RFC 5626 §6, RFC 3261 §10.3, RFC 3327 §5.3) ------------------------------------
@@ -196,7 +196,7 @@ def test_flow_timer_header_carries_the_configured_value():
 @pytest.mark.parametrize("required", [frozenset({"path"}), frozenset({"outbound"}), frozenset(), BOTH])
 def test_require_of_known_extensions_is_accepted(required):
     register = view(1, (OB_CONTACT,))
-    register = RegisterView(register.via_count, register.contacts, register.paths, None, BOTH, required)
+    register = RegisterView(register.first_hop, register.contacts, register.paths, None, BOTH, required)
     assert isinstance(decide(register), SaveBinding)
 
 
@@ -204,7 +204,7 @@ def test_require_of_an_unknown_extension_gets_420_with_unsupported():
     """RFC 3261 §10.3 step 2 / §8.2.2.3. Before this rule a REGISTER with
     "Require: foo" was saved and answered 200 (the fuzz test's require-* cases)."""
     register = view(1, (OB_CONTACT,))
-    register = RegisterView(register.via_count, register.contacts, register.paths, None, BOTH,
+    register = RegisterView(register.first_hop, register.contacts, register.paths, None, BOTH,
                             frozenset({"foo", "gruu", "path"}))
     decision = decide(register)
     assert isinstance(decision, Reply)

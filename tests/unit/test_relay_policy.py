@@ -51,7 +51,7 @@ def code(step) -> int | None:
 ])
 def test_edge_forwards_device_requests_only_toward_the_farm(decision, from_farm, in_dialog, vias, expected):
     """RFC 3261 §16.3: local policy; the farm is known by the source address, not the Vias."""
-    assert edge_step(decision, from_farm=from_farm, in_dialog=in_dialog, via_count=vias) == expected
+    assert edge_step(decision, from_farm=from_farm, in_dialog=in_dialog, first_hop=vias == 1) == expected
 
 
 @pytest.mark.parametrize("in_dialog", [False, True])
@@ -59,7 +59,7 @@ def test_edge_forwards_device_requests_only_toward_the_farm(decision, from_farm,
 def test_token_of_another_flow_from_a_device_is_refused_403(in_dialog, vias):
     """RFC 5626 §5.3.1: only the farm sends requests *to* a flow; a device that
     names another flow's token (replayed from a Path or Record-Route) gets 403."""
-    step = edge_step(TO_FLOW, from_farm=False, in_dialog=in_dialog, via_count=vias)
+    step = edge_step(TO_FLOW, from_farm=False, in_dialog=in_dialog, first_hop=vias == 1)
     assert code(step) == 403 and "outside the farm" in step.log
 
 

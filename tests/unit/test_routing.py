@@ -59,7 +59,7 @@ def view(
     """A request; ``ours`` defaults to "every Route given names this edge"."""
     return RouteView(
         method=method,
-        via_count=via_count,
+        first_hop=via_count == 1,
         has_to_tag=to_tag,
         routes=tuple(routes),
         routes_ours=len(routes) if ours is None else ours,

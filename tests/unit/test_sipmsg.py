@@ -345,3 +345,15 @@ def test_rfc3261_25_1_integer_longer_than_any_field(text):
 
 def test_rfc3261_25_1_port_with_leading_zeros():
     assert SipUri.parse("sip:a@h:0005060").port == 5060
+
+
+@pytest.mark.parametrize(("vias", "first_hop"), [
+    (("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1",), True),
+    (("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1, SIP/2.0/UDP 192.0.2.2;branch=z9hG4bK2",), False),
+    (("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1", "SIP/2.0/UDP 192.0.2.2;branch=z9hG4bK2"), False),
+    ((), False),
+])
+def test_first_hop_is_exactly_one_via_value(vias, first_hop):
+    """RFC 5626 §5.1 / §6: the UA's first hop sees the UA's own Via and no other."""
+    headers = Headers(block(*(f"Via: {v}" for v in vias), "Contact: <sip:ua@h>"))
+    assert headers.first_hop is first_hop

@@ -27,7 +27,7 @@ def double_rr(token: str) -> tuple:
 
 
 def view(source: Flow, routes: tuple, method: str = "BYE") -> RouteView:
-    return RouteView(method=method, via_count=1, has_to_tag=True, routes=routes,
+    return RouteView(method=method, first_hop=True, has_to_tag=True, routes=routes,
                      routes_ours=len(routes), contact_has_ob=False, source=source)
 
 
@@ -48,7 +48,7 @@ def test_register_over_tls_with_tcp_in_contact_is_outbound_at_the_edge_and_regis
     contacts = (CONTACT_SAYS_TCP,)
     assert edge_path_kind(1, contacts, force_outbound=False) is PathKind.FLOW
     path = parse_name_addr(f"<sip:{CODEC.encode(TLS_FLOW)}@192.0.2.10;lr;ob>")
-    at_registrar = RegisterView(via_count=2, contacts=contacts, paths=(path,), expires_header=600,
+    at_registrar = RegisterView(first_hop=False, contacts=contacts, paths=(path,), expires_header=600,
                                 supported=frozenset({"path", "outbound"}))
     decision = registrar_decision(at_registrar, default_expires=3600, flow_timer=25)
     assert isinstance(decision, SaveBinding) and decision.outbound

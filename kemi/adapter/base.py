@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import KSR
 
-from outbound.addresses import ip_family
 from outbound.decisions import Reply
-from outbound.errors import ConfigError, SipSyntaxError
-from outbound.relay import stray_reply_refusal
-from outbound.sipmsg import NameAddr, SipUri, bracket, is_digits, is_hostname
+from outbound.errors import ConfigError
+from outbound.relay import SEAL_PARAM, dialog_seal, seal_valid, stray_reply_refusal
+from outbound.sipmsg import NameAddr, bracket, is_digits
 
 from .names import BAN_DEFINE, BAN_TABLE, NOPIKE_SWITCH
 from .runtime import Runtime, check_fault_injection, define, guarded, send_reply, snapshot
 
 if TYPE_CHECKING:
-    from .locator_glue import Locator
+    from .locator_glue import NextHopLocator
 
 
 # process_maxfwd(): -1 the value is 0 (483), -2 the header cannot be parsed (400)
@@ -54,12 +54,45 @@ def names_us(route: NameAddr) -> bool:
     return KSR.is_myself(f"sip:{uri.host}{port}{transport}") > 0
 
 
+class DialogSeal:
+    """Our Record-Route entries carry a MAC of the Call-ID (outbound.relay.dialog_seal);
+    an in-dialog request is relayed only when one of our leading Route entries
+    brings a valid one back (the dialog passed our initial-request policy)."""
+
+    def __init__(self, keys: Sequence[bytes]) -> None:
+        self.keys = tuple(keys)
+
+    def value(self, call_id: str) -> str:
+        return dialog_seal(self.keys[0], call_id)
+
+    def param(self, call_id: str) -> str:
+        """The Record-Route parameter for this dialog (``;ko=...``)."""
+        return f";{SEAL_PARAM}={self.value(call_id)}"
+
+    def carried_by(self, ours: Sequence[NameAddr], call_id: str) -> bool:
+        """One of ``ours`` (the leading Route entries naming us) is sealed for ``call_id``."""
+        return any(seal_valid(self.keys, call_id, route.sip_uri.params.get(SEAL_PARAM)) for route in ours)
+
+
+def leading_own_routes(routes: Sequence[NameAddr], limit: int = 2) -> list[NameAddr]:
+    """The Route entries naming us at the top of the Route set (at most ``limit``:
+    one, or a double Record-Route pair)."""
+    ours = []
+    for route in routes[:limit]:
+        if not names_us(route):
+            break
+        ours.append(route)
+    return ours
+
+
 class BaseRoutes:
     """The object app_python3 calls for every message (``mod_init`` returns it)."""
 
-    def __init__(self, runtime: Runtime) -> None:
+    def __init__(self, runtime: Runtime, next_hops: NextHopLocator | None = None) -> None:
         self.runtime = runtime
         self.ban_seconds = flood_ban_seconds()
+        # an in-dialog next hop named by host name is located by our RFC 3263 locator
+        self.next_hops = next_hops
 
     def child_init(self, rank: int) -> int:
         return 0
@@ -85,18 +118,18 @@ class BaseRoutes:
         check_fault_injection(self.runtime)
         if KSR.is_CANCEL():
             if KSR.tm.t_check_trans() > 0:
-                self._relay()
+                self.relay()
             else:
                 # RFC 3261 §9.2: nothing to cancel here; say so rather than drop it
                 send_reply(Reply(481, "Call/Transaction Does Not Exist", "CANCEL matches no transaction"))
             return 1
         if KSR.siputils.has_totag() > 0:
-            return self._within_dialog()
+            return self.within_dialog()
         if KSR.tm.t_check_trans() == 0:
             return 1  # a retransmission, absorbed by tm
         if KSR.is_REGISTER():
             return self.register()
-        return self._initial()
+        return self.initial()
 
     def flood_check(self, ban_seconds: int) -> bool:
         """False when the request must be dropped: its source is banned, or pike
@@ -123,60 +156,32 @@ class BaseRoutes:
     def register(self) -> int:
         raise NotImplementedError
 
-    def _initial(self) -> int:
+    def initial(self) -> int:
         raise NotImplementedError
 
-    def _within_dialog(self) -> int:
+    def within_dialog(self) -> int:
+        """RFC 3261 §16.4 route processing: on along the Route set."""
         if KSR.rr.loose_route() > 0:
-            if self._locate_next_hop():
-                self._relay()
+            if self.locate_next_hop():
+                self.relay()
             return 1
+        return self.unrouted()
+
+    def unrouted(self) -> int:
+        """An in-dialog request loose_route found no Route for: the ACK of a
+        non-2xx answer is absorbed by tm hop by hop, anything else is 404."""
         if KSR.is_ACK():
             if KSR.tm.t_check_trans() > 0:
-                self._relay()
+                self.relay()
             return 1
         send_reply(Reply(404, "Not Found", "in-dialog request without a route"))
         return 1
 
-    def dialog_locator(self) -> Locator | None:
-        """This role's RFC 3263 locator: the edge's own, the home proxy's."""
-        found = getattr(self, "locator", None)
-        if found is None:
-            found = getattr(getattr(self, "home", None), "locator", None)
-        return found
+    def locate_next_hop(self) -> bool:
+        """False (after a reply) when the next hop cannot be located (NextHopLocator)."""
+        return self.next_hops is None or self.next_hops.locate()
 
-    def _locate_next_hop(self) -> bool:
-        """A Route entry naming a host by name (an edge that advertises a
-        hostname, RFC 3327 / RFC 3261 §16.12) is resolved by our locator, like
-        the Path at the first request (RFC 3263), never by Kamailio's own
-        resolver. False (after a reply and a log line) when nothing is found."""
-        locator = self.dialog_locator()
-        next_hop = str(KSR.pv.get("$du") or "") or KSR.kx.get_ruri()
-        if locator is None or not next_hop:
-            return True
-        try:
-            uri = SipUri.parse(next_hop)
-        except SipSyntaxError:
-            return True  # tm answers what it cannot send to
-        host = uri.params.get("maddr") or uri.host
-        if ip_family(host.strip("[]")) is not None:
-            return True
-        if not is_hostname(host):
-            # neither an IP nor a host name (RFC 3261 §25.1): nothing to ask DNS about
-            send_reply(Reply(400, "Bad Route", f"next hop {next_hop[:80]!r} names no host"))
-            return False
-        found = locator.plan(next_hop)
-        if not found.targets:
-            send_reply(Reply(503, "Service Unavailable", f"cannot locate the next hop {next_hop}: {found.describe()}"))
-            return False
-        uris = [target.uri for target in found.targets]
-        health = getattr(getattr(self, "home", None), "health", None)
-        if health is not None:
-            uris = health.order(uris)  # an edge address that did not answer lately goes last
-        KSR.setdsturi(uris[0])
-        return True
-
-    def _relay(self) -> None:
+    def relay(self) -> None:
         if KSR.tm.t_relay() < 0:
             # a transport error counts as a 503 from the next hop (RFC 3261 §16.9) and a
             # proxy whose only answer is a 503 sends 500 (§16.7 step 6); sl_reply_error()
@@ -201,25 +206,4 @@ class BaseRoutes:
         return 1
 
     def ksr_onsend_route(self, msg: Any) -> int:
-        return 1
-
-
-class HomeProxyCallbacks:
-    """tm callbacks of a role that forks to registered flows (``self.home``)."""
-
-    home: Any
-
-    @guarded
-    def ksr_branch_outbound(self, msg: Any) -> int:
-        self.home.branch_route()
-        return 1
-
-    @guarded
-    def ksr_branch_failure_outbound(self, msg: Any) -> int:
-        self.home.outbound_next_contact()
-        return 1
-
-    @guarded
-    def ksr_failure_outbound(self, msg: Any) -> int:
-        self.home.failure_route()
         return 1

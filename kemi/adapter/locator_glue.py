@@ -37,11 +37,11 @@ from locator.failover import BranchOutcome, failover_verdict
 from locator.health import HoldPolicy, Key, TargetHealth, key_of, key_of_uri, retry_after_seconds
 from locator.peers import PeerTrust, peer_addresses
 from locator.plan import Plan, Policy, Target, plan
-from outbound.addresses import ip_family
+from outbound.addresses import ip_family, is_ip_literal
 from outbound.config import Config, DnsConfig
 from outbound.decisions import Reply
 from outbound.errors import ConfigError, SipSyntaxError
-from outbound.sipmsg import SipUri
+from outbound.sipmsg import SipUri, is_hostname
 
 from .names import DNS_CURRENT_AVP, DNS_REMAINING_AVP, HEALTH_ITEM, HEALTH_TABLE
 from .runtime import define, own_socket, send_reply
@@ -332,6 +332,45 @@ class FailoverRelay:
         return False
 
 
+class NextHopLocator:
+    """The next hop of an in-dialog request (after loose_route) when a Route
+    entry names it by host name: an edge that advertises a hostname (RFC 3327,
+    RFC 3261 §16.12) is located by our locator, like the Path at the first
+    request (RFC 3263), never by Kamailio's own resolver; addresses that did
+    not answer lately (``health``) go last."""
+
+    def __init__(self, locator: Locator, health: HealthMemory | None = None) -> None:
+        self.locator = locator
+        self.health = health
+
+    def locate(self) -> bool:
+        """Set ``$du`` to the best address of a named next hop. False (after a
+        reply and a log line) when nothing is found or the name is no host."""
+        next_hop = str(KSR.pv.get("$du") or "") or KSR.kx.get_ruri()
+        if not next_hop:
+            return True
+        try:
+            uri = SipUri.parse(next_hop)
+        except SipSyntaxError:
+            return True  # tm answers what it cannot send to
+        host = uri.params.get("maddr") or uri.host
+        if is_ip_literal(host):
+            return True
+        if not is_hostname(host):
+            # neither an IP nor a host name (RFC 3261 §25.1): nothing to ask DNS about
+            send_reply(Reply(400, "Bad Route", f"next hop {next_hop[:80]!r} names no host"))
+            return False
+        found = self.locator.plan(next_hop)
+        if not found.targets:
+            send_reply(Reply(503, "Service Unavailable", f"cannot locate the next hop {next_hop}: {found.describe()}"))
+            return False
+        uris = [target.uri for target in found.targets]
+        if self.health is not None:
+            uris = self.health.order(uris)
+        KSR.setdsturi(uris[0])
+        return True
+
+
 class PeerGate:
     """Trusted peers by DNS name: the configured farms' address sets."""
 
@@ -366,9 +405,6 @@ class PeerGate:
     def contains(self, source_ip: str) -> bool:
         """``source_ip`` (a request's transport source) is an address of a farm."""
         return self.peer_of(source_ip) is not None
-
-    def describe(self) -> str:
-        return ", ".join(self.trust.uris)
 
 
 @functools.lru_cache(maxsize=1)

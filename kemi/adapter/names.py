@@ -85,24 +85,34 @@ LOOKUP_HANDLE = "ko"  # reg_fetch_contacts handle of the home proxy
 STORED_HANDLE = "korel"  # ... and of the registrar's save path
 
 
+SWEEP_TIMER = "ko_sweep"  # rtimer timer running SWEEP_CALLBACK (cfg only)
+
+
 @dataclass(frozen=True, slots=True)
 class CfgName:
-    """A name a cfg must declare, and in which roles' cfgs."""
+    """A name a cfg must declare, in which roles' cfgs, and (a define) its value."""
 
     name: str
-    kind: str  # "define", "avp", "htable", "callback"
+    kind: str  # "define", "avp", "htable", "callback", "timer"
     roles: tuple[str, ...]
+    value: str | None = None
 
 
 CFG_NAMES = (
-    CfgName("FLB_OUTBOUND", "define", ALL_ROLES),
-    CfgName("ko_rr_user", "avp", ALL_ROLES),
+    CfgName("FLB_OUTBOUND", "define", ALL_ROLES, str(FLB_OUTBOUND)),
+    CfgName(CONFIG_DEFINE, "define", ALL_ROLES),
+    CfgName(ADDR_DEFINE, "define", ALL_ROLES),
+    CfgName(PORT_DEFINE, "define", ALL_ROLES),
+    CfgName(TLS_PORT_DEFINE, "define", (EDGE, SINGLE)),
+    CfgName(BAN_DEFINE, "define", ALL_ROLES),
+    CfgName("ko_rr_user", "avp", (EDGE, SINGLE)),
     CfgName("ko_received", "avp", (REGISTRAR, SINGLE)),
     CfgName(HEALTH_TABLE, "htable", (EDGE, REGISTRAR)),
     CfgName(FLOWS_TABLE, "htable", (SINGLE,)),
     CfgName(BAN_TABLE, "htable", ALL_ROLES),
     CfgName(TCP_EVENT_CALLBACK, "callback", (SINGLE,)),
     CfgName(SWEEP_CALLBACK, "callback", (SINGLE,)),
+    CfgName(SWEEP_TIMER, "timer", (SINGLE,)),
 )
 
 

@@ -1,6 +1,14 @@
-"""Registrar / home proxy routes (RFC 5626 §6, §7) on Kamailio's registrar and usrloc."""
+"""Registrar / home proxy routes (RFC 5626 §6, §7) on Kamailio's registrar and usrloc.
+
+Built from parts: the request prologue (base.BaseRoutes), digest
+authentication (auth.Authenticator), the trusted edges' address sets
+(locator_glue.PeerGate), the REGISTER save path (registration) and the home
+proxy's forking to registered flows (home_proxy.HomeProxy).
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import KSR
 
@@ -8,29 +16,50 @@ from locator.peers import peer_addresses
 from outbound.addresses import canonical_ip, ip_family
 from outbound.decisions import Reply
 from outbound.policy import RegisterView
-from outbound.relay import SEAL_PARAM, dialog_seal, path_refusal, seal_valid
+from outbound.relay import path_refusal
 from outbound.sipmsg import parse_name_addrs
 
 from . import registration
 from .auth import Authenticator
-from .base import BaseRoutes, HomeProxyCallbacks, names_us
+from .base import BaseRoutes, DialogSeal, leading_own_routes
 from .home_proxy import HomeProxy
-from .locator_glue import HealthMemory, Locator, PeerGate
-from .runtime import Runtime, Snapshot, dialog_keys, send_reply, snapshot
+from .locator_glue import HealthMemory, Locator, NextHopLocator, PeerGate
+from .runtime import Runtime, Snapshot, dialog_keys, guarded, send_reply, snapshot
+
+
+class HomeProxyCallbacks:
+    """tm callbacks of a role that forks to registered flows (names.TM_CALLBACKS)."""
+
+    home: HomeProxy
+
+    @guarded
+    def ksr_branch_outbound(self, msg: Any) -> int:
+        self.home.branch_route()
+        return 1
+
+    @guarded
+    def ksr_branch_failure_outbound(self, msg: Any) -> int:
+        self.home.outbound_next_contact()
+        return 1
+
+    @guarded
+    def ksr_failure_outbound(self, msg: Any) -> int:
+        self.home.failure_route()
+        return 1
 
 
 class RegistrarRoutes(BaseRoutes, HomeProxyCallbacks):
     """The object app_python3 calls for every message on the registrar."""
 
     def __init__(self, runtime: Runtime) -> None:
-        super().__init__(runtime)
-        self.table = runtime.config.location_table
         locator = Locator.for_kamailio(runtime.config)
+        # an edge address that did not answer lately goes last (calls and their dialogs)
         health = HealthMemory(locator.hold_policy, locator.clock)
-        self.home = HomeProxy(runtime.config, runtime.codec, locator=locator, health=health)
+        super().__init__(runtime, NextHopLocator(locator, health))
         self.locator = locator
+        self.home = HomeProxy(runtime.config, runtime.codec, locator=locator, health=health)
         self.edges = PeerGate(locator, runtime.config.trusted_edges)
-        self.seal_keys = dialog_keys(runtime, "registrar")
+        self.seal = DialogSeal(dialog_keys(runtime, "registrar"))
         self.auth = Authenticator("registrar", PeerGate(locator, runtime.config.trusted_peers))
 
     def trusted_source(self) -> bool:
@@ -45,9 +74,8 @@ class RegistrarRoutes(BaseRoutes, HomeProxyCallbacks):
         if self.edges.enabled:
             return path_refusal(top.host, source_ip=source, host_addresses=(),
                                 trusted_source=self.edges.contains(snap.src_ip))
-        host = top.host.strip("[]")
-        if ip_family(host) is not None:
-            addresses: tuple[str, ...] = (canonical_ip(host),)
+        if ip_family(top.host) is not None:
+            addresses: tuple[str, ...] = (canonical_ip(top.host),)
         else:
             port = f":{top.port}" if top.port else ""
             found, _ = peer_addresses(f"sip:{top.host}{port}", self.locator.resolver.session(), self.locator.policy)
@@ -70,29 +98,22 @@ class RegistrarRoutes(BaseRoutes, HomeProxyCallbacks):
         registration.save(self.runtime.config, decision, view, KSR.kx.get_callid())
         return 1
 
-    def _initial(self) -> int:
+    def initial(self) -> int:
         if not self.auth.request():
             return 1
         KSR.hdr.remove("Route")
         if KSR.is_method_in("IS"):
             # sealed for the Call-ID: in-dialog requests must bring it back (outbound.relay)
-            KSR.rr.record_route_params(f";{SEAL_PARAM}={dialog_seal(self.seal_keys[0], KSR.kx.get_callid())}")
+            KSR.rr.record_route_params(self.seal.param(KSR.kx.get_callid()))
         self.home.outbound_lookup()
         return 1
 
-    def _within_dialog(self) -> int:
+    def within_dialog(self) -> int:
         """Relayed only along a Route set of ours: our sealed Record-Route entry
         first (no open relay through the farm, outbound.relay)."""
         routes = parse_name_addrs(snapshot().headers, "route")
-        if routes:
-            ours = []
-            for route in routes[:2]:
-                if not names_us(route):
-                    break
-                ours.append(route)
-            callid = KSR.kx.get_callid()
-            if not any(seal_valid(self.seal_keys, callid, r.sip_uri.params.get(SEAL_PARAM)) for r in ours):
-                send_reply(Reply(403, "Forbidden", "in-dialog request without our sealed Record-Route "
-                                 f"(top Route {routes[0].uri[:80]!r})"))
-                return 1
-        return super()._within_dialog()
+        if routes and not self.seal.carried_by(leading_own_routes(routes), KSR.kx.get_callid()):
+            send_reply(Reply(403, "Forbidden", "in-dialog request without our sealed Record-Route "
+                             f"(top Route {routes[0].uri[:80]!r})"))
+            return 1
+        return super().within_dialog()

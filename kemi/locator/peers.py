@@ -84,6 +84,3 @@ class PeerTrust:
             if address in peer.addresses:
                 return peer.uri
         return None
-
-    def describe(self) -> str:
-        return "; ".join(f"{p.uri} = {{{', '.join(sorted(p.addresses))}}}" for p in self.sets)

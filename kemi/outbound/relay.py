@@ -110,6 +110,19 @@ def single_step(decision: RouteDecision, *, from_peer: bool, in_dialog: bool, se
     return decision if isinstance(decision, ToFlow) else ToHome()
 
 
+def flow_room_refusal(aors_on_flow: Sequence[str], aor: str, conn_id: int) -> Reply | None:
+    """Single server: one connection carries at most MAX_AORS_PER_FLOW AORs
+    (and MAX_FLOW_ENTRY characters of them), so that one device cannot grow a
+    shared-memory entry with every AOR it registers; the next one is 403."""
+    if aor in aors_on_flow:
+        return None
+    entry = " ".join([str(conn_id), *aors_on_flow, aor])
+    if len(aors_on_flow) >= MAX_AORS_PER_FLOW or len(entry) > MAX_FLOW_ENTRY:
+        return Reply(403, "Too Many AORs On This Flow",
+                     f"connection {conn_id} already carries {len(aors_on_flow)} AORs (at most {MAX_AORS_PER_FLOW})")
+    return None
+
+
 def next_hop_refusal(host: str, *, host_is_ip: bool, ip_in_farm: bool, farm_names: frozenset[str]) -> Reply | None:
     """A device's in-dialog request may go only to the farm: the next hop's
     host must be a farm address (an IP) or one of the farm's configured names

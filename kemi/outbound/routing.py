@@ -13,7 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .decisions import Reply
-from .sipmsg import NameAddr
+from .errors import SipSyntaxError
+from .sipmsg import NameAddr, parse_name_addr, split_values
 from .tokens import Flow, FlowTokenCodec, Verdict
 
 DIALOG_FORMING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
@@ -128,6 +129,29 @@ def record_route_token(view: RouteView, force_outbound: bool) -> bool:
     return view.contact_has_ob or route_has_ob
 
 
-def flow_failed() -> Reply:
-    """RFC 5626 §5.3.1 / §11.5: the flow named by a valid token is gone."""
-    return Reply(430, "Flow Failed", "flow of the token is gone")
+def flow_refusal(flow: Flow | None, *, local: bool, alive: bool) -> Reply | None:
+    """RFC 5626 §5.3.1 / §11.5: a request for the flow of a valid token goes
+    over that flow or is answered 430 Flow Failed, never over a new connection.
+    Not ``local``: a peer edge's token under a shared key, whose connection id
+    would name another UA's connection here. Not ``alive``: closed, reset, or
+    the UA gave no reply over it. None: send over it."""
+    if not local:
+        return Reply(430, "Flow Failed", f"flow {flow} is not on a socket of this edge")
+    if not alive:
+        return Reply(430, "Flow Failed", f"flow {flow} is gone, no new connection opened")
+    return None
+
+
+def path_flow(path: str, codec: FlowTokenCodec) -> Flow | None:
+    """The flow a binding's Path leads to when its first entry carries a valid
+    token of ours (a flow this proxy holds, RFC 5626 §5.2); None otherwise."""
+    if not path:
+        return None
+    try:
+        user = parse_name_addr(split_values(path)[0]).sip_uri.user or ""
+    except (SipSyntaxError, IndexError):
+        return None
+    if not user:
+        return None
+    decoded = codec.decode(user)
+    return decoded.flow if decoded.verdict is Verdict.VALID else None

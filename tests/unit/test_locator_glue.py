@@ -7,8 +7,6 @@ shown by tests/integration/test_dns.py.
 
 from __future__ import annotations
 
-import inspect
-import re
 import sys
 import types
 
@@ -18,23 +16,9 @@ from dns_fakes import Clock, Server, records
 
 sys.modules.setdefault("KSR", types.ModuleType("KSR"))
 
-from adapter import edge_routes  # noqa: E402
-from adapter.edge_routes import EdgeRoutes  # noqa: E402
 from adapter.locator_glue import Locator, effective_families, listen_families  # noqa: E402
-from adapter.names import FLOW_FAILURE_ROUTE, HOME_FAILURE_ROUTE, HOME_REPLY_ROUTE  # noqa: E402
 from outbound.config import DnsConfig  # noqa: E402
 from outbound.errors import ConfigError  # noqa: E402
-
-
-@pytest.mark.parametrize("name", [FLOW_FAILURE_ROUTE, HOME_FAILURE_ROUTE, HOME_REPLY_ROUTE])
-def test_failure_and_reply_route_names_resolve_to_methods(name):
-    assert callable(getattr(EdgeRoutes, name, None)), f"t_on_failure / t_on_reply({name!r}) names no method"
-
-
-def test_every_failure_route_armed_by_the_edge_is_a_constant():
-    source = inspect.getsource(edge_routes)
-
-    assert re.findall(r"t_on_(failure|reply)\(\s*[\"']", source) == [], "use the *_ROUTE constants"
 
 
 def test_families_follow_the_listen_address():

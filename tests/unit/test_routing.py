@@ -10,7 +10,8 @@ from outbound.routing import (
     Outgoing,
     RouteView,
     ToFlow,
-    flow_failed,
+    flow_refusal,
+    path_flow,
     record_route_token,
     route_decision,
 )
@@ -301,8 +302,34 @@ def test_record_route_token(request_view, force, expected):
     assert record_route_token(request_view, force) is expected
 
 
-def test_flow_failed_is_430():
-    """RFC 5626 §5.3.1 / §11.5: 430 Flow Failed when the token's flow is gone."""
-    reply = flow_failed()
+@pytest.mark.parametrize(("local", "alive", "why"), [
+    (False, False, "not on a socket of this edge"),
+    (False, True, "not on a socket of this edge"),
+    (True, False, "is gone, no new connection opened"),
+])
+def test_flow_not_here_or_gone_is_430(local, alive, why):
+    """RFC 5626 §5.3.1 / §11.5: 430 Flow Failed when the token's flow is not
+    here or gone; never a new connection."""
+    reply = flow_refusal(UA_A, local=local, alive=alive)
 
+    assert reply is not None
     assert (reply.code, reply.reason, reply.headers) == (430, "Flow Failed", ())
+    assert why in reply.log
+
+
+def test_a_live_local_flow_is_used():
+    assert flow_refusal(UA_A, local=True, alive=True) is None
+
+
+@pytest.mark.parametrize(("path", "expected"), [
+    (f"<sip:{TOKEN_A}@192.0.2.10:5060;transport=tcp;lr;ob>", UA_A),
+    (f"<sip:{TOKEN_A}@192.0.2.10;lr;ob>, <sip:core.example.net;lr>", UA_A),
+    (f"<sip:{TOKEN_A_OTHER_KEY}@192.0.2.10;lr;ob>", None),
+    ("<sip:edge.example.com;lr>", None),
+    ("<sip:alice@192.0.2.10;lr>", None),
+    ("", None),
+    ("<garbage", None),
+])
+def test_path_flow_is_the_flow_of_a_valid_token_in_the_first_entry(path, expected):
+    """RFC 5626 §5.2 / §7: a Path whose first entry carries our token leads to that flow."""
+    assert path_flow(path, CODEC) == expected

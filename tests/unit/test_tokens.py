@@ -245,3 +245,22 @@ def test_refusal_never_quotes_the_key():
 
     assert "private" not in str(info.value) and "passphrase nobody" not in str(info.value)
     assert MAKE_KEY_COMMAND in str(info.value)
+
+
+def test_flow_names_its_ends_as_kamailio_wants_them():
+    flow = Flow("tcp", "2001:db8::10", 5060, "2001:db8::7", 49152, 5)
+
+    assert flow.destination == "sip:[2001:db8::7]:49152;transport=tcp"
+    assert flow.socket == "tcp:[2001:db8::10]:5060"
+    assert flow.local_uri() == "sip:[2001:db8::10]:5060;transport=tcp"
+    assert flow.local_uri("TOKEN") == "sip:TOKEN@[2001:db8::10]:5060;transport=tcp"
+
+
+def test_flow_key_is_one_spelling_of_an_ipv6_flow():
+    """Kamailio prints 2001:DB8:0:0:0:0:0:1; a decoded token says 2001:db8::1:
+    one flow, one key (checklist A4.5/D9: closing it finds its bindings)."""
+    as_kamailio_says = Flow("TCP", "2001:DB8:0:0:0:0:0:10", 5060, "2001:DB8:0:0:0:0:0:7", 49152)
+    as_token_says = Flow("tcp", "2001:db8::10", 5060, "2001:db8::7", 49152)
+
+    assert as_kamailio_says.key == as_token_says.key == "tcp:2001:db8::10:5060>2001:db8::7:49152"
+    assert as_kamailio_says.canonical() == as_token_says

@@ -1,0 +1,133 @@
+"""The flows a first hop holds (RFC 5626 §5.3): reading a request's Route view,
+sending over the flow a token names, Record-Route with a token, flow lifetime.
+
+One part, used by the two roles that are a device's first hop: the edge and
+the single server. The decisions are the core's (outbound.routing,
+outbound.relay); this part reads Kamailio's view of the request and carries
+a ``ToFlow`` out.
+"""
+
+from __future__ import annotations
+
+import KSR
+
+from outbound.config import Config
+from outbound.routing import RouteView, ToFlow, flow_refusal
+from outbound.sipmsg import NameAddr, SipSyntaxError, parse_name_addr, parse_name_addrs
+from outbound.tokens import Flow, FlowTokenCodec
+
+from .base import leading_own_routes, names_us
+from .names import FLOW_FAILURE_ROUTE, RR_USER_AVP
+from .runtime import Snapshot, send_reply, snapshot, stream_flow_alive
+
+# the leading Route entries the core reads: a double Record-Route pair at most
+ROUTES_READ = 2
+
+
+def source_flow(snap: Snapshot) -> Flow:
+    """The flow the current request arrived on (RFC 5626 §3.3)."""
+    return Flow(snap.transport, snap.rcv_ip, snap.rcv_port, snap.src_ip, snap.src_port,
+                snap.conn_id if snap.transport != "udp" else 0)
+
+
+def is_local_flow(flow: Flow) -> bool:
+    """The flow's local end is a socket of this Kamailio."""
+    return KSR.is_myself(flow.local_uri()) > 0
+
+
+class FlowRelay:
+    """Sends requests over the flows of this Kamailio (see module docstring)."""
+
+    def __init__(self, config: Config, codec: FlowTokenCodec) -> None:
+        self.config = config
+        self.codec = codec
+
+    def route_view(self) -> RouteView:
+        """What outbound.routing needs of the current request."""
+        snap = snapshot()
+        routes = tuple(parse_name_addrs(snap.headers, "route")[:ROUTES_READ])
+        strict = _strict_routed_uri()
+        if strict is not None:
+            # RFC 3261 §16.4: a strict router upstream put our Record-Route URI in the
+            # Request-URI; it counts as our top Route (loose_route restores the R-URI)
+            routes = (strict, *routes[:1])
+        contacts = parse_name_addrs(snap.headers, "contact")
+        return RouteView(
+            method=snap.method.upper(),
+            first_hop=snap.headers.first_hop,
+            has_to_tag=KSR.siputils.has_totag() > 0,
+            routes=routes,
+            routes_ours=len(leading_own_routes(routes, ROUTES_READ)),
+            contact_has_ob=bool(contacts) and not contacts[0].star and "ob" in contacts[0].sip_uri.params,
+            source=source_flow(snap),
+        )
+
+    def send(self, decision: ToFlow) -> None:
+        """Over exactly the flow of the token (RFC 5626 §5.3.1), never a new
+        connection; 430 when the flow is not here or gone (outbound.routing.flow_refusal)."""
+        flow = decision.flow
+        local = is_local_flow(flow)
+        refusal = flow_refusal(flow, local=local, alive=local and (not flow.is_stream or stream_flow_alive(flow)))
+        if refusal is not None:
+            send_reply(refusal)
+            return
+        # pops our Route entry (two with double Record-Route); for an initial
+        # request with a preloaded Route it removes it and answers "not driven"
+        KSR.rr.loose_route()
+        if decision.record_route:
+            self.record_route(decision.token)
+        KSR.pv.sets("$fs", flow.socket)
+        KSR.setdsturi(flow.destination)
+        KSR.set_forward_no_connect()
+        if flow.is_stream:
+            KSR.tcpops.tcp_set_otcpid(flow.conn_id)
+            KSR.tcpops.tcp_set_otcpid_flag(1)
+        if KSR.is_ACK():
+            KSR.tm.t_relay()
+            return
+        KSR.tm.t_on_failure(FLOW_FAILURE_ROUTE)
+        if KSR.is_INVITE() and self.config.flow_reply_timeout_ms > 0:
+            KSR.tm.t_set_fr(0, self.config.flow_reply_timeout_ms)
+        if KSR.tm.t_relay() < 0:
+            gone = flow_refusal(flow, local=True, alive=False)
+            KSR.notice(f"kemi-outbound: sending over flow {flow} failed: {gone.code}\n")
+            KSR.tm.t_reply(gone.code, gone.reason)
+
+    def on_failure(self) -> None:
+        """tm failure route of a request sent over a flow: no reply at all from
+        the UA is the flow's failure (RFC 5626 §5.3.1, §11.5: 430 to the home proxy)."""
+        if KSR.tm.t_is_canceled() > 0:
+            return
+        if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0:
+            gone = flow_refusal(None, local=True, alive=False)
+            KSR.notice(f"kemi-outbound: no reply over the flow, answering {gone.code}\n")
+            KSR.tm.t_reply(gone.code, gone.reason)
+
+    @staticmethod
+    def record_route(user: str) -> None:
+        """Record-Route with ``user`` (a flow token, or "" for a plain entry) as user part."""
+        KSR.pv.sets(RR_USER_AVP, user)
+        KSR.rr.record_route()
+
+    def keep_open(self) -> None:
+        """RFC 5626 §5.4: an outbound TCP/TLS flow lives Flow-Timer plus a grace
+        period without traffic (a CRLF keepalive is traffic), then it is closed."""
+        if self.config.flow_timer > 0:
+            KSR.tcpops.tcp_set_connection_lifetime(self.config.flow_timer + self.config.keepalive_grace_seconds)
+
+
+def _strict_routed_uri() -> NameAddr | None:
+    """The Request-URI as a Route entry when it is one of our Record-Route URIs:
+    names us, carries a user part (a flow token) and ``;lr``, as every URI the
+    rr module records does."""
+    ruri = KSR.kx.get_ruri()
+    if ";lr" not in ruri.lower():
+        return None  # the common case, without parsing the Request-URI
+    try:
+        entry = parse_name_addr(f"<{ruri}>")
+        uri = entry.sip_uri  # parsed here: a Request-URI we cannot read is no strict route
+    except SipSyntaxError:
+        return None
+    if not uri.user or "lr" not in uri.params or not names_us(entry):
+        return None
+    return entry

@@ -171,13 +171,12 @@ class ContainerStage:
         return (5060,)
 
     def register_flow(self, regid: int, edge: int, keys: dict[str, str], auth: tuple[str, str]) -> None:
-        self.flows[regid] = self.topo.sipp(
+        self.flows[regid] = self.topo.start_sipp(
             "ua-b", "device_ob/register.xml", f"{self.edge_addr(edge)}:5060", local_port=DEVICE_PORTS[regid],
-            transport="tcp", keys=keys, background=True, timeout=120, oocsf="device_ob/uas.xml",
-            name=f"device-flow{regid}", auth=auth)
+            transport="tcp", keys=keys, timeout=120, oocsf="device_ob/uas.xml", name=f"device-flow{regid}", auth=auth)
 
     def flow_alive(self, regid: int) -> bool:
-        return self.flows[regid].proc.poll() is None
+        return self.flows[regid].alive
 
     def flow_result(self, regid: int) -> SippResult:
         return self.flows[regid].wait(1)
@@ -187,10 +186,8 @@ class ContainerStage:
 
     def caller(self, name: str, scenario: str, edge: int, keys: dict[str, str],
                auth: tuple[str, str] | None) -> SippResult:
-        result = self.topo.sipp("ua-a", scenario, f"{self.edge_addr(edge)}:5060", local_port=CALLER_PORT,
-                                keys=keys, timeout=20, check=False, name=name, auth=auth)
-        assert isinstance(result, SippResult)
-        return result
+        return self.topo.sipp("ua-a", scenario, f"{self.edge_addr(edge)}:5060", local_port=CALLER_PORT,
+                              keys=keys, timeout=20, check=False, name=name, auth=auth)
 
     def kill_edge(self, n: int) -> str:
         self.topo.kill(f"edge{n}")

@@ -30,11 +30,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "kemi"))
 
-from harness import CFG_DIR, Kamailio, SippResult, SippRun, describe, sipp, start_sipp  # noqa: E402
+from harness import CFG_DIR, SippResult, SippRun, describe, sipp, start_sipp  # noqa: E402
 from ladder import Capture, Event, Lanes, Message, draw, read_messages  # noqa: E402
 from outbound.sipmsg import parse_name_addr  # noqa: E402
 from outbound.tokens import FlowTokenCodec, parse_key  # noqa: E402
 from subscribers import SubscriberDB, password_for  # noqa: E402
+from topology import net, registrar, two_edges  # noqa: E402
 
 USER = "dana"
 CALLER = "carol"
@@ -56,21 +57,14 @@ class LoopbackStage:
     mode = "loopback, Kamailio processes"
 
     def __init__(self, out: Path, key: str) -> None:
-        from topology import net
-
         self.out = out
-        self.net = net
-        yaml_text = (CFG_DIR / "outbound.yaml").read_text()
+        yaml_text = (CFG_DIR / "outbound.yaml").read_text()  # as shipped: no test-only settings
         # the demo's own subscriber database, in its out dir
         self.db = SubscriberDB.create_sqlite(out / "subscribers.sqlite")
         self.db.add_many((user, DOMAIN, password_for(user)) for user in SUBSCRIBERS)
-        self.registrar = Kamailio("registrar", "registrar.cfg", out, net(1), 5070, yaml_text=yaml_text,
-                                  defines={"KO_DB_URL": f'"{self.db.url}"'})
-        self.edges = {
-            n: Kamailio(f"edge{n}", "edge.cfg", out, net(n + 1), 5060, env={"KO_FLOW_KEYS": key},
-                        defines={"KO_REGISTRAR": f'"{self.registrar.uri}"'}, yaml_text=yaml_text)
-            for n in (1, 2)
-        }
+        # the tests' topology: registrar on net(1):5070, edge1 on net(2), edge2 on net(3)
+        self.registrar = registrar(out, db=self.db, yaml_text=yaml_text)
+        self.edges = two_edges(out, self.registrar.uri, key=key, yaml_text=yaml_text)
         self.device_ip = net(20)
         self.caller_ip = net(30)
         self.flows: dict[int, SippRun] = {}

@@ -1,7 +1,9 @@
 """Start real Kamailio and SIPp processes for the tests, and talk JSON-RPC to Kamailio.
 
-Every process is started by us, tracked by PID (pid file for Kamailio) and stopped
-by PID. Readiness is an RPC answer, never a sleep.
+The demo (tools/demo.py) and the benchmark (bench/run.py) start theirs with the
+same classes: Kamailio, and start_sipp() for SIPp (a SippRun). Every process is
+started by us, tracked by PID (pid file for Kamailio) and stopped by PID.
+Readiness is an RPC answer, never a sleep.
 """
 
 from __future__ import annotations

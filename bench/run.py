@@ -35,13 +35,13 @@ import json
 import os
 import platform
 import re
-import signal
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import analysis  # noqa: E402
 
-from harness import TEST_KEY, Kamailio, ProcessError  # noqa: E402
+from harness import TEST_KEY, Kamailio, ProcessError, SippRun, read_log, start_sipp  # noqa: E402
 from subscribers import SubscriberDB, password_for  # noqa: E402
 
 BENCH = ROOT / "bench"
@@ -165,68 +165,13 @@ def all_proc_stats() -> list[analysis.ProcStat]:
 # ---------------------------------------------------------------- SIPp
 
 
-@dataclasses.dataclass
-class Sipp:
-    """One SIPp process we started (own session, stopped by PID)."""
-
-    proc: subprocess.Popen
-    run_dir: Path
-    timeout: float
-
-    def wait(self) -> int:
-        try:
-            return self.proc.wait(timeout=self.timeout)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return self.proc.wait()
-
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            try:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            self.proc.wait()
-
-    def stats(self) -> analysis.SippStats:
-        try:
-            return analysis.parse_sipp_stat_csv((self.run_dir / "stat.csv").read_text())
-        except (OSError, ValueError, KeyError) as exc:
-            tail = self.text("stdout.log")[-2000:]
-            raise ProcessError(f"no SIPp statistics in {self.run_dir}: {exc}\n{tail}") from None
-
-    def text(self, name: str) -> str:
-        path = self.run_dir / name
-        return path.read_text(errors="replace") if path.exists() else ""
-
-
-def start_sipp(run_dir: Path, scenario: str, remote: str, local_ip: str, transport: str, *,
-               calls: int, timeout: float, rate: float | None = None, inf: Path | None = None,
-               keys: dict[str, str] | None = None, extra: list[str] | None = None,
-               trace: bool = False) -> Sipp:
-    """Start SIPp on a bench scenario; bounded by -m and -timeout."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cmd = ["sipp", remote, "-i", local_ip, "-p", "0", "-t", transport, "-m", str(calls),
-           "-timeout", f"{int(timeout)}s", "-nostdin", "-nd", "-recv_timeout", str(RECV_TIMEOUT_MS),
-           "-trace_stat", "-stf", str(run_dir / "stat.csv"), "-fd", "1",
-           "-trace_err", "-error_file", str(run_dir / "errors.log"),
-           "-trace_logs", "-log_file", str(run_dir / "log.log")]
-    if trace:
-        cmd += ["-trace_msg", "-message_file", str(run_dir / "messages.log")]
-    if rate is not None:
-        cmd += ["-r", f"{rate:g}", "-rp", "1000", "-l", str(max(100, int(rate * 6)))]
-    if scenario.startswith("caller/"):
-        cmd += ["-au", CALLER, "-ap", password_for(CALLER)]  # the 407's answer ([authentication])
-    for key, value in (keys or {}).items():
-        cmd += ["-key", key, value]
-    cmd += ["-sf", str(SIPP / scenario)]
-    if inf is not None:
-        cmd += ["-inf", str(inf)]
-    cmd += extra or []
-    (run_dir / "command.txt").write_text(" ".join(cmd) + "\n")
-    out = open(run_dir / "stdout.log", "wb")
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=run_dir, start_new_session=True)
-    return Sipp(proc, run_dir, timeout + 15)
+def sipp_stats(run: SippRun) -> analysis.SippStats:
+    """The statistics a bench SIPp wrote (stat.csv)."""
+    try:
+        return analysis.parse_sipp_stat_csv((run.run_dir / "stat.csv").read_text())
+    except (OSError, ValueError, KeyError) as exc:
+        tail = read_log(run.run_dir / "stdout.log")[-2000:]
+        raise ProcessError(f"no SIPp statistics in {run.run_dir}: {exc}\n{tail}") from None
 
 
 def auth_field(user: str) -> str:
@@ -286,7 +231,7 @@ class Round:
         self.dir = settings.workdir / f"{index:02d}-{impl}"
         self.result: dict = {"impl": impl, "index": index}
         self.kams: list[BenchKamailio] = []
-        self.sipps: list[Sipp] = []
+        self.sipps: list[SippRun] = []
         self.step_no = 0
 
     # -- topology
@@ -316,11 +261,19 @@ class Round:
             for kam in reversed(self.kams):
                 kam.stop()
 
-    def sipp(self, tag: str, *args, **kw) -> Sipp:
+    def sipp(self, tag: str, scenario: str, remote: str, local_ip: str, transport: str, *,
+             rate: float | None = None, trace: bool = False, **options: Any) -> SippRun:
+        """A SIPp on a bench scenario (statistics in stat.csv; messages traced only
+        with ``trace``); at ``rate`` calls per second, at most 6 s of them open."""
         self.step_no += 1
-        proc = start_sipp(self.dir / f"sipp-{self.step_no:03d}-{tag}", *args, **kw)
-        self.sipps.append(proc)
-        return proc
+        auth = (CALLER, password_for(CALLER)) if scenario.startswith("caller/") else None  # the 407's answer
+        run = start_sipp(scenario, remote, workdir=self.dir, name=f"sipp-{self.step_no:03d}-{tag}", scenarios=SIPP,
+                         local_ip=local_ip, transport=transport, auth=auth, rate=rate,
+                         call_limit=None if rate is None else max(100, int(rate * 6)),
+                         recv_timeout_ms=RECV_TIMEOUT_MS, stat_csv=True, trace_messages=trace, timeout_error=False,
+                         **options)
+        self.sipps.append(run)
+        return run
 
     # -- measurements
 
@@ -350,9 +303,9 @@ class Round:
         sipps = [self.sipp(f"{tag}-{i}" if len(infs) > 1 else tag, scenario, remote, ip, transport,
                            calls=calls, timeout=self.s.step_seconds * 3 + 10, rate=rate / len(infs), inf=users)
                  for i, (users, ip) in enumerate(zip(infs, ips, strict=True))]
-        rcs = [sipp.wait() for sipp in sipps]
+        rcs = [sipp.wait().returncode for sipp in sipps]
         cpu_after = {k.name: k.cpu_seconds() for k in (self.edge1, self.registrar)}
-        parts = [sipp.stats() for sipp in sipps]
+        parts = [sipp_stats(sipp) for sipp in sipps]
         stats = analysis.SippStats(
             created=sum(p.created for p in parts), successful=sum(p.successful for p in parts),
             failed=sum(p.failed for p in parts), elapsed=max(p.elapsed for p in parts),
@@ -405,11 +358,11 @@ class Round:
         steps = self.ramp(f"register-{transport}", self.s.register_rates, step)
         return summarise_ramp(steps, self.s.cpu_ref_register_rate)
 
-    def wait_contacts(self, target: int, timeout: float, sipp: Sipp) -> int:
+    def wait_contacts(self, target: int, timeout: float, sipp: SippRun) -> int:
         deadline = time.monotonic() + timeout
         count = self.registrar.stat("usrloc:location_contacts")
         while count < target and time.monotonic() < deadline:
-            if sipp.proc.poll() is not None:
+            if not sipp.alive:
                 break
             time.sleep(0.1)
             count = self.registrar.stat("usrloc:location_contacts")
@@ -417,13 +370,13 @@ class Round:
 
     def start_callees(self, tag: str, transport: str, mode: str, users: Path, count: int, local_ip: str,
                       hold_s: float, edge: BenchKamailio, rate: int = 200, extra: list[str] | None = None,
-                      **keys: str) -> Sipp:
+                      **keys: str) -> SippRun:
         before = self.registrar.stat("usrloc:location_contacts")
         sipp = self.sipp(tag, "callee/register.xml", f"{edge.addr}:{edge.port}", local_ip, mode,
                          calls=count, timeout=hold_s + 30, rate=rate, inf=users,
                          keys={"regid": "1", "cseq": "1", "cseq_auth": "2", "who": tag, **keys},
-                         extra=["-d", str(int(hold_s * 1000)), "-oocsf", str(SIPP / "callee" / "uas.xml"),
-                                "-max_socket", str(count + 100), *(extra or [])])
+                         oocsf="callee/uas.xml",
+                         extra=["-d", str(int(hold_s * 1000)), "-max_socket", str(count + 100), *(extra or [])])
         got = self.wait_contacts(before + count, 30 + count / rate, sipp)
         if got < before + count:
             raise ProcessError(f"{tag}: only {got - before} of {count} callees registered "
@@ -590,10 +543,10 @@ class Round:
         # straight to the home proxy, so that the edges count only INVITEs toward the flows
         caller = self.sipp(tag, "caller/uac.xml", f"{self.registrar.addr}:{self.registrar.port}", self.s.addr(42), "u1",
                            calls=1, timeout=40, inf=users, trace=True)
-        rc = caller.wait()
-        who = re.findall(r"who=\s*(\S*)", caller.text("log.log"))
-        out: dict = {"rc": rc, "who": who[-1] if who else ""}
-        for stamp, kind, first in message_times(caller.text("messages.log")):
+        result = caller.wait()
+        who = re.findall(r"who=\s*(\S*)", result.log)
+        out: dict = {"rc": result.returncode, "who": who[-1] if who else ""}
+        for stamp, kind, first in message_times(result.messages):
             if kind == "sent" and first.startswith("INVITE"):
                 out.setdefault("invite_at", stamp)
             if kind == "received" and first.startswith("SIP/2.0 200"):

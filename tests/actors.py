@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import time
 from pathlib import Path
 
-from harness import Kamailio, SippResult, describe, sipp, wait_sipp
+from harness import Kamailio, SippResult, SippRun, describe, sipp, start_sipp
 from outbound.sipmsg import SipUri, parse_name_addr, split_values
 from topology import subscriber
 
@@ -23,18 +20,16 @@ def ob_params(inst: str, reg_id: int, extra: str = "") -> str:
 
 def start_callee(kam: Kamailio, workdir: Path, port: int, user: str, *, ua_ip: str,
                  transport: str = "tcp", uas: str = "uas.xml", cparams: str | None = None,
-                 who: str | None = None, timeout: int = 30, cid: str | None = None) -> subprocess.Popen:
+                 who: str | None = None, timeout: int = 30, cid: str | None = None) -> SippRun:
     """A registered outbound UA (tests/sipp/callee_ob) holding its flow open."""
-    proc = sipp("callee_ob/register.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=ua_ip,
-                local_port=port, transport=transport, background=True, timeout=timeout, auth=subscriber(user),
-                keys={"user": user, "domain": "example.com", "expires": "600", "who": who or user,
-                      "cparams": cparams if cparams is not None else ob_params(instance(port), 1)},
-                oocsf=f"callee_ob/{uas}", extra=["-cid_str", cid] if cid else None)
-    assert isinstance(proc, subprocess.Popen)
-    return proc
+    return start_sipp("callee_ob/register.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=ua_ip,
+                      local_port=port, transport=transport, timeout=timeout, auth=subscriber(user),
+                      keys={"user": user, "domain": "example.com", "expires": "600", "who": who or user,
+                            "cparams": cparams if cparams is not None else ob_params(instance(port), 1)},
+                      oocsf=f"callee_ob/{uas}", extra=["-cid_str", cid] if cid else None)
 
 
-def wait_bindings(registrar: Kamailio, user: str, procs: list[subprocess.Popen], count: int = 1,
+def wait_bindings(registrar: Kamailio, user: str, runs: list[SippRun], count: int = 1,
                   timeout: float = 10.0) -> list[dict]:
     """Poll usrloc over RPC until ``count`` bindings exist for ``user``."""
     deadline = time.monotonic() + timeout
@@ -42,10 +37,11 @@ def wait_bindings(registrar: Kamailio, user: str, procs: list[subprocess.Popen],
         found = registrar.bindings(user)
         if len(found) >= count:
             return found
-        for proc in procs:
-            if proc.poll() is not None:
-                raise AssertionError(f"callee SIPp exited {proc.returncode} before registering:\n"
-                                     + describe(wait_sipp(proc, 1)))
+        for run in runs:
+            if not run.alive:
+                ended = run.wait(1)
+                raise AssertionError(f"callee SIPp exited {ended.returncode} before registering:\n"
+                                     + describe(ended))
         time.sleep(0.05)
     raise AssertionError(f"{len(registrar.bindings(user))} bindings for {user} after {timeout}s, wanted {count}")
 
@@ -55,18 +51,9 @@ def call(kam: Kamailio, workdir: Path, port: int, callee: str, *, ua_ip: str, sc
     """A caller (tests/sipp/caller) over UDP through ``kam``."""
     user = keys.pop("user", "alice")
     domain = keys.pop("domain", "example.com")
-    result = sipp(f"caller/{scenario}", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=ua_ip,
-                  local_port=port, transport="udp", timeout=timeout, check=scenario != "uac_final.xml",
-                  auth=subscriber(user, domain), keys={"callee": callee, "domain": domain, "user": user, **keys})
-    assert isinstance(result, SippResult)
-    return result
-
-
-def kill(proc: subprocess.Popen) -> None:
-    """SIGKILL a SIPp we started (closes its TCP flow in the kernel)."""
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=10)
+    return sipp(f"caller/{scenario}", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=ua_ip,
+                local_port=port, transport="udp", timeout=timeout, check=scenario != "uac_final.xml",
+                auth=subscriber(user, domain), keys={"callee": callee, "domain": domain, "user": user, **keys})
 
 
 def tcp_stat(kam: Kamailio, name: str) -> int:

@@ -17,6 +17,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from harness import ROOT, ProcessError, SippResult, collect
 from subscribers import password_for
@@ -91,6 +92,10 @@ class ContainerSipp:
     service: str
     run_dir: Path
     proc: subprocess.Popen
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
 
     def kill(self) -> None:
         """SIGKILL the SIPp inside the container: the kernel closes its TCP flow."""
@@ -249,13 +254,14 @@ class Topology:
         run(["docker", "start", self.containers[service]])
         self.wait_healthy([service])
 
-    def sipp(self, service: str, scenario: str, remote: str, *, local_port: int, transport: str = "udp",
-             keys: dict[str, str] | None = None, calls: int = 1, timeout: int = 20, oocsf: str | None = None,
-             extra: list[str] | None = None, background: bool = False, check: bool = True,
-             name: str | None = None, auth: tuple[str, str] | None = None) -> SippResult | ContainerSipp:
-        """SIPp inside a UA container with a scenario of tests/sipp (baked into the
-        image); bounded in calls and time; logs land in out/<name>/ on the host.
-        ``auth`` (username, password) answers digest challenges (SIPp -au/-ap)."""
+    def start_sipp(self, service: str, scenario: str, remote: str, *, local_port: int, transport: str = "udp",
+                   keys: dict[str, str] | None = None, calls: int = 1, timeout: int = 20, oocsf: str | None = None,
+                   extra: list[str] | None = None, timeout_error: bool = False, name: str | None = None,
+                   auth: tuple[str, str] | None = None) -> ContainerSipp:
+        """Start SIPp inside a UA container with a scenario of tests/sipp (baked into
+        the image); bounded in calls and time; logs land in out/<name>/ on the host.
+        ``auth`` (username, password) answers digest challenges (SIPp -au/-ap);
+        ``timeout_error``: reaching -timeout is an error exit."""
         folder, _, xml = scenario.partition("/")
         tag = name or f"{service}-{folder}-{time.monotonic_ns()}"
         run_dir = self.out / tag
@@ -265,7 +271,7 @@ class Topology:
                "-t", {"udp": "u1", "tcp": "t1"}[transport], "-m", str(calls), "-timeout", f"{timeout}s",
                "-nostdin", "-nd", "-max_recv_loops", "1000", "-trace_msg", "-message_file", f"{inside}/messages.log",
                "-trace_logs", "-log_file", f"{inside}/log.log", "-trace_err", "-error_file", f"{inside}/errors.log"]
-        if not background:
+        if timeout_error:
             cmd.insert(cmd.index("-nostdin"), "-timeout_error")
         if auth is not None:
             cmd += ["-au", auth[0], "-ap", auth[1]]
@@ -279,10 +285,15 @@ class Topology:
         proc = subprocess.Popen(["docker", "exec", self.containers[service], "sh", "-c", script, "sh", *cmd],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         handle = ContainerSipp(self, service, run_dir, proc)
-        if background:
-            self.sipps.append(handle)
-            return handle
-        result = handle.wait(timeout + 15)
+        self.sipps.append(handle)
+        return handle
+
+    def sipp(self, service: str, scenario: str, remote: str, *, timeout: int = 20, check: bool = True,
+             **options: Any) -> SippResult:
+        """Run SIPp in a UA container to its end (start_sipp with ``options``);
+        with ``check`` a non-zero exit raises ProcessError with SIPp's logs."""
+        result = self.start_sipp(service, scenario, remote, timeout=timeout, timeout_error=True,
+                                 **options).wait(timeout + 15)
         if check and result.returncode != 0:
             raise ProcessError(f"sipp {scenario} in {service} exited {result.returncode}\n"
                                f"{result.stdout[-3000:]}\n{result.log[-2000:]}\n{result.messages[-5000:]}")

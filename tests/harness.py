@@ -1,7 +1,9 @@
 """Start real Kamailio and SIPp processes for the tests, and talk JSON-RPC to Kamailio.
 
-Every process is started by us, tracked by PID (pid file for Kamailio) and stopped
-by PID. Readiness is an RPC answer, never a sleep.
+The demo (tools/demo.py) and the benchmark (bench/run.py) start theirs with the
+same classes: Kamailio, and start_sipp() for SIPp (a SippRun). Every process is
+started by us, tracked by PID (pid file for Kamailio) and stopped by PID.
+Readiness is an RPC answer, never a sleep.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 KEMI_DIR = ROOT / "kemi"
@@ -204,6 +207,9 @@ class Kamailio(GroupProcess):
 
 @dataclass
 class SippResult:
+    """What a SIPp run left: its exit code, its scenario's <log> lines (log.log),
+    its output and errors, the messages it traced."""
+
     returncode: int
     log: str
     stdout: str
@@ -218,64 +224,105 @@ class SippResult:
         return found[-1] if found else ""
 
 
-def sipp(scenario: str, remote: str, *, workdir: Path, local_ip: str = "127.0.0.1",
-         local_port: int = 0, transport: str = "udp", keys: dict[str, str] | None = None,
-         extra: list[str] | None = None,
-         calls: int = 1, timeout: int = 20, oocsf: str | None = None, check: bool = True,
-         background: bool = False, name: str | None = None,
-         auth: tuple[str, str] | None = None) -> SippResult | subprocess.Popen:
-    """Run SIPp with a scenario from tests/sipp/<name>/; bounded in calls and time.
-    ``auth`` (username, password) answers digest challenges (SIPp -au/-ap, the
-    scenarios' [authentication])."""
+# SIPp -t modes for the transport names the tests use: one socket for the whole run
+SIPP_TRANSPORTS = {"udp": "u1", "tcp": "t1"}
+
+
+@dataclass
+class SippRun:
+    """One SIPp process we started in its own session (killed by PID), writing
+    its logs to ``run_dir``; bounded by -m and -timeout."""
+
+    run_dir: Path
+    proc: subprocess.Popen
+    timeout: float  # the default bound of wait(): SIPp's -timeout and 15 s
+
+    @property
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def wait(self, timeout: float | None = None) -> SippResult:
+        """SIPp's result once it has ended; after ``timeout`` seconds (default the
+        run's bound) its group gets SIGKILL first."""
+        try:
+            self.proc.wait(timeout=self.timeout if timeout is None else timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        return collect(self.proc.returncode, self.run_dir)
+
+    def kill(self) -> None:
+        """SIGKILL to SIPp's group: its flows die with no goodbye (the kernel
+        closes its TCP connections)."""
+        kill_group(self.proc)
+
+
+def start_sipp(scenario: str, remote: str, *, workdir: Path, name: str | None = None,
+               scenarios: Path = SIPP_DIR, local_ip: str = "127.0.0.1", local_port: int = 0,
+               transport: str = "udp", calls: int = 1, timeout: float = 20, keys: dict[str, str] | None = None,
+               auth: tuple[str, str] | None = None, oocsf: str | None = None, inf: Path | None = None,
+               rate: float | None = None, call_limit: int | None = None, recv_timeout_ms: int | None = None,
+               stat_csv: bool = False, trace_messages: bool = True, timeout_error: bool = True,
+               extra: list[str] | None = None) -> SippRun:
+    """Start SIPp on ``scenarios``/<folder>/<xml> (``scenario`` "folder/xml", xml
+    default uac.xml), bounded in calls (-m) and time (-timeout); its logs, and the
+    command line (command.txt), go to ``workdir``/``name``.
+
+    ``transport`` "udp" or "tcp" (one socket), or any SIPp -t mode ("tn": one
+    connection a call). ``auth`` (username, password) answers digest challenges
+    (-au/-ap, the scenarios' [authentication]). ``oocsf`` names a scenario under
+    ``scenarios`` for out-of-call messages, ``inf`` an injection file. Load:
+    ``rate`` new calls per second (-r, -rp 1000), ``call_limit`` calls open at
+    once (-l), ``recv_timeout_ms`` a call's wait for any message (-recv_timeout).
+    ``stat_csv``: statistics every second to stat.csv (-trace_stat);
+    ``trace_messages``: every message to messages.log (-trace_msg);
+    ``timeout_error``: reaching -timeout is an error exit (-timeout_error)."""
     folder, _, xml = scenario.partition("/")
-    xml = xml or "uac.xml"
-    tag = name or f"{folder}-{time.monotonic_ns()}"
-    run_dir = workdir / tag
+    run_dir = workdir / (name or f"{folder}-{time.monotonic_ns()}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    cmd = ["sipp", remote, "-i", local_ip, "-p", str(local_port), "-t", {"udp": "u1", "tcp": "t1"}[transport],
-           "-m", str(calls), "-timeout", f"{timeout}s", "-timeout_error", "-nostdin", "-nd",
-           "-max_recv_loops", "1000", "-trace_msg", "-message_file", str(run_dir / "messages.log"),
-           "-trace_logs", "-log_file", str(run_dir / "log.log"), "-trace_err",
-           "-error_file", str(run_dir / "errors.log")]
+    cmd = ["sipp", remote, "-i", local_ip, "-p", str(local_port), "-t", SIPP_TRANSPORTS.get(transport, transport),
+           "-m", str(calls), "-timeout", f"{int(timeout)}s", *(["-timeout_error"] if timeout_error else []),
+           "-nostdin", "-nd", "-max_recv_loops", "1000", "-trace_logs", "-log_file", str(run_dir / "log.log"),
+           "-trace_err", "-error_file", str(run_dir / "errors.log")]
+    if trace_messages:
+        cmd += ["-trace_msg", "-message_file", str(run_dir / "messages.log")]
+    if stat_csv:
+        cmd += ["-trace_stat", "-stf", str(run_dir / "stat.csv"), "-fd", "1"]
+    if recv_timeout_ms is not None:
+        cmd += ["-recv_timeout", str(recv_timeout_ms)]
+    if rate is not None:
+        cmd += ["-r", f"{rate:g}", "-rp", "1000"]
+    if call_limit is not None:
+        cmd += ["-l", str(call_limit)]
     if auth is not None:
         cmd += ["-au", auth[0], "-ap", auth[1]]
     for key, value in (keys or {}).items():
         cmd += ["-key", key, value]
-    cmd += ["-sf", str(SIPP_DIR / folder / xml)]
+    cmd += ["-sf", str(scenarios / folder / (xml or "uac.xml"))]
     if oocsf:
-        cmd += ["-oocsf", str(SIPP_DIR / oocsf)]
+        cmd += ["-oocsf", str(scenarios / oocsf)]
+    if inf is not None:
+        cmd += ["-inf", str(inf)]
     cmd += extra or []
-    stdout = open(run_dir / "stdout.log", "wb")
-    proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.STDOUT, cwd=run_dir, start_new_session=True)
-    if background:
-        proc.run_dir = run_dir  # type: ignore[attr-defined]
-        return proc
-    try:
-        proc.wait(timeout=timeout + 15)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    result = collect(proc.returncode, run_dir)
+    (run_dir / "command.txt").write_text(shlex.join(cmd) + "\n")
+    with open(run_dir / "stdout.log", "wb") as stdout:
+        proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.STDOUT, cwd=run_dir, start_new_session=True)
+    return SippRun(run_dir, proc, timeout + 15)
+
+
+def sipp(scenario: str, remote: str, *, check: bool = True, **options: Any) -> SippResult:
+    """Run SIPp to its end (start_sipp with ``options``) and return its result;
+    with ``check`` a non-zero exit raises ProcessError with SIPp's logs."""
+    result = start_sipp(scenario, remote, **options).wait()
     if check and result.returncode != 0:
         raise ProcessError(f"sipp {scenario} exited {result.returncode}\n{describe(result)}")
     return result
 
 
 def collect(returncode: int, run_dir: Path) -> SippResult:
-    def read(name: str) -> str:
-        path = run_dir / name
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    return SippResult(returncode, read("log.log"), read("stdout.log") + read("errors.log"), read("messages.log"))
-
-
-def wait_sipp(proc: subprocess.Popen, timeout: float) -> SippResult:
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    return collect(proc.returncode, proc.run_dir)  # type: ignore[attr-defined]
+    """The result of a SIPp run that wrote its logs to ``run_dir``."""
+    return SippResult(returncode, read_log(run_dir / "log.log"),
+                      read_log(run_dir / "stdout.log") + read_log(run_dir / "errors.log"),
+                      read_log(run_dir / "messages.log"))
 
 
 def describe(result: SippResult) -> str:

@@ -52,9 +52,10 @@ def subscriber(username: str, domain: str = "example.com") -> tuple[str, str]:
     return username, password_for(username)
 
 
-def db_defines() -> dict[str, str]:
-    """The registrar's and single server's subscriber database."""
-    return {"KO_DB_URL": f'"{subscribers().url}"'}
+def db_defines(db: SubscriberDB | None = None) -> dict[str, str]:
+    """The registrar's and single server's subscriber database: ``db``, by
+    default the run's (subscribers())."""
+    return {"KO_DB_URL": f'"{(db or subscribers()).url}"'}
 
 
 def ko_yaml() -> str:
@@ -84,30 +85,43 @@ def tls_defines(tls_cfg: Path | None, port: int = TLS_PORT) -> dict[str, str]:
 
 
 def registrar(workdir: Path, name: str = "registrar", addr: str = REGISTRAR_ADDR,
-              port: int = REGISTRAR_PORT, **kw) -> Kamailio:
-    defines = {**db_defines(), **kw.pop("defines", {})}
-    return Kamailio(name, "registrar.cfg", workdir, addr, port, yaml_text=ko_yaml(), defines=defines, **kw)
+              port: int = REGISTRAR_PORT, db: SubscriberDB | None = None, yaml_text: str | None = None,
+              **kw) -> Kamailio:
+    """The registrar (home proxy), by default on net(1):5070, with the subscriber
+    database ``db`` (default the run's) and the tests' outbound.yaml (``yaml_text``
+    replaces it)."""
+    defines = {**db_defines(db), **kw.pop("defines", {})}
+    return Kamailio(name, "registrar.cfg", workdir, addr, port, yaml_text=yaml_text or ko_yaml(), defines=defines,
+                    **kw)
+
+
+def two_edges(workdir: Path, registrar_uri: str, **kw) -> dict[int, Kamailio]:
+    """edge1 (net(2):5060) and edge2 (net(3):5060) toward ``registrar_uri``, by
+    number, not started; ``kw`` as for edge()."""
+    return {n: edge(workdir, f"edge{n}", net(n + 1), registrar_uri, **kw) for n in (1, 2)}
 
 
 def farm_with_two_edges(workdir: Path, reg: Kamailio) -> Iterator[dict[str, Kamailio]]:
-    """Start ``reg`` and edge1 (net(2):5060), edge2 (net(3):5060) toward it; yield
-    them by name; stop whatever started (a fixture's body)."""
-    edges = [edge(workdir, f"edge{i}", net(i + 1), reg.uri) for i in (1, 2)]
+    """Start ``reg`` and two_edges() toward it; yield them by name; stop whatever
+    started (a fixture's body)."""
+    edges = two_edges(workdir, reg.uri)
     started: list[Kamailio] = []
     try:
-        for kam in (reg, *edges):
+        for kam in (reg, *edges.values()):
             started.append(start(kam))
-        yield {"registrar": reg, "edge1": edges[0], "edge2": edges[1]}
+        yield {"registrar": reg, "edge1": edges[1], "edge2": edges[2]}
     finally:
         for kam in started:
             stop(kam)
 
 
 def edge(workdir: Path, name: str, addr: str, registrar_uri: str, key: str = TEST_KEY,
-         port: int = 5060, tls_cfg: Path | None = None, **kw) -> Kamailio:
+         port: int = 5060, tls_cfg: Path | None = None, yaml_text: str | None = None, **kw) -> Kamailio:
+    """An edge proxy toward ``registrar_uri`` signing flow tokens with ``key``, with
+    the tests' outbound.yaml (``yaml_text`` replaces it)."""
     return Kamailio(name, "edge.cfg", workdir, addr, port, env={"KO_FLOW_KEYS": key},
                     defines={"KO_REGISTRAR": f'"{registrar_uri}"', **tls_defines(tls_cfg)},
-                    yaml_text=ko_yaml(), **kw)
+                    yaml_text=yaml_text or ko_yaml(), **kw)
 
 
 def single(workdir: Path, name: str = "single", addr: str | None = None, key: str = TEST_KEY,

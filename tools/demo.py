@@ -21,8 +21,6 @@ from __future__ import annotations
 import argparse
 import os
 import secrets
-import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -32,11 +30,12 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "kemi"))
 
-from harness import CFG_DIR, Kamailio, SippResult, collect, describe, sipp  # noqa: E402
+from harness import CFG_DIR, SippResult, SippRun, describe, sipp, start_sipp  # noqa: E402
 from ladder import Capture, Event, Lanes, Message, draw, read_messages  # noqa: E402
 from outbound.sipmsg import parse_name_addr  # noqa: E402
 from outbound.tokens import FlowTokenCodec, parse_key  # noqa: E402
 from subscribers import SubscriberDB, password_for  # noqa: E402
+from topology import net, registrar, two_edges  # noqa: E402
 
 USER = "dana"
 CALLER = "carol"
@@ -58,24 +57,17 @@ class LoopbackStage:
     mode = "loopback, Kamailio processes"
 
     def __init__(self, out: Path, key: str) -> None:
-        from topology import net
-
         self.out = out
-        self.net = net
-        yaml_text = (CFG_DIR / "outbound.yaml").read_text()
+        yaml_text = (CFG_DIR / "outbound.yaml").read_text()  # as shipped: no test-only settings
         # the demo's own subscriber database, in its out dir
         self.db = SubscriberDB.create_sqlite(out / "subscribers.sqlite")
         self.db.add_many((user, DOMAIN, password_for(user)) for user in SUBSCRIBERS)
-        self.registrar = Kamailio("registrar", "registrar.cfg", out, net(1), 5070, yaml_text=yaml_text,
-                                  defines={"KO_DB_URL": f'"{self.db.url}"'})
-        self.edges = {
-            n: Kamailio(f"edge{n}", "edge.cfg", out, net(n + 1), 5060, env={"KO_FLOW_KEYS": key},
-                        defines={"KO_REGISTRAR": f'"{self.registrar.uri}"'}, yaml_text=yaml_text)
-            for n in (1, 2)
-        }
+        # the tests' topology: registrar on net(1):5070, edge1 on net(2), edge2 on net(3)
+        self.registrar = registrar(out, db=self.db, yaml_text=yaml_text)
+        self.edges = two_edges(out, self.registrar.uri, key=key, yaml_text=yaml_text)
         self.device_ip = net(20)
         self.caller_ip = net(30)
-        self.flows: dict[int, subprocess.Popen] = {}
+        self.flows: dict[int, SippRun] = {}
 
     def start(self) -> None:
         self.registrar.start()
@@ -83,10 +75,8 @@ class LoopbackStage:
             edge.start()
 
     def stop(self) -> None:
-        for proc in self.flows.values():
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        for flow in self.flows.values():
+            flow.kill()
         for kam in (*self.edges.values(), self.registrar):
             kam.stop()
 
@@ -110,27 +100,24 @@ class LoopbackStage:
         return (5060, 5070)
 
     def register_flow(self, regid: int, edge: int, keys: dict[str, str], auth: tuple[str, str]) -> None:
-        proc = sipp("device_ob/register.xml", f"{self.edges[edge].addr}:5060", workdir=self.out,
-                    local_ip=self.device_ip, local_port=DEVICE_PORTS[regid], transport="tcp", keys=keys,
-                    background=True, timeout=120, oocsf="device_ob/uas.xml", name=f"device-flow{regid}", auth=auth)
-        assert isinstance(proc, subprocess.Popen)
-        self.flows[regid] = proc
+        self.flows[regid] = start_sipp(
+            "device_ob/register.xml", f"{self.edges[edge].addr}:5060", workdir=self.out, local_ip=self.device_ip,
+            local_port=DEVICE_PORTS[regid], transport="tcp", keys=keys, timeout=120, oocsf="device_ob/uas.xml",
+            name=f"device-flow{regid}", auth=auth)
 
     def flow_alive(self, regid: int) -> bool:
-        return self.flows[regid].poll() is None
+        return self.flows[regid].alive
 
     def flow_result(self, regid: int) -> SippResult:
-        return collect(self.flows[regid].returncode or 0, self.flows[regid].run_dir)  # type: ignore[attr-defined]
+        return self.flows[regid].wait(1)
 
     def bindings(self) -> list[dict]:
         return self.registrar.bindings(USER)
 
     def caller(self, name: str, scenario: str, edge: int, keys: dict[str, str],
                auth: tuple[str, str] | None) -> SippResult:
-        result = sipp(scenario, f"{self.edges[edge].addr}:5060", workdir=self.out, local_ip=self.caller_ip,
-                      local_port=CALLER_PORT, keys=keys, timeout=20, check=False, name=name, auth=auth)
-        assert isinstance(result, SippResult)
-        return result
+        return sipp(scenario, f"{self.edges[edge].addr}:5060", workdir=self.out, local_ip=self.caller_ip,
+                    local_port=CALLER_PORT, keys=keys, timeout=20, check=False, name=name, auth=auth)
 
     def kill_edge(self, n: int) -> str:
         self.edges[n].kill()
@@ -178,13 +165,12 @@ class ContainerStage:
         return (5060,)
 
     def register_flow(self, regid: int, edge: int, keys: dict[str, str], auth: tuple[str, str]) -> None:
-        self.flows[regid] = self.topo.sipp(
+        self.flows[regid] = self.topo.start_sipp(
             "ua-b", "device_ob/register.xml", f"{self.edge_addr(edge)}:5060", local_port=DEVICE_PORTS[regid],
-            transport="tcp", keys=keys, background=True, timeout=120, oocsf="device_ob/uas.xml",
-            name=f"device-flow{regid}", auth=auth)
+            transport="tcp", keys=keys, timeout=120, oocsf="device_ob/uas.xml", name=f"device-flow{regid}", auth=auth)
 
     def flow_alive(self, regid: int) -> bool:
-        return self.flows[regid].proc.poll() is None
+        return self.flows[regid].alive
 
     def flow_result(self, regid: int) -> SippResult:
         return self.flows[regid].wait(1)
@@ -194,10 +180,8 @@ class ContainerStage:
 
     def caller(self, name: str, scenario: str, edge: int, keys: dict[str, str],
                auth: tuple[str, str] | None) -> SippResult:
-        result = self.topo.sipp("ua-a", scenario, f"{self.edge_addr(edge)}:5060", local_port=CALLER_PORT,
-                                keys=keys, timeout=20, check=False, name=name, auth=auth)
-        assert isinstance(result, SippResult)
-        return result
+        return self.topo.sipp("ua-a", scenario, f"{self.edge_addr(edge)}:5060", local_port=CALLER_PORT,
+                              keys=keys, timeout=20, check=False, name=name, auth=auth)
 
     def kill_edge(self, n: int) -> str:
         self.topo.kill(f"edge{n}")

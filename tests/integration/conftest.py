@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -14,9 +13,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "kemi"))
 
-from actors import kill  # noqa: E402
 from dns_setup import NS, NS_PORT  # noqa: E402
-from harness import Kamailio  # noqa: E402
+from harness import Kamailio, SippRun  # noqa: E402
 from nsd import Nsd  # noqa: E402
 from topology import PORTS, RUNNING, TEST_NET, WORK_ROOT, farm_with_two_edges, net, registrar, stop  # noqa: E402
 
@@ -36,25 +34,25 @@ def local_port() -> int:
 
 
 @pytest.fixture
-def callees() -> Iterator[list[subprocess.Popen]]:
+def callees() -> Iterator[list[SippRun]]:
     """SIPp UAs a test started in the background; killed (by PID) when it ends."""
-    procs: list[subprocess.Popen] = []
-    yield procs
-    for proc in procs:
-        kill(proc)
+    runs: list[SippRun] = []
+    yield runs
+    for run in runs:
+        run.kill()
 
 
 @pytest.fixture
-def started() -> Iterator[list]:
+def started() -> Iterator[list[Kamailio | SippRun]]:
     """Kamailios and SIPps a test started itself: stopped (by PID) when it ends,
     pass or fail, last started first."""
-    items: list = []
+    items: list[Kamailio | SippRun] = []
     yield items
     for item in reversed(items):
         if isinstance(item, Kamailio):
             stop(item)
         else:
-            kill(item)
+            item.kill()
 
 
 @pytest.fixture(scope="module")

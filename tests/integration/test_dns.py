@@ -10,7 +10,6 @@ purpose, one home-proxy target (tests/sipp/dns_home).
 from __future__ import annotations
 
 import itertools
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -21,7 +20,7 @@ import pytest
 
 from actors import start_callee, wait_bindings
 from dns_setup import NS, NS_PORT, dns_yaml
-from harness import TEST_KEY, Kamailio, SippResult, describe, sipp, wait_sipp
+from harness import TEST_KEY, Kamailio, SippResult, SippRun, describe, sipp, start_sipp
 from nsd import Nsd
 from outbound.tokens import Flow, FlowTokenCodec, parse_key
 from topology import edge, net, registrar, start, stop, subscriber
@@ -71,26 +70,24 @@ def make_edge(workdir: Path, nsd: Nsd) -> Iterator[Callable[..., Kamailio]]:
 
 
 @pytest.fixture
-def servers(workdir: Path) -> Iterator[Callable[..., subprocess.Popen]]:
+def servers(workdir: Path) -> Iterator[Callable[..., SippRun]]:
     """SIPp standing in for a home target (tests/sipp/dns_home); killed after the test."""
-    running: list[subprocess.Popen] = []
+    running: list[SippRun] = []
 
-    def serve(name: str, scenario: str, calls: int = 1) -> subprocess.Popen:
-        proc = sipp(f"dns_home/{scenario}", f"{UA}:5060", workdir=workdir, local_ip=UAS[name], local_port=UAS_PORT,
-                    background=True, timeout=30, calls=calls,
-                    name=f"dns-home-{name}-{time.monotonic_ns()}")
-        assert isinstance(proc, subprocess.Popen)
-        running.append(proc)
-        wait_udp_bound(UAS[name], UAS_PORT, proc)
-        return proc
+    def serve(name: str, scenario: str, calls: int = 1) -> SippRun:
+        server = start_sipp(f"dns_home/{scenario}", f"{UA}:5060", workdir=workdir, local_ip=UAS[name],
+                            local_port=UAS_PORT, timeout=30, calls=calls,
+                            name=f"dns-home-{name}-{time.monotonic_ns()}")
+        running.append(server)
+        wait_udp_bound(UAS[name], UAS_PORT, server)
+        return server
 
     yield serve
-    for proc in running:
-        if proc.poll() is None:
-            wait_sipp(proc, 0)
+    for server in running:
+        server.kill()
 
 
-def wait_udp_bound(ip: str, port: int, proc: subprocess.Popen, timeout: float = 10.0) -> None:
+def wait_udp_bound(ip: str, port: int, server: SippRun, timeout: float = 10.0) -> None:
     """Readiness of a SIPp server: its UDP socket shows in /proc/net/udp."""
     want = f"{int.from_bytes(bytes(int(x) for x in ip.split('.')), 'little'):08X}:{port:04X}"
     deadline = time.monotonic() + timeout
@@ -98,23 +95,22 @@ def wait_udp_bound(ip: str, port: int, proc: subprocess.Popen, timeout: float = 
         with open("/proc/net/udp") as table:
             if any(line.split()[1] == want for line in table.readlines()[1:]):
                 return
-        if proc.poll() is not None:
-            raise AssertionError(f"SIPp server exited {proc.returncode}:\n{describe(wait_sipp(proc, 1))}")
+        if not server.alive:
+            ended = server.wait(1)
+            raise AssertionError(f"SIPp server exited {ended.returncode}:\n{describe(ended)}")
         time.sleep(0.02)
     raise AssertionError(f"SIPp server not bound on {ip}:{port} after {timeout}s")
 
 
-def received(proc: subprocess.Popen) -> list[str]:
+def received(server: SippRun) -> list[str]:
     """Requests a SIPp server took (its log), after stopping it if still running."""
-    return wait_sipp(proc, 0 if proc.poll() is None else 5).values("received")
+    return server.wait(0 if server.alive else 5).values("received")
 
 
 def register(kam: Kamailio, workdir: Path, port: int, user: str) -> SippResult:
-    result = sipp("dns_ua/register.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA, local_port=port,
-                  keys={"user": user, "domain": "ko.test", "expires": "600"}, timeout=20,
-                  auth=subscriber(user, "ko.test"))
-    assert isinstance(result, SippResult)
-    return result
+    return sipp("dns_ua/register.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA, local_port=port,
+                keys={"user": user, "domain": "ko.test", "expires": "600"}, timeout=20,
+                auth=subscriber(user, "ko.test"))
 
 
 def bound_at(registrars: dict[str, Kamailio], user: str) -> list[str]:
@@ -281,7 +277,6 @@ def test_in_dialog_route_to_an_unresolvable_hostname_gets_503_and_a_log_line(mak
     result = sipp("dns_ua/in_dialog.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=REG["a"],
                   local_port=local_port, keys={"ruri": f"sip:bob@{net(99)}", "route": route, "user": "alice",
                                                "domain": "ko.test"}, timeout=15)
-    assert isinstance(result, SippResult)
     assert result.value("final") == "503"
     deadline = time.monotonic() + 5
     while "ACK dropped, cannot locate the next hop" not in kam.log():
@@ -313,7 +308,6 @@ def test_486_does_not_fail_over(make_edge, servers, workdir, local_port):
                   local_port=local_port, keys={"ruri": "sip:bob@ko.test", "extra": "X-Case: busy", "user": "alice",
                                                "callee": "bob", "domain": "ko.test"}, timeout=15,
                   auth=subscriber("alice", "ko.test"))
-    assert isinstance(result, SippResult)
     assert result.value("final") == "486"
     assert received(server_a) == ["INVITE", "ACK"], "tm acknowledges the 486 to the server that sent it"
     assert received(server_b) == []
@@ -328,7 +322,6 @@ def test_cancel_and_ack_go_to_the_server_that_was_chosen(make_edge, servers, wor
     result = sipp("dns_ua/cancel.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA,
                   local_port=local_port, keys={"ruri": "sip:bob@ko.test", "user": "alice", "domain": "ko.test"},
                   timeout=15, auth=subscriber("alice", "ko.test"))
-    assert isinstance(result, SippResult)
     assert result.value("cancel") == "200" and result.value("final") == "487"
     assert received(server_b) == ["INVITE", "CANCEL", "ACK"]
 
@@ -420,7 +413,6 @@ def test_requests_claiming_to_be_from_the_core_must_come_from_the_farm(registrar
                   local_port=local_port + 1, keys={"ruri": binding["Address"], "extra": f"Route: {binding['Path']}",
                                                    "user": "mallory", "callee": "kate", "domain": "example.com"},
                   timeout=15)
-    assert isinstance(forged, SippResult)
     assert forged.value("final") == "403"
     assert f"403 Forbidden to INVITE from {FAKE_CORE}:" in kam.log()
     assert "from outside the farm" in kam.log()
@@ -428,10 +420,9 @@ def test_requests_claiming_to_be_from_the_core_must_come_from_the_farm(registrar
     call = sipp("caller/uac.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA, local_port=local_port + 2,
                 keys={"callee": "kate", "domain": "example.com", "user": "alice"}, timeout=15,
                 auth=subscriber("alice"))
-    assert isinstance(call, SippResult)
     assert call.value("who") == "kate" and call.value("bye") == "200"
     assert f"trusted peer sip:farm.ko.test = {REG['a']}, {REG['b']}" in kam.log()
-    wait_sipp(callee, 10)
+    callee.wait(10)
 
 
 def test_trusted_peer_set_follows_the_zone_when_its_ttl_runs_out(make_edge, nsd, workdir, local_port):
@@ -447,7 +438,6 @@ def test_trusted_peer_set_follows_the_zone_when_its_ttl_runs_out(make_edge, nsd,
     def from_fake_core(port: int) -> str:
         result = sipp("caller/uac_final.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=FAKE_CORE,
                       local_port=port, keys=keys, timeout=15)
-        assert isinstance(result, SippResult)
         return result.value("final")
 
     assert from_fake_core(local_port) == "403"

@@ -7,13 +7,12 @@ through edge2, each over its own TCP flow, each flow held by its own SIPp.
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 from datetime import datetime
 from pathlib import Path
 
-from actors import call, instance, kill, ob_params, start_callee, wait_bindings
-from harness import Kamailio, describe, wait_sipp
+from actors import call, instance, ob_params, start_callee, wait_bindings
+from harness import Kamailio, SippRun, describe
 from topology import edge, net, registrar, start, stop
 
 UA_DEVICE = net(21)
@@ -22,7 +21,7 @@ UA_CALLER = net(31)
 
 
 def device_with_two_flows(topology: dict[str, Kamailio], workdir: Path, port: int, user: str,
-                          callees: list[subprocess.Popen], uas1: str = "uas.xml",
+                          callees: list[SippRun], uas1: str = "uas.xml",
                           uas2: str = "uas.xml") -> list[dict]:
     """reg-id 2 via edge2 first, then reg-id 1 via edge1: flow 1 is the most recent."""
     inst = instance(port)
@@ -41,11 +40,11 @@ def test_dead_flow_fails_over_to_the_other_flow_of_the_instance(topology, workdi
     user = "dev-failover"
     bindings = device_with_two_flows(topology, workdir, local_port, user, callees)
     assert sorted(b["Reg-Id"] for b in bindings) == [1, 2]
-    kill(callees[1])  # flow 1 (reg-id 1, via edge1) dies
+    callees[1].kill()  # flow 1 (reg-id 1, via edge1) dies
     result = call(topology["edge2"], workdir, local_port + 10, user, ua_ip=UA_CALLER)
     assert result.value("who") == "ua2"
     assert [b["Reg-Id"] for b in topology["registrar"].bindings(user)] == [2]
-    ua2 = wait_sipp(callees[0], 20)
+    ua2 = callees[0].wait(20)
     assert "call ended" in ua2.log, describe(ua2)
     log = topology["registrar"].log()
     assert f"of sip:{user}@example.com failed with 430" in log
@@ -58,10 +57,10 @@ def test_busy_on_flow_1_is_final_for_the_instance(topology, workdir, local_port,
     result = call(topology["edge2"], workdir, local_port + 10, user, ua_ip=UA_CALLER, scenario="uac_final.xml",
                   ruri=f"sip:{user}@example.com", extra="X-Case: busy")
     assert result.value("final") == "486"
-    ua1 = wait_sipp(callees[1], 20)
+    ua1 = callees[1].wait(20)
     assert "call refused busy" in ua1.log
-    kill(callees[0])
-    ua2 = wait_sipp(callees[0], 5)
+    callees[0].kill()
+    ua2 = callees[0].wait(5)
     assert "incoming=" not in ua2.log and "INVITE sip:" not in ua2.messages, "flow 2 was tried after a 486"
     assert sorted(b["Reg-Id"] for b in topology["registrar"].bindings(user)) == [1, 2], "486 removed a binding"
 
@@ -91,13 +90,12 @@ def test_q_values_parallel_then_serial(topology, workdir, local_port, callees):
     user = "three-devices"
     specs = [("d1", "1.0", "uas_busy.xml"), ("d2", "1.0", "uas_busy.xml"), ("d3", "0.5", "uas.xml")]
     for index, (who, q, uas) in enumerate(specs):
-        proc = start_callee(topology["edge1"], workdir, local_port + index, user, ua_ip=UA_DEVICE, uas=uas,
-                            cparams=ob_params(instance(local_port + index), 1, f";q={q}"), who=who)
-        callees.append(proc)
+        callees.append(start_callee(topology["edge1"], workdir, local_port + index, user, ua_ip=UA_DEVICE, uas=uas,
+                                    cparams=ob_params(instance(local_port + index), 1, f";q={q}"), who=who))
     wait_bindings(topology["registrar"], user, callees, 3)
     result = call(topology["edge2"], workdir, local_port + 10, user, ua_ip=UA_CALLER)
     assert result.value("who") == "d3"
-    runs = [wait_sipp(proc, 20) for proc in callees]
+    runs = [callee.wait(20) for callee in callees]
     invite_d1 = message_times(runs[0].messages, "INVITE sip:")[0]
     invite_d2 = message_times(runs[1].messages, "INVITE sip:")[0]
     busy_d1 = message_times(runs[0].messages, "SIP/2.0 486")[0]
@@ -120,7 +118,7 @@ def test_outbound_device_and_plain_contact_ring_together(topology, workdir, loca
     assert sorted(b["Reg-Id"] for b in bindings) == [0, 1]
     result = call(topology["edge2"], workdir, local_port + 10, user, ua_ip=UA_CALLER)
     assert result.value("who") == "plain"
-    assert "call cancelled" in wait_sipp(device, 20).log, "the outbound device was not forked to"
+    assert "call cancelled" in device.wait(20).log, "the outbound device was not forked to"
 
 
 def test_killed_edge_is_given_up_quickly_and_the_call_moves_on(workdir, local_port, callees):
@@ -155,10 +153,10 @@ def test_busy_device_is_not_hidden_by_another_devices_dead_flow(topology, workdi
                         cparams=ob_params(instance(local_port + 1), 1), who="gone")
     callees += [busy, gone]
     wait_bindings(topology["registrar"], user, callees, 2)
-    kill(gone)  # its edge answers 430 at once; the other device rings, then 486
+    gone.kill()  # its edge answers 430 at once; the other device rings, then 486
     result = call(topology["edge2"], workdir, local_port + 10, user, ua_ip=UA_CALLER, scenario="uac_final.xml",
                   ruri=f"sip:{user}@example.com", extra="X-Case: busy-and-gone")
     assert result.value("final") == "486", result.messages[-3000:]
     assert "SIP/2.0 486 Busy Here" in result.messages, "the busy device's reason phrase was lost"
-    assert "call refused busy" in wait_sipp(busy, 20).log
+    assert "call refused busy" in busy.wait(20).log
     assert f"of sip:{user}@example.com failed with 430" in topology["registrar"].log()

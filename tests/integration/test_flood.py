@@ -19,7 +19,7 @@ import threading
 import pytest
 
 from actors import call, start_callee, wait_bindings, wait_until
-from harness import Kamailio, ProcessError, describe, wait_sipp
+from harness import Kamailio, ProcessError, describe
 from topology import edge, net, registrar, single, start
 
 FLOODER = net(140)
@@ -142,7 +142,7 @@ def test_flood_from_one_address_is_banned_while_others_register_and_call(workdir
         wait_bindings(bindings, user, [callee])
         result = call(front, workdir, local_port + 1, user, ua_ip=CALLER)
         assert result.value("who") == user, describe(result)
-        callee_result = wait_sipp(callee, 20)
+        callee_result = callee.wait(20)
         assert "call ended" in callee_result.log, describe(callee_result)
     finally:
         flood.finish()
@@ -174,7 +174,7 @@ def test_replies_from_a_banned_address_still_pass(workdir, local_port, started):
     result = call(front, workdir, local_port + 1, user, ua_ip=CALLER)
 
     assert result.value("who") == user, describe(result)
-    assert "call ended" in wait_sipp(callee, 20).log
+    assert "call ended" in callee.wait(20).log
     assert ban_value(target, UA) > 0, "still banned: the answers passed anyway"
     assert len(ban_lines(target, UA)) == 1
 

@@ -43,7 +43,7 @@ from actors import call, start_callee, wait_bindings
 from digest import ChallengeHeader, challenges
 from fuzzgen import CALLER as FZ_CALLER
 from fuzzgen import Case, Context, Expect, Signer, ack_for, cases, signer, subscribers_needed, with_credentials
-from harness import OTHER_KEY, TEST_KEY, Kamailio, SippResult, sipp, wait_sipp
+from harness import OTHER_KEY, TEST_KEY, Kamailio, sipp
 from outbound.tokens import Flow, FlowTokenCodec, parse_key
 from subscribers import password_for
 from topology import net, single, start, stop, subscriber
@@ -384,7 +384,6 @@ def sanity_register(kam: Kamailio, workdir, port: int, user: str) -> None:
                       "extra": "X-Case: after-fuzz", "cseq": "1",
                       "contact": f'<sip:{user}@{PROBE_UA}:{port};ob>;+sip.instance='
                                  f'"<urn:uuid:00000000-0000-4000-8000-0000000f0220>";reg-id=1'})
-    assert isinstance(result, SippResult)
     assert result.value("final") == "200", result.log
 
 
@@ -401,7 +400,7 @@ def test_fuzz_edge_and_registrar(topology, workdir, local_port, callees, sink, r
     after = registrar.bindings(user)
     assert [b["Ruid"] for b in after] == [b["Ruid"] for b in before], "a binding was lost"
     assert call(edge1, workdir, local_port + 1, user, ua_ip=CALLER).value("who") == user
-    assert "call ended" in wait_sipp(callee, 20).log
+    assert "call ended" in callee.wait(20).log
     sanity_register(target if role == "edge" else edge1, workdir, local_port + 2, f"fz-after-{role}")
 
 
@@ -414,7 +413,7 @@ def test_fuzz_single(single_server, workdir, local_port, callees, sink):
     after = single_server.bindings(user)
     assert [b["Ruid"] for b in after] == [b["Ruid"] for b in before], "a binding was lost"
     assert call(single_server, workdir, local_port + 1, user, ua_ip=CALLER).value("who") == user
-    assert "call ended" in wait_sipp(callee, 20).log
+    assert "call ended" in callee.wait(20).log
     sanity_register(single_server, workdir, local_port + 2, "fz-after-single")
 
 

@@ -14,7 +14,7 @@ import secrets
 import pytest
 
 from actors import call, instance, ob_params, start_callee, wait_bindings
-from harness import TEST_KEY, Kamailio, ProcessError, describe, wait_sipp
+from harness import TEST_KEY, Kamailio, ProcessError, describe
 from outbound.sipmsg import parse_name_addr
 from outbound.tokens import FlowTokenCodec, Verdict, parse_key
 from topology import edge, net, registrar, start, stop
@@ -85,7 +85,7 @@ def test_rotation_new_key_signs_old_key_still_verifies(workdir, local_port, star
     started.append(rotated)
     result = call(rotated, workdir, local_port + 1, user, ua_ip=CALLER)
     assert result.value("who") == user, describe(result)
-    assert "call ended" in wait_sipp(callee, 20).log
+    assert "call ended" in callee.wait(20).log
 
     second = start_callee(rotated, workdir, local_port + 2, "key-rotation-new", ua_ip=UA, transport="udp",
                           cparams=ob_params(instance(local_port + 2), 1))

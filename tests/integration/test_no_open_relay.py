@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import re
 import socket
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -29,7 +28,7 @@ import pytest
 
 from actors import call, instance, start_callee, wait_bindings
 from fuzzgen import ack_for, with_credentials
-from harness import TEST_KEY, Kamailio
+from harness import TEST_KEY, Kamailio, SippRun
 from outbound.relay import MAX_AORS_PER_FLOW
 from outbound.sipmsg import parse_name_addr
 from outbound.tokens import FlowTokenCodec, parse_key
@@ -223,17 +222,15 @@ def test_hostnames_a_device_names_are_never_resolved(topology, attacker):
 
 
 @pytest.fixture(scope="module")
-def victim(topology, workdir) -> Iterator[tuple[subprocess.Popen, str]]:
+def victim(topology, workdir) -> Iterator[tuple[SippRun, str]]:
     """UA B registered through edge1 over TCP; its flow token is visible to
     anyone it calls (Record-Route) and in its own 200 (Path)."""
-    from actors import kill
-
     proc = start_callee(topology["edge1"], workdir, 14990, "victim", ua_ip=UA_B, who="victim", timeout=120)
     try:
         [binding] = wait_bindings(topology["registrar"], "victim", [proc])
         yield proc, parse_name_addr(binding["Path"]).sip_uri.user or ""
     finally:
-        kill(proc)
+        proc.kill()
 
 
 @pytest.mark.parametrize("in_dialog", [False, True], ids=["initial", "in-dialog"])

@@ -23,7 +23,7 @@ import yaml
 
 from actors import call, instance, ob_params, start_callee, wait_bindings
 from dns_setup import NS, NS_PORT, dns_yaml
-from harness import Kamailio, wait_sipp
+from harness import Kamailio
 from nsd import Nsd
 from outbound.sipmsg import parse_name_addr
 from topology import edge, net, registrar, start, stop
@@ -127,7 +127,7 @@ def test_home_proxy_resolves_the_edge_named_in_path_and_skips_it_once_the_name_i
 
     answered = call(caller_edge, workdir, local_port + 1, "pia", ua_ip=CALLER_UA)
     assert answered.value("who") == "pia" and answered.value("bye") == "200"
-    callee_log = wait_sipp(callee, 10)
+    callee_log = callee.wait(10)
     assert callee_log.returncode == 0
     assert callee_log.value("incoming").startswith("SIP/2.0/TCP edge-p1.ko.test:5060;")
     assert "cannot locate" not in home.log()
@@ -169,8 +169,8 @@ def test_flow_through_an_edge_that_cannot_be_located_is_skipped_for_the_next_flo
     assert answered.value("who") == "via-p2" and answered.value("bye") == "200"
     assert f"cannot locate edge-gone.ko.test (Path of {by_edge['edge-gone.ko.test']}); skipped" in home.log()
     assert sorted(b["Ruid"] for b in home.bindings("quinn")) == sorted(by_edge.values()), "both bindings kept"
-    assert wait_sipp(via_p2, 10).returncode == 0
-    assert via_gone.poll() is None, "no call came over edge-gone: its UA still waits"
+    assert via_p2.wait(10).returncode == 0
+    assert via_gone.alive, "no call came over edge-gone: its UA still waits"
 
 
 def test_every_address_of_the_edge_named_in_path_before_the_flow_fails(
@@ -197,7 +197,7 @@ def test_every_address_of_the_edge_named_in_path_before_the_flow_fails(
     assert f"flow {binding['Ruid']} of sip:rhea@example.com failed" not in log
     assert [b["Ruid"] for b in home.bindings("rhea")] == [binding["Ruid"]], "the binding is kept"
     assert f"dns: {dead} held down for 30s (408 local)" in log
-    assert wait_sipp(callee, 10).returncode == 0
+    assert callee.wait(10).returncode == 0
 
     again = start_callee(edge_two, workdir, local_port + 2, "rhea2", ua_ip=CALLEE_UA, who="again")
     callees.append(again)

@@ -31,10 +31,8 @@ def register(kam: Kamailio, workdir: Path, port: int, *, user: str, contact_para
     }
     # [cseq] is SIPp's own counter: it starts at -base_cseq
     extra_args = ["-base_cseq", str(cseq), *(["-cid_str", cid] if cid else [])]
-    result = sipp("register_expect", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA_IP,
-                  local_port=port, transport=transport, keys=keys, extra=extra_args, auth=subscriber(user))
-    assert isinstance(result, SippResult)
-    return result
+    return sipp("register_expect", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA_IP,
+                local_port=port, transport=transport, keys=keys, extra=extra_args, auth=subscriber(user))
 
 
 def ob_params(reg_id: str = "1", instance: str = INSTANCE) -> str:

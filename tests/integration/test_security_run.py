@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from actors import kill, start_callee, wait_bindings
+from actors import start_callee, wait_bindings
 from harness import OTHER_KEY, TEST_KEY, Kamailio
 from outbound.sipmsg import parse_name_addr
 from outbound.tokens import Flow, FlowTokenCodec, parse_key
@@ -166,9 +166,9 @@ def test_ten_thousand_forged_tokens_get_defined_answers_and_leave_no_trace(farm,
         before = memory(kam)
         answers, problems, seconds = run(kam, families, COUNT)
         after = memory(kam)
-        assert victim.poll() is None, "the victim's UA ended: something reached it"
+        assert victim.alive, "the victim's UA ended: something reached it"
     finally:
-        kill(victim)
+        victim.kill()
     total = sum(answers.values())
     by_kind = {kind: dict(sorted((c, n) for (k, c), n in answers.items() if k == kind)) for kind in sorted(families)}
     print(f"\nsecurity run: {total} answers in {seconds:.1f}s; by kind: {by_kind}; "

@@ -13,8 +13,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from actors import call, instance, kill, ob_params, start_callee, wait_bindings, wait_until
-from harness import Kamailio, SippResult, sipp, wait_sipp
+from actors import call, instance, ob_params, start_callee, wait_bindings, wait_until
+from harness import Kamailio, SippResult, sipp
 from topology import edge, net, registrar, start, stop, subscriber
 
 UA = net(91)
@@ -33,13 +33,11 @@ def farm(workdir) -> Iterator[dict[str, Kamailio]]:
 
 def probe(kam: Kamailio, workdir, port: int, reg_id: int, inst: str, *, expect_answer: bool = True) -> SippResult:
     """The idle account's probe: REGISTER with Expires: 0 for its (instance, reg-id)."""
-    result = sipp("register_expect", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA, local_port=port,
-                  transport="udp", timeout=3 if not expect_answer else 10, check=False, auth=subscriber(USER),
-                  keys={"user": USER, "domain": "example.com", "expires": "0", "supported": "path, outbound",
-                        "extra": "X-Serreg: probe", "cseq": "1",
-                        "contact": f"<sip:{USER}@{UA}:{port};ob>" + ob_params(inst, reg_id)})
-    assert isinstance(result, SippResult)
-    return result
+    return sipp("register_expect", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA, local_port=port,
+                transport="udp", timeout=3 if not expect_answer else 10, check=False, auth=subscriber(USER),
+                keys={"user": USER, "domain": "example.com", "expires": "0", "supported": "path, outbound",
+                      "extra": "X-Serreg: probe", "cseq": "1",
+                      "contact": f"<sip:{USER}@{UA}:{port};ob>" + ob_params(inst, reg_id)})
 
 
 def reg_ids(kam: Kamailio) -> list[int]:
@@ -62,13 +60,13 @@ def test_serial_registration_client_moves_calls_and_back(farm, workdir, local_po
 
     # 2. edge 1 fails; the client falls back to account 2 through edge 2
     edge1.kill()
-    kill(acc1)
+    acc1.kill()
     acc2 = start_callee(edge2, workdir, local_port + 1, USER, ua_ip=UA, cparams=ob_params(inst, 2), who="acc2",
                         cid="acc2-%u-%p@%s")
     callees.append(acc2)
     wait_bindings(reg, USER, [acc2], 2)
     assert call(edge2, workdir, local_port + 61, USER, ua_ip=CALLER).value("who") == "acc2"
-    assert "call ended" in wait_sipp(acc2, 20).log
+    assert "call ended" in acc2.wait(20).log
     acc2 = start_callee(edge2, workdir, local_port + 2, USER, ua_ip=UA, cparams=ob_params(inst, 2), who="acc2",
                         cid="acc2b-%u-%p@%s")
     callees.append(acc2)

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
-from actors import call, instance, kill, ob_params, start_callee, tcp_stat, wait_bindings, wait_until
-from harness import SIPP_DIR, TEST_KEY, Kamailio, describe, sipp, wait_sipp
+from actors import call, instance, ob_params, start_callee, tcp_stat, wait_bindings, wait_until
+from harness import SIPP_DIR, TEST_KEY, Kamailio, describe, start_sipp
 from outbound.sipmsg import parse_name_addr
 from outbound.tokens import FlowTokenCodec, parse_key
 from topology import net, single, start, stop, subscriber
@@ -49,7 +48,7 @@ def test_call_over_the_local_flow_both_ways(server, workdir, local_port, callees
     wait_bindings(server, user, [callee])
     result = call(server, workdir, local_port + 1, user, ua_ip=UA_CALLER, scenario=scenario)
     assert result.value("who") == user
-    assert "call ended" in wait_sipp(callee, 20).log
+    assert "call ended" in callee.wait(20).log
     assert tcp_stat(server, "connect_success") + tcp_stat(server, "connect_failed") == connects, \
         "the server opened a connection toward the UA instead of using its flow"
 
@@ -66,7 +65,7 @@ def test_closed_connection_removes_its_bindings_at_once_and_calls_fail_over(serv
                          who="ua1", cid="s1-%u-%p@%s")
     callees.append(flow1)
     wait_bindings(server, user, [flow1, flow2], 2)
-    kill(flow1)
+    flow1.kill()
     wait_until(lambda: [b["Reg-Id"] for b in server.bindings(user)] == [2], "binding of the closed flow removed")
     assert "tcp:closed" in server.log() or "tcp:reset" in server.log()
     result = call(server, workdir, local_port + 2, user, ua_ip=UA_CALLER)
@@ -77,17 +76,16 @@ def test_closing_one_connection_removes_the_bindings_of_every_aor_on_it(server, 
     """RFC 5626 §7 (A4.5, D9): all AORs registered over the dead flow, not just one."""
     for aor in ("multi-a", "multi-b"):
         subscriber(aor)  # users.csv: [field2] is each user's password
-    proc = sipp("multi_aor/register.xml", f"{server.addr}:{server.port}", workdir=workdir, local_ip=UA_DEVICE,
-                local_port=local_port, transport="tcp", calls=2, timeout=60, background=True,
-                keys={"domain": "example.com"},  # credentials per user: users.csv field 2
-                extra=["-inf", str(SIPP_DIR / "multi_aor" / "users.csv"), "-r", "10"])
-    assert isinstance(proc, subprocess.Popen)
-    callees.append(proc)
-    wait_bindings(server, "multi-a", [proc])
-    wait_bindings(server, "multi-b", [proc])
+    device = start_sipp("multi_aor/register.xml", f"{server.addr}:{server.port}", workdir=workdir,
+                        local_ip=UA_DEVICE, local_port=local_port, transport="tcp", calls=2, timeout=60, rate=10,
+                        keys={"domain": "example.com"},  # credentials per user: users.csv field 2
+                        inf=SIPP_DIR / "multi_aor" / "users.csv")
+    callees.append(device)
+    wait_bindings(server, "multi-a", [device])
+    wait_bindings(server, "multi-b", [device])
     paths = {parse_name_addr(server.bindings(aor)[0]["Path"]).sip_uri.user for aor in ("multi-a", "multi-b")}
     assert len({CODEC.decode(p or "").flow for p in paths}) == 1, "both AORs should share one flow"
-    kill(proc)
+    device.kill()
     wait_until(lambda: not server.bindings("multi-a") and not server.bindings("multi-b"),
                "bindings of both AORs removed")
 
@@ -116,6 +114,6 @@ def test_registration_reply_carries_flow_timer(server, workdir, local_port, call
     callee = start_callee(server, workdir, local_port, "s-ft", ua_ip=UA_DEVICE)
     callees.append(callee)
     wait_bindings(server, "s-ft", [callee])
-    kill(callee)
-    run = wait_sipp(callee, 5)
+    callee.kill()
+    run = callee.wait(5)
     assert "Flow-Timer: 25" in run.messages and "Require: outbound" in run.messages, describe(run)

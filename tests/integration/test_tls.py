@@ -12,7 +12,6 @@ keys the flow on what the edge sees, and so do we.
 from __future__ import annotations
 
 import socket
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,8 +19,8 @@ import pytest
 import yaml
 
 import actors
-from actors import instance, kill, ob_params, tcp_stat, wait_bindings, wait_until
-from harness import TEST_KEY, Kamailio, SippResult, describe, sipp, wait_sipp
+from actors import instance, ob_params, tcp_stat, wait_bindings, wait_until
+from harness import TEST_KEY, Kamailio, SippRun, describe, sipp, start_sipp
 from outbound.sipmsg import parse_name_addr
 from outbound.tokens import Flow, FlowTokenCodec, parse_key
 from tls_setup import Certs, Stunnel, make_certs, write_tls_cfg
@@ -84,19 +83,18 @@ def tunnels() -> Iterator[list[Stunnel]]:
 
 
 def tls_callee(kam: Kamailio, workdir: Path, port: int, user: str, certs: Certs, tunnels: list[Stunnel],
-               callees: list[subprocess.Popen], uas: str = "uas.xml") -> tuple[subprocess.Popen, Stunnel]:
+               callees: list[SippRun], uas: str = "uas.xml") -> tuple[SippRun, Stunnel]:
     """An outbound UA (tests/sipp/callee_ob) registered over its own TLS connection."""
     tunnel = Stunnel(workdir / "stunnel", f"stunnel-{port}", accept=(UA_TLS, port + 10),
                      connect=(kam.addr, TLS_PORT), local=UA_TLS, certs=certs)
     tunnels.append(tunnel.start())
-    proc = sipp("callee_ob/register.xml", f"{UA_TLS}:{port + 10}", workdir=workdir, local_ip=UA_TLS,
-                local_port=port, transport="tcp", background=True, timeout=30, auth=subscriber(user),
-                keys={"user": user, "domain": "example.com", "expires": "600", "who": user,
-                      "cparams": ob_params(instance(port), 1)},
-                oocsf=f"callee_ob/{uas}")
-    assert isinstance(proc, subprocess.Popen)
-    callees.append(proc)
-    return proc, tunnel
+    callee = start_sipp("callee_ob/register.xml", f"{UA_TLS}:{port + 10}", workdir=workdir, local_ip=UA_TLS,
+                        local_port=port, transport="tcp", timeout=30, auth=subscriber(user),
+                        keys={"user": user, "domain": "example.com", "expires": "600", "who": user,
+                              "cparams": ob_params(instance(port), 1)},
+                        oocsf=f"callee_ob/{uas}")
+    callees.append(callee)
+    return callee, tunnel
 
 
 def path_flow(binding: dict) -> Flow:
@@ -129,8 +127,8 @@ def test_register_over_tls_binds_the_tls_connection(edge_net, workdir, local_por
     assert conn["lifetime"] == FLOW_LIFETIME, "an outbound TLS flow lives Flow-Timer + grace when idle"
     assert tunnel.tls_connections() == [f"{EDGE}:{TLS_PORT}"]
     assert "Certificate accepted" in tunnel.log(), "stunnel checked the edge's certificate against the CA"
-    kill(callee)
-    run = wait_sipp(callee, 5)
+    callee.kill()
+    run = callee.wait(5)
     assert "Require: outbound" in run.messages and f"Flow-Timer: {_YAML['registrar']['flow_timer']}" in run.messages, \
         describe(run)
 
@@ -155,7 +153,7 @@ def test_call_arrives_over_the_registered_tls_connection(edge_net, workdir, loca
     assert len(callee_side) == 2, "double Record-Route: UDP toward the core, TLS toward the UA"
     assert any(u.params.get("transport") == "tls" and u.port == TLS_PORT for u in callee_side)
 
-    result = wait_sipp(callee, 20)
+    result = callee.wait(20)
     assert result.returncode == 0 and "call ended" in result.log, describe(result)
     assert f"Via: SIP/2.0/TLS {EDGE}:{TLS_PORT};" in result.messages, "the edge's Via names its TLS socket"
     assert connect_attempts(edge_tls) == attempts, "the edge opened a connection toward the UA"
@@ -180,7 +178,6 @@ def test_closed_tls_flow_gets_430_from_edge_and_480_for_the_caller(edge_net, wor
                   local_port=local_port + 1, timeout=10,
                   keys={"callee": user, "domain": "example.com", "user": "core",
                         "ruri": binding["Address"], "extra": f"Route: {binding['Path']}"})
-    assert isinstance(direct, SippResult)
     assert direct.value("final") == "430"
 
     through_home = actors.call(edge_tls, workdir, local_port + 2, user, ua_ip=CALLER, scenario="uac_final.xml",
@@ -241,7 +238,7 @@ def test_single_server_flow_over_tls(single_tls, workdir, local_port, certs, tun
 
     result = actors.call(single_tls, workdir, local_port + 1, user, ua_ip=CALLER)
     assert result.value("who") == user
-    assert "call ended" in wait_sipp(callee, 20).log
+    assert "call ended" in callee.wait(20).log
     assert connect_attempts(single_tls) == attempts, "the server opened a connection instead of using the flow"
     assert tunnel.tls_connections() == [f"{SINGLE}:{TLS_PORT}"]
 

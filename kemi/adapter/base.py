@@ -10,9 +10,10 @@ import KSR
 from outbound.decisions import Reply
 from outbound.errors import ConfigError
 from outbound.relay import SEAL_PARAM, dialog_seal, seal_valid, stray_reply_refusal
+from outbound.routing import toward_endpoint
 from outbound.sipmsg import NameAddr, bracket, is_digits
 
-from .names import BAN_DEFINE, BAN_TABLE, NOPIKE_SWITCH
+from .names import BAN_DEFINE, BAN_TABLE, DIALOG_FAILURE_ROUTE, NOPIKE_SWITCH
 from .runtime import Runtime, check_fault_injection, define, guarded, send_reply, snapshot
 
 if TYPE_CHECKING:
@@ -163,7 +164,7 @@ class BaseRoutes:
         """RFC 3261 §16.4 route processing: on along the Route set."""
         if KSR.rr.loose_route() > 0:
             if self.locate_next_hop():
-                self.relay()
+                self.relay_in_dialog()
             return 1
         return self.unrouted()
 
@@ -180,6 +181,28 @@ class BaseRoutes:
     def locate_next_hop(self) -> bool:
         """False (after a reply) when the next hop cannot be located (NextHopLocator)."""
         return self.next_hops is None or self.next_hops.locate()
+
+    def relay_in_dialog(self) -> None:
+        """Relay along the dialog's Route set; a 430 coming back goes no further
+        as 430 (ksr_failure_dialog)."""
+        if not KSR.is_ACK():
+            KSR.tm.t_on_failure(DIALOG_FAILURE_ROUTE)
+        self.relay()
+
+    @guarded
+    def ksr_failure_dialog(self, msg: Any) -> int:
+        """tm failure route of a relayed in-dialog request: a 430 from the next
+        hop (the flow of the dialog's target is gone) is answered 408
+        (outbound.routing.toward_endpoint, RFC 5626 §11.5)."""
+        if KSR.tm.t_is_canceled() > 0:
+            return 1
+        status = int(KSR.pv.get("$T_reply_code") or 0)
+        mapped = toward_endpoint(Reply(status, "", "a reply from the next hop"), in_dialog=True)
+        if mapped.code != status:
+            KSR.notice(f"kemi-outbound: {status} to in-dialog {KSR.kx.get_method()} "
+                       f"(Call-ID {KSR.kx.get_callid()}): answered {mapped.code}\n")
+            KSR.tm.t_reply(mapped.code, mapped.reason)
+        return 1
 
     def relay(self) -> None:
         if KSR.tm.t_relay() < 0:

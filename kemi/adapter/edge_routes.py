@@ -40,7 +40,7 @@ class EdgeRoutes(BaseRoutes):
         super().__init__(runtime, NextHopLocator(locator))
         self.codec = runtime.codec
         self.registrar = runtime.config.registrar_uri
-        self.flows = FlowRelay(runtime.config, self.codec)
+        self.flows = FlowRelay(runtime.config, self.codec, endpoints_in_dialog=False)
         # failed registrar targets are tried last by later transactions (docs/dns.md, hold-down)
         health = HealthMemory(locator.hold_policy, locator.clock)
         self.home_relay = FailoverRelay(locator, HOME_FAILURE_ROUTE, health=health, reply_route=HOME_REPLY_ROUTE)
@@ -145,7 +145,7 @@ class EdgeRoutes(BaseRoutes):
             if refusal is not None:
                 send_reply(refusal)
             elif self.locate_next_hop():
-                self.relay()
+                self.relay_in_dialog()
             return 1
         return self.unrouted()
 

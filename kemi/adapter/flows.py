@@ -12,7 +12,8 @@ from __future__ import annotations
 import KSR
 
 from outbound.config import Config
-from outbound.routing import RouteView, ToFlow, flow_refusal
+from outbound.decisions import Reply
+from outbound.routing import RouteView, ToFlow, flow_refusal, toward_endpoint
 from outbound.sipmsg import NameAddr, SipSyntaxError, parse_name_addr, parse_name_addrs
 from outbound.tokens import Flow, FlowTokenCodec
 
@@ -38,9 +39,13 @@ def is_local_flow(flow: Flow) -> bool:
 class FlowRelay:
     """Sends requests over the flows of this Kamailio (see module docstring)."""
 
-    def __init__(self, config: Config, codec: FlowTokenCodec) -> None:
+    def __init__(self, config: Config, codec: FlowTokenCodec, *, endpoints_in_dialog: bool) -> None:
         self.config = config
         self.codec = codec
+        # in-dialog requests come from endpoints (single server): a flow failure is
+        # answered as an endpoint must hear it (outbound.routing.toward_endpoint);
+        # an edge gets them from the farm, which hears 430
+        self.endpoints_in_dialog = endpoints_in_dialog
 
     def route_view(self) -> RouteView:
         """What outbound.routing needs of the current request."""
@@ -69,7 +74,7 @@ class FlowRelay:
         local = is_local_flow(flow)
         refusal = flow_refusal(flow, local=local, alive=local and (not flow.is_stream or stream_flow_alive(flow)))
         if refusal is not None:
-            send_reply(refusal)
+            send_reply(self._toward_requester(refusal))
             return
         # pops our Route entry (two with double Record-Route); for an initial
         # request with a preloaded Route it removes it and answers "not driven"
@@ -89,7 +94,7 @@ class FlowRelay:
         if KSR.is_INVITE() and self.config.flow_reply_timeout_ms > 0:
             KSR.tm.t_set_fr(0, self.config.flow_reply_timeout_ms)
         if KSR.tm.t_relay() < 0:
-            gone = flow_refusal(flow, local=True, alive=False)
+            gone = self._toward_requester(flow_refusal(flow, local=True, alive=False))
             KSR.notice(f"kemi-outbound: sending over flow {flow} failed: {gone.code}\n")
             KSR.tm.t_reply(gone.code, gone.reason)
 
@@ -99,9 +104,13 @@ class FlowRelay:
         if KSR.tm.t_is_canceled() > 0:
             return
         if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0:
-            gone = flow_refusal(None, local=True, alive=False)
+            gone = self._toward_requester(flow_refusal(None, local=True, alive=False))
             KSR.notice(f"kemi-outbound: no reply over the flow, answering {gone.code}\n")
             KSR.tm.t_reply(gone.code, gone.reason)
+
+    def _toward_requester(self, reply: Reply) -> Reply:
+        in_dialog = self.endpoints_in_dialog and KSR.siputils.has_totag() > 0
+        return toward_endpoint(reply, in_dialog=in_dialog)
 
     @staticmethod
     def record_route(user: str) -> None:

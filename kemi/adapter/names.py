@@ -52,8 +52,9 @@ FAILURE_ROUTE = "ksr_failure_outbound"
 FLOW_FAILURE_ROUTE = "ksr_failure_flow"
 HOME_FAILURE_ROUTE = "ksr_failure_home"
 HOME_REPLY_ROUTE = "ksr_reply_home"
+DIALOG_FAILURE_ROUTE = "ksr_failure_dialog"
 TM_CALLBACKS = (BRANCH_ROUTE, BRANCH_FAILURE_ROUTE, FAILURE_ROUTE,
-                FLOW_FAILURE_ROUTE, HOME_FAILURE_ROUTE, HOME_REPLY_ROUTE)
+                FLOW_FAILURE_ROUTE, HOME_FAILURE_ROUTE, HOME_REPLY_ROUTE, DIALOG_FAILURE_ROUTE)
 
 # ----- cfg defines the Python reads --------------------------------------------
 

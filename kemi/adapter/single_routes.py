@@ -106,7 +106,7 @@ class SingleRoutes(BaseRoutes, HomeProxyCallbacks):
         locator = Locator.for_kamailio(runtime.config)
         super().__init__(runtime, NextHopLocator(locator))
         self.codec = runtime.codec
-        self.flows = FlowRelay(runtime.config, self.codec)
+        self.flows = FlowRelay(runtime.config, self.codec, endpoints_in_dialog=True)
         self.peers = PeerGate(locator, runtime.config.dns.peers)
         self.seal = DialogSeal(self.codec.keys)
         self.home = HomeProxy(runtime.config, self.codec, is_local_flow=is_local_flow,

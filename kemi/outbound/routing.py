@@ -142,6 +142,18 @@ def flow_refusal(flow: Flow | None, *, local: bool, alive: bool) -> Reply | None
     return None
 
 
+def toward_endpoint(reply: Reply, *, in_dialog: bool) -> Reply:
+    """RFC 5626 §11.5: 430 Flow Failed is an edge's word to the authoritative
+    proxy, never meant for an endpoint. Only the home proxy acts on it, at an
+    initial request (failover to another flow, else 480). Inside a dialog there
+    is no other flow to try: the target is gone, and 408 is what makes the UAC
+    end the dialog (RFC 3261 §12.2.1.2, §14.1). Any other reply stands."""
+    if reply.code == 430 and in_dialog:
+        return Reply(408, "Request Timeout", f"{reply.log} (430 in a dialog, answered 408 toward the endpoint)",
+                     reply.headers)
+    return reply
+
+
 def path_flow(path: str, codec: FlowTokenCodec) -> Flow | None:
     """The flow a binding's Path leads to when its first entry carries a valid
     token of ours (a flow this proxy holds, RFC 5626 §5.2); None otherwise."""

@@ -14,6 +14,7 @@ from outbound.routing import (
     path_flow,
     record_route_token,
     route_decision,
+    toward_endpoint,
 )
 from outbound.sipmsg import parse_name_addr
 from outbound.tokens import Flow, FlowTokenCodec
@@ -333,3 +334,19 @@ def test_a_live_local_flow_is_used():
 def test_path_flow_is_the_flow_of_a_valid_token_in_the_first_entry(path, expected):
     """RFC 5626 §5.2 / §7: a Path whose first entry carries our token leads to that flow."""
     assert path_flow(path, CODEC) == expected
+
+
+@pytest.mark.parametrize(("code", "in_dialog", "expected"), [
+    (430, True, 408),   # the dialog's target is gone: the UAC ends the dialog
+    (430, False, 430),  # an initial request: the home proxy fails over on it
+    (403, True, 403),
+    (408, True, 408),
+    (486, True, 486),
+])
+def test_430_never_reaches_an_endpoint_inside_a_dialog(code, in_dialog, expected):
+    """RFC 5626 §11.5 (checklist D8/A6.3): 430 is for proxies; in a dialog it is 408
+    (RFC 3261 §12.2.1.2: the UAC terminates the dialog)."""
+    reply = toward_endpoint(Reply(code, "Some Reason", "why"), in_dialog=in_dialog)
+
+    assert reply.code == expected
+    assert (reply.reason == "Some Reason") is (code == expected)

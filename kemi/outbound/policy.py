@@ -76,13 +76,16 @@ def registrar_decision(
     * an option tag in Require that we lack: 420 with Unsupported (RFC 3261
       §10.3 step 2, §8.2.2.3);
     * ``Contact: *`` only alone and with ``Expires: 0`` (RFC 3261 §10.3 step 6);
-    * Path without ``Supported: path``: 420 (RFC 3327 §5.3);
+    * Path without ``Supported: path`` is stored all the same (RFC 3327 §5.3
+      lets local policy accept it; most phones never send the tag, and the
+      registrar module's lazy path_mode echoes Path only to a UA that does);
     * reg-id must be 1..2^31-1 when it counts (with +sip.instance; §10): 400;
       reg-id without +sip.instance is ignored (§6);
     * more than one Contact with non-zero expiry when one has reg-id: 400 (§6);
     * not first hop and the top Path lacks ``ob``: no outbound; 439 when the UA
       also sent ``Supported: outbound``, otherwise reg-id is ignored (§6);
-    * outbound applied: ``Require: outbound`` and ``Flow-Timer`` (§6, §5.4).
+    * outbound applied: ``Require: outbound`` and ``Flow-Timer`` (§6, §5.4),
+      only when the UA sent ``Supported: outbound`` (RFC 3261 §8.2.2.3).
     """
     unknown = view.required - REGISTRAR_EXTENSIONS
     if unknown:
@@ -96,11 +99,6 @@ def registrar_decision(
         if len(contacts) != 1 or view.expires_header != 0:
             return Reply(400, "Invalid Contact *", "Contact: * needs to be alone with Expires: 0")
         return SaveBinding(outbound=False)
-    if view.paths and "path" not in view.supported:
-        return Reply(
-            420, "Bad Extension", "Path present but UA lacks Supported: path",
-            headers=("Unsupported: path",),
-        )
     try:
         expiries = [contact_expiry(c, view.expires_header, default_expires) for c in contacts]
     except SipSyntaxError as exc:
@@ -126,6 +124,10 @@ def registrar_decision(
         if "outbound" in view.supported:
             return Reply(439, "First Hop Lacks Outbound Support", "reg-id via an edge without ;ob")
         return SaveBinding(outbound=False, ignore_reg_id=True)
+    if "outbound" not in view.supported:
+        # a server never requires an extension the request did not declare
+        # (RFC 3261 §8.2.2.3); Flow-Timer goes only with Require: outbound (§5.4)
+        return SaveBinding(outbound=True)
     headers = ["Require: outbound"]
     if flow_timer > 0 and any(e > 0 for e in expiries):
         headers.append(f"Flow-Timer: {flow_timer}")

@@ -103,7 +103,6 @@ BAD_CASES = [
     pytest.param(dict(contact_params=ob_params("1") + f", <sip:x@{UA_IP}:5999>" + ob_params("2")), "400",
                  id="two-contacts-with-reg-id"),
     pytest.param(dict(contact_params=ob_params("1"), extra=NOT_FIRST_HOP), "439", id="first-hop-lacks-outbound"),
-    pytest.param(dict(contact_params=ob_params("1"), supported="outbound"), "420", id="no-supported-path"),
     pytest.param(dict(contact="*", expires="3600"), "400", id="star-with-expiry"),
     pytest.param(dict(contact=f"<sip:x@{UA_IP}:5999;ob", contact_params=""), "400", id="unterminated-contact"),
 ]
@@ -114,7 +113,7 @@ def test_bad_register_gets_its_status_and_stores_nothing(topology, workdir, loca
     user = f"bad-{local_port}"
     result = register(topology["edge1"], workdir, local_port, user=user, **case)
     assert result.value("final") == status, result.messages[-3000:]
-    assert result.value("require") == ("path" if status == "420" else "")
+    assert result.value("require") == ""
     assert topology["registrar"].bindings(user) == []
 
 
@@ -262,3 +261,33 @@ def test_expires_zero_removes_by_instance_and_reg_id_and_keeps_cseq_order(topolo
     assert removed.value("final") == "200"
     assert [b["Reg-Id"] for b in topology["registrar"].bindings(user)] == [2]
     assert sorted(listed(removed)) == [2]
+
+
+def test_phone_without_supported_path_registers_through_the_edge(topology, workdir, local_port):
+    """RFC 3327 §5.3 (checklist C6, issue 13 item 4): most phones never send
+    Supported: path. The edge's Path is stored all the same (calls reach the
+    phone through its edge) and, the UA not knowing Path, the 2xx echoes none."""
+    user = f"nopath-{local_port}"
+    result = register(topology["edge1"], workdir, local_port, user=user, supported="outbound",
+                      contact_params=ob_params())
+    assert result.value("final") == "200", result.messages[-3000:]
+    assert result.value("path") == ""
+    assert result.value("require") == "outbound"
+    [binding] = topology["registrar"].bindings(user)
+    path = parse_name_addr(binding["Path"]).sip_uri
+    assert path.host == net(2) and "ob" in path.params
+    assert CODEC.decode(path.user or "").verdict is Verdict.VALID
+
+
+@pytest.mark.parametrize("supported", ["path", ""], ids=["path-only", "nothing"])
+def test_no_require_outbound_for_a_ua_that_did_not_list_it(topology, workdir, local_port, supported):
+    """RFC 3261 §8.2.2.3 (checklist A3.5/A3.7, issue 13 item 2): a server never
+    requires an extension the request did not declare. Outbound still keys the
+    binding by its flow; neither Require: outbound nor Flow-Timer is sent."""
+    user = f"noob-{local_port}"
+    result = register(topology["edge1"], workdir, local_port, user=user, supported=supported,
+                      contact_params=ob_params())
+    assert result.value("final") == "200", result.messages[-3000:]
+    assert (result.value("require"), result.value("flowtimer")) == ("", "")
+    [binding] = topology["registrar"].bindings(user)
+    assert binding["Reg-Id"] == 1 and binding["CFlags"] & (1 << 6)

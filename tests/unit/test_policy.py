@@ -124,8 +124,16 @@ REGISTRAR_CASES = [
      view(1, ("*",)), 25, 400),
     ("star-with-another-contact-400",
      view(1, ("*", PLAIN_CONTACT), expires=0), 25, 400),
-    ("path-without-supported-path-420",
-     view(2, (OB_CONTACT,), (EDGE_PATH_OB,), supported=frozenset({"outbound"})), 25, 420),
+    # RFC 3327 §5.3 local policy: most phones never send Supported: path (issue 13 item 4)
+    ("path-without-supported-path-stored",
+     view(2, (OB_CONTACT,), (EDGE_PATH_OB,), supported=frozenset({"outbound"})), 25, OUTBOUND_OK),
+    ("plain-phone-through-edge-without-any-supported",
+     view(2, (PLAIN_CONTACT,), (EDGE_PATH_PLAIN,), supported=frozenset()), 25, NO_OUTBOUND),
+    # RFC 3261 §8.2.2.3: no Require: outbound (nor Flow-Timer) for a UA that did not list it (item 2)
+    ("outbound-applies-without-supported-outbound-no-require",
+     view(2, (OB_CONTACT,), (EDGE_PATH_OB,), supported=PATH_ONLY), 25, SaveBinding(outbound=True)),
+    ("first-hop-without-supported-outbound-no-require",
+     view(1, (OB_CONTACT,), supported=frozenset()), 25, SaveBinding(outbound=True)),
     ("removal-of-outbound-binding-no-flow-timer",
      view(2, (OB_CONTACT,), (EDGE_PATH_OB,), expires=0), 25, SaveBinding(outbound=True, reply_headers=(REQUIRE,))),
     ("contact-expires-param-0-no-flow-timer",
@@ -177,13 +185,6 @@ def test_439_reply_names_the_reason():
 
     assert decision.reason == "First Hop Lacks Outbound Support"
     assert decision.headers == ()
-
-
-def test_420_reply_lists_path_as_unsupported():
-    """RFC 3327 §5.3 / RFC 3261 §8.2.2.3: 420 carries Unsupported: path."""
-    decision = decide(view(2, (PLAIN_CONTACT,), (EDGE_PATH_PLAIN,), supported=frozenset()))
-
-    assert (decision.code, decision.reason, decision.headers) == (420, "Bad Extension", ("Unsupported: path",))
 
 
 def test_flow_timer_header_carries_the_configured_value():

@@ -313,6 +313,23 @@ def test_486_does_not_fail_over(make_edge, servers, workdir, local_port):
     assert received(server_b) == []
 
 
+def test_503_after_100_trying_fails_over(make_edge, servers, workdir, local_port):
+    """RFC 3263 §4.3 counts any 503 (issue 13 item 6): a home proxy answers 100
+    at once, so a 503 that follows it still moves the INVITE to the next target
+    (before the fix the caller got 500, tm's answer for a lone 503)."""
+    server_a = servers("a", "invite_503.xml")
+    server_b = servers("b", "invite_486.xml")
+    kam = make_edge("sip:uas.ko.test")
+
+    result = sipp("caller/uac_final.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA,
+                  local_port=local_port, keys={"ruri": "sip:bob@ko.test", "extra": "X-Case: 503-late", "user": "alice",
+                                               "callee": "bob", "domain": "ko.test"}, timeout=15,
+                  auth=subscriber("alice", "ko.test"))
+    assert result.value("final") == "486"
+    assert received(server_a) == ["INVITE", "ACK"]
+    assert received(server_b) == ["INVITE", "ACK"]
+
+
 def test_cancel_and_ack_go_to_the_server_that_was_chosen(make_edge, servers, workdir, local_port):
     """The dead priority-10 target times out, B rings; the caller's CANCEL and tm's
     ACK for the 487 go to B, the server chosen for this transaction (checklist B1)."""

@@ -101,6 +101,8 @@ class Kamailio(GroupProcess):
     # /etc/<name> -> content for this Kamailio alone: bind-mounted over the real
     # file in a private mount namespace (util-linux unshare; root only)
     etc_files: dict[str, str] = field(default_factory=dict)
+    # a network namespace the test made (tests/netns.py): Kamailio runs inside it
+    netns: str | None = None
     proc: subprocess.Popen | None = None
 
     @property
@@ -132,7 +134,7 @@ class Kamailio(GroupProcess):
                "-M", "16", "-P", str(self.workdir / f"{self.name}.pid"), "-Y", str(self.workdir)]
         for key, value in defines.items():
             cmd += ["-A", f"{key}={value}" if value != "" else key]
-        return self._private_etc() + cmd
+        return in_netns(self.netns) + self._private_etc() + cmd
 
     def _private_etc(self) -> list[str]:
         """The prefix that runs Kamailio with our own copies of some /etc files;
@@ -262,7 +264,7 @@ def start_sipp(scenario: str, remote: str, *, workdir: Path, name: str | None = 
                auth: tuple[str, str] | None = None, oocsf: str | None = None, inf: Path | None = None,
                rate: float | None = None, call_limit: int | None = None, recv_timeout_ms: int | None = None,
                stat_csv: bool = False, trace_messages: bool = True, timeout_error: bool = True,
-               extra: list[str] | None = None) -> SippRun:
+               extra: list[str] | None = None, netns: str | None = None) -> SippRun:
     """Start SIPp on ``scenarios``/<folder>/<xml> (``scenario`` "folder/xml", xml
     default uac.xml), bounded in calls (-m) and time (-timeout); its logs, and the
     command line (command.txt), go to ``workdir``/``name``.
@@ -275,7 +277,8 @@ def start_sipp(scenario: str, remote: str, *, workdir: Path, name: str | None = 
     once (-l), ``recv_timeout_ms`` a call's wait for any message (-recv_timeout).
     ``stat_csv``: statistics every second to stat.csv (-trace_stat);
     ``trace_messages``: every message to messages.log (-trace_msg);
-    ``timeout_error``: reaching -timeout is an error exit (-timeout_error)."""
+    ``timeout_error``: reaching -timeout is an error exit (-timeout_error).
+    ``netns``: run inside that network namespace (tests/netns.py)."""
     folder, _, xml = scenario.partition("/")
     run_dir = workdir / (name or f"{folder}-{time.monotonic_ns()}")
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -302,11 +305,17 @@ def start_sipp(scenario: str, remote: str, *, workdir: Path, name: str | None = 
         cmd += ["-oocsf", str(scenarios / oocsf)]
     if inf is not None:
         cmd += ["-inf", str(inf)]
-    cmd += extra or []
+    cmd = in_netns(netns) + cmd + (extra or [])
     (run_dir / "command.txt").write_text(shlex.join(cmd) + "\n")
     with open(run_dir / "stdout.log", "wb") as stdout:
         proc = subprocess.Popen(cmd, stdout=stdout, stderr=subprocess.STDOUT, cwd=run_dir, start_new_session=True)
     return SippRun(run_dir, proc, timeout + 15)
+
+
+def in_netns(netns: str | None) -> list[str]:
+    """The command prefix that runs a program in ``netns`` (ip netns exec execs
+    it: the PID stays the program's)."""
+    return ["ip", "netns", "exec", netns] if netns else []
 
 
 def sipp(scenario: str, remote: str, *, check: bool = True, **options: Any) -> SippResult:

@@ -1,9 +1,10 @@
 """IP literals: which family, one spelling per address (RFC 3261 §25.1 host, RFC 5952).
 
-Kamailio prints IPv6 addresses upper-case and uncompressed (``$si``, ``$Ri``:
-``2001:DB8:0:0:0:0:0:1``), a decoded flow token and dnspython compressed
-(``2001:db8::1``); a URI brackets them. Every comparison or key of addresses
-goes through :func:`canonical_ip`, so that two spellings of one peer are one.
+One IPv6 address has many spellings: ``2001:DB8:0:0:0:0:0:1`` (in a header a
+device wrote), ``2001:db8::1`` (a decoded flow token, dnspython; Kamailio 5.6's
+``$si`` as measured here), ``[2001:db8::1]`` (a URI). Every comparison or key
+of addresses goes through :func:`canonical_ip`, so that two spellings of one
+peer are one.
 """
 
 from __future__ import annotations

@@ -304,7 +304,7 @@ def is_hostname(text: str) -> bool:
 def bracket(ip: str) -> str:
     """An IP address as the host of a URI or ``host:port``: IPv6 in brackets
     (RFC 3261 §25.1 IPv6reference)."""
-    return f"[{ip}]" if ":" in ip else ip
+    return f"[{ip}]" if ":" in ip and not ip.startswith("[") else ip
 
 
 def is_digits(text: str) -> bool:

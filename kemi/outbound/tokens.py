@@ -87,9 +87,8 @@ class Flow:
 
     def canonical(self) -> Flow:
         """The flow spelled as a decoded token spells it: lower-case transport,
-        addresses in one spelling (outbound.addresses.canonical_ip); Kamailio
-        prints IPv6 upper-case and uncompressed. Unchanged when an address is
-        no IP literal."""
+        addresses in one spelling (outbound.addresses.canonical_ip), whatever
+        spelling the caller read. Unchanged when an address is no IP literal."""
         try:
             local, remote = canonical_ip(self.local_ip), canonical_ip(self.remote_ip)
         except ValueError:

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from netns import ipv6_loopback
 
 from actors import call, instance, ob_params, start_callee, tcp_stat, wait_bindings, wait_until
 from harness import SIPP_DIR, TEST_KEY, Kamailio, describe, start_sipp
@@ -117,3 +118,23 @@ def test_registration_reply_carries_flow_timer(server, workdir, local_port, call
     callee.kill()
     run = callee.wait(5)
     assert "Flow-Timer: 25" in run.messages and "Require: outbound" in run.messages, describe(run)
+
+
+def test_closed_ipv6_connection_removes_its_bindings(workdir, local_port, callees):
+    """RFC 5626 §7 (A4.5/D9) over IPv6 (issue 13 item 8): Kamailio spells the
+    connection's addresses FD00:AB:CD::20, the token's decoder fd00:ab:cd::20;
+    one key for both (Flow.key) or the closed connection never finds its
+    bindings (before the fix the binding stayed)."""
+    server_ip, device_ip = "fd00:ab:cd::10", "fd00:ab:cd::20"
+    with ipv6_loopback(server_ip, device_ip) as ns:
+        kam = start(single(workdir, name="single-v6", addr=f"[{server_ip}]", netns=ns))
+        try:
+            callee = start_callee(kam, workdir, local_port, "s-v6", ua_ip=device_ip, netns=ns)
+            callees.append(callee)
+            [binding] = wait_bindings(kam, "s-v6", [callee])
+            flow = CODEC.decode(parse_name_addr(binding["Path"]).sip_uri.user or "").flow
+            assert flow is not None and flow.remote_ip == device_ip and flow.transport == "tcp"
+            callee.kill()
+            wait_until(lambda: not kam.bindings("s-v6"), "binding of the closed IPv6 flow removed")
+        finally:
+            stop(kam)

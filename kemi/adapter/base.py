@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import KSR
 
 from outbound.decisions import Reply
 from outbound.errors import ConfigError
-from outbound.relay import SEAL_PARAM, dialog_seal, seal_valid, stray_reply_refusal
+from outbound.relay import SEAL_PARAM, dialog_seal, foreign_route_refusal, seal_valid, stray_reply_refusal
 from outbound.routing import toward_endpoint
-from outbound.sipmsg import NameAddr, bracket, is_digits
+from outbound.sipmsg import NameAddr, bracket, format_name_addr, is_digits, parse_name_addrs
 
 from .names import BAN_DEFINE, BAN_TABLE, DIALOG_FAILURE_ROUTE, NOPIKE_SWITCH
 from .runtime import Runtime, check_fault_injection, define, guarded, send_reply, snapshot
@@ -177,6 +177,24 @@ class BaseRoutes:
             return 1
         send_reply(Reply(404, "Not Found", "in-dialog request without a route"))
         return 1
+
+    def strip_own_routes(self, next_is_farm: Callable[[NameAddr], bool] | None = None) -> bool:
+        """Take our own leading entries off the Route set (RFC 3261 §16.4) and
+        keep the rest, when the relay policy lets it go on
+        (outbound.relay.foreign_route_refusal); False after a 403."""
+        routes = parse_name_addrs(snapshot().headers, "route")
+        if not routes:
+            return True
+        rest = routes[len(leading_own_routes(routes)):]
+        allowed = bool(rest) and next_is_farm is not None and next_is_farm(rest[0])
+        refusal = foreign_route_refusal(len(rest), next_is_farm=allowed)
+        if refusal is not None:
+            send_reply(refusal)
+            return False
+        KSR.hdr.remove("Route")
+        if rest:
+            KSR.hdr.insert("Route: " + ", ".join(format_name_addr(r) for r in rest) + "\r\n")
+        return True
 
     def locate_next_hop(self) -> bool:
         """False (after a reply) when the next hop cannot be located (NextHopLocator)."""

@@ -18,7 +18,7 @@ from outbound.decisions import PathKind, Reply
 from outbound.policy import edge_path_kind
 from outbound.relay import EdgeStep, Onward, ToHome, edge_step, next_hop_refusal
 from outbound.routing import DIALOG_FORMING, RouteView, ToFlow, record_route_token, route_decision
-from outbound.sipmsg import SipSyntaxError, SipUri, parse_name_addrs
+from outbound.sipmsg import NameAddr, SipSyntaxError, SipUri, parse_name_addrs
 
 from .base import BaseRoutes
 from .flows import FlowRelay, source_flow
@@ -59,10 +59,12 @@ class EdgeRoutes(BaseRoutes):
 
     def register(self) -> int:
         """Forward a REGISTER to the registrar with our Path (RFC 5626 §5.1).
-        We are the device's first hop: Route and any Path the device wrote go
+        We are the device's first hop: our own Route entries go (a Route set on
+        past us must lead to the farm), and so does any Path the device wrote
         (a Path with another device's token would steer that AOR's calls onto
         the other device's flow)."""
-        KSR.hdr.remove("Route")
+        if not self.strip_own_routes(self.names_farm):
+            return 1
         if KSR.hdr.is_present("Path") > 0 and not self.from_farm():
             KSR.notice(f"kemi-outbound: Path written by {KSR.kx.get_srcip()} removed from REGISTER "
                        f"for {KSR.kx.get_turi()}\n")
@@ -122,9 +124,9 @@ class EdgeRoutes(BaseRoutes):
         view = self.flows.route_view()
         step = self.step(view, in_dialog=False)
         if isinstance(step, ToHome):
-            self.record_route(view)
-            KSR.hdr.remove("Route")
-            self.forward_to_home()
+            if self.strip_own_routes(self.names_farm):
+                self.record_route(view)
+                self.forward_to_home()
         elif isinstance(step, Onward):
             # from the farm: on as its Route set says
             if KSR.rr.loose_route() in (1, RR_PRELOADED):
@@ -148,6 +150,13 @@ class EdgeRoutes(BaseRoutes):
                 self.relay_in_dialog()
             return 1
         return self.unrouted()
+
+    def names_farm(self, route: NameAddr) -> bool:
+        """A Route entry whose host is a farm address or one of the farm's names."""
+        host = (route.sip_uri.params.get("maddr") or route.sip_uri.host).strip("[]")
+        if is_ip_literal(host):
+            return self.farm.contains(host)
+        return host.lower().rstrip(".") in self.farm.names
 
     def next_hop_refusal(self) -> Reply | None:
         """A device's in-dialog request goes to the farm only (outbound.relay)."""

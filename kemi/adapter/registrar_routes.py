@@ -99,9 +99,8 @@ class RegistrarRoutes(BaseRoutes, HomeProxyCallbacks):
         return 1
 
     def initial(self) -> int:
-        if not self.auth.request():
+        if not self.auth.request() or not self.strip_own_routes():
             return 1
-        KSR.hdr.remove("Route")
         if KSR.is_method_in("IS"):
             # sealed for the Call-ID: in-dialog requests must bring it back (outbound.relay)
             KSR.rr.record_route_params(self.seal.param(KSR.kx.get_callid()))

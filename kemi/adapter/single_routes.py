@@ -186,8 +186,9 @@ class SingleRoutes(BaseRoutes, HomeProxyCallbacks):
         step = self.step(view, in_dialog=False)
         if isinstance(step, Reply | ToFlow):
             return 1
+        if not self.strip_own_routes():
+            return 1
         self.record_route_caller_side(view)
-        KSR.hdr.remove("Route")
         if self.auth.request():
             self.home.outbound_lookup()
         return 1

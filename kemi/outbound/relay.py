@@ -123,6 +123,17 @@ def flow_room_refusal(aors_on_flow: Sequence[str], aor: str, conn_id: int) -> Re
     return None
 
 
+def foreign_route_refusal(foreign: int, *, next_is_farm: bool) -> Reply | None:
+    """RFC 3261 §16.4: a proxy takes only its own entries off the Route set; a
+    preloaded Route set goes on. Under the relay policy an initial request (or
+    REGISTER) of a device may only go to the farm: what is left after our own
+    entries must start at the farm (an edge's next hop), and the home proxy is
+    the end of it (``next_is_farm`` False there). Refused 403, never dropped."""
+    if foreign == 0 or next_is_farm:
+        return None
+    return Reply(403, "Forbidden", f"Route set goes on past us ({foreign} entries) to a hop outside the farm")
+
+
 def next_hop_refusal(host: str, *, host_is_ip: bool, ip_in_farm: bool, farm_names: frozenset[str]) -> Reply | None:
     """A device's in-dialog request may go only to the farm: the next hop's
     host must be a farm address (an IP) or one of the farm's configured names

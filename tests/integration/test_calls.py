@@ -154,7 +154,8 @@ BAD_ROUTES = [
     pytest.param(f"Route: <sip:abc@{net(2)};lr;ob>", "403", id="garbage-token-is-a-damaged-token"),
     pytest.param(f"Route: <sip:@{net(2)};lr;ob>", "404", id="empty-token"),
     pytest.param("Route: <sip:" + "A" * 1100 + f"@{net(2)};lr;ob>", "400", id="oversized-token"),
-    pytest.param("Route: <sip:" + "A" * 36 + f"@{net(99)};lr>", "404", id="token-in-foreign-route"),
+    # a Route set leading past the edge to another hop: refused, no longer dropped (issue 13 item 9)
+    pytest.param("Route: <sip:" + "A" * 36 + f"@{net(99)};lr>", "403", id="token-in-foreign-route"),
     pytest.param("Route: <sip:" + "A" * 36 + f"@{net(2)}>", "403", id="forged-token-without-lr"),
     pytest.param(f"Route: <sip:abc@{net(2)}>", "403", id="garbage-without-lr-is-a-damaged-token"),
 ]
@@ -163,7 +164,8 @@ BAD_ROUTES = [
 @pytest.mark.parametrize(("route", "status"), BAD_ROUTES)
 def test_bad_routes_get_a_defined_answer(topology, workdir, local_port, route, status):
     """Garbage, empty, oversized tokens, foreign Routes, Routes without ;lr: a defined
-    reply or ordinary routing (here: on to the home proxy, which knows no such user)."""
+    reply (403 for a Route set leading away from the farm) or ordinary routing
+    (here: on to the home proxy, which knows no such user)."""
     edge1 = topology["edge1"]
     result = sipp("caller/uac_final.xml", f"{edge1.addr}:{edge1.port}", workdir=workdir, local_ip=UA_A,
                   local_port=local_port, timeout=10, auth=subscriber("alice"),

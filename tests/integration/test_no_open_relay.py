@@ -164,15 +164,20 @@ FAKE_VIA = ("SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bK-made-up",)
 # (name, request arguments, the policy's answer) for every way to ask the edge to
 # relay to the sink; {edge} and {reg} stand for their host:port. Initial requests
 # from a device go to the farm, which challenges them (407) and, with the
-# attacker's own valid credentials, knows no such user (404); in-dialog ones
+# attacker's own valid credentials, knows no such user (404), unless a Route set
+# leads on past the edge to another hop (403 at the edge); in-dialog ones
 # toward anything but the farm get 403 at the edge, no challenge, and the farm
 # relays only along its own sealed Record-Route (403 again).
 EDGE_VARIANTS = [
     ("initial-1via-route-edge", {"method": "INVITE", "ruri": SINK_URI, "routes": (ME,)}, 404),
     ("initial-2via-route-edge", {"method": "INVITE", "ruri": SINK_URI, "routes": (ME,), "extra_vias": FAKE_VIA}, 404),
     ("initial-2via-no-route", {"method": "INVITE", "ruri": SINK_URI, "extra_vias": FAKE_VIA}, 404),
+    # RFC 3261 §16.4: only our own Route entries come off; a set that goes on past
+    # the edge must lead to the farm (issue 13 item 9: it was dropped, then 404)
     ("initial-2via-route-chain", {"method": "INVITE", "ruri": SINK_URI, "extra_vias": FAKE_VIA,
-                                  "routes": (ME, TO_SINK)}, 404),
+                                  "routes": (ME, TO_SINK)}, 403),
+    ("initial-route-chain-to-sink", {"method": "INVITE", "ruri": SINK_URI, "routes": (ME, TO_SINK)}, 403),
+    ("initial-route-on-to-the-farm", {"method": "INVITE", "ruri": SINK_URI, "routes": (ME, "<sip:{reg};lr>")}, 404),
     ("initial-2via-hostname", {"method": "INVITE", "ruri": "sip:toll@relay-target.invalid", "routes": (ME,),
                                "extra_vias": FAKE_VIA}, 404),
     ("initial-2via-lf", {"method": "INVITE", "ruri": SINK_URI, "routes": (ME,), "extra_vias": FAKE_VIA,
@@ -199,7 +204,7 @@ def test_edge_is_no_open_relay(topology, sink, attacker, args, expected):
     routes = tuple(r.format(edge=hostport(edge1), reg=hostport(registrar)) for r in args.get("routes", ()))
     args = {**args, "routes": routes}
     before = len(sink.received)
-    if args["method"] == "INVITE" and "to_tag" not in args:
+    if args["method"] == "INVITE" and "to_tag" not in args and expected != 403:
         # the farm's challenge comes first; then the relay policy shows
         assert attacker.send_authenticated(edge1, attacker.request(**args), "mallory") == (407, expected)
     else:

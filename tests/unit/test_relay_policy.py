@@ -8,6 +8,7 @@ from outbound.relay import (
     ToHome,
     dialog_seal,
     edge_step,
+    foreign_route_refusal,
     next_hop_refusal,
     path_refusal,
     seal_valid,
@@ -136,3 +137,20 @@ def test_a_stray_reply_goes_on_only_toward_a_unicast_address(via, refused):
     """RFC 3261 §16.11 stateless forwarding of a reply along its next Via, never to
     a broadcast, multicast or unspecified address, never after a DNS lookup."""
     assert (stray_reply_refusal(via) is not None) is refused
+
+
+@pytest.mark.parametrize(("foreign", "next_is_farm", "refused"), [
+    (0, False, False),  # only our own entries: nothing goes on
+    (1, True, False),   # the edge: the rest of the set starts at the farm
+    (2, True, False),
+    (1, False, True),   # toward another hop: no open relay
+    (3, False, True),
+])
+def test_a_preloaded_route_set_goes_on_only_toward_the_farm(foreign, next_is_farm, refused):
+    """RFC 3261 §16.4: only our own Route entries come off (issue 13 item 9);
+    the relay policy refuses a set that leads past the farm (403, never dropped)."""
+    refusal = foreign_route_refusal(foreign, next_is_farm=next_is_farm)
+
+    assert (refusal is not None) is refused
+    if refused:
+        assert refusal.code == 403

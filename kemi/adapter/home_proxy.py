@@ -32,7 +32,6 @@ from outbound.bindings import (
     caller_status,
     failover_allowed,
     next_flow,
-    normalize_instance,
     plan_forks,
 )
 from outbound.config import Config
@@ -42,8 +41,9 @@ from outbound.relay import SEAL_PARAM
 from outbound.sipmsg import SipUri, is_hostname, parse_name_addr, split_values
 from outbound.tokens import Flow, FlowTokenCodec, Verdict
 
+from . import usrloc
 from .locator_glue import HealthMemory, Locator, own_socket_toward
-from .names import BRANCH_FAILURE_ROUTE, BRANCH_ROUTE, FAILURE_ROUTE, FLB_OUTBOUND, FORK_XAVP, LOOKUP_HANDLE
+from .names import BRANCH_FAILURE_ROUTE, BRANCH_ROUTE, FAILURE_ROUTE, FLB_OUTBOUND, FORK_XAVP
 from .runtime import send_reply, stream_flow_alive
 
 SLOT_SHIFT = 16
@@ -62,7 +62,6 @@ class Target:
     dst_uri: str
     route: str
     socket: str = ""
-    conn_id: int = 0
     record_route: str = ""  # our own entry facing a local flow (single-server mode)
     addresses: EdgeAddresses | None = None  # a Path hostname's addresses, dst_uri the current one
 
@@ -90,29 +89,7 @@ class HomeProxy:
     # ----- reading usrloc -------------------------------------------------
 
     def fetch(self, aor: str) -> list[Binding]:
-        if KSR.registrar.reg_fetch_contacts(self.table, aor, LOOKUP_HANDLE) < 0:
-            return []
-        try:
-            count = int(KSR.pv.get(f"$ulc({LOOKUP_HANDLE}=>count)") or 0)
-            out = []
-            for i in range(count):
-                def field(name: str, i: int = i) -> object:
-                    return KSR.pv.get(f"$(ulc({LOOKUP_HANDLE}=>{name})[{i}])")
-                q = int(field("q") or -1)
-                out.append(Binding(
-                    ruid=str(field("ruid") or ""),
-                    contact=str(field("addr") or ""),
-                    path=str(field("path") or ""),
-                    instance=normalize_instance(str(field("instance") or "")),
-                    reg_id=int(field("regid") or 0),
-                    q=1.0 if q < 0 else q / 1000.0,
-                    modified=int(field("modified") or 0),
-                    outbound=bool(int(field("cflags") or 0) & (1 << FLB_OUTBOUND)),
-                    received=str(field("received") or ""),
-                ))
-            return out
-        finally:
-            KSR.registrar.reg_free_contacts(LOOKUP_HANDLE)
+        return usrloc.bindings(self.table, aor)
 
     # ----- building branches ---------------------------------------------
 
@@ -269,7 +246,7 @@ class HomeProxy:
             # a transport error is a 503 of our own (RFC 3261 §16.9), which the
             # caller sees as 480 like any flow failure (RFC 5626 §11.5), never
             # a 500 "No error" from sl_reply_error
-            send_reply(Reply(caller_status(503) or 480, "Temporarily Unavailable",
+            send_reply(Reply(480, "Temporarily Unavailable",
                              f"could not send to any binding of {aor}"))
             return -1
         return 1
@@ -318,7 +295,7 @@ class HomeProxy:
             return
         KSR.notice(f"kemi-outbound: flow {ruid} of {aor} failed with {status}"
                    f"{' (local)' if locally else ''}; removing it\n")
-        KSR.registrar.unregister_ruid(self.table, aor, ruid)
+        usrloc.unregister(self.table, aor, ruid)
         remaining = self.fetch(aor)
         while True:
             binding = next_flow(remaining, group, ruid)
@@ -403,7 +380,7 @@ class HomeProxy:
 
     def _forget(self, aor: str, binding: Binding, why: str) -> None:
         KSR.notice(f"kemi-outbound: removing binding {binding.ruid} of {aor}: {why}\n")
-        KSR.registrar.unregister_ruid(self.table, aor, binding.ruid)
+        usrloc.unregister(self.table, aor, binding.ruid)
 
 
 @dataclass(frozen=True, slots=True)

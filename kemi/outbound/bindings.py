@@ -15,10 +15,13 @@ from dataclasses import dataclass
 
 DEFAULT_Q = 1.0
 
+InstanceKey = tuple[str, int]
+
 
 @dataclass(frozen=True, slots=True)
 class Binding:
-    """One usrloc contact, as the adapter read it."""
+    """One usrloc contact, as the adapter read it (``instance`` already
+    normalized, :func:`normalize_instance`)."""
 
     ruid: str
     contact: str
@@ -28,14 +31,19 @@ class Binding:
     q: float = DEFAULT_Q
     modified: int = 0
     outbound: bool = False
-    socket: str = ""
-    conn_id: int = -1
     received: str = ""  # where a first-hop REGISTER came from (sip:ip:port;transport=...)
+    callid: str = ""
+    cseq: int = 0
 
     @property
     def group(self) -> str:
         """Flows of one device share the key; a binding without instance is alone."""
         return f"instance:{self.instance}" if self.instance else f"ruid:{self.ruid}"
+
+    @property
+    def key(self) -> InstanceKey:
+        """(instance, reg-id): how Kamailio 5.6's usrloc matches an instance binding."""
+        return (self.instance, self.reg_id)
 
 
 @dataclass(frozen=True, slots=True)

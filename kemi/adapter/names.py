@@ -9,8 +9,8 @@ tests/unit/test_names.py reads cfg/*.cfg and checks both directions: every
 name a cfg declares for the Python exists here, and every name here that
 needs a cfg declaration has one in the cfgs listed.
 
-Names only the Python uses (transaction xavps, $var scratch, usrloc fetch
-handles) are here too, so that no two modules pick the same one.
+Names only the Python uses (transaction xavps, $var scratch, the usrloc fetch
+handle) are here too, so that no two modules pick the same one.
 
 Value codecs: ``ko_flows`` items (:class:`FlowsEntry`, below), ``ko_health``
 (``locator.health.TargetHealth.to_text``), the home proxy's transaction state
@@ -78,12 +78,13 @@ DEFINE_OVERRIDES = {
 
 DNS_REMAINING_AVP = "$avp(ko_dns_remaining)"  # targets still to try (transaction AVP)
 DNS_CURRENT_AVP = "$avp(ko_dns_current)"  # the target being tried
-FORK_XAVP = "ko_tx"  # the home proxy's transaction state (outbound.forking)
+FORK_XAVP = "ko_tx"  # the home proxy's transaction state (outbound.forking.ForkState.to_text)
+FORK_STATE = f"$xavp({FORK_XAVP})"  # read it; a first write adds it
+FORK_STATE_FIRST = f"$xavp({FORK_XAVP}[0])"  # a later write replaces it
 RR_CALLER_SIDE_XAVP = "$xavp(ko_rr=>a)"  # single server: the caller's Record-Route entry
 HDR_INDEX_VAR = "$var(ko_hdr_index)"  # runtime.kamailio_fields
 CONID_VAR = "$var(ko_conid)"  # tcp_get_conid's answer
-LOOKUP_HANDLE = "ko"  # reg_fetch_contacts handle of the home proxy
-STORED_HANDLE = "korel"  # ... and of the registrar's save path
+LOOKUP_HANDLE = "ko"  # reg_fetch_contacts handle (adapter.usrloc, the one reader of usrloc)
 
 
 SWEEP_TIMER = "ko_sweep"  # rtimer timer running SWEEP_CALLBACK (cfg only)

@@ -8,8 +8,6 @@ proxy's forking to registered flows (home_proxy.HomeProxy).
 
 from __future__ import annotations
 
-from typing import Any
-
 import KSR
 
 from locator.peers import peer_addresses
@@ -22,30 +20,9 @@ from outbound.sipmsg import parse_name_addrs
 from . import registration
 from .auth import Authenticator
 from .base import BaseRoutes, DialogSeal, leading_own_routes
-from .home_proxy import HomeProxy
+from .home_proxy import HomeProxy, HomeProxyCallbacks
 from .locator_glue import HealthMemory, Locator, NextHopLocator, PeerGate
-from .runtime import Runtime, Snapshot, dialog_keys, guarded, send_reply, snapshot
-
-
-class HomeProxyCallbacks:
-    """tm callbacks of a role that forks to registered flows (names.TM_CALLBACKS)."""
-
-    home: HomeProxy
-
-    @guarded
-    def ksr_branch_outbound(self, msg: Any) -> int:
-        self.home.branch_route()
-        return 1
-
-    @guarded
-    def ksr_branch_failure_outbound(self, msg: Any) -> int:
-        self.home.outbound_next_contact()
-        return 1
-
-    @guarded
-    def ksr_failure_outbound(self, msg: Any) -> int:
-        self.home.failure_route()
-        return 1
+from .runtime import Runtime, Snapshot, dialog_keys, send_reply, snapshot
 
 
 class RegistrarRoutes(BaseRoutes, HomeProxyCallbacks):

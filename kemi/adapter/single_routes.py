@@ -26,14 +26,13 @@ from outbound.relay import EdgeStep, flow_room_refusal, single_step
 from outbound.routing import DIALOG_FORMING, RouteView, ToFlow, path_flow, record_route_token, route_decision
 from outbound.tokens import Flow, FlowTokenCodec
 
-from . import registration
+from . import registration, usrloc
 from .auth import Authenticator
 from .base import BaseRoutes, DialogSeal
 from .flows import FlowRelay, is_local_flow, source_flow
-from .home_proxy import HomeProxy
+from .home_proxy import HomeProxy, HomeProxyCallbacks
 from .locator_glue import Locator, NextHopLocator, PeerGate
 from .names import FLOWS_ITERATOR, FLOWS_TABLE, RR_CALLER_SIDE_XAVP, FlowsEntry
-from .registrar_routes import HomeProxyCallbacks
 from .runtime import Runtime, guarded, send_reply
 
 CLOSE_EVENTS = ("tcp:closed", "tcp:timeout", "tcp:reset")
@@ -94,7 +93,7 @@ class FlowWatch:
                 flow = path_flow(binding.path, self.codec)
                 if flow is not None and flow.key == key:
                     KSR.notice(f"kemi-outbound: {why} on {key}: removing binding {binding.ruid} of {aor}\n")
-                    KSR.registrar.unregister_ruid(self.home.table, aor, binding.ruid)
+                    usrloc.unregister(self.home.table, aor, binding.ruid)
 
 
 class SingleRoutes(BaseRoutes, HomeProxyCallbacks):

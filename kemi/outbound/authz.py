@@ -14,9 +14,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from .decisions import Reply
-from .policy import contact_expiry
-from .refresh import StoredBinding, instance_keys
-from .sipmsg import NameAddr
 
 # auth_db auth_check() / auth module results (auth/api.h, Kamailio 5.6)
 AUTH_OK = 1
@@ -115,23 +112,3 @@ def over_contact_limit(stored: int, adding: int, max_contacts: int) -> Reply | N
     return Reply(403, "Too Many Contacts",
                  f"{stored} bindings stored, {adding} more would pass the limit of {max_contacts}")
 
-
-def bindings_added(stored: Iterable[StoredBinding], contacts: tuple[NameAddr, ...], expires_header: int | None,
-                   default_expires: int) -> int:
-    """How many new bindings a REGISTER would add: live Contacts that match no
-    stored binding (an instance binding by (instance, reg-id), as usrloc keys
-    it; a plain one by its Contact URI). Refreshes and removals add none."""
-    stored = list(stored)
-    keys = {b.key for b in stored if b.instance}
-    uris = {b.contact for b in stored}
-    added = 0
-    for contact in contacts:
-        if contact.star or contact_expiry(contact, expires_header, default_expires) == 0:
-            continue
-        own = instance_keys((contact,))
-        if own and own <= keys:
-            continue
-        if not own and contact.uri in uris:
-            continue
-        added += 1
-    return added

@@ -1,4 +1,4 @@
-"""Which bindings to fork to, and in which order (RFC 5626 §7, RFC 3261 §16.6).
+"""Which bindings to fork to, in which order, and where each one goes (RFC 5626 §7, RFC 3261 §16.6).
 
 The authoritative proxy never puts two flows of one (AOR, instance) into the
 target set at once (§7); the other flows of that instance are kept for
@@ -7,18 +7,30 @@ recently refreshed first (§15 credits "most recent registration first").
 Instances fork in parallel within one q-value and serially across q-values,
 highest first (RFC 3261 §16.6). Bindings without +sip.instance are each an
 "instance" of their own.
+
+:func:`first_hop` reads where a binding's requests go first: the address a
+first-hop REGISTER came from, or the stored Path (RFC 3327 §5), whose first
+entry the adapter then turns into a next hop (a flow of our own, an edge by
+address or by hostname).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .addresses import is_ip_literal
+from .errors import SipSyntaxError
+from .sipmsg import SipUri, parse_name_addr, split_values
+
 DEFAULT_Q = 1.0
+
+InstanceKey = tuple[str, int]
 
 
 @dataclass(frozen=True, slots=True)
 class Binding:
-    """One usrloc contact, as the adapter read it."""
+    """One usrloc contact, as the adapter read it (``instance`` already
+    normalized, :func:`normalize_instance`)."""
 
     ruid: str
     contact: str
@@ -28,14 +40,19 @@ class Binding:
     q: float = DEFAULT_Q
     modified: int = 0
     outbound: bool = False
-    socket: str = ""
-    conn_id: int = -1
     received: str = ""  # where a first-hop REGISTER came from (sip:ip:port;transport=...)
+    callid: str = ""
+    cseq: int = 0
 
     @property
     def group(self) -> str:
         """Flows of one device share the key; a binding without instance is alone."""
         return f"instance:{self.instance}" if self.instance else f"ruid:{self.ruid}"
+
+    @property
+    def key(self) -> InstanceKey:
+        """(instance, reg-id): how Kamailio 5.6's usrloc matches an instance binding."""
+        return (self.instance, self.reg_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,29 +134,20 @@ def plan_forks(
     return ForkPlan(tuple(waves))
 
 
-def next_flow(bindings: list[Binding] | tuple[Binding, ...], group: str, failed_ruid: str) -> Binding | None:
-    """The flow of the same instance to try after ``failed_ruid`` failed (§7, §9.3)."""
-    candidates = sorted(
-        (b for b in bindings if b.group == group and b.ruid != failed_ruid), key=_flow_order
-    )
-    return candidates[0] if candidates else None
+def other_flows(bindings: list[Binding] | tuple[Binding, ...], group: str, failed_ruid: str) -> tuple[Binding, ...]:
+    """The flows of the same instance to try after ``failed_ruid`` failed, the
+    next one first (§7, §9.3)."""
+    return tuple(sorted((b for b in bindings if b.group == group and b.ruid != failed_ruid), key=_flow_order))
 
 
-def failover_allowed(status: int, locally_generated: bool) -> bool:
-    """RFC 5626 §7: replace a branch only after 430, or a 408/503 we generated
-    ourselves (timeout with no reply, transport error; RFC 3261 §16.8-16.9).
-    Any other final response ends that instance (checklist A4.3)."""
-    if status == 430:
-        return True
-    return locally_generated and status in (408, 503)
+# ----- where a binding's requests go ------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
 class EdgeAddresses:
     """Where a branch toward an edge named in Path by hostname goes: the
     address tried now and the other addresses of that name, in the locator's
-    order (RFC 3263 §4.3: "every address of a target before the next target",
-    checklist B10). Kept with the branch as one line (:meth:`pack`)."""
+    order (RFC 3263 §4.3: "every address of a target before the next target")."""
 
     current: str
     rest: tuple[str, ...] = ()
@@ -149,12 +157,9 @@ class EdgeAddresses:
         """The resolved ``$du`` URIs, best first; None when there are none."""
         return cls(found[0], tuple(found[1:])) if found else None
 
-    def pack(self) -> str:
-        return " ".join((self.current, *self.rest))
-
-    @classmethod
-    def unpack(cls, text: str) -> EdgeAddresses | None:
-        return cls.of(text.split())
+    @property
+    def all(self) -> tuple[str, ...]:
+        return (self.current, *self.rest)
 
     def after_failure(self, status: int, locally_generated: bool) -> EdgeAddresses | None:
         """The same binding at the next address, or None (then the flow has
@@ -171,45 +176,83 @@ class EdgeAddresses:
         return EdgeAddresses(self.rest[0], self.rest[1:])
 
 
-def caller_status(status: int) -> int | None:
-    """What the caller sees instead of a flow failure (RFC 5626 §11.5): 430 is for
-    proxies only, and our own 408/503 mean "nobody could be reached": 480."""
-    if status in (430, 408, 503):
-        return 480
-    return None
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where one branch goes: Request-URI, next hop (``$du``; empty: the
+    Request-URI itself), Route set, the socket to send from (empty: the
+    adapter picks)."""
+
+    ruri: str
+    dst_uri: str = ""
+    route: str = ""
+    socket: str = ""
+    record_route: str = ""  # our own entry facing a local flow (single-server mode)
+    addresses: EdgeAddresses | None = None  # a Path hostname's addresses, dst_uri the current one
 
 
-def response_rank(status: int) -> int:
-    """How tm ranks a final response when it picks the one for the caller (lower
-    wins, RFC 3261 §16.7 step 6): 6xx, then 3xx, then 4xx (401, 407, 415, 420,
-    484 first), then 5xx. Mirrors tm's get_prio (t_reply.c, 5.6)."""
-    kind, xx = divmod(status, 100)
-    base = {6: 1000, 3: 3000, 4: 4000, 5: 5000}.get(kind)
-    if base is None:
-        return 10000 + status
-    if kind == 4 and xx not in (1, 7, 15, 20, 84):
-        xx += 100
-    return base + xx
+@dataclass(frozen=True, slots=True)
+class Unusable:
+    """A binding that has no usable target now: ``log`` says why (one line);
+    ``forget`` when the binding itself is dead (its flow is known to be gone:
+    RFC 5626 §7 invalidates it), otherwise it is kept and only skipped."""
+
+    log: str
+    forget: bool = False
 
 
-def better_reply(best: int | None, status: int) -> int | None:
-    """The best final response so far that is not a flow failure (checklist A6.3:
-    a 430, or our own 408/503, ranks after every real answer)."""
-    if caller_status(status) is not None or not 300 <= status < 700:
-        return best
-    if best is None or response_rank(status) < response_rank(best):
-        return status
-    return best
+@dataclass(frozen=True, slots=True)
+class PathHop:
+    """A binding's stored Path, read: the first entry parsed (its user part may
+    be a flow token of ours) and every entry as written (RFC 3327 §5: the
+    Path becomes the Route set)."""
+
+    first: SipUri
+    entries: tuple[str, ...]
+
+    @property
+    def dst_uri(self) -> str:
+        """The first entry as a ``$du`` URI: host, port and transport only."""
+        port = f":{self.first.port}" if self.first.port else ""
+        transport = self.first.params.get("transport")
+        return f"sip:{self.first.host}{port}" + (f";transport={transport}" if transport else "")
+
+    @property
+    def route(self) -> str:
+        """The whole Path as the Route set toward the edge."""
+        return ", ".join(self.entries)
+
+    @property
+    def route_after_first(self) -> str:
+        """The Route set when the first entry is ours (we hold the flow ourselves)."""
+        return ", ".join(self.entries[1:])
 
 
-def caller_reply(picked: int, best_other: int | None) -> int | None:
-    """What the caller gets instead of tm's pick when that pick is a flow failure:
-    the best real answer of another branch unless its class ranks after 4xx (a
-    5xx), e.g. 486 Busy from another device; else 480 (RFC 5626 §11.5, checklist
-    A6.3: 430 ranks last). None: tm's pick stands."""
-    mapped = caller_status(picked)
-    if mapped is None:
-        return None
-    if best_other is not None and response_rank(best_other) < response_rank(500):
-        return best_other
-    return mapped
+def first_hop(binding: Binding) -> Target | PathHop | Unusable:
+    """Where ``binding``'s requests go first.
+
+    Without Path (a first-hop registration): to the address the REGISTER came
+    from (the registrar stored it as "received"), never to a name in its
+    Contact, which only Kamailio's own resolver would look up; a Contact with
+    an IP literal goes as it is. With a Path: its first entry, for the adapter
+    to resolve; a Path that cannot be read is skipped (the binding is kept).
+    """
+    if not binding.path:
+        if binding.received:
+            return Target(binding.contact, binding.received)
+        if not is_ip_literal(_contact_host(binding.contact)):
+            return Unusable(f"binding {binding.ruid} names a host in its Contact and no address it came from; "
+                            "skipped (no lookup of a name a device wrote)")
+        return Target(binding.contact)
+    try:
+        entries = split_values(binding.path)
+        first = parse_name_addr(entries[0]).sip_uri
+    except (SipSyntaxError, IndexError) as exc:
+        return Unusable(f"binding {binding.ruid} has an unusable Path ({exc}); skipped")
+    return PathHop(first, tuple(entries))
+
+
+def _contact_host(contact: str) -> str:
+    try:
+        return SipUri.parse(contact).host
+    except SipSyntaxError:
+        return ""

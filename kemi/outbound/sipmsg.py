@@ -111,14 +111,6 @@ def split_fields(block: str) -> Iterator[tuple[str, str]]:
         yield name, "\n".join(parts)
 
 
-def iter_headers(block: str) -> Iterator[tuple[str, str]]:
-    """(lower-case full name, unfolded body) pairs in message order."""
-    compact = COMPACT_FORMS
-    for raw_name, body in split_fields(block):
-        lower = raw_name.lower()
-        yield compact.get(lower, lower), unfold(body)
-
-
 # Control characters other than HTAB have no place in the headers we read (RFC 3261
 # §25.1 allows them only backslash-escaped inside a quoted string): a NUL in a
 # Route would reach Kamailio's C functions, which refuse strings holding one.
@@ -286,6 +278,10 @@ class NameAddr:
             object.__setattr__(self, "_parsed", parsed)
         return parsed
 
+    def without(self, *names: str) -> NameAddr:
+        """The same value without the header parameters ``names`` (lower-case)."""
+        return NameAddr(self.uri, {k: v for k, v in self.params.items() if k not in names}, self.star)
+
 
 # RFC 3261 §25.1: hostname = *( domainlabel "." ) toplabel [ "." ];
 # domainlabel = alphanum / alphanum *( alphanum / "-" ) alphanum;
@@ -416,16 +412,13 @@ def split_hostport(hostport: str) -> tuple[str, int | None]:
     return host.lower(), port
 
 
-def format_name_addr(value: NameAddr, *, without: tuple[str, ...] = ()) -> str:
+def format_name_addr(value: NameAddr) -> str:
     """A Contact/Path/Route value written back as ``<uri>;param=value...``
-    (RFC 3261 §20.10; names lower-cased, values as received), leaving out the
-    parameters named in ``without``. The display name is not kept."""
+    (RFC 3261 §20.10; names lower-cased, values as received). The display
+    name is not kept."""
     if value.star:
         return "*"
-    params = "".join(
-        f";{name}" if param is None else f";{name}={param}"
-        for name, param in value.params.items() if name not in without
-    )
+    params = "".join(f";{name}" if param is None else f";{name}={param}" for name, param in value.params.items())
     return f"<{value.uri}>{params}"
 
 

@@ -13,13 +13,13 @@ from outbound.authz import (
     Authorized,
     Challenge,
     auth_outcome,
-    bindings_added,
     credentials_readable,
     over_contact_limit,
     register_owner_refusal,
 )
+from outbound.bindings import Binding, normalize_instance
 from outbound.decisions import Reply
-from outbound.refresh import StoredBinding
+from outbound.refresh import bindings_added
 from outbound.sipmsg import parse_name_addr
 
 GOOD = 'Digest username="alice", realm="example.com", nonce="abc", uri="sip:example.com", response="0123"'
@@ -81,7 +81,8 @@ def test_only_the_owner_registers_an_aor(user, realm, to_user, to_domain, refuse
 
 
 INSTANCE = "urn:uuid:00000000-0000-4000-8000-000000000001"
-STORED = [StoredBinding(f"r{n}", "" if n else f"<{INSTANCE}>", 0 if n else 1, "c", 1, f"sip:a@192.0.2.{n}")
+STORED = [Binding(f"r{n}", f"sip:a@192.0.2.{n}", instance="" if n else normalize_instance(f"<{INSTANCE}>"),
+                  reg_id=0 if n else 1, callid="c", cseq=1)
           for n in range(3)]
 
 

@@ -9,7 +9,6 @@ from outbound.sipmsg import (
     format_name_addr,
     header_block,
     is_hostname,
-    iter_headers,
     parse_delta_seconds,
     parse_name_addr,
     parse_name_addrs,
@@ -49,14 +48,14 @@ def test_header_names_are_case_insensitive():
 
 def test_folded_lines_are_joined():
     """RFC 3261 §7.3.1: a line starting with whitespace continues the previous header."""
-    pairs = list(iter_headers(block("Contact: <sip:a@h>,", "\t<sip:b@h>", "Supported: path,", "  outbound")))
+    headers = Headers(block("Contact: <sip:a@h>,", "\t<sip:b@h>", "Supported: path,", "  outbound"))
 
-    assert pairs == [("contact", "<sip:a@h>, <sip:b@h>"), ("supported", "path, outbound")]
+    assert list(headers.as_dict().items()) == [("contact", ["<sip:a@h>, <sip:b@h>"]), ("supported", ["path, outbound"])]
 
 
 def test_header_line_without_name_is_a_syntax_error():
     with pytest.raises(SipSyntaxError):
-        list(iter_headers(block("Via: SIP/2.0/UDP a", "no colon here")))
+        Headers(block("Via: SIP/2.0/UDP a", "no colon here"))
 
 
 def test_wanted_filter_keeps_only_named_headers():
@@ -222,10 +221,20 @@ def test_parse_delta_seconds_rejects_non_numbers(text):
 def test_format_name_addr_writes_uri_and_params_back_without_the_named_ones():
     contact = parse_name_addr('"Al" <sip:al@192.0.2.1:5080;transport=tcp;ob>;+sip.instance="<urn:uuid:1>";'
                               'reg-id=1;expires=60;lr')
-    assert format_name_addr(contact, without=("reg-id",)) == (
+    assert format_name_addr(contact.without("reg-id")) == (
         '<sip:al@192.0.2.1:5080;transport=tcp;ob>;+sip.instance="<urn:uuid:1>";expires=60;lr')
     assert parse_name_addr(format_name_addr(contact)) == contact
     assert format_name_addr(parse_name_addr("*")) == "*"
+
+
+def test_name_addr_without_drops_only_the_named_parameters_and_leaves_the_original():
+    contact = parse_name_addr('<sip:al@192.0.2.1;ob>;+sip.instance="<urn:uuid:1>";reg-id=1;expires=60')
+
+    stripped = contact.without("reg-id", "expires")
+
+    assert (stripped.uri, stripped.params) == ("sip:al@192.0.2.1;ob", {"+sip.instance": '"<urn:uuid:1>"'})
+    assert contact.params["reg-id"] == "1"
+    assert parse_name_addr("*").without("reg-id").star
 
 
 @pytest.mark.parametrize("host", ["example.com", "edge-1.ko.test", "a", "ko.test.", "x1.example.com"])
@@ -277,8 +286,8 @@ def test_rfc3261_7_3_1_bare_lf_line_ends_split_headers_as_crlf_does():
 def test_rfc3261_7_3_1_mixed_line_ends():
     raw = "REGISTER sip:e SIP/2.0\r\nVia: SIP/2.0/UDP a\nRequire: foo\r\nContact: <sip:a@h>\n\r\nbody"
 
-    assert list(iter_headers(header_block(raw))) == [
-        ("via", "SIP/2.0/UDP a"), ("require", "foo"), ("contact", "<sip:a@h>")]
+    assert list(Headers(header_block(raw)).as_dict().items()) == [
+        ("via", ["SIP/2.0/UDP a"]), ("require", ["foo"]), ("contact", ["<sip:a@h>"])]
 
 
 @pytest.mark.parametrize("end", ["\r\n\r\n", "\n\n", "\n\r\n", "\r\n\n", "\n\r"],
@@ -304,7 +313,7 @@ def test_rfc3261_7_3_1_folded_lines_are_one_header_with_one_space(fold):
 
 
 def test_rfc3261_7_3_1_whitespace_before_the_colon():
-    assert list(iter_headers(block("Route \t: <sip:r;lr>"))) == [("route", "<sip:r;lr>")]
+    assert Headers(block("Route \t: <sip:r;lr>")).as_dict() == {"route": ["<sip:r;lr>"]}
 
 
 @pytest.mark.parametrize(("compact", "name"), [("v", "via"), ("m", "contact"), ("k", "supported"),

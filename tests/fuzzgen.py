@@ -807,8 +807,9 @@ def required_unknown(msg: Msg) -> bool:
     return bool(tags - {"path", "outbound"})
 
 
-# a call to a registered AOR whose flows are gone: no usable flow / nobody answered
-CALL_CODES = frozenset({480, 404})
+# a call to a registered AOR whose flows are gone: no usable flow (480), nobody
+# answered at all (408, RFC 3261 §16.7), no binding left (404)
+CALL_CODES = frozenset({480, 408, 404})
 # REGISTER cases whose AOR later cases call: only those whose mutations leave the
 # outbound Contact alone (a junk contact host could make Kamailio ask DNS off this
 # machine; a plain binding with a dead UDP contact takes fr_timer to fail; a
@@ -849,7 +850,7 @@ def cases(seed: int, ctx: Context, count: int, transports: tuple[str, ...] = ("u
         extra: frozenset[int] = frozenset()
         if kind == "INVITE" and registered and rng.random() < 0.35:
             # call an AOR an earlier case registered: the home proxy reads the
-            # stored bindings (their flows are gone by now: 480, or 404)
+            # stored bindings (their flows are gone by now: 480, 408, or 404)
             user = rng.choice(registered)
             msg.ruri = f"sip:{user}@{ctx.sink_hostport}"
             _set(msg, "To", f"<sip:{user}@{ctx.domain}>")

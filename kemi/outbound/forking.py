@@ -25,8 +25,9 @@ proxy three moments, and each is one call of :class:`Fork`:
   instance tried already). When no wave can be started, the caller gets
   tm's pick, unless it is a flow failure (430, our own 408/503): then the best
   real answer of another branch that ranks before 5xx (486 from another
-  device beats 480), else 480 (:func:`caller_reply`; a 430 never reaches the
-  caller, RFC 5626 §11.5).
+  device beats 480), else 480, or 408 when nothing answered at all
+  (:func:`caller_reply`; a 430 never reaches the caller, RFC 5626 §11.5).
+  A 408 or 503 a device really sent is its answer, not a flow failure.
 
 Each call is a generator of actions. Most are orders the adapter carries out
 (:class:`AddBranch`, :class:`Unregister`, :class:`HoldDown`, :class:`Note`,
@@ -173,6 +174,8 @@ class ForkState:
     branches: dict[int, Branch] = field(default_factory=dict)  # by slot, until its failure is handled
     best: int | None = None  # the best real final answer of any branch (better_reply)
     best_reason: str = ""
+    received: list[int] = field(default_factory=list)  # 408/503 that a branch really received
+    answered: bool = False  # some branch received a final response (a 430 too)
 
     def to_text(self) -> str:
         """One line of JSON (ASCII); :meth:`from_text` reads it back."""
@@ -185,6 +188,8 @@ class ForkState:
                                      list(b.addresses.all) if b.addresses else []]
                          for slot, b in self.branches.items()},
             "best": None if self.best is None else [self.best, self.best_reason],
+            "received": self.received,
+            "answered": self.answered,
         }, separators=(",", ":"))
 
     @classmethod
@@ -217,6 +222,8 @@ class ForkState:
             branches=branches,
             best=None if code is None else _typed(code, int),
             best_reason=_typed(reason, str),
+            received=[_typed(code, int) for code in _typed(fields.get("received", []), list)],
+            answered=_typed(fields.get("answered", False), bool),
         )
 
 
@@ -292,8 +299,9 @@ class Fork:
         """Failure route: the next q-wave unless a 6xx or a CANCEL ended the call
         (RFC 3261 §16.6-16.7); a flow failure never reaches the caller (RFC 5626 §11.5)."""
         status = outcome.status
+        locally = self.picked_locally(status)
         if outcome.canceled:
-            if caller_status(status) is not None:
+            if is_flow_failure(status, locally):
                 yield Reply(487, "Request Terminated", f"canceled; {status} is a flow failure")
             return
         aor = self.state.aor
@@ -305,11 +313,11 @@ class Fork:
                 if (yield from self._start_wave(wave, in_request=False)) and (yield Relay()):
                     return
         best = self.state.best
-        sent = caller_reply(status, best)
+        sent = caller_reply(status, best, locally, not self.state.answered)
         if sent is not None:
             reason = self.state.best_reason if sent == best else ""
-            yield Reply(sent, reason or ("Temporarily Unavailable" if sent == 480 else "Request Failed"),
-                        f"tm picked {status}, a flow failure")
+            yield Reply(sent, reason or FAILURE_REASONS.get(sent, "Request Failed"),
+                        f"tm picked {status}{' (ours)' if locally else ''}, a flow failure")
 
     # ----- the steps ------------------------------------------------------------
 
@@ -378,13 +386,24 @@ class Fork:
                                            binding.outbound, target.addresses)
         return AddBranch(slot, binding, target, in_ruri)
 
+    def picked_locally(self, status: int) -> bool:
+        """Failure route: tm's pick is a 408/503 of our own, unless some branch
+        really received that status (tm reports no branch with its pick)."""
+        return status in (408, 503) and status not in self.state.received
+
     def _remember(self, outcome: Outcome) -> None:
-        kept = better_reply(self.state.best, outcome.status)
+        if not outcome.locally_generated and outcome.status >= 300:
+            self.state.answered = True
+            if outcome.status in (408, 503) and outcome.status not in self.state.received:
+                self.state.received.append(outcome.status)
+        kept = better_reply(self.state.best, outcome.status, outcome.locally_generated)
         if kept is not None and kept != self.state.best:
             self.state.best, self.state.best_reason = kept, outcome.reason
 
 
 # ----- the rules on final responses ------------------------------------------------------
+
+FAILURE_REASONS = {480: "Temporarily Unavailable", 408: "Request Timeout"}
 
 
 def failover_allowed(status: int, locally_generated: bool) -> bool:
@@ -396,12 +415,25 @@ def failover_allowed(status: int, locally_generated: bool) -> bool:
     return locally_generated and status in (408, 503)
 
 
-def caller_status(status: int) -> int | None:
-    """What the caller sees instead of a flow failure (RFC 5626 §11.5): 430 is for
-    proxies only, and our own 408/503 mean "nobody could be reached": 480."""
-    if status in (430, 408, 503):
+def caller_status(status: int, locally_generated: bool, nothing_answered: bool = False) -> int | None:
+    """What the caller sees instead of a failure of ours (None: the status stands).
+
+    * our own 408 when no branch received any final response at all is 408
+      (RFC 3261 §16.7 step 6, §16.8): the caller hears the truth, not 480;
+    * otherwise 430 (for proxies only, RFC 5626 §11.5) and our own 408/503
+      (the flows that could not be reached) mean the device cannot be reached: 480;
+    * a 408 or 503 a device really sent is its answer (tm turns a 503 into 500
+      on its way up, RFC 3261 §16.7)."""
+    if locally_generated and status == 408 and nothing_answered:
+        return 408
+    if is_flow_failure(status, locally_generated):
         return 480
     return None
+
+
+def is_flow_failure(status: int, locally_generated: bool) -> bool:
+    """A 430, or our own 408/503: ranks after every real answer (RFC 5626 §11.5)."""
+    return status == 430 or (locally_generated and status in (408, 503))
 
 
 def response_rank(status: int) -> int:
@@ -417,22 +449,26 @@ def response_rank(status: int) -> int:
     return base + xx
 
 
-def better_reply(best: int | None, status: int) -> int | None:
+def better_reply(best: int | None, status: int, locally_generated: bool = False) -> int | None:
     """The best final response so far that is not a flow failure (a 430, or our
     own 408/503, ranks after every real answer: RFC 5626 §11.5)."""
-    if caller_status(status) is not None or not 300 <= status < 700:
+    if is_flow_failure(status, locally_generated) or not 300 <= status < 700:
         return best
     if best is None or response_rank(status) < response_rank(best):
         return status
     return best
 
 
-def caller_reply(picked: int, best_other: int | None) -> int | None:
+def caller_reply(picked: int, best_other: int | None, locally_generated: bool = False,
+                 nothing_answered: bool = False) -> int | None:
     """What the caller gets instead of tm's pick when that pick is a flow failure:
     the best real answer of another branch unless its class ranks after 4xx (a
-    5xx), e.g. 486 Busy from another device; else 480 (RFC 5626 §11.5: 430 ranks
-    last). None: tm's pick stands."""
-    mapped = caller_status(picked)
+    5xx), e.g. 486 Busy from another device; else caller_status (480, or 408
+    when nothing answered at all; RFC 5626 §11.5: 430 ranks last). None: tm's
+    pick stands."""
+    if not is_flow_failure(picked, locally_generated):
+        return None
+    mapped = caller_status(picked, locally_generated, nothing_answered)
     if mapped is None:
         return None
     if best_other is not None and response_rank(best_other) < response_rank(500):

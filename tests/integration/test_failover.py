@@ -160,3 +160,39 @@ def test_busy_device_is_not_hidden_by_another_devices_dead_flow(topology, workdi
     assert "SIP/2.0 486 Busy Here" in result.messages, "the busy device's reason phrase was lost"
     assert "call refused busy" in busy.wait(20).log
     assert f"of sip:{user}@example.com failed with 430" in topology["registrar"].log()
+
+
+def test_a_408_the_device_sends_reaches_the_caller(topology, workdir, local_port, callees):
+    """A device's own 408 is its answer, not a flow failure (issue 13 item 7,
+    RFC 3261 §16.7): the caller hears 408 (it heard 480 before the fix)."""
+    user = "dev-own-408"
+    callee = start_callee(topology["edge1"], workdir, local_port, user, ua_ip=UA_OTHER, uas="uas_timeout.xml",
+                          cparams=ob_params(instance(local_port), 1))
+    callees.append(callee)
+    wait_bindings(topology["registrar"], user, [callee])
+    result = call(topology["edge2"], workdir, local_port + 10, user, ua_ip=UA_CALLER, scenario="uac_final.xml",
+                  ruri=f"sip:{user}@example.com", extra="X-Case: own-408")
+    assert result.value("final") == "408"
+    assert len(topology["registrar"].bindings(user)) == 1, "a device's answer removes no binding"
+
+
+def test_nothing_answered_at_all_gives_the_caller_408(workdir, local_port, callees):
+    """The only flow's edge is dead: no final response at all comes back, so the
+    caller hears 408 (RFC 3261 §16.7 step 6, checklist C3; it heard 480 before
+    issue 13 item 7)."""
+    reg = start(registrar(workdir, name="reg-silent", addr=net(55)))
+    edges = [start(edge(workdir, f"edge-silent-{i}", net(55 + i), reg.uri)) for i in (1, 2)]
+    try:
+        user = "dev-silent"
+        callee = start_callee(edges[0], workdir, local_port, user, ua_ip=UA_OTHER,
+                              cparams=ob_params(instance(local_port), 1))
+        callees.append(callee)
+        wait_bindings(reg, user, [callee])
+        edges[0].kill()
+        result = call(edges[1], workdir, local_port + 10, user, ua_ip=UA_CALLER, scenario="uac_final.xml",
+                      timeout=12, ruri=f"sip:{user}@example.com", extra="X-Case: silent")
+        assert result.value("final") == "408"
+        assert "failed with 408 (local)" in reg.log()
+    finally:
+        for kam in (*edges, reg):
+            stop(kam)

@@ -353,7 +353,28 @@ def test_rfc5626_11_5_every_flow_failed_480():
 
     actions = call.all_failed(408)
 
-    assert actions == [Fetch(AOR), Reply(480, "Temporarily Unavailable", "tm picked 408, a flow failure")]
+    assert actions == [Fetch(AOR), Reply(480, "Temporarily Unavailable", "tm picked 408 (ours), a flow failure")]
+
+
+def test_rfc3261_16_7_nothing_answered_at_all_is_408():
+    """Every branch timed out without any final response (issue 13 item 7,
+    checklist C3): the caller hears 408, not 480."""
+    call = Call(World([flow("p1", modified=2), flow("p2", reg_id=2, modified=1)]))
+    call.lookup()
+    call.fail("p1", 408)
+    call.fail("p2", 408)
+
+    actions = call.all_failed(408)
+
+    assert actions[-1] == Reply(408, "Request Timeout", "tm picked 408 (ours), a flow failure")
+
+
+def test_rfc3261_16_7_a_408_the_device_sent_reaches_the_caller():
+    call = Call(World([flow("p1")]))
+    call.lookup()
+    call.fail("p1", 408, replied=True)
+
+    assert replies(call.all_failed(408)) == []
 
 
 # --- RFC 3263 §4.3: an edge named by hostname, every address before the flow fails -----------------
@@ -577,52 +598,62 @@ def test_locally_generated_is_our_own_408_503_with_nothing_received(status, repl
 
 
 @pytest.mark.parametrize(
-    ("status", "expected"),
-    [(430, 480), (408, 480), (503, 480), (486, None), (200, None), (603, None), (404, None)],
-    ids=["430", "408", "503", "486", "200", "603", "404"],
+    ("status", "locally", "expected"),
+    [(430, False, 480), (503, True, 480), (408, True, 408), (408, False, None), (503, False, None),
+     (486, False, None), (200, False, None), (603, False, None), (404, False, None)],
+    ids=["430", "our-503", "our-408-nothing-answered", "408-received", "503-received", "486", "200", "603", "404"],
 )
-def test_caller_status(status, expected):
-    """RFC 5626 §11.5: 430 is for proxies only; the caller sees 480 instead."""
-    assert caller_status(status) == expected
+def test_caller_status(status, locally, expected):
+    """RFC 5626 §11.5: 430 is for proxies only, the caller sees 480; nothing
+    answered at all is 408 (RFC 3261 §16.7, checklist C3); a device's own 408 or
+    503 is its answer (issue 13 item 7)."""
+    assert caller_status(status, locally, nothing_answered=True) == expected
+    if (status, locally) == (408, True):
+        assert caller_status(status, locally, nothing_answered=False) == 480  # a 430 came back somewhere
 
 
 @pytest.mark.parametrize(
     ("statuses", "best"),
     [
-        ((430, 486), 486),
-        ((486, 430), 486),
-        ((408, 486, 503), 486),
-        ((430, 408), None),
-        ((486, 404), 404),  # tm's order: 404 before 486
-        ((486, 401), 401),
-        ((500, 486), 486),
-        ((603, 486), 603),
-        ((302, 486), 302),
-        ((180, 200), None),
+        (((430, False), (486, False)), 486),
+        (((486, False), (430, False)), 486),
+        (((408, True), (486, False), (503, True)), 486),
+        (((430, False), (408, True)), None),
+        (((486, False), (404, False)), 404),  # tm's order: 404 before 486
+        (((486, False), (401, False)), 401),
+        (((500, False), (486, False)), 486),
+        (((603, False), (486, False)), 603),
+        (((302, False), (486, False)), 302),
+        (((180, False), (200, False)), None),
+        (((430, False), (408, False)), 408),  # a 408 the device sent is a real answer
     ],
 )
 def test_better_reply_keeps_the_best_real_answer(statuses, best):
     """A 430, or our own 408/503, ranks after every real answer (RFC 5626 §11.5)."""
     found = None
-    for status in statuses:
-        found = better_reply(found, status)
+    for status, locally in statuses:
+        found = better_reply(found, status, locally)
     assert found == best
 
 
 @pytest.mark.parametrize(
-    ("picked", "best_other", "sent"),
+    ("picked", "locally", "best_other", "sent"),
     [
-        (430, 486, 486),
-        (430, None, 480),
-        (408, 486, 486),
-        (430, 500, 480),  # a 5xx ranks after the 480 a flow failure becomes
-        (503, 404, 404),
-        (486, None, None),  # tm picked a real answer: it stands
-        (404, 486, None),
+        (430, False, 486, 486),
+        (430, False, None, 480),
+        (408, True, 486, 486),
+        (408, True, None, 408),  # nothing answered at all: 408, not 480 (RFC 3261 §16.7)
+        (430, False, 500, 480),  # a 5xx ranks after the 480 a flow failure becomes
+        (503, True, 404, 404),
+        (503, True, None, 480),
+        (408, False, None, None),  # a device's own 408 stands
+        (503, False, None, None),  # a device's own 503: tm sends 500
+        (486, False, None, None),  # tm picked a real answer: it stands
+        (404, False, 486, None),
     ],
 )
-def test_caller_reply_never_430_and_never_hides_a_better_answer(picked, best_other, sent):
-    assert caller_reply(picked, best_other) == sent
+def test_caller_reply_never_430_and_never_hides_a_better_answer(picked, locally, best_other, sent):
+    assert caller_reply(picked, best_other, locally, nothing_answered=best_other is None and picked == 408) == sent
 
 
 def test_response_rank_follows_tm():

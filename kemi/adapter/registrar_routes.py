@@ -68,7 +68,7 @@ class RegistrarRoutes(BaseRoutes, HomeProxyCallbacks):
         if refusal is not None:
             send_reply(refusal)
             return 1
-        decision = registration.decide(self.runtime.config, view)
+        decision = registration.decide(self.runtime.config, view, holds_flows=False)
         if isinstance(decision, Reply):
             send_reply(decision)
             return 1

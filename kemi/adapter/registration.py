@@ -33,8 +33,11 @@ def register_view(snap: Snapshot) -> RegisterView:
     )
 
 
-def decide(config: Config, view: RegisterView) -> Reply | SaveBinding:
-    return registrar_decision(view, default_expires=config.default_expires, flow_timer=config.flow_timer)
+def decide(config: Config, view: RegisterView, *, holds_flows: bool) -> Reply | SaveBinding:
+    """``holds_flows``: this role sends over a first-hop device's own connection
+    (single server); the registrar role does not (outbound.policy.registrar_decision)."""
+    return registrar_decision(view, default_expires=config.default_expires, flow_timer=config.flow_timer,
+                              holds_flows=holds_flows)
 
 
 def save(config: Config, decision: SaveBinding, view: RegisterView, callid: str) -> bool:

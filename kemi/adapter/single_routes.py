@@ -135,7 +135,7 @@ class SingleRoutes(BaseRoutes, HomeProxyCallbacks):
                        f"for {KSR.kx.get_turi()}\n")
             KSR.hdr.remove("Path")
             view = replace(view, paths=())
-        decision = registration.decide(config, view)
+        decision = registration.decide(config, view, holds_flows=True)
         if isinstance(decision, Reply):
             send_reply(decision)
             return 1

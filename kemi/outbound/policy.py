@@ -68,7 +68,7 @@ def reg_id_value(contact: NameAddr) -> int | None:
 
 
 def registrar_decision(
-    view: RegisterView, *, default_expires: int, flow_timer: int
+    view: RegisterView, *, default_expires: int, flow_timer: int, holds_flows: bool = True
 ) -> Reply | SaveBinding:
     """Validate a REGISTER at the registrar and decide whether outbound applies.
 
@@ -83,7 +83,11 @@ def registrar_decision(
       reg-id without +sip.instance is ignored (§6);
     * more than one Contact with non-zero expiry when one has reg-id: 400 (§6);
     * not first hop and the top Path lacks ``ob``: no outbound; 439 when the UA
-      also sent ``Supported: outbound``, otherwise reg-id is ignored (§6);
+      also sent ``Supported: outbound``, otherwise reg-id is ignored (§6). A
+      registrar that cannot send over a device's own connection
+      (``holds_flows`` False: the registrar role, which serves devices through
+      edges) is a first hop without outbound support, as §6 and §11.6 mean
+      439: it never claims a flow it cannot use (checklist A3.8);
     * outbound applied: ``Require: outbound`` and ``Flow-Timer`` (§6, §5.4),
       only when the UA sent ``Supported: outbound`` (RFC 3261 §8.2.2.3).
     """
@@ -120,7 +124,7 @@ def registrar_decision(
     if sum(1 for e in expiries if e > 0) > 1:
         return Reply(400, "Multiple Contacts with reg-id", "more than one live Contact with reg-id")
     edge_ob = bool(view.paths) and "ob" in view.paths[0].sip_uri.params
-    if not (view.first_hop or edge_ob):
+    if not ((view.first_hop and holds_flows) or edge_ob):
         if "outbound" in view.supported:
             return Reply(439, "First Hop Lacks Outbound Support", "reg-id via an edge without ;ob")
         return SaveBinding(outbound=False, ignore_reg_id=True)

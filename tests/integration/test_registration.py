@@ -291,3 +291,26 @@ def test_no_require_outbound_for_a_ua_that_did_not_list_it(topology, workdir, lo
     assert (result.value("require"), result.value("flowtimer")) == ("", "")
     [binding] = topology["registrar"].bindings(user)
     assert binding["Reg-Id"] == 1 and binding["CFlags"] & (1 << 6)
+
+
+@pytest.mark.parametrize(("supported", "status", "reg_id"), [("path, outbound", "439", None), ("path", "200", 0)],
+                         ids=["supported-outbound", "no-supported-outbound"])
+def test_registrar_as_first_hop_claims_no_flow_it_cannot_use(topology, workdir, local_port, supported, status,
+                                                              reg_id):
+    """RFC 5626 §6 (checklist A3.8/A3.10, issue 13 item 3): the registrar role
+    cannot send over a device's own connection, so a REGISTER straight to it
+    gets 439 First Hop Lacks Outbound Support (the UA may go through an edge,
+    or register without outbound), or, without Supported: outbound, a plain
+    binding with the reg-id ignored; never Require: outbound (it got 200 with
+    Require: outbound and no flow before the fix)."""
+    user = f"direct-{local_port}"
+    result = register(topology["registrar"], workdir, local_port, user=user, supported=supported,
+                      contact_params=ob_params())
+    assert result.value("final") == status, result.messages[-3000:]
+    assert result.value("require") == ""
+    found = topology["registrar"].bindings(user)
+    if reg_id is None:
+        assert found == []
+    else:
+        [binding] = found
+        assert binding["Reg-Id"] == reg_id and not binding["CFlags"] & (1 << 6)

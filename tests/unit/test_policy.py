@@ -226,3 +226,23 @@ def test_reg_id_and_contact_expires_of_5000_digits_are_syntax_errors():
     with pytest.raises(SipSyntaxError):
         contact_expiry(contact, None, 3600)
     assert instance_keys((contact,)) == frozenset({("urn:uuid:1", 0)})
+
+
+@pytest.mark.parametrize(("supported", "expected"), [
+    (BOTH, 439),
+    (PATH_ONLY, SaveBinding(outbound=False, ignore_reg_id=True)),
+], ids=["supported-outbound-439", "no-supported-outbound-reg-id-ignored"])
+def test_a_registrar_that_holds_no_flows_is_a_first_hop_without_outbound(supported, expected):
+    """RFC 5626 §6 (checklist A3.8/A3.10, issue 13 item 3): a first-hop registrar
+    MUST keep the flow; the registrar role cannot send over a device's own
+    connection, so it does not claim one: 439 (§11.6), or reg-id ignored."""
+    register = view(1, (OB_CONTACT,), supported=supported)
+    decision = registrar_decision(register, default_expires=3600, flow_timer=25, holds_flows=False)
+
+    if isinstance(expected, int):
+        assert isinstance(decision, Reply) and decision.code == expected
+    else:
+        assert decision == expected
+    # through an edge with ;ob the same registrar applies outbound
+    via_edge = view(2, (OB_CONTACT,), (EDGE_PATH_OB,), supported=supported)
+    assert registrar_decision(via_edge, default_expires=3600, flow_timer=25, holds_flows=False).outbound

@@ -82,7 +82,8 @@ class EdgeRoutes(BaseRoutes):
             flow = source_flow(snap)
             KSR.path.add_path_user_params(self.codec.encode(flow), "ob")
             if flow.is_stream:
-                self.flows.keep_open()
+                self.flows.keep_open()  # until the 2xx says the registrar's Flow-Timer
+                self.flows.expect_flow_timer(flow)
         else:
             KSR.path.add_path()
         return kind
@@ -186,6 +187,8 @@ class EdgeRoutes(BaseRoutes):
 
     @guarded
     def ksr_reply_home(self, msg: Any) -> int:
-        """A reply from a held-down registrar target: it serves again."""
+        """A reply from a held-down registrar target: it serves again; the 2xx
+        of a device's REGISTER: its flow lives by the registrar's Flow-Timer."""
         self.home_relay.on_reply()
+        self.flows.registered()
         return 1

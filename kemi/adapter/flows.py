@@ -13,12 +13,13 @@ import KSR
 
 from outbound.config import Config
 from outbound.decisions import Reply
+from outbound.policy import idle_lifetime
 from outbound.routing import RouteView, ToFlow, flow_refusal, toward_endpoint
 from outbound.sipmsg import NameAddr, SipSyntaxError, parse_name_addr, parse_name_addrs
 from outbound.tokens import Flow, FlowTokenCodec
 
 from .base import leading_own_routes, names_us
-from .names import FLOW_FAILURE_ROUTE, RR_USER_AVP
+from .names import FLOW_FAILURE_ROUTE, HOME_REPLY_ROUTE, REGISTER_CONID_AVP, RR_USER_AVP
 from .runtime import Snapshot, send_reply, snapshot, stream_flow_alive
 
 # the leading Route entries the core reads: a double Record-Route pair at most
@@ -117,6 +118,22 @@ class FlowRelay:
         """Record-Route with ``user`` (a flow token, or "" for a plain entry) as user part."""
         KSR.pv.sets(RR_USER_AVP, user)
         KSR.rr.record_route()
+
+    def expect_flow_timer(self, flow: Flow) -> None:
+        """A REGISTER over ``flow`` goes on: its 2xx's Flow-Timer (the value the
+        device keeps alive by) sets the flow's lifetime (:meth:`registered`)."""
+        KSR.pv.seti(REGISTER_CONID_AVP, flow.conn_id)
+        KSR.tm.t_on_reply(HOME_REPLY_ROUTE)
+
+    def registered(self) -> None:
+        """tm reply route of a REGISTER from a TCP/TLS device: a 2xx sets the
+        idle lifetime from its Flow-Timer (outbound.policy.idle_lifetime)."""
+        conn_id = KSR.pv.get(REGISTER_CONID_AVP)
+        if not isinstance(conn_id, int) or conn_id <= 0 or not 200 <= int(KSR.kx.get_status() or 0) < 300:
+            return
+        header = KSR.pv.get("$hdr(Flow-Timer)")
+        lifetime = idle_lifetime(header if isinstance(header, str) else None, self.config.keepalive_grace_seconds)
+        KSR.tcpops.tcp_set_connection_lifetime_cid(conn_id, lifetime)
 
     def keep_open(self) -> None:
         """RFC 5626 §5.4: an outbound TCP/TLS flow lives Flow-Timer plus a grace

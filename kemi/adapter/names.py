@@ -78,6 +78,7 @@ DEFINE_OVERRIDES = {
 
 DNS_REMAINING_AVP = "$avp(ko_dns_remaining)"  # targets still to try (transaction AVP)
 DNS_CURRENT_AVP = "$avp(ko_dns_current)"  # the target being tried
+REGISTER_CONID_AVP = "$avp(ko_reg_conid)"  # edge: the device connection of a REGISTER (its 2xx sets the lifetime)
 FORK_XAVP = "ko_tx"  # the home proxy's transaction state (outbound.forking.ForkState.to_text)
 FORK_STATE = f"$xavp({FORK_XAVP})"  # read it; a first write adds it
 FORK_STATE_FIRST = f"$xavp({FORK_XAVP}[0])"  # a later write replaces it

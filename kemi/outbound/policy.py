@@ -44,6 +44,22 @@ def edge_path_kind(first_hop: bool, contacts: tuple[NameAddr, ...], force_outbou
     return PathKind.PLAIN
 
 
+# RFC 5626 §4.4.1: without Flow-Timer a UA sends TCP/TLS keepalives every 95-120 s
+DEFAULT_STREAM_KEEPALIVE = 120
+
+
+def idle_lifetime(flow_timer_header: str | None, grace_seconds: int) -> int:
+    """How long an edge keeps a device's TCP/TLS flow without traffic (RFC 5626
+    §5.4: longer than Flow-Timer): the Flow-Timer of the registrar's 2xx, which
+    is what the device keeps alive by, plus the grace; without one (or an
+    unreadable one), the longest interval a UA uses then (§4.4.1)."""
+    try:
+        seconds = parse_uint((flow_timer_header or "").strip(), "Flow-Timer", 10)
+    except SipSyntaxError:
+        seconds = DEFAULT_STREAM_KEEPALIVE
+    return (seconds if seconds > 0 else DEFAULT_STREAM_KEEPALIVE) + grace_seconds
+
+
 def has_instance(contact: NameAddr) -> bool:
     value = contact.params.get("+sip.instance")
     return bool(value and value.strip('"<> '))

@@ -10,13 +10,15 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import time
 from collections.abc import Iterator
 
 import pytest
 
+from actors import start_callee, wait_bindings, wait_until
 from digest import authorization, challenges
 from harness import Kamailio
-from topology import net, single, start, stop, subscriber
+from topology import edge, net, registrar, single, start, stop, subscriber
 
 MAGIC_COOKIE = 0x2112A442
 BINDING_REQUEST = 0x0001
@@ -121,3 +123,27 @@ def test_crlf_before_a_start_line_is_ignored_on_a_stream(topology, single_server
                                                                       *subscriber(user))))
         answered = read_response(conn)
     assert answered.startswith(b"SIP/2.0 200 "), answered
+
+
+def test_the_edge_keeps_a_flow_by_the_registrars_flow_timer(workdir, local_port, callees):
+    """RFC 5626 §5.4 (issue 13 item 9): the device keeps its flow alive by the
+    Flow-Timer of the registrar's 2xx, so the edge closes a silent flow after
+    that value plus the grace, not after its own configured Flow-Timer (25 s
+    here; the edge waited 27 s before the fix, the registrar said 1)."""
+    reg = start(registrar(workdir, name="reg-ft", addr=net(123), defines={"KO_FLOW_TIMER": "1"}))
+    kam = edge(workdir, "edge-ft", net(124), reg.uri)
+    kam.yaml_text = kam.yaml_text.replace("grace_seconds: 20", "grace_seconds: 2")
+    start(kam)
+    try:
+        callee = start_callee(kam, workdir, local_port, "ft-bob", ua_ip=net(125))
+        callees.append(callee)
+        wait_bindings(reg, "ft-bob", [callee])
+        registered = time.monotonic()
+        wait_until(lambda: not [c for c in kam.rpc("core.tcp_list") if c["src_ip"] == net(125)],
+                   "the edge closed the silent flow", timeout=15)
+        idle = time.monotonic() - registered
+        print(f"flow closed {idle:.1f}s after registering (registrar's Flow-Timer 1 s + grace 2 s)")
+        assert idle >= 2.5, "the flow was closed before Flow-Timer + grace"
+    finally:
+        stop(kam)
+        stop(reg)

@@ -3,7 +3,7 @@
 import pytest
 
 from outbound.decisions import PathKind, Reply, SaveBinding
-from outbound.policy import RegisterView, edge_path_kind, registrar_decision
+from outbound.policy import RegisterView, edge_path_kind, idle_lifetime, registrar_decision
 from outbound.sipmsg import parse_name_addr
 
 INSTANCE = '+sip.instance="<urn:uuid:00000000-0000-1000-8000-000A95A0E128>"'
@@ -246,3 +246,12 @@ def test_a_registrar_that_holds_no_flows_is_a_first_hop_without_outbound(support
     # through an edge with ;ob the same registrar applies outbound
     via_edge = view(2, (OB_CONTACT,), (EDGE_PATH_OB,), supported=supported)
     assert registrar_decision(via_edge, default_expires=3600, flow_timer=25, holds_flows=False).outbound
+
+
+@pytest.mark.parametrize(("header", "lifetime"), [
+    ("25", 45), ("1", 21), (" 40 ", 60), (None, 140), ("", 140), ("0", 140), ("soon", 140), ("9" * 30, 140),
+])
+def test_an_edge_keeps_a_flow_longer_than_the_registrars_flow_timer(header, lifetime):
+    """RFC 5626 §5.4 (issue 13 item 9): the Flow-Timer of the registrar's 2xx,
+    plus the grace; without one the UA keeps alive every 95-120 s (§4.4.1)."""
+    assert idle_lifetime(header, 20) == lifetime

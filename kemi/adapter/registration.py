@@ -14,11 +14,14 @@ from outbound.config import Config
 from outbound.decisions import Reply, SaveBinding
 from outbound.policy import RegisterView, registrar_decision
 from outbound.refresh import save_plan
-from outbound.sipmsg import bracket, parse_delta_seconds, parse_name_addrs
+from outbound.sipmsg import bracket, format_name_addr, parse_delta_seconds, parse_name_addrs
 
 from . import usrloc
 from .names import FLB_OUTBOUND, RECEIVED_AVP
 from .runtime import Snapshot, send_reply, snapshot
+
+# registrar save() flag: build no reply (reg_send_reply sends it once we know it is a 2xx)
+SAVE_NO_REPLY = 0x02
 
 
 def register_view(snap: Snapshot) -> RegisterView:
@@ -63,12 +66,25 @@ def save(config: Config, decision: SaveBinding, view: RegisterView, callid: str)
         KSR.pv.sets(RECEIVED_AVP, plan.received)
     if decision.outbound:
         KSR.setbflag(FLB_OUTBOUND)
-    for header in decision.reply_headers:
-        KSR.hdr.append_to_reply(header + "\r\n")
-    if KSR.registrar.save(table, 0) < 0:
+    if KSR.registrar.save(table, SAVE_NO_REPLY) < 0:
+        # the registrar's own error answer, without Require: outbound / Flow-Timer:
+        # those belong to a 2xx only (RFC 5626 §5.4, §6)
         KSR.notice(f"kemi-outbound: registrar refused REGISTER for {aor}\n")
+        KSR.registrar.reg_send_reply()
         return False
+    for header in (*decision.reply_headers, *path_echo(view)):
+        KSR.hdr.append_to_reply(header + "\r\n")
+    KSR.registrar.reg_send_reply()
     return True
+
+
+def path_echo(view: RegisterView) -> tuple[str, ...]:
+    """RFC 3327 §5.3: the 2xx repeats the Path of this registration, to a UA
+    that said Supported: path only (the registrar module sends no Path itself
+    when save() leaves the reply to reg_send_reply)."""
+    if not view.paths or "path" not in view.supported:
+        return ()
+    return ("Path: " + ", ".join(format_name_addr(path) for path in view.paths),)
 
 
 def current() -> tuple[Snapshot, RegisterView]:

@@ -314,3 +314,16 @@ def test_registrar_as_first_hop_claims_no_flow_it_cannot_use(topology, workdir, 
     else:
         [binding] = found
         assert binding["Reg-Id"] == reg_id and not binding["CFlags"] & (1 << 6)
+
+
+def test_an_error_reply_carries_neither_require_outbound_nor_flow_timer(topology, workdir, local_port):
+    """RFC 5626 §5.4/§6 (issue 13 item 9): Require: outbound and Flow-Timer go
+    into a 2xx only. Kamailio's registrar refuses q=7 (RFC 3261 §20.10: 0..1)
+    after outbound applied; its 400 carried both headers before the fix."""
+    user = f"badq-{local_port}"
+    result = register(topology["edge1"], workdir, local_port, user=user, contact_params=ob_params() + ";q=7")
+    assert result.value("final") == "400", result.messages[-3000:]
+    answer = result.messages[result.messages.rindex("SIP/2.0 400"):].split("\n\n", 1)[0]
+    assert "Invalid q param" in answer, answer
+    assert "Require:" not in answer and "Flow-Timer:" not in answer, answer
+    assert topology["registrar"].bindings(user) == []

@@ -16,6 +16,7 @@ address or by hostname).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from .addresses import is_ip_literal
@@ -83,12 +84,29 @@ class ForkPlan:
         return not self.waves
 
 
+_PERCENT = re.compile(r"%[0-9a-fA-F]{2}")
+
+# URN namespaces whose namespace-specific string compares without case too:
+# a UUID is hex (RFC 4122 §3: "case insensitive on input")
+CASELESS_NSS = frozenset({"uuid"})
+
+
 def normalize_instance(raw: str) -> str:
-    """+sip.instance compares as a URN (RFC 5626 §4.1): drop quotes and <>."""
+    """+sip.instance compares as a URN (RFC 5626 §4.1): quotes and <> dropped;
+    "urn:" and the namespace id compare without case, the rest with case
+    (RFC 8141 §3.1: lexical equivalence), except a UUID's hex (RFC 4122 §3);
+    %-escapes in upper case (RFC 3986 §6.2.2.1). Not a URN: kept as written."""
     text = raw.strip().strip('"').strip()
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1]
-    return text.strip().lower()
+    text = text.strip()
+    scheme, _, rest = text.partition(":")
+    nid, colon, nss = rest.partition(":")
+    if scheme.lower() != "urn" or not colon:
+        return text
+    nid = nid.lower()
+    nss = nss.lower() if nid in CASELESS_NSS else _PERCENT.sub(lambda m: m.group(0).upper(), nss)
+    return f"urn:{nid}:{nss}"
 
 
 def _flow_order(binding: Binding) -> tuple[int, int, str]:

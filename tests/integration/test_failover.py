@@ -196,3 +196,24 @@ def test_nothing_answered_at_all_gives_the_caller_408(workdir, local_port, calle
     finally:
         for kam in (*edges, reg):
             stop(kam)
+
+
+def test_instances_that_differ_in_the_case_of_their_urn_are_two_devices(topology, workdir, local_port, callees):
+    """RFC 5626 §4.1 / RFC 8141 §3.1 (issue 13 item 9): only "urn:" and the
+    namespace id compare without case. urn:x-test:Desk and urn:x-test:desk are
+    two devices: both ring (both answer 486 here). Before the fix the instance
+    ids were lowered whole: one device, one branch, the other never rang."""
+    user = "dev-case"
+    runs = []
+    for n, name in enumerate(("Desk", "desk")):
+        run = start_callee(topology["edge1"], workdir, local_port + n, user, ua_ip=UA_OTHER, uas="uas_busy.xml",
+                           cparams=ob_params(f"urn:x-test:{name}", 1), who=name, cid=f"case{n}-%u-%p@%s")
+        callees.append(run)
+        runs.append(run)
+        wait_bindings(topology["registrar"], user, runs, n + 1)
+    result = call(topology["edge2"], workdir, local_port + 10, user, ua_ip=UA_CALLER, scenario="uac_final.xml",
+                  ruri=f"sip:{user}@example.com", extra="X-Case: urn-case")
+    assert result.value("final") == "486"
+    for run in runs:
+        ended = run.wait(20)
+        assert "INVITE sip:" in ended.messages, describe(ended)

@@ -336,6 +336,18 @@ def test_differently_spelled_instances_are_one_group():
     assert first.group == second.group
 
 
+@pytest.mark.parametrize(("raw", "normal"), [
+    ("<URN:X-Test:Device-A>", "urn:x-test:Device-A"),  # the NSS keeps its case (RFC 8141 §3.1)
+    ("<urn:x-test:a%2fb>", "urn:x-test:a%2Fb"),  # %-escapes compare in upper case
+    ("<urn:UUID:F81D4FAE-7DEC-11D0-A765-00A0C91E6BF6>", "urn:uuid:f81d4fae-7dec-11d0-a765-00a0c91e6bf6"),
+    ("<sip:Device@Example.com>", "sip:Device@Example.com"),  # no URN: as written
+])
+def test_only_the_urns_caseless_parts_are_lowered(raw, normal):
+    """RFC 5626 §4.1 / RFC 8141 §3.1 (issue 13 item 9): two devices whose
+    instance ids differ only in the case of a namespace-specific string are two."""
+    assert normalize_instance(raw) == normal
+
+
 def test_different_instances_stay_different():
     assert normalize_instance("<urn:uuid:abc>") != normalize_instance("<urn:uuid:abd>")
 

@@ -18,7 +18,7 @@ from actors import instance, tcp_stat
 from digest import authorization, challenges
 from harness import OTHER_KEY, TEST_KEY, Kamailio, SippResult, SippRun, describe, sipp
 from outbound.sipmsg import parse_name_addr
-from outbound.tokens import FlowTokenCodec, Verdict, parse_key
+from outbound.tokens import Flow, FlowTokenCodec, Verdict, parse_key
 from topology import edge, net, start, stop, subscriber
 
 UA_A = net(30)
@@ -70,6 +70,13 @@ def test_call_reaches_callee_over_its_registered_flow(topology, workdir, local_p
     assert edge1_entries and all(CODEC.decode(u.user or "").flow == flow for u in edge1_entries)
     if transport == "tcp":
         assert len(edge1_entries) == 2, "double Record-Route where the edge changes transport"
+    # the caller's side (§5.3.2, compliance A1.7/A2.8/D11): A sent ;ob in its Contact as
+    # first hop, so edge2's Record-Route carries the token of A's own UDP flow, and the
+    # callee's BYE (uac_wait_bye) reached A over it
+    caller_flow = Flow("udp", net(3), 5060, UA_A, local_port + 500, 0)
+    edge2_entries = [u for u in record_routes if u.host == net(3)]
+    assert edge2_entries and all(CODEC.decode(u.user or "").flow == caller_flow for u in edge2_entries), \
+        [str(u) for u in edge2_entries]
 
     callee_result = callee.wait(20)
     assert callee_result.returncode == 0, describe(callee_result)

@@ -11,7 +11,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from actors import call, instance, ob_params, start_callee, wait_bindings
+from actors import call, instance, ob_params, start_callee, wait_bindings, wait_until
 from harness import Kamailio, SippRun, describe
 from topology import edge, net, registrar, start, stop
 
@@ -217,3 +217,24 @@ def test_instances_that_differ_in_the_case_of_their_urn_are_two_devices(topology
     for run in runs:
         ended = run.wait(20)
         assert "INVITE sip:" in ended.messages, describe(ended)
+
+
+def test_the_most_recently_registered_flow_is_tried_first_not_the_lowest_reg_id(topology, workdir, local_port,
+                                                                                  callees):
+    """RFC 5626 §15 (compliance A4.6): the flow refreshed last goes first. Here
+    reg-id 1 registers first and reg-id 2 last, so "lowest reg-id first" and
+    "most recent first" disagree: reg-id 2 answers."""
+    user = "dev-recent"
+    inst = instance(local_port)
+    older = start_callee(topology["edge1"], workdir, local_port, user, ua_ip=UA_DEVICE,
+                         cparams=ob_params(inst, 1), who="ua1", cid="recent1-%u-%p@%s")
+    callees.append(older)
+    [first] = wait_bindings(topology["registrar"], user, [older], 1)
+    # usrloc's last-modified counts whole seconds: the second flow must be a second newer
+    wait_until(lambda: time.time() >= first["Last-Modified"] + 1, "the next second of usrloc's clock")
+    newer = start_callee(topology["edge2"], workdir, local_port + 1, user, ua_ip=UA_DEVICE,
+                         cparams=ob_params(inst, 2), who="ua2", cid="recent2-%u-%p@%s")
+    callees.append(newer)
+    wait_bindings(topology["registrar"], user, [older, newer], 2)
+    result = call(topology["edge2"], workdir, local_port + 10, user, ua_ip=UA_CALLER)
+    assert result.value("who") == "ua2"

@@ -87,3 +87,34 @@ def test_lone_dot_target_means_not_available():
     assert service_unavailable([Srv(0, 0, 0, ".")])
     assert not service_unavailable([Srv(0, 0, 0, "."), Srv(10, 0, 5060, "sip.example.com")])
     assert usable([Srv(0, 0, 0, "."), Srv(10, 0, 5060, "sip.example.com")]) == [Srv(10, 0, 5060, "sip.example.com")]
+
+
+class EdgeDraws(random.Random):
+    """A generator that keeps records in place and always draws the highest
+    number it is asked for: with [0, sum) that would be sum - 1, with RFC
+    2782's [0, sum] it is sum itself."""
+
+    def __init__(self) -> None:
+        super().__init__(0)
+        self.asked: list[tuple[int, int]] = []
+
+    def shuffle(self, x) -> None:  # noqa: ANN001 - random.Random's signature
+        return None
+
+    def randint(self, a: int, b: int) -> int:
+        self.asked.append((a, b))
+        return b
+
+
+def test_the_draw_is_from_zero_to_the_sum_inclusive():
+    """RFC 2782 (compliance-dns B9): r uniform in [0, sum] *inclusive*. Drawing
+    the sum itself picks the record whose running sum reaches it: the last
+    one; an exclusive range ([0, sum)) would never draw it, and a draw of
+    sum - 1 would pick the first record here (running sums 10, 11)."""
+    rng = EdgeDraws()
+    first, last = Srv(0, 10, 5060, "a.example."), Srv(0, 1, 5060, "b.example.")
+
+    order = weighted_order([first, last], rng)
+
+    assert rng.asked[0] == (0, 11)
+    assert order == [last, first]

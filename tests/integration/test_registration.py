@@ -202,7 +202,8 @@ def test_flow_token_survives_restart_and_is_valid_on_a_peer_edge(workdir, local_
 
 def test_new_call_id_for_one_reg_id_keeps_the_other_flows(topology, workdir, local_port):
     """RFC 5626 §6: bindings are keyed by (AOR, instance, reg-id). Kamailio 5.6's
-    usrloc drops every binding of the instance on a new Call-ID (notes, flaw 9)."""
+    usrloc drops every binding of the instance on a new Call-ID (docs/design.md,
+    "Kamailio 5.6 behaviour we work around")."""
     user = "grace-reboot"
     for reg_id, kam, port, cid in ((1, "edge1", local_port, "a-%u@%s"), (2, "edge2", local_port + 1000, "b-%u@%s")):
         result = register(topology[kam], workdir, port, user=user, contact_params=ob_params(str(reg_id)), cid=cid)

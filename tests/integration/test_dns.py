@@ -299,15 +299,18 @@ def test_100_trying_then_silence_does_not_fail_over(registrars, make_edge, serve
     assert "the server had answered provisionally; no failover" in kam.log()
 
 
+def invite_uas(kam: Kamailio, workdir: Path, local_port: int, case: str) -> SippResult:
+    """An INVITE for bob@ko.test through ``kam`` (its targets: the dns_home servers of uas.ko.test)."""
+    return sipp("caller/uac_final.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA,
+                local_port=local_port, keys={"ruri": "sip:bob@ko.test", "extra": f"X-Case: {case}", "user": "alice",
+                                             "callee": "bob", "domain": "ko.test"}, timeout=15,
+                auth=subscriber("alice", "ko.test"))
+
+
 def test_486_does_not_fail_over(make_edge, servers, workdir, local_port):
     server_a = servers("a", "invite_486.xml")
     server_b = servers("b", "invite_480.xml")
-    kam = make_edge("sip:uas.ko.test")
-
-    result = sipp("caller/uac_final.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA,
-                  local_port=local_port, keys={"ruri": "sip:bob@ko.test", "extra": "X-Case: busy", "user": "alice",
-                                               "callee": "bob", "domain": "ko.test"}, timeout=15,
-                  auth=subscriber("alice", "ko.test"))
+    result = invite_uas(make_edge("sip:uas.ko.test"), workdir, local_port, "busy")
     assert result.value("final") == "486"
     assert received(server_a) == ["INVITE", "ACK"], "tm acknowledges the 486 to the server that sent it"
     assert received(server_b) == []
@@ -319,12 +322,7 @@ def test_503_after_100_trying_fails_over(make_edge, servers, workdir, local_port
     (before the fix the caller got 500, tm's answer for a lone 503)."""
     server_a = servers("a", "invite_503.xml")
     server_b = servers("b", "invite_486.xml")
-    kam = make_edge("sip:uas.ko.test")
-
-    result = sipp("caller/uac_final.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=UA,
-                  local_port=local_port, keys={"ruri": "sip:bob@ko.test", "extra": "X-Case: 503-late", "user": "alice",
-                                               "callee": "bob", "domain": "ko.test"}, timeout=15,
-                  auth=subscriber("alice", "ko.test"))
+    result = invite_uas(make_edge("sip:uas.ko.test"), workdir, local_port, "503-late")
     assert result.value("final") == "486"
     assert received(server_a) == ["INVITE", "ACK"]
     assert received(server_b) == ["INVITE", "ACK"]

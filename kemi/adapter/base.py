@@ -182,6 +182,8 @@ class BaseRoutes:
         """Take our own leading entries off the Route set (RFC 3261 §16.4) and
         keep the rest, when the relay policy lets it go on
         (outbound.relay.foreign_route_refusal); False after a 403."""
+        if KSR.hdr.is_present("Route") < 0:
+            return True  # the common case, without reading the message again
         routes = parse_name_addrs(snapshot().headers, "route")
         if not routes:
             return True

@@ -164,7 +164,24 @@ class Snapshot:
     conn_id: int
 
 
+# the last message this process read: one snapshot per message however many
+# parts ask. Kamailio numbers the messages a process receives ($mi); tm's timer
+# process runs failure routes on copies of other processes' requests, whose
+# numbers may repeat, so the Call-ID is part of the key
+_LAST_SNAPSHOT: list[tuple[object, Snapshot]] = []
+
+
 def snapshot() -> Snapshot:
+    """The current message as the core reads it; read from Kamailio once per message."""
+    message_id = (KSR.pv.get("$mi"), KSR.kx.get_callid())
+    if _LAST_SNAPSHOT and _LAST_SNAPSHOT[0][0] == message_id:
+        return _LAST_SNAPSHOT[0][1]
+    taken = _read_snapshot()
+    _LAST_SNAPSHOT[:] = [(message_id, taken)]
+    return taken
+
+
+def _read_snapshot() -> Snapshot:
     headers = Headers.from_kamailio(kamailio_fields())
     conn_id = KSR.kx.get_conid()
     return Snapshot(

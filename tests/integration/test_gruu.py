@@ -209,7 +209,7 @@ def test_a_gruu_of_an_absent_instance_is_480_and_one_never_made_is_404(topology,
 
 
 def test_gruu_as_contact_keeps_the_dialog_on_the_flow_through_the_edges(topology, workdir, local_port, callees):
-    """RFC 5627 §4.4, §6.2 with RFC 5626 §5.3: the device answers with its public
+    """RFC 5627 §4.4 with RFC 5626 §5.3: the device answers with its public
     GRUU (learned from its 2xx) as Contact; the re-INVITE and BYE follow the
     Record-Route (the edge's entry carries the flow token) to the GRUU over its flow."""
     user, inst = "gruu-dialog", instance(local_port)

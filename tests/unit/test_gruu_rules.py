@@ -12,11 +12,12 @@ import itertools
 import re
 
 import pytest
+import test_forking
 
 from outbound import gruu
-from outbound.bindings import Binding, Target
+from outbound.bindings import Binding
 from outbound.decisions import Reply
-from outbound.forking import AddBranch, Fetch, Fork, ForkState, Locate, Outcome, Recall, Relay, Unregister
+from outbound.forking import AddBranch, Fork, ForkState, Outcome, Recall
 from outbound.sipmsg import parse_name_addr, split_values
 
 KEY = b"gruu-key-0123456789abcdef-32bytes"
@@ -266,33 +267,17 @@ def test_6_1_a_public_gruu_whose_instance_is_away_is_480_if_it_was_given_out_els
 # ----- the fork transaction toward a GRUU (§6.1 with RFC 5626 §7) -----------------------
 
 
-class World:
-    """usrloc's bindings (less those unregistered), memory of public GRUUs, every relay sent."""
+class World(test_forking.World):
+    """test_forking's scripted usrloc and tm, with the memory of public GRUUs given out."""
 
     def __init__(self, bindings: list[Binding], remembered: bool = False) -> None:
-        self.bindings = bindings
+        super().__init__(bindings)
         self.remembered = remembered
-        self.gone: set[str] = set()
 
-    def run(self, steps) -> list[object]:
-        done, answer = [], None
-        while True:
-            try:
-                action = steps.send(answer)
-            except StopIteration:
-                return done
-            done.append(action)
-            answer = None
-            if isinstance(action, Fetch):
-                answer = [b for b in self.bindings if b.ruid not in self.gone]
-            elif isinstance(action, Recall):
-                answer = self.remembered
-            elif isinstance(action, Locate):
-                answer = Target(action.binding.contact, "sip:192.0.2.1:5060", "<sip:edge;lr>")
-            elif isinstance(action, Relay):
-                answer = True
-            elif isinstance(action, Unregister):
-                self.gone.add(action.ruid)
+    def answer(self, action: object) -> object:
+        if isinstance(action, Recall):
+            return self.remembered
+        return super().answer(action)
 
 
 def event(state: str, world: World, name: str, *args: object, **kw: object) -> tuple[str, list[object]]:

@@ -16,7 +16,7 @@ from actors import instance, ob_params, wait_bindings
 from harness import Kamailio, SippResult, SippRun, describe, read_log, sipp, start_sipp
 from outbound.bindings import normalize_instance
 from outbound.sipmsg import parse_name_addr, split_values
-from topology import net, single, start, stop, subscriber
+from topology import net, registrar, single, start, stop, subscriber
 
 UA_DEVICE = net(41)
 UA_OTHER = net(42)
@@ -247,3 +247,19 @@ def test_the_single_server_gives_and_honours_gruus(server, workdir, local_port, 
     assert call_gruu(server, workdir, local_port + 10, laptop_public).value("who") == "laptop"
     assert not invited(phone)
     assert call_gruu(server, workdir, local_port + 11, phone_temp).value("who") == "phone"
+
+
+def test_with_nogruu_no_gruu_is_given_and_a_gr_uri_is_its_aor(workdir, local_port, callees):
+    """-A WITH_NOGRUU: the 2xx carries no GRUU (Kamailio's own reply), Require:
+    gruu is still understood (RFC 5627 §5.1), a Request-URI with gr is looked
+    up as the AOR."""
+    reg = start(registrar(workdir, name="reg-nogruu", addr=net(67), defines={"WITH_NOGRUU": ""}))
+    try:
+        user, inst = "gruu-off", instance(local_port)
+        result = register(reg, workdir, local_port, user, ob_params(inst, 1), supported="path, outbound, gruu",
+                          extra="Require: gruu")
+        assert result.value("final") == "200", result.messages[-3000:]
+        assert "-gruu=" not in result.value("contacts") and len(reg.bindings(user)) == 1
+        assert call_fails(reg, workdir, local_port + 10, f"sip:{user}@{DOMAIN};gr=urn:uuid:nobody") != "404"
+    finally:
+        stop(reg)

@@ -122,6 +122,17 @@ def test_register_asking_for_gruus_gets_a_public_and_a_new_temporary_one(topolog
     assert len(topology["registrar"].bindings(user)) == 1
 
 
+def test_a_register_asking_for_gruus_that_kamailio_refuses_gets_kamailios_own_answer(topology, workdir, local_port):
+    """Saved without Kamailio's reply, a REGISTER it refuses (a Call-ID over 255
+    characters) still gets its answer (reg_send_reply): 400 with P-Registrar-Error,
+    nothing stored. A regression guard: it passed before too."""
+    user = "gruu-long"
+    result = register(topology["edge1"], workdir, local_port, user, ob_params(instance(local_port), 1),
+                      supported="path, outbound, gruu", cid="x" * 300 + "-%u@%s")
+    assert result.value("final") == "400" and "P-Registrar-Error: Callid too long" in result.messages
+    assert topology["registrar"].bindings(user) == []
+
+
 def test_a_call_to_a_public_gruu_reaches_that_instance_only(topology, workdir, local_port, callees):
     """RFC 5627 §6.1: two instances share the AOR; each one's public GRUU reaches
     it alone (before, both were forked to, like the AOR)."""

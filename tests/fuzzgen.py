@@ -800,11 +800,12 @@ def challenges_allowed(kind: str, msg: Msg, labels: list[str]) -> tuple[str, fro
 
 
 def required_unknown(msg: Msg) -> bool:
-    """A Require header lists an option tag other than path / outbound (as
-    Kamailio reads the body: without trailing CR, LF, NUL, docs/parsing.md)."""
+    """A Require header lists an option tag other than path / outbound / gruu
+    (RFC 5627 §5.1) as Kamailio reads the body: without trailing CR, LF, NUL,
+    docs/parsing.md."""
     tags = {tag.strip().lower() for name, value in msg.headers if name.lower() == "require"
             for tag in value.rstrip("\r\n\x00").split(",") if tag.strip()}
-    return bool(tags - {"path", "outbound"})
+    return bool(tags - {"path", "outbound", "gruu"})
 
 
 # a call to a registered AOR whose flows are gone: no usable flow (480), nobody

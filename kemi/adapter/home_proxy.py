@@ -10,16 +10,21 @@ core's questions: the AOR's bindings (adapter.usrloc) and where a binding goes
 now (:meth:`HomeProxy.target`). The branch route puts each branch's Route (the
 binding's Path) and Record-Route in; it finds the branch by its slot number,
 which travels in the branch flags (bits 16-30).
+
+A Request-URI that is a GRUU (RFC 5627 §6.1, ``outbound.gruu.request_target``)
+is looked up as its AOR with the core keeping the GRUU's instance alone; the
+core asks (``Recall``) whether a public GRUU was ever given out (adapter.usrloc).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import KSR
 
-from outbound import forking
+from outbound import forking, gruu
 from outbound.addresses import is_ip_literal
 from outbound.bindings import Binding, EdgeAddresses, PathHop, Target, Unusable, first_hop
 from outbound.config import Config
@@ -38,6 +43,7 @@ from .names import (
     FLB_OUTBOUND,
     FORK_STATE,
     FORK_STATE_FIRST,
+    NOGRUU_SWITCH,
     RR_CALLER_SIDE_XAVP,
 )
 from .runtime import guarded, send_reply, stream_flow_alive
@@ -52,7 +58,7 @@ class HomeProxy:
     def __init__(self, config: Config, codec: FlowTokenCodec | None,
                  is_local_flow: Callable[[Flow], bool] | None = None, locator: Locator | None = None,
                  health: HealthMemory | None = None, seal: Callable[[str], str] | None = None,
-                 own_path_only: bool = False) -> None:
+                 own_path_only: bool = False, gruu_keys: Sequence[bytes] | None = None) -> None:
         self.table = config.location_table
         self.max_parallel = config.max_parallel_branches
         self.first_reply_timeout_ms = config.first_reply_timeout_ms
@@ -65,6 +71,10 @@ class HomeProxy:
         # (outbound.relay.dialog_seal), and only a Path entry of our own is trusted
         self.seal = seal
         self.own_path_only = own_path_only
+        # temporary GRUUs (RFC 5627 §5.4) are made and opened with the flow-token keys,
+        # else ``gruu_keys`` (made before the workers fork: every process opens them)
+        keys = gruu_keys if gruu_keys is not None else (codec.keys if codec is not None else ())
+        self.gruus = gruu.TempGruuCodec(keys) if keys and not KSR.kx.ifdef(NOGRUU_SWITCH) else None
 
     def fetch(self, aor: str) -> list[Binding]:
         return usrloc.bindings(self.table, aor)
@@ -72,10 +82,17 @@ class HomeProxy:
     # ----- the tm moments --------------------------------------------------
 
     def outbound_lookup(self) -> int:
-        """Fork to the first wave of the AOR's bindings (RFC 5626 §7). Returns 1
-        when branches were relayed, -1 when a reply was sent instead."""
+        """Fork to the first wave of the AOR's bindings (RFC 5626 §7), or to the
+        instance of a GRUU alone (RFC 5627 §6.1). Returns 1 when branches were
+        relayed, -1 when a reply was sent instead."""
+        ruri = KSR.kx.get_ruri()
+        target = gruu.request_target(ruri, self.gruus) if self.gruus is not None else None
+        if isinstance(target, Reply):
+            send_reply(target)
+            return -1
         fork = Fork(max_parallel=self.max_parallel)
-        return -1 if self._run(fork, fork.lookup(KSR.kx.get_ruri()), send_reply) else 1
+        steps = fork.lookup(ruri) if target is None else fork.lookup(target.aor, only=target, now=int(time.time()))
+        return -1 if self._run(fork, steps, send_reply) else 1
 
     def branch_route(self) -> None:
         """Per branch, just before sending: the binding's Path becomes the Route
@@ -143,6 +160,8 @@ class HomeProxy:
         match action:
             case forking.Fetch(aor=aor):
                 return self.fetch(aor)
+            case forking.Recall(aor=aor, instance=instance):
+                return usrloc.gruu_remembered(aor, instance)
             case forking.Locate(aor=aor, binding=binding):
                 return self.target(aor, binding)
             case forking.AddBranch():

@@ -40,6 +40,7 @@ HEALTH_ITEM = "targets"
 FLOWS_TABLE = "ko_flows"  # single server: which AORs live on which TCP/TLS connection
 BAN_TABLE = "ipban"  # flood limit: banned sources
 FLOWS_ITERATOR = "ko_it"
+GRUU_TABLE = "ko_gruu"  # registrar, single: the public GRUUs given out (RFC 5627 §6.1: 480, not 404)
 
 # ----- route callbacks Kamailio calls by name ---------------------------------
 
@@ -65,6 +66,7 @@ TLS_PORT_DEFINE = "KO_TLS_PORT"
 BAN_DEFINE = "KO_PIKE_BAN"  # seconds a flooding source stays banned
 NOPIKE_SWITCH = "WITH_NOPIKE"
 NOAUTH_SWITCH = "WITH_NOAUTH"
+NOGRUU_SWITCH = "WITH_NOGRUU"  # no GRUUs (RFC 5627) are given out or dereferenced
 # defines that override YAML keys (-A or the environment)
 DEFINE_OVERRIDES = {
     "KO_REGISTRAR": "edge.registrar",
@@ -113,6 +115,7 @@ CFG_NAMES = (
     CfgName(HEALTH_TABLE, "htable", (EDGE, REGISTRAR)),
     CfgName(FLOWS_TABLE, "htable", (SINGLE,)),
     CfgName(BAN_TABLE, "htable", ALL_ROLES),
+    CfgName(GRUU_TABLE, "htable", (REGISTRAR, SINGLE)),
     CfgName(TCP_EVENT_CALLBACK, "callback", (SINGLE,)),
     CfgName(SWEEP_CALLBACK, "callback", (SINGLE,)),
     CfgName(SWEEP_TIMER, "timer", (SINGLE,)),

@@ -34,9 +34,10 @@ class RegistrarRoutes(BaseRoutes, HomeProxyCallbacks):
         health = HealthMemory(locator.hold_policy, locator.clock)
         super().__init__(runtime, NextHopLocator(locator, health))
         self.locator = locator
-        self.home = HomeProxy(runtime.config, runtime.codec, locator=locator, health=health)
+        keys = dialog_keys(runtime, "registrar")  # Record-Route seals and temporary GRUUs
+        self.home = HomeProxy(runtime.config, runtime.codec, locator=locator, health=health, gruu_keys=keys)
         self.edges = PeerGate(locator, runtime.config.trusted_edges)
-        self.seal = DialogSeal(dialog_keys(runtime, "registrar"))
+        self.seal = DialogSeal(keys)
         self.auth = Authenticator("registrar", PeerGate(locator, runtime.config.trusted_peers))
 
     def trusted_source(self) -> bool:
@@ -72,7 +73,7 @@ class RegistrarRoutes(BaseRoutes, HomeProxyCallbacks):
         if isinstance(decision, Reply):
             send_reply(decision)
             return 1
-        registration.save(self.runtime.config, decision, view, KSR.kx.get_callid())
+        registration.save(self.runtime.config, decision, view, KSR.kx.get_callid(), gruus=self.home.gruus)
         return 1
 
     def initial(self) -> int:

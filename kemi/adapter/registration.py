@@ -4,12 +4,24 @@ The decisions are the core's (``outbound.policy.registrar_decision``: does
 outbound apply; ``outbound.refresh.save_plan``: CSeq order, which binding a
 new Call-ID replaces, the contact limit, the "received" of a first-hop
 REGISTER); this module reads the REGISTER and usrloc and carries them out.
+
+Every REGISTER is saved without Kamailio's reply: a refusal is Kamailio's own
+answer (reg_send_reply), without our outbound headers; a 2xx gets them, the
+Path echoed (RFC 3327 §5.3, only to a UA that supports it) and, for a
+REGISTER that asks for GRUUs (RFC 5627 §4.1, ``outbound.gruu.wanted``), is
+ours: the Contact list as Kamailio writes it plus ``pub-gruu`` and
+``temp-gruu`` (``outbound.gruu.register_answer``; Kamailio's own GRUUs do not
+meet §5.1, docs/design.md "GRUU").
 """
 
 from __future__ import annotations
 
+import secrets
+import time
+
 import KSR
 
+from outbound import gruu
 from outbound.config import Config
 from outbound.decisions import Reply, SaveBinding
 from outbound.policy import RegisterView, registrar_decision
@@ -20,7 +32,7 @@ from . import usrloc
 from .names import FLB_OUTBOUND, RECEIVED_AVP
 from .runtime import Snapshot, send_reply, snapshot
 
-# registrar save() flag: build no reply (reg_send_reply sends it once we know it is a 2xx)
+# registrar save() flag REG_SAVE_NORPL_FL: store, send no reply (ours follows)
 SAVE_NO_REPLY = 0x02
 
 
@@ -43,8 +55,10 @@ def decide(config: Config, view: RegisterView, *, holds_flows: bool) -> Reply | 
                               holds_flows=holds_flows)
 
 
-def save(config: Config, decision: SaveBinding, view: RegisterView, callid: str) -> bool:
-    """Save through Kamailio's registrar; True when it accepted the REGISTER."""
+def save(config: Config, decision: SaveBinding, view: RegisterView, callid: str, *,
+         gruus: gruu.TempGruuCodec | None = None) -> bool:
+    """Save through Kamailio's registrar; True when it accepted the REGISTER.
+    With ``gruus`` (GRUU on) a REGISTER that asks for GRUUs gets them (RFC 5627 §5)."""
     table = config.location_table
     aor = KSR.kx.get_turi()
     came_from = (f"sip:{bracket(KSR.kx.get_srcip())}:{KSR.kx.get_srcport()}"
@@ -74,7 +88,10 @@ def save(config: Config, decision: SaveBinding, view: RegisterView, callid: str)
         return False
     for header in (*decision.reply_headers, *path_echo(view)):
         KSR.hdr.append_to_reply(header + "\r\n")
-    KSR.registrar.reg_send_reply()
+    if gruus is not None and gruu.wanted(view.supported, view.required):
+        _answer_with_gruus(table, aor, gruus)
+    else:
+        KSR.registrar.reg_send_reply()
     return True
 
 
@@ -85,6 +102,19 @@ def path_echo(view: RegisterView) -> tuple[str, ...]:
     if not view.paths or "path" not in view.supported:
         return ()
     return ("Path: " + ", ".join(format_name_addr(path) for path in view.paths),)
+
+
+def _answer_with_gruus(table: str, aor: str, gruus: gruu.TempGruuCodec) -> None:
+    """The 2xx of a saved REGISTER that asked for GRUUs (RFC 5627 §5.2): the
+    Contact list as usrloc has it now, with pub-gruu and temp-gruu."""
+    answer = gruu.register_answer(usrloc.bindings(table, aor), to_uri=aor, now=int(time.time()), codec=gruus,
+                                  nonce=secrets.token_bytes)
+    known = gruu.aor_of(aor)
+    for instance in answer.instances if known is not None else ():
+        usrloc.remember_gruu(known, instance)
+    if answer.contact:
+        KSR.hdr.append_to_reply(f"Contact: {answer.contact}\r\n")
+    KSR.sl.send_reply(200, "OK")
 
 
 def current() -> tuple[Snapshot, RegisterView]:

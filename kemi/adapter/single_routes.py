@@ -151,7 +151,7 @@ class SingleRoutes(BaseRoutes, HomeProxyCallbacks):
             changed = True
         if changed:
             KSR.textopsx.msg_apply_changes()
-        if registration.save(config, decision, view, KSR.kx.get_callid()) and watch:
+        if registration.save(config, decision, view, KSR.kx.get_callid(), gruus=self.home.gruus) and watch:
             self.watch.watch(flow, KSR.kx.get_turi())
             self.flows.keep_open()  # longer than Flow-Timer (RFC 5626 §5.4)
         return 1

@@ -4,6 +4,11 @@ Every binding the Python side looks at (the home proxy forking to an AOR, the
 registrar checking a REGISTER against what is stored, the single server
 dropping the bindings of a closed flow) is read here into one record,
 ``outbound.bindings.Binding``.
+
+Beside it, what usrloc forgets when a binding goes: which public GRUUs this
+registrar gave out (htable ``ko_gruu``, RFC 5627 §6.1: a request to one whose
+instance is away is 480, to one never given out 404), for as long as the cfg's
+htable keeps an item.
 """
 
 from __future__ import annotations
@@ -11,8 +16,9 @@ from __future__ import annotations
 import KSR
 
 from outbound.bindings import Binding, normalize_instance
+from outbound.gruu import memory_key
 
-from .names import FLB_OUTBOUND, LOOKUP_HANDLE
+from .names import FLB_OUTBOUND, GRUU_TABLE, LOOKUP_HANDLE
 
 
 def bindings(table: str, aor: str) -> list[Binding]:
@@ -28,6 +34,15 @@ def bindings(table: str, aor: str) -> list[Binding]:
 
 def unregister(table: str, aor: str, ruid: str) -> None:
     KSR.registrar.unregister_ruid(table, aor, ruid)
+
+
+def remember_gruu(aor: str, instance: str) -> None:
+    """A public GRUU was given out (its expiry is the htable's, renewed each time)."""
+    KSR.htable.sht_seti(GRUU_TABLE, memory_key(aor, instance), 1)
+
+
+def gruu_remembered(aor: str, instance: str) -> bool:
+    return (KSR.htable.sht_get(GRUU_TABLE, memory_key(aor, instance)) or 0) > 0
 
 
 def _binding(index: int) -> Binding:
@@ -47,4 +62,5 @@ def _binding(index: int) -> Binding:
         received=str(field("received") or ""),
         callid=str(field("callid") or ""),
         cseq=int(field("cseq") or 0),
+        expires=int(field("expires") or 0),
     )

@@ -44,6 +44,7 @@ class Binding:
     received: str = ""  # where a first-hop REGISTER came from (sip:ip:port;transport=...)
     callid: str = ""
     cseq: int = 0
+    expires: int = 0  # when the binding expires (Unix time); 0: not known
 
     @property
     def group(self) -> str:
@@ -120,18 +121,20 @@ def plan_forks(
     below_q: float | None = None,
     max_q: float | None = None,
     skip_groups: frozenset[str] = frozenset(),
+    instance: str | None = None,
 ) -> ForkPlan:
     """Order bindings into waves.
 
     ``below_q`` keeps only instances whose q is lower; ``max_q`` those whose q
     is not higher (with ``skip_groups``: what is left after a wave failed,
     including same-q instances that spilled over ``max_parallel``);
-    ``skip_groups`` drops instances already tried in this transaction.
-    A q-group larger than ``max_parallel`` spills into further waves.
+    ``skip_groups`` drops instances already tried in this transaction;
+    ``instance`` keeps that instance's bindings only (a request to its GRUU,
+    RFC 5627 §6.1). A q-group larger than ``max_parallel`` spills into further waves.
     """
     groups: dict[str, list[Binding]] = {}
     for binding in bindings:
-        if binding.group in skip_groups:
+        if binding.group in skip_groups or (instance is not None and binding.instance != instance):
             continue
         groups.setdefault(binding.group, []).append(binding)
     queues = [InstanceQueue(g, tuple(sorted(flows, key=_flow_order))) for g, flows in groups.items()]

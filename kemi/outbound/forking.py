@@ -3,7 +3,10 @@
 A request toward a registered AOR is one fork transaction. tm gives the home
 proxy three moments, and each is one call of :class:`Fork`:
 
-* ``lookup(aor)`` (request route): the AOR's bindings; none: 404. They are
+* ``lookup(aor)`` (request route): the AOR's bindings; none: 404. A request
+  to a GRUU (``only``, RFC 5627 §6.1) keeps its instance's live bindings
+  alone (``gruu.instance_flows``; none: 480, or 404 for a GRUU never given
+  out) and the whole transaction stays with that instance. They are
   planned into waves (``bindings.plan_forks``: instances by q, highest first,
   parallel within a q, at most ``max_parallel`` per wave, one flow per
   instance, its most recent flow first). The first wave with a usable flow
@@ -31,15 +34,16 @@ proxy three moments, and each is one call of :class:`Fork`:
 
 Each call is a generator of actions. Most are orders the adapter carries out
 (:class:`AddBranch`, :class:`Unregister`, :class:`HoldDown`, :class:`Note`,
-``decisions.Reply``); three are questions it answers through ``send()``:
-:class:`Fetch` (the AOR's bindings now), :class:`Locate` (the binding's
+``decisions.Reply``); four are questions it answers through ``send()``:
+:class:`Fetch` (the AOR's bindings now), :class:`Recall` (was a public GRUU
+given out), :class:`Locate` (the binding's
 ``Target``, or ``Unusable``: a garbage Path, an unresolvable edge hostname, a
 dead local flow, which is unregistered too) and :class:`Relay` (did t_relay
 send anything; when not, the core moves on: the edge's next address, the next
 wave, or 480). Log lines are in the actions, as text.
 
-What outlives a call is :class:`ForkState`: the AOR, the q of the current
-wave, the instances tried, the slot counter, each live branch (binding,
+What outlives a call is :class:`ForkState`: the AOR, the instance of a
+GRUU, the q of the current wave, the instances tried, the slot counter, each live branch (binding,
 Route, Record-Route, the edge's addresses) and the best answer so far. Its
 text form (:meth:`ForkState.to_text`, one line of JSON) is kept in one xavp,
 which tm keeps with the transaction, so that the failure routes see it in
@@ -55,6 +59,7 @@ from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import gruu
 from .bindings import DEFAULT_Q, Binding, EdgeAddresses, InstanceQueue, Target, Unusable, other_flows, plan_forks
 from .decisions import Reply
 
@@ -88,6 +93,16 @@ class Fetch:
     sequence of ``Binding``."""
 
     aor: str
+
+
+@dataclass(frozen=True, slots=True)
+class Recall:
+    """Question: did this registrar give out the public GRUU of ``instance``
+    of ``aor`` (RFC 5627 §6.1: then 480 while it is away, else 404); the answer
+    is a bool."""
+
+    aor: str
+    instance: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,7 +159,7 @@ class Note:
     log: str
 
 
-Action = Fetch | Locate | Relay | AddBranch | Unregister | HoldDown | Note | Reply
+Action = Fetch | Recall | Locate | Relay | AddBranch | Unregister | HoldDown | Note | Reply
 Steps = Generator[Action, Any, None]
 
 
@@ -168,6 +183,7 @@ class ForkState:
     """Everything a fork transaction remembers (see the module docstring)."""
 
     aor: str = ""
+    instance: str = ""  # a request to a GRUU: this instance only (RFC 5627 §6.1)
     q: float = DEFAULT_Q  # of the wave started last
     tried: list[str] = field(default_factory=list)  # instance groups already given a wave
     slots: int = 0  # the last slot number handed out
@@ -181,6 +197,7 @@ class ForkState:
         """One line of JSON (ASCII); :meth:`from_text` reads it back."""
         return json.dumps({
             "aor": self.aor,
+            "instance": self.instance,
             "q": self.q,
             "tried": self.tried,
             "slots": self.slots,
@@ -216,6 +233,7 @@ class ForkState:
         code, reason = (None, "") if best is None else _typed(best, list)
         return cls(
             aor=_typed(fields["aor"], str),
+            instance=_typed(fields.get("instance", ""), str),
             q=float(_typed(fields["q"], int | float)),
             tried=[_typed(group, str) for group in _typed(fields["tried"], list)],
             slots=_typed(fields["slots"], int),
@@ -244,10 +262,21 @@ class Fork:
         self.state = state if state is not None else ForkState()
         self.max_parallel = max_parallel
 
-    def lookup(self, aor: str) -> Steps:
-        """Request route: fork to the first wave that has a usable flow (RFC 5626 §7, RFC 3261 §16.6)."""
+    def lookup(self, aor: str, *, only: gruu.GruuTarget | None = None, now: int = 0) -> Steps:
+        """Request route: fork to the first wave that has a usable flow (RFC 5626 §7,
+        RFC 3261 §16.6); a GRUU (``only``) to its instance alone, one flow at a
+        time (RFC 5627 §6.1). ``now`` (Unix time) tells a GRUU's live bindings."""
         bindings = yield Fetch(aor)
-        if not bindings:
+        if only is not None:
+            chosen = gruu.instance_flows(only, list(bindings), now)
+            if chosen is None:
+                chosen = gruu.unknown_instance(only, bool((yield Recall(only.aor, only.instance))))
+            if isinstance(chosen, Reply):
+                yield chosen
+                return
+            bindings = chosen
+            self.state.instance = only.instance
+        elif not bindings:
             yield Reply(404, "Not Found", f"no binding for {aor}")
             return
         self.state.aor = aor
@@ -308,7 +337,7 @@ class Fork:
         if aor and not 600 <= status < 700:
             bindings = yield Fetch(aor)
             plan = plan_forks(list(bindings), max_parallel=self.max_parallel, max_q=self.state.q,
-                              skip_groups=frozenset(self.state.tried))
+                              skip_groups=frozenset(self.state.tried), instance=self.state.instance or None)
             for wave in plan.waves:
                 if (yield from self._start_wave(wave, in_request=False)) and (yield Relay()):
                     return

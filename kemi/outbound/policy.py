@@ -28,8 +28,9 @@ class RegisterView:
 
 
 # Option tags this registrar understands in a REGISTER's Require (RFC 3261 §10.3
-# step 2, §8.2.2.3): Path (RFC 3327) and outbound (RFC 5626); GRUU is off.
-REGISTRAR_EXTENSIONS = frozenset({"path", "outbound"})
+# step 2, §8.2.2.3): Path (RFC 3327), outbound (RFC 5626) and GRUU (RFC 5627
+# §5.1: understood even where none is given out, WITH_NOGRUU).
+REGISTRAR_EXTENSIONS = frozenset({"path", "outbound", "gruu"})
 
 
 def edge_path_kind(first_hop: bool, contacts: tuple[NameAddr, ...], force_outbound: bool) -> PathKind:

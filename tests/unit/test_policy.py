@@ -194,8 +194,10 @@ def test_flow_timer_header_carries_the_configured_value():
     assert decision.reply_headers == (REQUIRE, "Flow-Timer: 120")
 
 
-@pytest.mark.parametrize("required", [frozenset({"path"}), frozenset({"outbound"}), frozenset(), BOTH])
+@pytest.mark.parametrize("required", [frozenset({"path"}), frozenset({"outbound"}), frozenset(), BOTH,
+                                      frozenset({"gruu"})])
 def test_require_of_known_extensions_is_accepted(required):
+    """RFC 5627 §5.1: a Require: gruu only asks the registrar to understand GRUU."""
     register = view(1, (OB_CONTACT,))
     register = RegisterView(register.first_hop, register.contacts, register.paths, None, BOTH, required)
     assert isinstance(decide(register), SaveBinding)
@@ -206,10 +208,10 @@ def test_require_of_an_unknown_extension_gets_420_with_unsupported():
     "Require: foo" was saved and answered 200 (the fuzz test's require-* cases)."""
     register = view(1, (OB_CONTACT,))
     register = RegisterView(register.first_hop, register.contacts, register.paths, None, BOTH,
-                            frozenset({"foo", "gruu", "path"}))
+                            frozenset({"foo", "gruu", "path", "timer"}))
     decision = decide(register)
     assert isinstance(decision, Reply)
-    assert (decision.code, decision.reason, decision.headers) == (420, "Bad Extension", ("Unsupported: foo, gruu",))
+    assert (decision.code, decision.reason, decision.headers) == (420, "Bad Extension", ("Unsupported: foo, timer",))
 
 
 def test_reg_id_and_contact_expires_of_5000_digits_are_syntax_errors():

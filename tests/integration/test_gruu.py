@@ -267,7 +267,9 @@ def test_with_nogruu_no_gruu_is_given_and_a_gr_uri_is_its_aor(workdir, local_por
     reg = start(registrar(workdir, name="reg-nogruu", addr=net(67), defines={"WITH_NOGRUU": ""}))
     try:
         user, inst = "gruu-off", instance(local_port)
-        result = register(reg, workdir, local_port, user, ob_params(inst, 1), supported="path, outbound, gruu",
+        # straight to the registrar role: an instance without reg-id (outbound is for
+        # edges there, issue 13 item 3; GRUU needs only the instance, RFC 5627 §4.1)
+        result = register(reg, workdir, local_port, user, f';+sip.instance="<{inst}>"', supported="path, gruu",
                           extra="Require: gruu")
         assert result.value("final") == "200", result.messages[-3000:]
         assert "-gruu=" not in result.value("contacts") and len(reg.bindings(user)) == 1

@@ -25,14 +25,17 @@ SWITCHES = {
     "edge.cfg": [(), ("WITH_DEBUG",), ("WITH_TLS",), ("WITH_TLS", "WITH_DEBUG"), ("KO_ADVERTISE",),
                  ("KO_ADVERTISE", "WITH_TLS"), ("WITH_NOPIKE",), ("WITH_NOPIKE", "WITH_TLS")],
     # auth (registrar and single only): WITH_NOAUTH (labs: no auth modules at all),
-    # WITH_SHA256_DIGEST (RFC 8760 challenges, the ha1_sha256 column)
+    # WITH_SHA256_DIGEST (RFC 8760 challenges, the ha1_sha256 column); WITH_NOGRUU
+    # (no pub-gruu / temp-gruu, RFC 5627)
     "registrar.cfg": [(), ("WITH_DEBUG",), ("WITH_NOPIKE",), ("WITH_NOAUTH",), ("WITH_NOAUTH", "WITH_DEBUG"),
                       ("WITH_NOAUTH", "WITH_NOPIKE"), ("WITH_SHA256_DIGEST",),
-                      ("WITH_SHA256_DIGEST", "WITH_DEBUG"), ("WITH_SHA256_DIGEST", "WITH_NOPIKE")],
+                      ("WITH_SHA256_DIGEST", "WITH_DEBUG"), ("WITH_SHA256_DIGEST", "WITH_NOPIKE"),
+                      ("WITH_NOGRUU",), ("WITH_NOGRUU", "WITH_NOAUTH")],
     "single.cfg": [(), ("WITH_DEBUG",), ("WITH_TLS",), ("WITH_TLS", "WITH_DEBUG"), ("WITH_NOPIKE",),
                    ("WITH_NOAUTH",), ("WITH_NOAUTH", "WITH_DEBUG"), ("WITH_NOAUTH", "WITH_TLS"),
                    ("WITH_NOAUTH", "WITH_NOPIKE"), ("WITH_SHA256_DIGEST",), ("WITH_SHA256_DIGEST", "WITH_DEBUG"),
-                   ("WITH_SHA256_DIGEST", "WITH_TLS"), ("WITH_SHA256_DIGEST", "WITH_TLS", "WITH_DEBUG")],
+                   ("WITH_SHA256_DIGEST", "WITH_TLS"), ("WITH_SHA256_DIGEST", "WITH_TLS", "WITH_DEBUG"),
+                   ("WITH_NOGRUU",), ("WITH_NOGRUU", "WITH_TLS")],
 }
 CASES = [pytest.param(cfg, switches, id=f"{cfg}-{'+'.join(switches) or 'plain'}")
          for cfg, combos in SWITCHES.items() for switches in combos]

@@ -14,7 +14,7 @@ from locator.peers import peer_addresses
 from outbound.addresses import canonical_ip, ip_family
 from outbound.decisions import Reply
 from outbound.policy import RegisterView
-from outbound.relay import path_refusal
+from outbound.relay import farm_dialog_refusal, path_refusal
 from outbound.sipmsg import parse_name_addrs
 
 from . import registration
@@ -89,8 +89,10 @@ class RegistrarRoutes(BaseRoutes, HomeProxyCallbacks):
         """Relayed only along a Route set of ours: our sealed Record-Route entry
         first (no open relay through the farm, outbound.relay)."""
         routes = parse_name_addrs(snapshot().headers, "route")
-        if routes and not self.seal.carried_by(leading_own_routes(routes), KSR.kx.get_callid()):
-            send_reply(Reply(403, "Forbidden", "in-dialog request without our sealed Record-Route "
-                             f"(top Route {routes[0].uri[:80]!r})"))
+        sealed = bool(routes) and self.seal.carried_by(leading_own_routes(routes), KSR.kx.get_callid())
+        refusal = farm_dialog_refusal(has_routes=bool(routes), sealed=sealed,
+                                      top_route=routes[0].uri if routes else "")
+        if refusal is not None:
+            send_reply(refusal)
             return 1
         return super().within_dialog()

@@ -110,6 +110,16 @@ def single_step(decision: RouteDecision, *, from_peer: bool, in_dialog: bool, se
     return decision if isinstance(decision, ToFlow) else ToHome()
 
 
+def farm_dialog_refusal(*, has_routes: bool, sealed: bool, top_route: str = "") -> Reply | None:
+    """The registrar / home proxy relays an in-dialog request only along a
+    Route set of ours: one of our leading entries sealed for the Call-ID
+    (:func:`dialog_seal`), so the farm is no open relay. Without a Route the
+    request is for us (loose_route finds nothing: 404 or the ACK absorbed)."""
+    if not has_routes or sealed:
+        return None
+    return Reply(403, "Forbidden", f"in-dialog request without our sealed Record-Route (top Route {top_route[:80]!r})")
+
+
 def flow_room_refusal(aors_on_flow: Sequence[str], aor: str, conn_id: int) -> Reply | None:
     """Single server: one connection carries at most MAX_AORS_PER_FLOW AORs
     (and MAX_FLOW_ENTRY characters of them), so that one device cannot grow a

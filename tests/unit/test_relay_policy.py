@@ -8,6 +8,7 @@ from outbound.relay import (
     ToHome,
     dialog_seal,
     edge_step,
+    farm_dialog_refusal,
     foreign_route_refusal,
     next_hop_refusal,
     path_refusal,
@@ -154,3 +155,16 @@ def test_a_preloaded_route_set_goes_on_only_toward_the_farm(foreign, next_is_far
     assert (refusal is not None) is refused
     if refused:
         assert refusal.code == 403
+
+
+@pytest.mark.parametrize(("has_routes", "sealed", "refused"), [
+    (True, True, False), (True, False, True), (False, False, False),
+])
+def test_the_farm_relays_a_dialog_only_along_its_sealed_record_route(has_routes, sealed, refused):
+    """No open relay through the farm: an in-dialog request with a Route set goes
+    on only when one of our leading entries is sealed for its Call-ID."""
+    refusal = farm_dialog_refusal(has_routes=has_routes, sealed=sealed, top_route="<sip:sink.example;lr>")
+
+    assert (refusal is not None) is refused
+    if refused:
+        assert refusal.code == 403 and "sink.example" in refusal.log

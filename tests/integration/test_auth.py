@@ -84,6 +84,11 @@ def pick(found: list[ChallengeHeader], algorithm: str | None) -> ChallengeHeader
     return next(c for c in found if c.algorithm.upper() == algorithm.upper())
 
 
+def stored(reg: Kamailio, aor: str) -> list[dict]:
+    """The AOR's bindings without the seconds they have left (which tick)."""
+    return [{k: v for k, v in b.items() if k != "Expires"} for b in reg.bindings(aor)]
+
+
 def status(response: str) -> int:
     return int(response[8:11])
 
@@ -142,10 +147,10 @@ def test_wrong_password_and_unknown_user_get_403_and_keep_every_binding(farm, ua
     user (no enumeration by code); the password is never logged."""
     reg = farm["registrar"]
     assert status(ua.signed_register(reg, "bob", PASSWORD)) == 200
-    before = reg.bindings("bob")
+    before = stored(reg, "bob")
     wrong = ua.signed_register(reg, "bob", "not the password", contact=f"<sip:bob@{ua.ip}:1>")
     assert status(wrong) == 403
-    assert reg.bindings("bob") == before
+    assert stored(reg, "bob") == before
     unknown = ua.signed_register(reg, "mallory", "whatever")
     assert status(unknown) == 403 and unknown.splitlines()[0] == wrong.splitlines()[0]
     assert reg.bindings("mallory") == []
@@ -161,13 +166,13 @@ def test_user_a_registering_aor_b_gets_403_and_bs_bindings_stay(farm, ua):
         assert status(with_carol.signed_register(reg, "carol", PASSWORD)) == 200
     finally:
         with_carol.close()
-    before = reg.bindings("carol")
+    before = stored(reg, "carol")
     assert len(before) == 1
     assert status(ua.signed_register(reg, "alice", PASSWORD, to="carol")) == 403
     assert "user alice@example.com may not register carol@example.com" in reg.log()
     assert status(ua.register(reg, "alice", to="carol", contact="*", expires=0)) == 401
     assert status(ua.signed_register(reg, "alice", PASSWORD, to="carol", contact="*", expires=0)) == 403
-    assert reg.bindings("carol") == before
+    assert stored(reg, "carol") == before
 
 
 def test_the_contact_past_max_contacts_gets_403_and_the_others_stay(farm, ua):

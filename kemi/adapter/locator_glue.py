@@ -43,7 +43,7 @@ from outbound.decisions import Reply
 from outbound.errors import ConfigError, SipSyntaxError
 from outbound.sipmsg import SipUri, is_hostname
 
-from .names import DNS_CURRENT_AVP, DNS_REMAINING_AVP, HEALTH_ITEM, HEALTH_TABLE
+from .names import ADDR_DEFINE, DNS_CURRENT_AVP, DNS_REMAINING_AVP, HEALTH_ITEM, HEALTH_TABLE
 from .runtime import define, own_socket, send_reply
 
 # The targets still to try for the current transaction, space-separated $du
@@ -94,7 +94,7 @@ class Locator:
     @classmethod
     def for_kamailio(cls, config: Config) -> Locator:
         """Families narrowed to what the cfg listens on (define KO_ADDR)."""
-        families = effective_families(config.dns, listen_families([define("KO_ADDR")]), config.source)
+        families = effective_families(config.dns, listen_families([define(ADDR_DEFINE)]), config.source)
         return cls(config.dns, families)
 
     def plan(self, uri: str) -> Plan:
@@ -409,7 +409,7 @@ class PeerGate:
 
 @functools.lru_cache(maxsize=1)
 def _own_family() -> str | None:
-    return ip_family(define("KO_ADDR") or "")
+    return ip_family(define(ADDR_DEFINE) or "")
 
 
 def own_socket_toward(uri: str) -> str:

@@ -23,7 +23,7 @@ from outbound.errors import ConfigError, OutboundError, SipSyntaxError
 from outbound.sipmsg import Headers, bracket
 from outbound.tokens import Flow, FlowTokenCodec
 
-from .names import CONID_VAR, DEFINE_OVERRIDES, HDR_INDEX_VAR
+from .names import ADDR_DEFINE, CONFIG_DEFINE, CONID_VAR, DEFINE_OVERRIDES, HDR_INDEX_VAR, PORT_DEFINE, TLS_PORT_DEFINE
 
 # Branch flag that marks a binding as an outbound flow (stored in usrloc cflags).
 # Mirrors FLB_OUTBOUND in cfg/*.cfg.
@@ -90,8 +90,8 @@ def own_socket(transport: str) -> str:
     address too (tcp_main: a forced socket is the connection's local address),
     so peers that know us by address (outbound.relay) see that address. The
     defines do not change while Kamailio runs: read once per transport."""
-    addr = define("KO_ADDR")
-    port = define("KO_TLS_PORT") if transport == "tls" else define("KO_PORT")
+    addr = define(ADDR_DEFINE)
+    port = define(TLS_PORT_DEFINE) if transport == "tls" else define(PORT_DEFINE)
     if not addr or not port or transport not in ("udp", "tcp", "tls"):
         return ""
     return f"{transport}:{bracket(addr)}:{port}"
@@ -112,10 +112,11 @@ class Runtime:
 
 def bootstrap(role: str, *, needs_keys: bool) -> Runtime:
     """Load and validate cfg/outbound.yaml; raise (and so stop Kamailio) when invalid."""
-    path = define("KO_CONFIG") or os.environ.get("KO_CONFIG") or ""
+    path = define(CONFIG_DEFINE) or os.environ.get(CONFIG_DEFINE) or ""
     try:
         if not path:
-            raise ConfigError("(no file)", "KO_CONFIG", "define KO_CONFIG (-A or environment) to the YAML path")
+            raise ConfigError("(no file)", CONFIG_DEFINE,
+                              f"define {CONFIG_DEFINE} (-A or environment) to the YAML path")
         try:
             data = yaml.safe_load(_read_text(path))
         except OSError as exc:

@@ -32,7 +32,7 @@ from outbound.decisions import Reply
 from outbound.forking import Fork, ForkState, Outcome, Steps
 from outbound.relay import SEAL_PARAM
 from outbound.sipmsg import is_hostname
-from outbound.tokens import Flow, FlowTokenCodec, Verdict
+from outbound.tokens import Flow, FlowTokenCodec
 
 from . import usrloc
 from .locator_glue import HealthMemory, Locator, own_socket_toward
@@ -246,12 +246,10 @@ class HomeProxy:
         return Target(binding.contact, addresses.current, hop.route, addresses=addresses)
 
     def _local_flow(self, user: str | None) -> Flow | None:
-        if not user or self.codec is None or self.is_local_flow is None:
+        if self.codec is None or self.is_local_flow is None:
             return None
-        decoded = self.codec.decode(user)
-        if decoded.verdict is not Verdict.VALID or decoded.flow is None:
-            return None
-        return decoded.flow if self.is_local_flow(decoded.flow) else None
+        flow = self.codec.flow_of(user)
+        return flow if flow is not None and self.is_local_flow(flow) else None
 
 
 class HomeProxyCallbacks:

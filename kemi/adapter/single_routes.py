@@ -21,9 +21,10 @@ from typing import Any
 
 import KSR
 
+from outbound.bindings import PathHop, first_hop
 from outbound.decisions import Reply
 from outbound.relay import EdgeStep, flow_room_refusal, single_step
-from outbound.routing import DIALOG_FORMING, RouteView, ToFlow, path_flow, record_route_token, route_decision
+from outbound.routing import DIALOG_FORMING, RouteView, ToFlow, record_route_token, route_decision
 from outbound.tokens import Flow, FlowTokenCodec
 
 from . import registration, usrloc
@@ -90,7 +91,8 @@ class FlowWatch:
         KSR.htable.sht_rm(FLOWS_TABLE, key)
         for aor in entry.aors if entry is not None else ():
             for binding in self.home.fetch(aor):
-                flow = path_flow(binding.path, self.codec)
+                hop = first_hop(binding)
+                flow = self.codec.flow_of(hop.first.user) if isinstance(hop, PathHop) else None
                 if flow is not None and flow.key == key:
                     KSR.notice(f"kemi-outbound: {why} on {key}: removing binding {binding.ruid} of {aor}\n")
                     usrloc.unregister(self.home.table, aor, binding.ruid)

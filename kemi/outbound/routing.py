@@ -13,8 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .decisions import Reply
-from .errors import SipSyntaxError
-from .sipmsg import NameAddr, parse_name_addr, split_values
+from .sipmsg import NameAddr
 from .tokens import Flow, FlowTokenCodec, Verdict
 
 DIALOG_FORMING = frozenset({"INVITE", "SUBSCRIBE", "REFER"})
@@ -152,18 +151,3 @@ def toward_endpoint(reply: Reply, *, in_dialog: bool) -> Reply:
         return Reply(408, "Request Timeout", f"{reply.log} (430 in a dialog, answered 408 toward the endpoint)",
                      reply.headers)
     return reply
-
-
-def path_flow(path: str, codec: FlowTokenCodec) -> Flow | None:
-    """The flow a binding's Path leads to when its first entry carries a valid
-    token of ours (a flow this proxy holds, RFC 5626 §5.2); None otherwise."""
-    if not path:
-        return None
-    try:
-        user = parse_name_addr(split_values(path)[0]).sip_uri.user or ""
-    except (SipSyntaxError, IndexError):
-        return None
-    if not user:
-        return None
-    decoded = codec.decode(user)
-    return decoded.flow if decoded.verdict is Verdict.VALID else None

@@ -190,6 +190,14 @@ class FlowTokenCodec:
         raw = body + _mac(self._keys[0], body)
         return binascii.b2a_base64(raw, newline=False).translate(_TO_URLSAFE).decode("ascii")
 
+    def flow_of(self, user: str | None) -> Flow | None:
+        """The flow of ``user`` when it is a valid token of ours; None for
+        anything else (no user part, not a token, forged)."""
+        if not user:
+            return None
+        decoded = self.decode(user)
+        return decoded.flow if decoded.verdict is Verdict.VALID else None
+
     def decode(self, token: str) -> Decoded:
         raw = _raw_bytes(token)
         if raw is None:

@@ -4,6 +4,7 @@ from dataclasses import replace
 
 import pytest
 
+from outbound.bindings import Binding, PathHop, first_hop
 from outbound.decisions import Reply
 from outbound.routing import (
     LooseRoute,
@@ -11,7 +12,6 @@ from outbound.routing import (
     RouteView,
     ToFlow,
     flow_refusal,
-    path_flow,
     record_route_token,
     route_decision,
     toward_endpoint,
@@ -331,9 +331,13 @@ def test_a_live_local_flow_is_used():
     ("", None),
     ("<garbage", None),
 ])
-def test_path_flow_is_the_flow_of_a_valid_token_in_the_first_entry(path, expected):
-    """RFC 5626 §5.2 / §7: a Path whose first entry carries our token leads to that flow."""
-    assert path_flow(path, CODEC) == expected
+def test_a_path_whose_first_entry_carries_our_token_leads_to_its_flow(path, expected):
+    """RFC 5626 §5.2 / §7: a Path whose first entry carries our token leads to
+    that flow (bindings.first_hop reads the Path, FlowTokenCodec.flow_of the token)."""
+    hop = first_hop(Binding("r1", "sip:ua@192.0.2.99", path=path, received="sip:192.0.2.99:5060"))
+    found = CODEC.flow_of(hop.first.user) if isinstance(hop, PathHop) else None
+
+    assert found == expected
 
 
 @pytest.mark.parametrize(("code", "in_dialog", "expected"), [

@@ -154,10 +154,7 @@ class EdgeRoutes(BaseRoutes):
 
     def names_farm(self, route: NameAddr) -> bool:
         """A Route entry whose host is a farm address or one of the farm's names."""
-        host = (route.sip_uri.params.get("maddr") or route.sip_uri.host).strip("[]")
-        if is_ip_literal(host):
-            return self.farm.contains(host)
-        return host.lower().rstrip(".") in self.farm.names
+        return self._farm_only_refusal(route.sip_uri) is None
 
     def next_hop_refusal(self) -> Reply | None:
         """A device's in-dialog request goes to the farm only (outbound.relay)."""
@@ -166,6 +163,10 @@ class EdgeRoutes(BaseRoutes):
             uri = SipUri.parse(next_hop)
         except SipSyntaxError:
             return Reply(403, "Forbidden", f"in-dialog request from a device toward {next_hop[:80]!r}")
+        return self._farm_only_refusal(uri)
+
+    def _farm_only_refusal(self, uri: SipUri) -> Reply | None:
+        """outbound.relay.next_hop_refusal for ``uri``'s host (its maddr first)."""
         host = (uri.params.get("maddr") or uri.host).strip("[]")
         is_ip = is_ip_literal(host)
         return next_hop_refusal(host, host_is_ip=is_ip, ip_in_farm=is_ip and self.farm.contains(host),

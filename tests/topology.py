@@ -7,6 +7,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from locations import sqlite_location_db
+
 from harness import CFG_DIR, ROOT, TEST_KEY, Kamailio
 from subscribers import SubscriberDB, password_for
 
@@ -52,10 +54,12 @@ def subscriber(username: str, domain: str = "example.com") -> tuple[str, str]:
     return username, password_for(username)
 
 
-def db_defines(db: SubscriberDB | None = None) -> dict[str, str]:
-    """The registrar's and single server's subscriber database: ``db``, by
-    default the run's (subscribers())."""
-    return {"KO_DB_URL": f'"{(db or subscribers()).url}"'}
+def db_defines(workdir: Path, name: str, db: SubscriberDB | None = None) -> dict[str, str]:
+    """The registrar's and single server's databases: subscribers in ``db``, by
+    default the run's (subscribers()); bindings in its own SQLite file
+    (tests/locations.py), kept across its restarts."""
+    location = sqlite_location_db(Path(workdir) / f"{name}.location.sqlite")
+    return {"KO_DB_URL": f'"{(db or subscribers()).url}"', "KO_USRLOC_DB_URL": f'"{location}"'}
 
 
 def ko_yaml() -> str:
@@ -90,7 +94,7 @@ def registrar(workdir: Path, name: str = "registrar", addr: str = REGISTRAR_ADDR
     """The registrar (home proxy), by default on net(1):5070, with the subscriber
     database ``db`` (default the run's) and the tests' outbound.yaml (``yaml_text``
     replaces it)."""
-    defines = {**db_defines(db), **kw.pop("defines", {})}
+    defines = {**db_defines(workdir, name, db), **kw.pop("defines", {})}
     return Kamailio(name, "registrar.cfg", workdir, addr, port, yaml_text=yaml_text or ko_yaml(), defines=defines,
                     **kw)
 
@@ -127,6 +131,6 @@ def edge(workdir: Path, name: str, addr: str, registrar_uri: str, key: str = TES
 def single(workdir: Path, name: str = "single", addr: str | None = None, key: str = TEST_KEY,
            port: int = 5060, tls_cfg: Path | None = None, **kw) -> Kamailio:
     """Edge + registrar + home proxy in one Kamailio (cfg/single.cfg)."""
-    defines = {**db_defines(), **kw.pop("defines", {}), **tls_defines(tls_cfg)}
+    defines = {**db_defines(workdir, name), **kw.pop("defines", {}), **tls_defines(tls_cfg)}
     return Kamailio(name, "single.cfg", workdir, addr or net(60), port, env={"KO_FLOW_KEYS": key},
                     yaml_text=kw.pop("yaml_text", None) or ko_yaml(), defines=defines, **kw)

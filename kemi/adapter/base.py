@@ -18,6 +18,7 @@ from .runtime import Runtime, check_fault_injection, define, guarded, send_reply
 
 if TYPE_CHECKING:
     from .locator_glue import NextHopLocator
+    from .replication import ReplicationBus
 
 
 # process_maxfwd(): -1 the value is 0 (483), -2 the header cannot be parsed (400)
@@ -89,17 +90,22 @@ def leading_own_routes(routes: Sequence[NameAddr], limit: int = 2) -> list[NameA
 class BaseRoutes:
     """The object app_python3 calls for every message (``mod_init`` returns it)."""
 
-    def __init__(self, runtime: Runtime, next_hops: NextHopLocator | None = None) -> None:
+    def __init__(self, runtime: Runtime, next_hops: NextHopLocator | None = None,
+                 bus: ReplicationBus | None = None) -> None:
         self.runtime = runtime
         self.ban_seconds = flood_ban_seconds()
         # an in-dialog next hop named by host name is located by our RFC 3263 locator
         self.next_hops = next_hops
+        # a registrar pair's KDMQ requests, taken before the flood limit (adapter.replication)
+        self.bus = bus
 
     def child_init(self, rank: int) -> int:
         return 0
 
     @guarded
     def ksr_request_route(self, msg: Any) -> int:
+        if self.bus is not None and self.bus.handles():
+            return 1
         if self.ban_seconds is not None and not self.flood_check(self.ban_seconds):
             return 1  # dropped without an answer: replying to a flood amplifies it
         maxfwd = KSR.maxfwd.process_maxfwd(10)

@@ -67,6 +67,9 @@ BAN_DEFINE = "KO_PIKE_BAN"  # seconds a flooding source stays banned
 NOPIKE_SWITCH = "WITH_NOPIKE"
 NOAUTH_SWITCH = "WITH_NOAUTH"
 NOGRUU_SWITCH = "WITH_NOGRUU"  # no GRUUs (RFC 5627) are given out or dereferenced
+DMQ_SWITCH = "WITH_DMQ"  # registrar: the pair replicates bindings over DMQ (adapter.replication)
+DMQ_PEER_DEFINE = "KO_DMQ_PEER"  # the other registrar's DMQ address
+KDMQ_METHOD = "KDMQ"  # the dmq module's request method
 # defines that override YAML keys (-A or the environment)
 DEFINE_OVERRIDES = {
     "KO_REGISTRAR": "edge.registrar",
@@ -110,6 +113,7 @@ CFG_NAMES = (
     CfgName(PORT_DEFINE, "define", ALL_ROLES),
     CfgName(TLS_PORT_DEFINE, "define", (EDGE, SINGLE)),
     CfgName(BAN_DEFINE, "define", ALL_ROLES),
+    CfgName(DMQ_PEER_DEFINE, "define", (REGISTRAR,)),
     CfgName("ko_rr_user", "avp", (EDGE, SINGLE)),
     CfgName("ko_received", "avp", (REGISTRAR, SINGLE)),
     CfgName(HEALTH_TABLE, "htable", (EDGE, REGISTRAR)),

@@ -2,8 +2,9 @@
 
 Built from parts: the request prologue (base.BaseRoutes), digest
 authentication (auth.Authenticator), the trusted edges' address sets
-(locator_glue.PeerGate), the REGISTER save path (registration) and the home
-proxy's forking to registered flows (home_proxy.HomeProxy).
+(locator_glue.PeerGate), the REGISTER save path (registration), the home
+proxy's forking to registered flows (home_proxy.HomeProxy) and, for a
+registrar pair (WITH_DMQ), the replication bus (replication.ReplicationBus).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from .auth import Authenticator
 from .base import BaseRoutes, DialogSeal, leading_own_routes
 from .home_proxy import HomeProxy, HomeProxyCallbacks
 from .locator_glue import HealthMemory, Locator, NextHopLocator, PeerGate
+from .replication import ReplicationBus
 from .runtime import Runtime, Snapshot, dialog_keys, send_reply, snapshot
 
 
@@ -32,7 +34,7 @@ class RegistrarRoutes(BaseRoutes, HomeProxyCallbacks):
         locator = Locator.for_kamailio(runtime.config)
         # an edge address that did not answer lately goes last (calls and their dialogs)
         health = HealthMemory(locator.hold_policy, locator.clock)
-        super().__init__(runtime, NextHopLocator(locator, health))
+        super().__init__(runtime, NextHopLocator(locator, health), ReplicationBus.for_kamailio(runtime, locator))
         self.locator = locator
         keys = dialog_keys(runtime, "registrar")  # Record-Route seals and temporary GRUUs
         self.home = HomeProxy(runtime.config, runtime.codec, locator=locator, health=health, gruu_keys=keys)

@@ -62,13 +62,15 @@ class Config:
     trusted_edges: tuple[str, ...] = ()  # registrar: where a Path may come from (empty: the edge it names)
     max_contacts: int = 10  # bindings per AOR (auth.max_contacts); 0: no limit
     trusted_peers: tuple[str, ...] = ()  # core peers whose requests are not challenged (auth.trusted_peers)
+    replication_peers: tuple[str, ...] = ()  # registrar: more DMQ nodes beside KO_DMQ_PEER (WITH_DMQ)
 
 
 _SCHEMA: dict[str, dict[str, type]] = {
     "flow_tokens": {"keys_env": str, "keys_file": str},
     "edge": {"registrar": str, "force_outbound": bool, "flow_reply_timeout_ms": int},
     "home": {"max_parallel_branches": int, "first_reply_timeout_ms": int},
-    "registrar": {"location_table": str, "default_expires": int, "flow_timer": int, "trusted_edges": list},
+    "registrar": {"location_table": str, "default_expires": int, "flow_timer": int, "trusted_edges": list,
+                  "replication_peers": list},
     "testing": {"fault_injection_header": str},
     "auth": {"max_contacts": int, "trusted_peers": list},
     "keepalive": {"grace_seconds": int},
@@ -84,7 +86,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "flow_tokens": {"keys_env": "KO_FLOW_KEYS", "keys_file": ""},
     "edge": {"registrar": "", "force_outbound": False, "flow_reply_timeout_ms": 5000},
     "home": {"max_parallel_branches": 8, "first_reply_timeout_ms": 2000},
-    "registrar": {"location_table": "location", "default_expires": 3600, "flow_timer": 25, "trusted_edges": []},
+    "registrar": {"location_table": "location", "default_expires": 3600, "flow_timer": 25, "trusted_edges": [],
+                  "replication_peers": []},
     "testing": {"fault_injection_header": ""},
     "auth": {"max_contacts": 10, "trusted_peers": []},
     "keepalive": {"grace_seconds": 20},
@@ -195,6 +198,8 @@ def _build(values: dict[str, dict[str, Any]], source: str) -> Config:
                             for item in values["registrar"]["trusted_edges"]),
         max_contacts=_max_contacts(values["auth"]["max_contacts"], source),
         trusted_peers=tuple(_peer_uri(item, source, "auth.trusted_peers") for item in values["auth"]["trusted_peers"]),
+        replication_peers=tuple(_peer_uri(item, source, "registrar.replication_peers")
+                                for item in values["registrar"]["replication_peers"]),
     )
 
 

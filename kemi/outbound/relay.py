@@ -120,6 +120,16 @@ def farm_dialog_refusal(*, has_routes: bool, sealed: bool, top_route: str = "") 
     return Reply(403, "Forbidden", f"in-dialog request without our sealed Record-Route (top Route {top_route[:80]!r})")
 
 
+def replication_refusal(source_ip: str, *, from_farm: bool) -> Reply | None:
+    """KDMQ requests (the registrar pair's replication, dmq_usrloc) write
+    bindings straight into usrloc: only the farm's registrars may send them
+    (``from_farm``: the source is a configured peer or a node DMQ knows).
+    Anyone else could register any AOR anywhere: 403."""
+    if from_farm:
+        return None
+    return Reply(403, "Forbidden", f"KDMQ from {source_ip}, not a registrar of this farm")
+
+
 def flow_room_refusal(aors_on_flow: Sequence[str], aor: str, conn_id: int) -> Reply | None:
     """Single server: one connection carries at most MAX_AORS_PER_FLOW AORs
     (and MAX_FLOW_ENTRY characters of them), so that one device cannot grow a

@@ -64,6 +64,7 @@ class Routes(BaseRoutes):
 
     def __init__(self) -> None:  # no Runtime: the prologue's flood check needs none
         self.ban_seconds = 300
+        self.bus = None  # no registrar pair
         self.asked_trusted = 0
 
     def trusted_source(self) -> bool:

@@ -212,13 +212,54 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
+def durability_section(results: dict) -> str:
+    """bench/durability.py's figures (runs before issue 14 have none)."""
+    d = results.get("durability")
+    if not d:
+        return ""
+    if "error" in d:
+        return f"Durability ({d['bindings']} bindings): failed: `{d['error'][:300]}`\n\n"
+    return (f"Durability of our registrar with {d['bindings']} outbound bindings (usrloc write-back on SQLite, "
+            "a DMQ pair on loopback; bench/durability.py):\n\n"
+            "| figure | value |\n| --- | --- |\n"
+            f"| reload at start (exec until all bindings are served) | {fmt(d['reload_seconds'])} s |\n"
+            f"| shared memory per binding | {d['shm_bytes_per_binding']} B |\n"
+            f"| DMQ resync of an empty peer (exec until it holds all) | {fmt(d['dmq_resync_seconds'])} s, "
+            f"{d['dmq_resync_per_second']} bindings/s |\n"
+            f"| write-back of the resynced bindings to the peer's SQLite | {fmt(d['write_back_seconds'])} s, "
+            f"{d['write_back_rows_per_second']} rows/s |\n\n")
+
+
+def replication_section(results: dict) -> str:
+    r = results.get("replication")
+    if not r:
+        return ""
+    if "error" in r:
+        return f"Registrar pair: failed: `{r['error'][:300]}`\n\n"
+    cpu = r["cpu_us_per_register"]
+    return (f"Registrar pair on DMQ, {r['registrations']} REGISTER at {r['rate']}/s over UDP through our edge to "
+            f"reg1 ({r['failed']} failed; {r['replicated']} bindings at reg2 afterwards): CPU µs per REGISTER at "
+            f"the saving registrar {cpu.get('pair-reg1')}, at its peer {cpu.get('pair-reg2')}, at the edge "
+            f"{cpu.get('pair-edge')}.\n\n")
+
+
+def persistence_line(results: dict) -> str:
+    mode = (results.get("settings") or {}).get("usrloc_db_mode")
+    if mode is None:
+        return ""
+    what = {0: "memory only", 1: "write-through", 2: "write-back"}.get(mode, str(mode))
+    return (f"Both registrars ran usrloc with db_mode {mode} ({what}) on their own SQLite location file "
+            "(the same modparams).\n\n")
+
+
 def render(results: dict) -> str:
-    return (f"{BEGIN}\n\n{machine(results)}\n\n{table(results)}\n\n"
+    return (f"{BEGIN}\n\n{machine(results)}\n\n{persistence_line(results)}{table(results)}\n\n"
             "`≥`: a round passed the top step of the ramp, so the real limit is higher (and the ratio is an "
             "upper bound, `≤`).\n\nEdge + registrar CPU µs per REGISTER (UDP ramp) at each offered rate, "
             f"medians of the passing steps:\n\n{cpu_by_rate(results, 'register_udp')}\n\n"
             f"Edge + registrar CPU µs per transaction (UDP call ramp, 2 per call):\n\n"
-            f"{cpu_by_rate(results, 'calls_udp')}\n\nEvery round:\n\n{per_round(results)}\n\n{END}")
+            f"{cpu_by_rate(results, 'calls_udp')}\n\n{durability_section(results)}{replication_section(results)}"
+            f"Every round:\n\n{per_round(results)}\n\n{END}")
 
 
 def main(argv: list[str]) -> int:

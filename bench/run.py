@@ -48,6 +48,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import analysis  # noqa: E402
+import durability  # noqa: E402
+from locations import sqlite_location_db  # noqa: E402
 
 from harness import TEST_KEY, Kamailio, ProcessError, SippRun, read_log, start_sipp  # noqa: E402
 from subscribers import SubscriberDB, password_for  # noqa: E402
@@ -213,6 +215,8 @@ class Settings:
     cpu_ref_call_rate: int
     time_limit: float
     workdir: Path
+    usrloc_db_mode: int = 2
+    durability: int = 0
 
     def addr(self, host: int) -> str:
         return f"{self.net}.{host}"
@@ -240,6 +244,9 @@ class Round:
         defines = {"KO_REGISTRAR": f'"{registrar_uri}"'} if registrar_uri else {}
         if role == "registrar":  # the same subscriber database and nonce secret for both implementations
             defines.update(SUBSCRIBERS[0].defines())
+            # the same usrloc persistence for both: a fresh SQLite location file per round
+            defines["KO_USRLOC_DB_MODE"] = str(self.s.usrloc_db_mode)
+            defines["KO_USRLOC_DB_URL"] = f'"{sqlite_location_db(self.dir / "location.sqlite")}"'
         if self.impl == "ours":
             defines["KO_PIKE_REQS"] = PIKE_REQS
         kam = BenchKamailio(name, IMPLS[self.impl][role].name, self.dir, addr, port, defines=defines,
@@ -611,6 +618,10 @@ def parse_args(argv: list[str]) -> Settings:
     parser.add_argument("--cpu-ref-call-rate", type=int, default=200)
     parser.add_argument("--time-limit", type=float, default=450,
                         help="start no new pair of rounds after this many seconds (default 450)")
+    parser.add_argument("--usrloc-db-mode", type=int, choices=[0, 1, 2], default=2,
+                        help="usrloc db_mode of both registrars (default 2, write-back to SQLite)")
+    parser.add_argument("--durability", type=int, default=100000,
+                        help="bindings for the reload / DMQ resync / write-back figures (0: skip)")
     parser.add_argument("--quick", action="store_true", help="one short pair, for development")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -618,6 +629,7 @@ def parse_args(argv: list[str]) -> Settings:
         args.pairs, args.step_seconds, args.failovers = 1, 1.5, 1
         args.register_rates, args.call_rates = "500,1500", "100,300"
         args.memory_flows, args.latency_seconds = 300, 1.0
+        args.durability = min(args.durability, 5000)
     order = [args.first, "native" if args.first == "ours" else "ours"] * args.pairs
     # absolute: Kamailio changes its working directory to /
     workdir = (args.workdir or BENCH / ".work" / time.strftime("%Y%m%d-%H%M%S")).resolve()
@@ -629,7 +641,68 @@ def parse_args(argv: list[str]) -> Settings:
         latency_seconds=args.latency_seconds, latency_register_rate=args.latency_register_rate,
         latency_call_rate=args.latency_call_rate, cpu_ref_register_rate=args.cpu_ref_register_rate,
         cpu_ref_call_rate=args.cpu_ref_call_rate, time_limit=args.time_limit, workdir=workdir,
+        usrloc_db_mode=args.usrloc_db_mode, durability=args.durability,
     )
+
+
+def replication_phase(settings: Settings, rate: int = 300, seconds: float = 6.0) -> dict:
+    """CPU per REGISTER of a DMQ pair (our edge -> reg1, reg1 replicating to reg2):
+    at the registrar that saves and at its peer, at a fixed rate over UDP."""
+    folder = settings.workdir / "replication"
+    folder.mkdir(parents=True, exist_ok=True)
+    a, b = settings.addr(33), settings.addr(34)
+
+    def registrar(name: str, me: str, peer: str) -> BenchKamailio:
+        return BenchKamailio(name, "registrar.cfg", folder, me, 5070, defines={
+            **SUBSCRIBERS[0].defines(), "KO_PIKE_REQS": PIKE_REQS, "WITH_DMQ": "",
+            "KO_USRLOC_DB_URL": f'"{sqlite_location_db(folder / (name + ".sqlite"))}"',
+            "KO_DMQ_ADDRESS": f'"sip:{me}:5070"', "KO_DMQ_PEER": f'"sip:{peer}:5070"'},
+            env={"KO_FLOW_KEYS": TEST_KEY}, cfg_path=IMPLS["ours"]["registrar"])
+
+    reg1, reg2 = registrar("pair-reg1", a, b), registrar("pair-reg2", b, a)
+    edge = BenchKamailio("pair-edge", "edge.cfg", folder, settings.addr(35), 5060,
+                         defines={"KO_REGISTRAR": f'"{reg1.uri}"', "KO_PIKE_REQS": PIKE_REQS},
+                         env={"KO_FLOW_KEYS": TEST_KEY}, cfg_path=IMPLS["ours"]["edge"])
+    calls = int(rate * seconds)
+    users = write_users(folder / "pair.csv", "pair", calls, 90)
+    started: list[BenchKamailio] = []
+    try:
+        for kam in (reg1, reg2, edge):
+            kam.start()
+            started.append(kam)
+        before = {k.name: k.cpu_seconds() for k in started}
+        run = start_sipp("register/uac.xml", f"{edge.addr}:5060", workdir=folder, name="sipp-pair", scenarios=SIPP,
+                         local_ip=settings.addr(36), transport="u1", calls=calls, timeout=seconds * 3 + 10, rate=rate,
+                         call_limit=max(100, rate * 6), recv_timeout_ms=RECV_TIMEOUT_MS, stat_csv=True,
+                         trace_messages=False, timeout_error=False, inf=users)
+        run.wait()
+        # the peer applies what reg1 saved: wait until it holds them all (bounded)
+        deadline = time.monotonic() + 20
+        while reg2.stat("usrloc:location_contacts") < reg1.stat("usrloc:location_contacts") \
+                and time.monotonic() < deadline:
+            time.sleep(0.1)
+        after = {k.name: k.cpu_seconds() for k in started}
+        stats = sipp_stats(run)
+        ok = max(stats.successful, 1)
+        out = {"rate": rate, "registrations": stats.successful, "failed": stats.failed,
+               "replicated": reg2.stat("usrloc:location_contacts"),
+               "cpu_us_per_register": {k: round((after[k] - before[k]) * 1e6 / ok) for k in before}}
+        log(f"  replication: {stats.successful} REGISTER at {rate}/s, {out['replicated']} at the peer, "
+            f"CPU µs per REGISTER {out['cpu_us_per_register']}")
+        return out
+    finally:
+        for kam in reversed(started):
+            kam.stop()
+
+
+def durability_registrar(settings: Settings) -> Callable[..., BenchKamailio]:
+    """bench/durability.py's registrars: ours, with the run's subscriber database."""
+    def make(name: str, addr: str, port: int, defines: dict[str, str]) -> BenchKamailio:
+        return BenchKamailio(name, "registrar.cfg", settings.workdir / "durability", addr, port,
+                             defines={**SUBSCRIBERS[0].defines(), "KO_PIKE_REQS": PIKE_REQS, **defines},
+                             env={"KO_FLOW_KEYS": TEST_KEY}, cfg_path=IMPLS["ours"]["registrar"],
+                             pkg_mb=durability.pkg_mb(settings.durability))
+    return make
 
 
 def machine() -> dict:
@@ -668,11 +741,26 @@ def main(argv: list[str]) -> int:
             log(f"round {index} ({impl}) failed: {exc}")
             results["rounds"].append({"impl": impl, "index": index, "error": str(exc)[:2000]})
         out_path.write_text(json.dumps(results, indent=1))
+    if settings.durability:
+        log(f"durability: {settings.durability} bindings")
+        try:
+            results["durability"] = durability.measure(settings.durability, settings.workdir / "durability",
+                                                       durability_registrar(settings), settings.addr, log)
+        except (ProcessError, RuntimeError) as exc:
+            log(f"durability failed: {exc}")
+            results["durability"] = {"bindings": settings.durability, "error": str(exc)[:2000]}
+        try:
+            results["replication"] = replication_phase(settings)
+        except (ProcessError, RuntimeError, KeyError) as exc:
+            log(f"replication failed: {exc}")
+            results["replication"] = {"error": str(exc)[:2000]}
     results["seconds"] = round(time.monotonic() - started, 1)
     results["machine"]["loadavg_end"] = os.getloadavg()
     out_path.write_text(json.dumps(results, indent=1))
     log(f"results: {out_path}")
-    return 1 if any("error" in r for r in results["rounds"]) else 0
+    failed = any("error" in r for r in results["rounds"]) or any(
+        "error" in results.get(part, {}) for part in ("durability", "replication"))
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ from outbound.relay import (
     foreign_route_refusal,
     next_hop_refusal,
     path_refusal,
+    replication_refusal,
     seal_valid,
     single_step,
     stray_reply_refusal,
@@ -168,3 +169,10 @@ def test_the_farm_relays_a_dialog_only_along_its_sealed_record_route(has_routes,
     assert (refusal is not None) is refused
     if refused:
         assert refusal.code == 403 and "sink.example" in refusal.log
+
+
+def test_kdmq_only_from_a_registrar_of_the_farm():
+    """KDMQ writes bindings straight into usrloc: anyone else's gets 403."""
+    assert replication_refusal("127.0.0.22", from_farm=True) is None
+    refusal = replication_refusal("198.18.9.9", from_farm=False)
+    assert refusal is not None and refusal.code == 403 and "198.18.9.9" in refusal.log

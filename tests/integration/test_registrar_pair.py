@@ -1,0 +1,304 @@
+"""A registrar pair on DMQ (cfg WITH_DMQ: dmq + dmq_usrloc; docs/operations.md
+"A registrar pair (DMQ)").
+
+reg1 (net(121)) and reg2 (net(122)) are each other's DMQ peer and share the
+nonce secret. Two edges find them by DNS SRV (Debian's nsd, tests/dns/ko.test.zone):
+edge1's `edge.registrar` is duo1.ko.test (reg1 first, then reg2), edge2's is
+duo2.ko.test (reg2 first, then reg1), so REGISTERs through edge1 reach reg1
+first-hand and those through edge2 reach reg2, and each edge fails over to the
+other registrar when its first one is dead. The devices are SIPp processes
+(tests/sipp/pair), each holding ONE TCP flow to its edge for many AORs, and
+answering calls on it.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from locations import sqlite_location_db
+
+from actors import wait_until
+from dns_setup import dns_yaml
+from harness import Kamailio, SippResult, SippRun, describe, start_sipp
+from nsd import Nsd
+from subscribers import password_for
+from topology import PORTS, edge, net, registrar, start, stop, subscriber, subscribers
+
+REG_ADDR = {1: net(121), 2: net(122)}
+REG_PORT = 5070
+EDGE_ADDR = {1: net(123), 2: net(124)}
+SRV_NAME = {1: "sip:duo1.ko.test", 2: "sip:duo2.ko.test"}  # edge n prefers reg n
+UA_ADDR = {1: net(131), 2: net(132)}
+CALLER = net(141)
+STRANGER = net(150)
+DOMAIN = "example.com"
+NSD_VALUES = {"MOVING": net(45)}  # a placeholder of the shared zone this module does not use
+# the registrars of a farm share the nonce secret: a REGISTER challenged by one
+# may bring its credentials to the other (tests/integration/test_dns.py)
+PAIR_SECRET = {"KO_AUTH_SECRET": '"registrar-pair-nonce-secret-for-the-tests"'}
+# 1,000 REGISTERs (and their 401s) come from one UA address into an edge and from
+# one edge into a registrar within a second or two: far above the default flood
+# limit (400 per 2 s), which is not what these tests are about
+PIKE = {"KO_PIKE_REQS": "50000"}
+HOLD_MS = 300_000  # a device SIPp holds its flow this long; the test kills it first
+# the fields of a binding that must be the same at both registrars (ul.dump/ul.lookup names)
+SAME_FIELDS = ("Address", "Ruid", "Path", "Instance", "Reg-Id", "Call-ID", "CSeq", "Q", "CFlags", "Received",
+               "User-Agent", "Methods", "Last-Modified")
+
+
+def pair_registrar(workdir: Path, prefix: str, n: int) -> Kamailio:
+    """Registrar n of the pair (not started): WITH_DMQ, the other one its peer."""
+    other = 3 - n
+    return registrar(workdir, name=f"{prefix}-reg{n}", addr=REG_ADDR[n], port=REG_PORT,
+                     defines={"WITH_DMQ": "", "KO_DMQ_ADDRESS": f'"sip:{REG_ADDR[n]}:{REG_PORT}"',
+                              "KO_DMQ_PEER": f'"sip:{REG_ADDR[other]}:{REG_PORT}"', **PAIR_SECRET, **PIKE})
+
+
+def pair_edge(workdir: Path, prefix: str, n: int) -> Kamailio:
+    """Edge n (not started): its registrar is SRV_NAME[n], resolved at the test's nsd."""
+    kam = edge(workdir, f"{prefix}-edge{n}", EDGE_ADDR[n], SRV_NAME[n])
+    kam.defines.update(PIKE)
+    kam.yaml_text = dns_yaml()
+    return kam
+
+
+def wipe_location(reg: Kamailio) -> None:
+    """An empty location table for ``reg`` (a registrar whose disk was lost):
+    whatever it holds after its next start came from its peer."""
+    url = reg.defines["KO_USRLOC_DB_URL"].strip('"')
+    path = Path(url.removeprefix("sqlite://"))
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{path}{suffix}").unlink(missing_ok=True)
+    sqlite_location_db(path)
+
+
+def stat(reg: Kamailio, name: str) -> int:
+    """One of Kamailio's statistics ("group:name") over RPC."""
+    group = name.partition(":")[0] + ":"
+    for line in reg.rpc("stats.get_statistics", group):
+        key, _, value = line.partition(" = ")
+        if key == name:
+            return int(value)
+    raise KeyError(name)
+
+
+def contacts(reg: Kamailio) -> int:
+    """usrloc's count of contacts."""
+    return stat(reg, "usrloc:location_contacts")
+
+
+def accepted_regs(reg: Kamailio) -> int:
+    """REGISTERs saved first-hand (a binding that came over DMQ is not counted)."""
+    return stat(reg, "registrar:accepted_regs")
+
+
+def table(reg: Kamailio, names: list[str]) -> dict[str, dict]:
+    """Every binding of ``names`` at ``reg`` by Ruid, read AOR by AOR (ul.lookup):
+    ul.dump of 1,000 outbound bindings is a 600 kB answer, more than the JSON-RPC
+    datagram socket can send (jsonrpcs logs EMSGSIZE and never answers)."""
+    out = {}
+    for user in names:
+        now = time.time()
+        for b in reg.bindings(f"{user}@{DOMAIN}"):
+            # usrloc answers the seconds left: the absolute expiry is what replicates
+            out[b["Ruid"]] = {**b, "Expires-At": now + b["Expires"]}
+    return out
+
+
+def wait_contacts(reg: Kamailio, count: int, timeout: float = 20.0, runs: list[SippRun] = ()) -> float:
+    """Poll usrloc until ``reg`` holds ``count`` contacts; the seconds it took."""
+    began = time.monotonic()
+    deadline = began + timeout
+    while True:
+        found = contacts(reg)
+        if found == count:
+            return time.monotonic() - began
+        for run in runs:
+            if not run.alive:
+                ended = run.wait(1)
+                raise AssertionError(f"device SIPp exited {ended.returncode}:\n{describe(ended)}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{reg.name} holds {found} contacts after {timeout}s, wanted {count}")
+        time.sleep(0.02)
+
+
+def wait_dmq_peer(reg: Kamailio, peer: Kamailio, timeout: float = 10.0) -> None:
+    """Readiness of replication: DMQ at ``reg`` lists ``peer`` as an active node."""
+    def active() -> bool:
+        nodes = reg.rpc("dmq.list_nodes") or []
+        return any(n.get("host") == peer.addr and n.get("status") == "active" and not n.get("local") for n in nodes)
+    wait_until(active, f"{peer.name} active in {reg.name}'s DMQ node list", timeout)
+
+
+@dataclass
+class Pair:
+    """reg1, reg2 and edge1, edge2 of one test, and the SIPps it started."""
+
+    workdir: Path
+    prefix: str
+    regs: dict[int, Kamailio]
+    edges: dict[int, Kamailio]
+    devices: list[SippRun] = field(default_factory=list)
+
+    def restart(self, n: int) -> float:
+        """Start registrar n again (after kill()); seconds until it answers RPC."""
+        began = time.monotonic()
+        self.regs[n].start()
+        return time.monotonic() - began
+
+
+@pytest.fixture
+def pair(request: pytest.FixtureRequest, workdir: Path, nsd: Nsd) -> Iterator[Pair]:
+    """A fresh pair for each test (its own location files), stopped at the end."""
+    prefix = "pair-" + request.node.name.removeprefix("test_")[:24]
+    regs = {n: pair_registrar(workdir, prefix, n) for n in (1, 2)}
+    edges = {n: pair_edge(workdir, prefix, n) for n in (1, 2)}
+    the_pair = Pair(workdir, prefix, regs, edges)
+    try:
+        for kam in (*regs.values(), *edges.values()):
+            start(kam)
+        wait_dmq_peer(regs[1], regs[2])
+        wait_dmq_peer(regs[2], regs[1])
+        yield the_pair
+    finally:
+        for run in the_pair.devices:
+            run.kill()
+        for kam in (*edges.values(), *regs.values()):
+            stop(kam)
+
+
+def users(prefix: str, count: int) -> list[str]:
+    names = [f"{prefix}-{n:04d}" for n in range(count)]
+    known = {r.username for r in subscribers().rows()}
+    subscribers().add_many([(u, DOMAIN, password_for(u)) for u in names if u not in known])
+    return names
+
+
+def instance_of(user: str) -> str:
+    return f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, 'sip:' + user + '@' + DOMAIN)}"
+
+
+def chunks(names: list[str], count: int) -> list[list[str]]:
+    """``names`` cut into ``count`` runs of consecutive names (the last may be shorter)."""
+    size = -(-len(names) // count)
+    return [names[i * size:(i + 1) * size] for i in range(count)]
+
+
+def register_devices(the_pair: Pair, n: int, names: list[str], flows: int) -> list[SippRun]:
+    """``names`` register through edge n, spread over ``flows`` SIPps (one TCP flow
+    each), each holding its flow and answering calls on it (tests/sipp/pair)."""
+    runs = []
+    for index, part in enumerate(chunks(names, flows)):
+        inf = the_pair.workdir / f"{the_pair.prefix}-edge{n}-flow{index}.csv"
+        inf.write_text("SEQUENTIAL\n" + "".join(
+            f"{u};{instance_of(u)};[authentication username={u} password={password_for(u)}]\n" for u in part))
+        run = start_sipp("pair/register.xml", f"{EDGE_ADDR[n]}:5060", workdir=the_pair.workdir,
+                         name=f"{the_pair.prefix}-edge{n}-flow{index}", local_ip=UA_ADDR[n], local_port=next(PORTS),
+                         transport="tcp", calls=len(part), timeout=HOLD_MS // 1000, inf=inf,
+                         oocsf="pair/uas.xml", rate=500, keys={"domain": DOMAIN}, timeout_error=False,
+                         extra=["-d", str(HOLD_MS)])
+        runs.append(run)
+    the_pair.devices += runs
+    return runs
+
+
+def call_all(the_pair: Pair, via: int, callees: list[str], name: str) -> SippResult:
+    """One caller SIPp through edge ``via`` calling each of ``callees`` once."""
+    inf = the_pair.workdir / f"{the_pair.prefix}-{name}.csv"
+    inf.write_text("SEQUENTIAL\n" + "".join(f"{u}\n" for u in callees))
+    run = start_sipp("pair/uac.xml", f"{EDGE_ADDR[via]}:5060", workdir=the_pair.workdir,
+                     name=f"{the_pair.prefix}-{name}", local_ip=CALLER, local_port=next(PORTS), transport="udp",
+                     calls=len(callees), timeout=40, inf=inf, rate=20, call_limit=5, auth=subscriber("alice"),
+                     keys={"domain": DOMAIN, "user": "alice"})
+    return run.wait()
+
+
+def assert_all_answered(result: SippResult, callees: list[str]) -> None:
+    answered = result.values("who")
+    assert result.returncode == 0 and sorted(answered) == sorted(callees), (
+        f"{len(answered)} of {len(callees)} calls answered (sipp exit {result.returncode})\n{describe(result)}")
+
+
+def same_binding(a: dict, b: dict) -> dict[str, tuple]:
+    """The fields of SAME_FIELDS where two registrars' copies of a binding differ,
+    and the expiry when it differs by more than usrloc's one-second clock."""
+    differ = {key: (a.get(key), b.get(key)) for key in SAME_FIELDS if a.get(key) != b.get(key)}
+    if abs(a["Expires-At"] - b["Expires-At"]) > 1.5:
+        differ["Expires-At"] = (a["Expires-At"], b["Expires-At"])
+    return differ
+
+
+def sample(names: list[str], count: int) -> list[str]:
+    step = max(1, len(names) // count)
+    return names[::step][:count]
+
+
+# ----- acceptance ------------------------------------------------------------------
+
+
+TOTAL = 1000
+FLOWS_PER_EDGE = 5
+CALLS = 24
+
+
+def test_each_registrar_of_the_pair_holds_every_binding_and_answers_for_the_other(pair):
+    """1,000 outbound bindings, half saved first-hand at each registrar; both hold
+    all 1,000 with the same fields; reg1 killed: every sampled AOR is called via
+    reg2; reg1 restarted with an empty table syncs all 1,000 from reg2; reg2
+    killed: every sampled AOR is called via reg1."""
+    began = time.monotonic()
+    names = users("pair", TOTAL)
+    halves = {1: names[:TOTAL // 2], 2: names[TOTAL // 2:]}
+    runs = [*register_devices(pair, 1, halves[1], FLOWS_PER_EDGE), *register_devices(pair, 2, halves[2],
+                                                                                    FLOWS_PER_EDGE)]
+    for reg in pair.regs.values():
+        wait_contacts(reg, TOTAL, runs=runs)
+    registered = time.monotonic() - began
+    # each registrar saved its half first-hand (its edge's first SRV target), the rest came over DMQ
+    assert accepted_regs(pair.regs[1]) == TOTAL // 2
+    assert accepted_regs(pair.regs[2]) == TOTAL // 2
+    dump = {n: table(reg, names) for n, reg in pair.regs.items()}
+    assert len(dump[1]) == len(dump[2]) == TOTAL
+    assert dump[1].keys() == dump[2].keys()
+    assert {b["AoR"] for b in dump[1].values()} == {f"{u}@{DOMAIN}" for u in names}
+    differ = {ruid: same_binding(dump[1][ruid], b) for ruid, b in dump[2].items() if same_binding(dump[1][ruid], b)}
+    assert not differ, f"{len(differ)} bindings differ between reg1 and reg2, e.g. {list(differ.items())[:3]}"
+    for b in dump[1].values():
+        assert ";ob" in b["Path"] and b["Reg-Id"] == 1 and b["Instance"] == f"<{instance_of(b['AoR'].split('@')[0])}>"
+
+    callees = sample(halves[1], CALLS // 2) + sample(halves[2], CALLS // 2)
+    pair.regs[1].kill()
+    killed = time.monotonic()
+    # through edge1 (reg1 first): the edge gives the dead reg1 up, reg2 forks to the flows
+    assert_all_answered(call_all(pair, 1, callees, "calls-reg1-dead"), callees)
+    print(f"reg1 dead: {len(callees)} calls answered via reg2 in {time.monotonic() - killed:.2f}s")
+    assert f"trying sip:{REG_ADDR[2]}:{REG_PORT}" in pair.edges[1].log()
+
+    wipe_location(pair.regs[1])
+    ready = pair.restart(1)
+    synced = wait_contacts(pair.regs[1], TOTAL, timeout=30)
+    print(f"reg1 restarted with an empty table: RPC ready after {ready:.2f}s, all {TOTAL} bindings synced "
+          f"from reg2 {synced:.2f}s after that")
+    assert accepted_regs(pair.regs[1]) == 0
+    resynced = table(pair.regs[1], names)
+    assert resynced.keys() == dump[2].keys()
+    differ = {ruid: same_binding(b, dump[2][ruid]) for ruid, b in resynced.items() if same_binding(b, dump[2][ruid])}
+    assert not differ, f"{len(differ)} bindings differ after the sync, e.g. {list(differ.items())[:3]}"
+
+    pair.regs[2].kill()
+    killed = time.monotonic()
+    assert_all_answered(call_all(pair, 2, callees, "calls-reg2-dead"), callees)
+    print(f"reg2 dead: {len(callees)} calls answered via reg1 in {time.monotonic() - killed:.2f}s")
+    assert f"trying sip:{REG_ADDR[1]}:{REG_PORT}" in pair.edges[2].log()
+    # each call was answered on the flow its AOR registered over, once before and once after the restart
+    for run, part in zip(runs, chunks(halves[1], FLOWS_PER_EDGE) + chunks(halves[2], FLOWS_PER_EDGE), strict=True):
+        run.kill()
+        answered = run.wait(5).values("answered")
+        assert sorted(answered) == sorted(2 * [u for u in callees if u in part]), describe(run.wait(0))
+    print(f"{TOTAL} bindings on both registrars {registered:.2f}s after the first REGISTER; "
+          f"whole test {time.monotonic() - began:.2f}s")

@@ -13,6 +13,8 @@ answering calls on it.
 
 from __future__ import annotations
 
+import json
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -302,3 +304,123 @@ def test_each_registrar_of_the_pair_holds_every_binding_and_answers_for_the_othe
         assert sorted(answered) == sorted(2 * [u for u in callees if u in part]), describe(run.wait(0))
     print(f"{TOTAL} bindings on both registrars {registered:.2f}s after the first REGISTER; "
           f"whole test {time.monotonic() - began:.2f}s")
+
+
+# ----- replication and its faults ------------------------------------------------------
+
+
+def register_one(the_pair: Pair, via: int, user: str) -> SippRun:
+    """One AOR registers one flow through edge ``via`` (a device SIPp holding it)."""
+    [run] = register_devices(the_pair, via, [user], 1)
+    return run
+
+
+def test_a_binding_saved_at_one_registrar_is_at_the_other_within_milliseconds(pair):
+    """The save at reg1 reaches reg2 at once (dmq_usrloc sends each save as it happens)."""
+    [user] = users("delay", 1)
+    seen: dict[int, float] = {}
+    run = register_one(pair, 1, user)
+    deadline = time.monotonic() + 10
+    while len(seen) < 2 and time.monotonic() < deadline:
+        for n, reg in pair.regs.items():
+            if n not in seen and reg.bindings(f"{user}@{DOMAIN}"):
+                seen[n] = time.monotonic()
+        assert run.alive, describe(run.wait(1))
+    assert seen.keys() == {1, 2}, f"the binding was seen at {sorted(seen)} only"
+    delay = seen[2] - seen[1]
+    print(f"saved at reg1, at reg2 {delay * 1000:.1f} ms later (RPC polling resolution ~1 ms)")
+    assert delay < 1.0
+    assert accepted_regs(pair.regs[1]) == 1 and accepted_regs(pair.regs[2]) == 0
+
+
+def test_a_registrar_whose_peer_is_dead_serves_alone_and_the_peer_resyncs_when_back(pair):
+    """reg2 killed: REGISTERs through both edges are saved at reg1 (edge2 fails
+    over to it), calls to them are answered via reg1; reg2 restarted (its own
+    location file kept) gets the bindings saved while it was down from reg1."""
+    before, alone1, alone2 = users("solo", 3)
+    register_one(pair, 1, before)
+    wait_contacts(pair.regs[2], 1)
+    pair.regs[2].kill()
+    register_one(pair, 1, alone1)
+    register_one(pair, 2, alone2)  # edge2's first registrar is the dead reg2
+    wait_contacts(pair.regs[1], 3, runs=pair.devices)
+    assert accepted_regs(pair.regs[1]) == 3
+    assert f"trying sip:{REG_ADDR[1]}:{REG_PORT}" in pair.edges[2].log()
+    assert_all_answered(call_all(pair, 1, [alone1, alone2, before], "calls-alone"), [alone1, alone2, before])
+
+    ready = pair.restart(2)
+    synced = wait_contacts(pair.regs[2], 3)
+    print(f"reg2 back: RPC ready after {ready:.2f}s, the bindings saved while it was down there {synced:.3f}s later")
+    assert accepted_regs(pair.regs[2]) == 0
+    names = [before, alone1, alone2]
+    at1, at2 = table(pair.regs[1], names), table(pair.regs[2], names)
+    assert at1.keys() == at2.keys() and len(at1) == 3
+    assert not {ruid: same_binding(at1[ruid], b) for ruid, b in at2.items() if same_binding(at1[ruid], b)}
+    # and reg2 serves them: reg1 gone, calls through edge2 (reg2 first) are answered
+    pair.regs[1].kill()
+    assert_all_answered(call_all(pair, 2, names, "calls-back"), names)
+
+
+def kdmq(target: Kamailio, source: tuple[str, int], body: dict, call_id: str) -> bytes:
+    """A KDMQ request the way dmq sends one (R-URI user: the dmq peer, here usrloc)."""
+    text = json.dumps(body, separators=(",", ":"))
+    return (f"KDMQ sip:usrloc@{target.addr}:{target.port} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {source[0]}:{source[1]};branch=z9hG4bK-{call_id}\r\n"
+            f"From: <sip:usrloc@{source[0]}:{source[1]}>;tag={call_id}\r\n"
+            f"To: <sip:usrloc@{target.addr}:{target.port}>\r\n"
+            f"Call-ID: {call_id}\r\nCSeq: 1 KDMQ\r\nMax-Forwards: 1\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(text)}\r\n\r\n{text}").encode()
+
+
+def contact_update(user: str, source_ip: str, action: int = 1) -> dict:
+    """A dmq_usrloc contact message (action 1 update, 2 remove): its field names.
+    usrloc keys an AOR by its user part alone (its use_domain is off)."""
+    now = int(time.time())
+    return {"action": action, "aor": user, "ruid": f"forged-{user}",
+            "c": f"sip:{user}@{source_ip}:5999;transport=udp", "received": "", "path": "", "callid": f"cid-{user}",
+            "user_agent": "kdmq-test", "instance": "", "expires": now + 600, "cseq": 7, "flags": 0, "cflags": 0,
+            "q": -1, "last_modified": now, "methods": 4294967295, "reg_id": 0}
+
+
+def send_kdmq(target: Kamailio, source_ip: str, body: dict) -> str:
+    """Send one KDMQ from ``source_ip`` (a fresh UDP port) and return the status
+    line of the final answer (dmq answers from its own worker)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((source_ip, 0))
+        sock.settimeout(5)
+        call_id = f"kdmq-{time.monotonic_ns()}"
+        sock.sendto(kdmq(target, sock.getsockname(), body, call_id), (target.addr, target.port))
+        while True:
+            status = sock.recv(65535).decode(errors="replace").split("\r\n", 1)[0]
+            if not status.startswith("SIP/2.0 1"):
+                return status
+    finally:
+        sock.close()
+
+
+def test_kdmq_from_a_stranger_is_refused_403_and_changes_no_binding(pair):
+    """A stranger's KDMQ (a dmq_usrloc contact update, a full-sync request) is
+    403 before dmq sees it: no binding is made, none is sent to it."""
+    [user] = users("stranger", 1)
+    reg = pair.regs[1]
+    assert send_kdmq(reg, STRANGER, contact_update(user, STRANGER)).startswith("SIP/2.0 403")
+    assert send_kdmq(reg, STRANGER, {"action": 3}).startswith("SIP/2.0 403")  # "send me every binding"
+    assert reg.bindings(f"{user}@{DOMAIN}") == [] and pair.regs[2].bindings(f"{user}@{DOMAIN}") == []
+    assert contacts(reg) == 0 and contacts(pair.regs[2]) == 0
+    assert f"403 KDMQ from {STRANGER}: KDMQ from {STRANGER}, not a registrar of this farm" in reg.log()
+
+
+def test_kdmq_from_the_peer_address_is_taken(pair):
+    """The same contact update from the peer's address (another port of reg2's
+    address) is handed to dmq_usrloc: 200, the binding is made with the fields
+    sent; a remove (action 2) takes it away again."""
+    [user] = users("peer-made", 1)
+    reg = pair.regs[1]
+    body = contact_update(user, REG_ADDR[2])
+    assert send_kdmq(reg, REG_ADDR[2], body) == "SIP/2.0 200 OK"
+    [binding] = reg.bindings(f"{user}@{DOMAIN}")
+    assert (binding["Ruid"], binding["Address"], binding["Call-ID"], binding["CSeq"]) == (
+        body["ruid"], body["c"], body["callid"], body["cseq"])
+    assert send_kdmq(reg, REG_ADDR[2], {**body, "action": 2}) == "SIP/2.0 200 OK"
+    assert reg.bindings(f"{user}@{DOMAIN}") == []

@@ -49,7 +49,9 @@ PAIR_SECRET = {"KO_AUTH_SECRET": '"registrar-pair-nonce-secret-for-the-tests"'}
 PIKE = {"KO_PIKE_REQS": "50000"}
 HOLD_MS = 300_000  # a device SIPp holds its flow this long; the test kills it first
 # the fields of a binding that must be the same at both registrars (ul.dump/ul.lookup names)
-SAME_FIELDS = ("Address", "Ruid", "Path", "Instance", "Reg-Id", "Call-ID", "CSeq", "Q", "CFlags", "Received",
+# (not the Socket: replicate_socket_info is off, a copy has none and is sent from the
+# peer's own socket; not the Tcpconn-Id: -1 on both, the edges hold the flows)
+SAME_FIELDS = ("Address", "Ruid", "Path", "Instance", "Reg-Id", "Call-ID", "CSeq", "Q", "Flags", "CFlags", "Received",
                "User-Agent", "Methods", "Last-Modified")
 
 
@@ -424,3 +426,30 @@ def test_kdmq_from_the_peer_address_is_taken(pair):
         body["ruid"], body["c"], body["callid"], body["cseq"])
     assert send_kdmq(reg, REG_ADDR[2], {**body, "action": 2}) == "SIP/2.0 200 OK"
     assert reg.bindings(f"{user}@{DOMAIN}") == []
+
+
+
+def test_a_flow_replaced_at_the_other_registrar_is_replaced_at_both(pair):
+    """RFC 5626 §6: one binding per (instance, reg-id). The device's reg-id 1
+    registers through edge1 (saved at reg1), then again through edge2 over a new
+    flow with a new Call-ID (saved at reg2, which replaces the old binding): both
+    registrars hold the one new binding (the removal of the old one replicates
+    too), and a call goes over the new flow."""
+
+    [user] = users("moved", 1)
+    old = register_one(pair, 1, user)
+    wait_contacts(pair.regs[2], 1, runs=[old])
+    [before] = pair.regs[2].bindings(f"{user}@{DOMAIN}")
+    new = register_one(pair, 2, user)
+    wait_until(lambda: accepted_regs(pair.regs[2]) == 1, "the second REGISTER saved at reg2")
+    at = {n: reg.bindings(f"{user}@{DOMAIN}") for n, reg in pair.regs.items()}
+    assert [len(at[1]), len(at[2])] == [1, 1], at
+    assert at[1][0]["Ruid"] == at[2][0]["Ruid"]
+    assert at[1][0]["Call-ID"] == at[2][0]["Call-ID"] != before["Call-ID"]
+    assert at[1][0]["Address"] == at[2][0]["Address"] != before["Address"]
+    assert f"@{EDGE_ADDR[2]};lr;ob>" in at[1][0]["Path"]
+    assert_all_answered(call_all(pair, 1, [user], "call-moved"), [user])
+    new.kill()
+    assert new.wait(5).values("answered") == [user]
+    old.kill()
+    assert old.wait(5).values("answered") == []

@@ -432,10 +432,9 @@ def test_kdmq_from_the_peer_address_is_taken(pair):
 def test_a_flow_replaced_at_the_other_registrar_is_replaced_at_both(pair):
     """RFC 5626 §6: one binding per (instance, reg-id). The device's reg-id 1
     registers through edge1 (saved at reg1), then again through edge2 over a new
-    flow with a new Call-ID (saved at reg2, which replaces the old binding): both
-    registrars hold the one new binding (the removal of the old one replicates
-    too), and a call goes over the new flow."""
-
+    flow with a new Call-ID (saved at reg2, which updates that binding: same
+    Ruid, new Contact, Path and Call-ID): both registrars hold the one new
+    binding, and a call (through edge1, so via reg1) goes over the new flow."""
     [user] = users("moved", 1)
     old = register_one(pair, 1, user)
     wait_contacts(pair.regs[2], 1, runs=[old])

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from locations import sqlite_location_db
 
-from actors import wait_until
+from actors import call, wait_until
 from dns_setup import dns_yaml
 from harness import Kamailio, SippResult, SippRun, describe, start_sipp
 from nsd import Nsd
@@ -441,6 +441,8 @@ def test_a_flow_replaced_at_the_other_registrar_is_replaced_at_both(pair):
     [before] = pair.regs[2].bindings(f"{user}@{DOMAIN}")
     new = register_one(pair, 2, user)
     wait_until(lambda: accepted_regs(pair.regs[2]) == 1, "the second REGISTER saved at reg2")
+    wait_until(lambda: [b["Call-ID"] for b in pair.regs[1].bindings(f"{user}@{DOMAIN}")] != [before["Call-ID"]],
+               "the update at reg1")
     at = {n: reg.bindings(f"{user}@{DOMAIN}") for n, reg in pair.regs.items()}
     assert [len(at[1]), len(at[2])] == [1, 1], at
     assert at[1][0]["Ruid"] == at[2][0]["Ruid"]
@@ -452,3 +454,19 @@ def test_a_flow_replaced_at_the_other_registrar_is_replaced_at_both(pair):
     assert new.wait(5).values("answered") == [user]
     old.kill()
     assert old.wait(5).values("answered") == []
+
+
+def test_a_flow_failure_found_at_one_registrar_removes_the_binding_at_both(pair, local_port):
+    """The device (saved at reg1) is gone; a call via reg2 meets its dead flow
+    (the edge's 430) and reg2 removes the binding (RFC 5626 §7): the removal
+    reaches reg1 too, which then no longer forks to that flow."""
+    [user] = users("gone", 1)
+    run = register_one(pair, 1, user)
+    wait_contacts(pair.regs[2], 1, runs=[run])
+    run.kill()
+    final = call(pair.edges[2], pair.workdir, local_port, user, ua_ip=CALLER, scenario="uac_final.xml",
+                 ruri=f"sip:{user}@{DOMAIN}", extra="X-Case: pair-dead-flow")
+    assert final.value("final") == "480", describe(final)
+    assert f"of sip:{user}@{DOMAIN} failed with 430; removing it" in pair.regs[2].log()
+    wait_contacts(pair.regs[1], 0)
+    assert pair.regs[1].bindings(f"{user}@{DOMAIN}") == []

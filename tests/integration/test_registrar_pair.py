@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -470,3 +471,71 @@ def test_a_flow_failure_found_at_one_registrar_removes_the_binding_at_both(pair,
     assert f"of sip:{user}@{DOMAIN} failed with 430; removing it" in pair.regs[2].log()
     wait_contacts(pair.regs[1], 0)
     assert pair.regs[1].bindings(f"{user}@{DOMAIN}") == []
+
+
+@dataclass
+class Probe:
+    """OPTIONS to a registrar every 2 ms from a thread until it answers: when
+    the first answer came, and how many contacts the registrar held then."""
+
+    target: Kamailio
+    source: str
+    answered_at: float | None = None
+    status: str = ""
+    contacts_then: int | None = None
+
+    def run(self, stop_at: float) -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((self.source, 0))
+        sock.settimeout(0.002)
+        n = 0
+        try:
+            while time.monotonic() < stop_at:
+                n += 1
+                port = sock.getsockname()[1]
+                request = (f"OPTIONS sip:probe@{self.target.addr}:{self.target.port} SIP/2.0\r\n"
+                           f"Via: SIP/2.0/UDP {self.source}:{port};branch=z9hG4bK-probe{n}\r\n"
+                           f"From: <sip:probe@{DOMAIN}>;tag=p{n}\r\nTo: <sip:probe@{DOMAIN}>\r\n"
+                           f"Call-ID: probe-{n}@{self.source}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\n"
+                           "Content-Length: 0\r\n\r\n").encode()
+                try:
+                    sock.sendto(request, (self.target.addr, self.target.port))
+                    data = sock.recv(65535)
+                except OSError:  # nothing listens yet (ICMP), or no answer within 2 ms
+                    continue
+                self.answered_at = time.monotonic()
+                self.status = data.decode(errors="replace").split("\r\n", 1)[0]
+                self.contacts_then = contacts(self.target)
+                return
+        finally:
+            sock.close()
+
+
+def test_a_restarted_registrar_answers_sip_before_its_sync_is_complete(pair):
+    """Finding (docs/operations.md "A registrar pair (DMQ)"): dmq_usrloc's sync
+    arrives over the SIP socket itself (KDMQ from the peer, after dmq's node
+    exchange), so a registrar that starts with an empty table answers SIP
+    before it holds its peer's bindings: a call in that window finds no binding.
+    Measured here: when reg1's first answer to a probe comes, it holds fewer
+    than all bindings; it holds all of them soon after."""
+    names = users("pair", TOTAL)
+    runs = [*register_devices(pair, 1, names[:TOTAL // 2], FLOWS_PER_EDGE),
+            *register_devices(pair, 2, names[TOTAL // 2:], FLOWS_PER_EDGE)]
+    wait_contacts(pair.regs[2], TOTAL, runs=runs)
+    pair.regs[1].kill()
+    wipe_location(pair.regs[1])
+    probe = Probe(pair.regs[1], STRANGER)
+    began = time.monotonic()
+    thread = threading.Thread(target=probe.run, args=(began + 20,), daemon=True)
+    thread.start()
+    ready = pair.restart(1)
+    synced = wait_contacts(pair.regs[1], TOTAL, timeout=20) + ready
+    thread.join(20)
+    assert probe.answered_at is not None, "reg1 never answered the probe"
+    first = probe.answered_at - began
+    print(f"reg1 started: first SIP answer ({probe.status}) after {first * 1000:.0f} ms holding "
+          f"{probe.contacts_then} of {TOTAL} bindings; RPC ready after {ready * 1000:.0f} ms; "
+          f"all {TOTAL} after {synced * 1000:.0f} ms")
+    assert probe.status.startswith("SIP/2.0 ")
+    assert probe.contacts_then is not None and probe.contacts_then < TOTAL
+    assert synced < 5

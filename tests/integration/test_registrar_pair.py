@@ -261,11 +261,12 @@ def test_each_registrar_of_the_pair_holds_every_binding_and_answers_for_the_othe
     began = time.monotonic()
     names = users("pair", TOTAL)
     halves = {1: names[:TOTAL // 2], 2: names[TOTAL // 2:]}
+    first_register = time.monotonic()
     runs = [*register_devices(pair, 1, halves[1], FLOWS_PER_EDGE), *register_devices(pair, 2, halves[2],
                                                                                     FLOWS_PER_EDGE)]
     for reg in pair.regs.values():
         wait_contacts(reg, TOTAL, runs=runs)
-    registered = time.monotonic() - began
+    registered = time.monotonic() - first_register
     # each registrar saved its half first-hand (its edge's first SRV target), the rest came over DMQ
     assert accepted_regs(pair.regs[1]) == TOTAL // 2
     assert accepted_regs(pair.regs[2]) == TOTAL // 2
@@ -307,7 +308,7 @@ def test_each_registrar_of_the_pair_holds_every_binding_and_answers_for_the_othe
         run.kill()
         answered = run.wait(5).values("answered")
         assert sorted(answered) == sorted(2 * [u for u in callees if u in part]), describe(run.wait(0))
-    print(f"{TOTAL} bindings on both registrars {registered:.2f}s after the first REGISTER; "
+    print(f"{TOTAL} bindings on both registrars {registered:.2f}s after the device SIPps started; "
           f"whole test {time.monotonic() - began:.2f}s")
 
 

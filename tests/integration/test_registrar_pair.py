@@ -26,6 +26,7 @@ import pytest
 from locations import sqlite_location_db
 
 from actors import call, wait_until
+from digest import authorization, challenges
 from dns_setup import dns_yaml
 from harness import Kamailio, SippResult, SippRun, describe, start_sipp
 from nsd import Nsd
@@ -569,3 +570,43 @@ def test_a_binding_removed_while_the_peer_was_down_comes_back_at_the_peer_from_i
     assert final.value("final") == "480", describe(final)
     assert f"of sip:{user}@{DOMAIN} failed with 430; removing it" in pair.regs[2].log()
     assert pair.regs[2].bindings(f"{user}@{DOMAIN}") == []
+
+
+def raw_register(sock: socket.socket, target: Kamailio, user: str, cseq: int, auth: str = "") -> str:
+    """One REGISTER straight to a registrar from ``sock`` (no edge: a plain
+    binding); the final answer's text."""
+    ip, port = sock.getsockname()
+    sock.sendto((f"REGISTER sip:{DOMAIN} SIP/2.0\r\n"
+                 f"Via: SIP/2.0/UDP {ip}:{port};rport;branch=z9hG4bK-pair{port}-{cseq}\r\n"
+                 f"Max-Forwards: 70\r\nFrom: <sip:{user}@{DOMAIN}>;tag=f{port}\r\nTo: <sip:{user}@{DOMAIN}>\r\n"
+                 f"Call-ID: pair-nonce-{port}@{ip}\r\nCSeq: {cseq} REGISTER\r\n"
+                 f"Contact: <sip:{user}@{ip}:{port}>\r\nExpires: 600\r\n{auth}Content-Length: 0\r\n\r\n").encode(),
+                (target.addr, target.port))
+    while True:
+        data = sock.recv(65535).decode(errors="replace")
+        if data.startswith("SIP/2.0 ") and data[8] != "1":
+            return data
+
+
+def test_a_nonce_of_one_registrar_is_taken_by_the_other(pair):
+    """One KO_AUTH_SECRET for the pair: the 401 of reg1 answered to reg2 is
+    verified there (a device whose REGISTER moves to the other registrar after
+    its challenge needs no new one), and the binding replicates back to reg1."""
+    [user] = users("nonce", 1)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((UA_ADDR[1], 0))
+        sock.settimeout(5)
+        first = raw_register(sock, pair.regs[1], user, 1)
+        assert first.startswith("SIP/2.0 401"), first
+        [challenge] = challenges(first)
+        line = authorization(challenge, "REGISTER", f"sip:{DOMAIN}", user, password_for(user))
+        second = raw_register(sock, pair.regs[2], user, 2, auth=line + "\r\n")
+        assert second.startswith("SIP/2.0 200"), second
+        address = f"sip:{user}@{sock.getsockname()[0]}:{sock.getsockname()[1]}"
+    finally:
+        sock.close()
+    assert accepted_regs(pair.regs[2]) == 1 and accepted_regs(pair.regs[1]) == 0
+    assert [b["Address"] for b in pair.regs[2].bindings(f"{user}@{DOMAIN}")] == [address]
+    wait_until(lambda: [b["Address"] for b in pair.regs[1].bindings(f"{user}@{DOMAIN}")] == [address],
+               "the binding replicated to reg1")

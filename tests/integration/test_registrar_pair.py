@@ -548,29 +548,31 @@ def test_a_restarted_registrar_answers_sip_before_its_sync_is_complete(pair):
 def test_a_binding_removed_while_the_peer_was_down_comes_back_at_the_peer_from_its_own_table(pair, local_port):
     """Finding: dmq_usrloc's sync only adds. reg2 stops cleanly (its location
     file keeps the device's binding); the device's flow dies and a call via reg1
-    removes the binding there; reg2 starts again, reloads the binding from its
-    file and the sync from reg1 does not remove it. It lives at reg2 until a
-    call meets the dead flow there too (430: removed, at both) or it expires."""
-    [user] = users("stale", 1)
-    run = register_one(pair, 1, user)
+    removes the binding there; another device registers at reg1. reg2 starts
+    again, reloads the removed binding from its file, and the sync from reg1
+    brings the new one but does not remove the old: it lives at reg2 until a
+    call meets the dead flow there too (430: removed) or it expires."""
+    stale, fresh = users("stale", 2)
+    run = register_one(pair, 1, stale)
     wait_contacts(pair.regs[2], 1, runs=[run])
     pair.regs[2].stop()  # a clean stop: usrloc writes its table to the file
     run.kill()
-    final = call(pair.edges[1], pair.workdir, local_port, user, ua_ip=CALLER, scenario="uac_final.xml",
-                 ruri=f"sip:{user}@{DOMAIN}", extra="X-Case: pair-stale-1")
+    final = call(pair.edges[1], pair.workdir, local_port, stale, ua_ip=CALLER, scenario="uac_final.xml",
+                 ruri=f"sip:{stale}@{DOMAIN}", extra="X-Case: pair-stale-1")
     assert final.value("final") == "480", describe(final)
-    assert pair.regs[1].bindings(f"{user}@{DOMAIN}") == []
+    assert pair.regs[1].bindings(f"{stale}@{DOMAIN}") == []
+    register_one(pair, 1, fresh)
+    wait_until(lambda: pair.regs[1].bindings(f"{fresh}@{DOMAIN}") != [], "the new device's binding at reg1")
     pair.restart(2)
-    wait_dmq_peer(pair.regs[1], pair.regs[2])
-    assert [b["AoR"] for b in pair.regs[2].bindings(f"{user}@{DOMAIN}")] == [f"{user}@{DOMAIN}"]
-    assert pair.regs[1].bindings(f"{user}@{DOMAIN}") == []
+    wait_until(lambda: pair.regs[2].bindings(f"{fresh}@{DOMAIN}") != [], "reg2's sync from reg1")
+    assert [b["AoR"] for b in pair.regs[2].bindings(f"{stale}@{DOMAIN}")] == [f"{stale}@{DOMAIN}"]
+    assert pair.regs[1].bindings(f"{stale}@{DOMAIN}") == []
     pair.regs[1].kill()  # calls through edge1 now go to reg2, which meets the dead flow
-    final = call(pair.edges[1], pair.workdir, local_port + 1, user, ua_ip=CALLER, scenario="uac_final.xml",
-                 ruri=f"sip:{user}@{DOMAIN}", extra="X-Case: pair-stale-2")
+    final = call(pair.edges[1], pair.workdir, local_port + 1, stale, ua_ip=CALLER, scenario="uac_final.xml",
+                 ruri=f"sip:{stale}@{DOMAIN}", extra="X-Case: pair-stale-2")
     assert final.value("final") == "480", describe(final)
-    assert f"of sip:{user}@{DOMAIN} failed with 430; removing it" in pair.regs[2].log()
-    assert pair.regs[2].bindings(f"{user}@{DOMAIN}") == []
-
+    assert f"of sip:{stale}@{DOMAIN} failed with 430; removing it" in pair.regs[2].log()
+    assert pair.regs[2].bindings(f"{stale}@{DOMAIN}") == []
 
 def raw_register(sock: socket.socket, target: Kamailio, user: str, cseq: int, auth: str = "") -> str:
     """One REGISTER straight to a registrar from ``sock`` (no edge: a plain

@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from locations import sqlite_location_db
+from locations import sqlite_location_db, sqlite_rows
 
 from actors import call, wait_until
 from digest import authorization, challenges
 from dns_setup import dns_yaml
-from harness import Kamailio, SippResult, SippRun, describe, start_sipp
+from harness import Kamailio, SippResult, SippRun, describe, start_sipp, stop_group
 from nsd import Nsd
 from subscribers import password_for
 from topology import PORTS, edge, net, registrar, start, stop, subscriber, subscribers
@@ -545,17 +545,32 @@ def test_a_restarted_registrar_answers_sip_before_its_sync_is_complete(pair):
     assert synced < 5
 
 
+def local_transactions(reg: Kamailio) -> int:
+    """tm transactions at ``reg`` not yet ended (tm.stats: current, less those
+    only waiting to be freed): a KDMQ to a peer that is gone is retransmitted
+    until tm's final-response timer (30 s) gives it up."""
+    stats = reg.rpc("tm.stats")
+    return int(stats["current"]) - int(stats["waiting"])
+
+
 def test_a_binding_removed_while_the_peer_was_down_comes_back_at_the_peer_from_its_own_table(pair, local_port):
-    """Finding: dmq_usrloc's sync only adds. reg2 stops cleanly (its location
+    """Finding: a removal sent while the peer is down is lost once tm gives its
+    KDMQ up, and dmq_usrloc's sync only adds. reg2 stops cleanly (its location
     file keeps the device's binding); the device's flow dies and a call via reg1
-    removes the binding there; another device registers at reg1. reg2 starts
-    again, reloads the removed binding from its file, and the sync from reg1
-    brings the new one but does not remove the old: it lives at reg2 until a
-    call meets the dead flow there too (430: removed) or it expires."""
+    removes the binding there; another device registers at reg1. Once reg1's
+    KDMQs to reg2 have timed out, reg2 starts again, reloads the removed
+    binding from its file, and the sync brings the new one but does not remove
+    the old: it lives at reg2 until a call meets the dead flow there too (430:
+    removed) or it expires. (A peer back while tm still retransmits, within
+    30 s, does get the removal.)"""
     stale, fresh = users("stale", 2)
     run = register_one(pair, 1, stale)
     wait_contacts(pair.regs[2], 1, runs=[run])
-    pair.regs[2].stop()  # a clean stop: usrloc writes its table to the file
+    # a clean stop: SIGTERM to Kamailio's main process, which stops its children
+    # and writes usrloc's table to the file (SIGTERM to the whole process group,
+    # harness stop(), hangs 10 s into SIGKILL and writes nothing)
+    stop_group(pair.regs[2].proc, leader_only=True)
+    assert [r["username"] for r in sqlite_rows(pair.regs[2].defines["KO_USRLOC_DB_URL"].strip('"'))] == [stale]
     run.kill()
     final = call(pair.edges[1], pair.workdir, local_port, stale, ua_ip=CALLER, scenario="uac_final.xml",
                  ruri=f"sip:{stale}@{DOMAIN}", extra="X-Case: pair-stale-1")
@@ -563,6 +578,9 @@ def test_a_binding_removed_while_the_peer_was_down_comes_back_at_the_peer_from_i
     assert pair.regs[1].bindings(f"{stale}@{DOMAIN}") == []
     register_one(pair, 1, fresh)
     wait_until(lambda: pair.regs[1].bindings(f"{fresh}@{DOMAIN}") != [], "the new device's binding at reg1")
+    began = time.monotonic()
+    wait_until(lambda: local_transactions(pair.regs[1]) == 0, "reg1's KDMQs to the stopped reg2 given up", 45)
+    print(f"reg1 gave its KDMQs to the stopped reg2 up after {time.monotonic() - began:.1f}s more")
     pair.restart(2)
     wait_until(lambda: pair.regs[2].bindings(f"{fresh}@{DOMAIN}") != [], "reg2's sync from reg1")
     assert [b["AoR"] for b in pair.regs[2].bindings(f"{stale}@{DOMAIN}")] == [f"{stale}@{DOMAIN}"]

@@ -343,7 +343,10 @@ def test_a_binding_saved_at_one_registrar_is_at_the_other_within_milliseconds(pa
 def test_a_registrar_whose_peer_is_dead_serves_alone_and_the_peer_resyncs_when_back(pair):
     """reg2 killed: REGISTERs through both edges are saved at reg1 (edge2 fails
     over to it), calls to them are answered via reg1; reg2 restarted (its own
-    location file kept) gets the bindings saved while it was down from reg1."""
+    location file kept) gets the bindings saved while it was down from reg1,
+    and serves them. (Back within 30 s, reg1's retransmitted KDMQs may bring
+    them as well as the sync; the stale-binding test below restarts the peer
+    after tm gave them up: then the sync alone brings what was saved.)"""
     before, alone1, alone2 = users("solo", 3)
     register_one(pair, 1, before)
     wait_contacts(pair.regs[2], 1)

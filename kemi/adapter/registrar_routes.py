@@ -34,10 +34,12 @@ class RegistrarRoutes(BaseRoutes, HomeProxyCallbacks):
         locator = Locator.for_kamailio(runtime.config)
         # an edge address that did not answer lately goes last (calls and their dialogs)
         health = HealthMemory(locator.hold_policy, locator.clock)
-        super().__init__(runtime, NextHopLocator(locator, health), ReplicationBus.for_kamailio(runtime, locator))
+        bus = ReplicationBus.for_kamailio(runtime, locator)
+        super().__init__(runtime, NextHopLocator(locator, health), bus)
         self.locator = locator
         keys = dialog_keys(runtime, "registrar")  # Record-Route seals and temporary GRUUs
-        self.home = HomeProxy(runtime.config, runtime.codec, locator=locator, health=health, gruu_keys=keys)
+        self.home = HomeProxy(runtime.config, runtime.codec, locator=locator, health=health, gruu_keys=keys,
+                              syncing=bus.sync_seconds_left if bus is not None else None)
         self.edges = PeerGate(locator, runtime.config.trusted_edges)
         self.seal = DialogSeal(keys)
         self.auth = Authenticator("registrar", PeerGate(locator, runtime.config.trusted_peers))

@@ -522,8 +522,8 @@ def test_a_restarted_registrar_answers_sip_before_its_sync_is_complete(pair):
     """Finding (docs/operations.md "A registrar pair (DMQ)"): dmq_usrloc's sync
     arrives over the SIP socket itself (KDMQ from the peer, after dmq's node
     exchange), so a registrar that starts with an empty table answers SIP
-    before it holds its peer's bindings: a call in that window finds no binding.
-    Measured here: when reg1's first answer to a probe comes, it holds fewer
+    before it holds its peer's bindings (a call in that window to an AOR not yet
+    synced gets 503, the next test). Measured here: when reg1's first answer to a probe comes, it holds fewer
     than all bindings; it holds all of them soon after."""
     names = users("pair", TOTAL)
     runs = [*register_devices(pair, 1, names[:TOTAL // 2], FLOWS_PER_EDGE),
@@ -546,6 +546,29 @@ def test_a_restarted_registrar_answers_sip_before_its_sync_is_complete(pair):
     assert probe.status.startswith("SIP/2.0 ")
     assert probe.contacts_then is not None and probe.contacts_then < TOTAL
     assert synced < 5
+
+
+def test_a_registrar_still_in_its_sync_window_answers_503_and_the_edge_tries_the_peer(pair):
+    """A registrar that started without its peer's bindings (here its DMQ peer
+    address leads nowhere, so no sync comes at all) answers a call to an AOR it
+    has no binding for with 503 and Retry-After during KO_DMQ_SYNC_WINDOW, not
+    404 (outbound.forking.Fork.lookup): edge1, which prefers reg1, tries reg2
+    (RFC 3263 §4.3) and the calls are answered over the device's flow."""
+    names = users("sync", 4)
+    runs = register_devices(pair, 2, names, 1)
+    wait_contacts(pair.regs[2], len(names), runs=runs)
+    wait_contacts(pair.regs[1], len(names), runs=runs)
+    reg1 = pair.regs[1]
+    reg1.kill()
+    wipe_location(reg1)
+    reg1.defines.update({"KO_DMQ_PEER": f'"sip:{net(151)}:{REG_PORT}"', "KO_DMQ_SYNC_WINDOW": "60"})
+    pair.restart(1)
+    assert contacts(reg1) == 0
+    result = call_all(pair, 1, names[:2], "syncing")
+    assert_all_answered(result, names[:2])
+    log = reg1.log()
+    assert "503 Service Unavailable to INVITE" in log and "yet: syncing from the pair peer" in log, log[-3000:]
+    assert "404 Not Found to INVITE" not in log
 
 
 def local_transactions(reg: Kamailio) -> int:

@@ -243,6 +243,15 @@ class Topology:
                     out.append(entry)
         return out
 
+    def accepted_regs(self, service: str) -> int:
+        """REGISTERs a registrar took itself (the registrar module's save()); a
+        binding replicated from its peer over DMQ (dmq_usrloc) is not counted."""
+        for line in self.rpc(service, "stats.get_statistics", "registrar:") or []:
+            name, _, value = str(line).partition(" = ")
+            if name.strip() == "registrar:accepted_regs":
+                return int(value)
+        raise ProcessError(f"{service}: no statistic registrar:accepted_regs")
+
     def kill(self, service: str) -> None:
         """SIGKILL a container: an edge (or registrar) dies on the spot."""
         run(["docker", "kill", self.containers[service]])

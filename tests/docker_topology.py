@@ -123,6 +123,8 @@ class Topology:
     image: str
     flow_keys: str
     auth_secret: str = field(default_factory=lambda: secrets.token_hex(16))  # KO_AUTH_SECRET of reg1 and reg2
+    # KO_REGISTRAR_KEYS: reg1's and reg2's Record-Route seal / temporary GRUU key
+    registrar_keys: str = field(default_factory=lambda: "hex:" + secrets.token_hex(32))
     edge_registrar: str = ""
     debug: bool = False
     containers: dict[str, str] = field(default_factory=dict)
@@ -144,7 +146,7 @@ class Topology:
     def env(self) -> dict[str, str]:
         env = {**os.environ, "KO_IMAGE": self.image, "KO_NET": self.net, "KO_BRIDGE": self.bridge,
                "KO_OUT": str(self.out), "KO_FLOW_KEYS": self.flow_keys, "KO_AUTH_SECRET": self.auth_secret,
-               "KO_DEBUG": "1" if self.debug else "0"}
+               "KO_REGISTRAR_KEYS": self.registrar_keys, "KO_DEBUG": "1" if self.debug else "0"}
         if self.edge_registrar:
             env["KO_EDGE_REGISTRAR"] = self.edge_registrar
         return env

@@ -90,13 +90,16 @@ class LoopbackStage:
         self.nsd = Nsd(out / "nsd", NS, NS_PORT, values={"NET": TEST_NET, "MOVING": net(REGISTRAR_HOSTS[1])})
         addrs = {n: net(host) for n, host in REGISTRAR_HOSTS.items()}
         secret = secrets.token_hex(16)  # the pair's nonce secret (KO_AUTH_SECRET)
+        # the pair's Record-Route seal / temporary GRUU key (not the edges' flow-token key)
+        seal_key = "hex:" + secrets.token_hex(32)
         # reg1 on net(21):5070 and reg2 on net(22):5070, a DMQ pair; edge1 on net(2),
         # edge2 on net(3), both toward sip:farm.ko.test (SRV: reg1 first)
         self.registrars = {
             n: registrar(out, name=f"reg{n}", addr=addrs[n], port=REGISTRAR_PORT, db=self.db, yaml_text=yaml_text,
                          defines={"WITH_DMQ": "", "KO_AUTH_SECRET": f'"{secret}"',
                                   "KO_DMQ_ADDRESS": f'"sip:{addrs[n]}:{REGISTRAR_PORT}"',
-                                  "KO_DMQ_PEER": f'"sip:{addrs[3 - n]}:{REGISTRAR_PORT}"'})
+                                  "KO_DMQ_PEER": f'"sip:{addrs[3 - n]}:{REGISTRAR_PORT}"'},
+                         env={"KO_FLOW_KEYS": seal_key})
             for n in (1, 2)}
         self.edges = two_edges(out, FARM, key=key, yaml_text=yaml_text)
         self.device_ip = net(20)

@@ -18,6 +18,10 @@
 # The same file holds usrloc's location table (write-back: bindings survive a
 # restart of the container); it is made in WAL mode, so that the usrloc timer's
 # writes and the auth_db reads of the workers never wait for each other.
+# KO_SERVER_ID: Kamailio's server_id (--server-id), a number of its own for each
+# registrar of a farm: usrloc's record ids (ruid) carry it, so the bindings the
+# two members of a pair make never share an id (containers have the same pids
+# and may start in the same second, and the ids are made of time and pid alone).
 # KO_DEFINES: switches of the cfg (names only, space-separated), each passed as
 # -A NAME: e.g. "WITH_DMQ" for a registrar pair, with KO_DMQ_ADDRESS and
 # KO_DMQ_PEER ("sip:ADDR:PORT") in the environment (docker/compose.yaml).
@@ -89,6 +93,15 @@ case "$role" in
                 set -- "$@" -A "$name=$value"
             fi
         done
+        if [ -n "${KO_SERVER_ID:-}" ]; then
+            case "$KO_SERVER_ID" in
+                *[!0-9]*|0)
+                    echo "ko-entry: KO_SERVER_ID: '$KO_SERVER_ID' is not a number above 0" >&2
+                    exit 2
+                    ;;
+            esac
+            set -- "$@" "--server-id=$KO_SERVER_ID"
+        fi
         set -f  # the names are split on blanks, never expanded as file patterns
         for name in ${KO_DEFINES:-}; do
             case "$name" in

@@ -124,6 +124,8 @@ def test_device_registers_through_two_edges(topo):
     assert topo.accepted_regs("reg2") == taken["reg2"], "reg2 took no REGISTER itself"
     replicated = wait_bindings(topo, "reg2", "dana", 2)
     assert same_bindings(replicated) == same_bindings(list(bindings.values())), "reg2 holds reg1's bindings"
+    # the record ids carry reg1's server_id (KO_SERVER_ID=1): never one that reg2 makes
+    assert all(b["Ruid"].startswith("uloc-1-") for b in replicated), replicated
 
 
 def test_call_is_answered_over_one_flow(topo):
@@ -287,3 +289,33 @@ def test_registrar_killed_next_call_answered_by_its_peer_over_the_same_flow(topo
     # reg1 lost what it had not written back when it was killed; its resync from
     # reg2 at start brings every binding
     assert same_bindings(wait_bindings(topo, "reg1", "kim", 2)) == held
+
+
+LOCATION_ROWS = r'''
+import json, sqlite3, sys
+conn = sqlite3.connect("file:/var/lib/kemi-outbound/kemi-outbound.sqlite?mode=ro", uri=True)
+rows = conn.execute("SELECT reg_id, path FROM location WHERE username = ? ORDER BY reg_id", (sys.argv[1],)).fetchall()
+print(json.dumps({"journal": conn.execute("PRAGMA journal_mode").fetchone()[0], "rows": rows}))
+'''
+
+
+def test_bindings_are_written_back_to_each_registrars_sqlite_file(topo):
+    """Issue 14: each registrar's usrloc writes its bindings (its own and the
+    replicated ones) back to the SQLite file ko-entry made (WAL journal) within
+    KO_USRLOC_TIMER (10 s); no database error in either log, after every stop,
+    kill and resync of the tests before (without distinct KO_SERVER_IDs the two
+    registrars made the same record ids and the writes failed: UNIQUE ruid)."""
+    device = register_device(topo, "lena", 8)
+    paths = {regid: b["Path"] for regid, b in ((b["Reg-Id"], b) for b in topo.bindings("reg1", "lena"))}
+    assert sorted(paths) == [1, 2] and device.flows[1].alive
+    for registrar in ("reg1", "reg2"):
+        deadline = time.monotonic() + 25
+        while True:
+            found = json.loads(topo.exec(registrar, "python3", "-", "lena", input=LOCATION_ROWS).stdout)
+            if len(found["rows"]) == 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert found["journal"] == "wal"
+        assert {regid: path for regid, path in found["rows"]} == paths, f"{registrar}: {found}"
+        log = topo.logs(registrar)
+        assert not re.search(r"ERROR: (db_sqlite|usrloc)|database is locked", log), log[-3000:]

@@ -15,6 +15,16 @@
 # Kamailio's schema + db/kemi-outbound-create.sql (empty: add subscribers with
 # `docker exec -i CONTAINER ko-subscriber add user@domain`, password on stdin);
 # KO_AUTH_SECRET is the nonce secret, the same on every registrar of a farm.
+# The same file holds usrloc's location table (write-back: bindings survive a
+# restart of the container); it is made in WAL mode, so that the usrloc timer's
+# writes and the auth_db reads of the workers never wait for each other.
+# KO_SERVER_ID: Kamailio's server_id (--server-id), a number of its own for each
+# registrar of a farm: usrloc's record ids (ruid) carry it, so the bindings the
+# two members of a pair make never share an id (containers have the same pids
+# and may start in the same second, and the ids are made of time and pid alone).
+# KO_DEFINES: switches of the cfg (names only, space-separated), each passed as
+# -A NAME: e.g. "WITH_DMQ" for a registrar pair, with KO_DMQ_ADDRESS and
+# KO_DMQ_PEER ("sip:ADDR:PORT") in the environment (docker/compose.yaml).
 set -eu
 
 role="${1:-help}"
@@ -46,10 +56,15 @@ if os.path.exists(tmp):
     os.remove(tmp)  # left by a start that was killed
 conn = sqlite3.connect(tmp)
 conn.executescript("BEGIN;\n" + "\n".join(open(f).read() for f in files) + "\nCOMMIT;\n")
+conn.execute("PRAGMA journal_mode=WAL")  # kept in the file: readers and the one writer never block
+tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+missing = {"version", "subscriber", "location"} - tables
+if missing:
+    sys.exit(f"ko-entry: the schema made no table {sorted(missing)}")
 conn.close()
 os.rename(tmp, sys.argv[1])
 PY
-    echo "ko-entry: made the subscriber database $db (no subscribers yet)" >&2
+    echo "ko-entry: made the database $db (subscribers: none yet; bindings: usrloc's location table)" >&2
 }
 
 first_address() {
@@ -78,6 +93,26 @@ case "$role" in
                 set -- "$@" -A "$name=$value"
             fi
         done
+        if [ -n "${KO_SERVER_ID:-}" ]; then
+            case "$KO_SERVER_ID" in
+                *[!0-9]*|0)
+                    echo "ko-entry: KO_SERVER_ID: '$KO_SERVER_ID' is not a number above 0" >&2
+                    exit 2
+                    ;;
+            esac
+            set -- "$@" "--server-id=$KO_SERVER_ID"
+        fi
+        set -f  # the names are split on blanks, never expanded as file patterns
+        for name in ${KO_DEFINES:-}; do
+            case "$name" in
+                *[!A-Za-z0-9_]*|[0-9]*)
+                    echo "ko-entry: KO_DEFINES: '$name' is not a define name" >&2
+                    exit 2
+                    ;;
+            esac
+            set -- "$@" -A "$name"
+        done
+        set +f
         if [ "${KO_DEBUG:-0}" = 1 ]; then
             set -- "$@" -A WITH_DEBUG
         fi

@@ -123,6 +123,8 @@ class Topology:
     image: str
     flow_keys: str
     auth_secret: str = field(default_factory=lambda: secrets.token_hex(16))  # KO_AUTH_SECRET of reg1 and reg2
+    # KO_REGISTRAR_KEYS: reg1's and reg2's Record-Route seal / temporary GRUU key
+    registrar_keys: str = field(default_factory=lambda: "hex:" + secrets.token_hex(32))
     edge_registrar: str = ""
     debug: bool = False
     containers: dict[str, str] = field(default_factory=dict)
@@ -144,7 +146,7 @@ class Topology:
     def env(self) -> dict[str, str]:
         env = {**os.environ, "KO_IMAGE": self.image, "KO_NET": self.net, "KO_BRIDGE": self.bridge,
                "KO_OUT": str(self.out), "KO_FLOW_KEYS": self.flow_keys, "KO_AUTH_SECRET": self.auth_secret,
-               "KO_DEBUG": "1" if self.debug else "0"}
+               "KO_REGISTRAR_KEYS": self.registrar_keys, "KO_DEBUG": "1" if self.debug else "0"}
         if self.edge_registrar:
             env["KO_EDGE_REGISTRAR"] = self.edge_registrar
         return env
@@ -242,6 +244,15 @@ class Topology:
                     entry["AoR"] = info.get("AoR")
                     out.append(entry)
         return out
+
+    def accepted_regs(self, service: str) -> int:
+        """REGISTERs a registrar took itself (the registrar module's save()); a
+        binding replicated from its peer over DMQ (dmq_usrloc) is not counted."""
+        for line in self.rpc(service, "stats.get_statistics", "registrar:") or []:
+            name, _, value = str(line).partition(" = ")
+            if name.strip() == "registrar:accepted_regs":
+                return int(value)
+        raise ProcessError(f"{service}: no statistic registrar:accepted_regs")
 
     def kill(self, service: str) -> None:
         """SIGKILL a container: an edge (or registrar) dies on the spot."""

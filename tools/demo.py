@@ -3,13 +3,19 @@
 A device (one +sip.instance) registers two flows, reg-id 2 through edge2 and
 reg-id 1 through edge1; a caller calls it through edge2 and the call arrives
 over flow 1; edge1 dies; the next call is answered over flow 2 and the caller
-never sees a 430; an INVITE with a forged flow token is refused with 403.
-Digest authentication is on, as in production: the registrar has a subscriber
+never sees a 430; then reg1, the registrar the edges send to first, dies: the
+next call goes to reg2 (the edges find the registrars by DNS SRV, reg1 first),
+which holds the device's bindings replicated over DMQ and sends the call over
+the device's flow 2; an INVITE with a forged flow token is refused with 403.
+Digest authentication is on, as in production: the registrars have a subscriber
 database with the demo's users (dana, carol); every REGISTER is answered 401
 first and every call 407 first, and the UAs answer with their credentials.
 
 Default: Kamailio processes on loopback (KO_TEST_NET, default 127.0.0), no
-Docker. --containers: the same story on docker/compose.yaml (images built
+Docker: reg1 and reg2 a DMQ pair (WITH_DMQ) on net(21) and net(22), each with
+its own bindings file; the edges find them as sip:farm.ko.test, served by
+Debian's nsd (tests/nsd.py, tests/dns/ko.test.zone) on net(53).
+--containers: the same story on docker/compose.yaml (images built
 locally, dockerd started when needed). tshark captures the SIP traffic; the
 summary (who answered, response codes, timings) is printed and a ladder
 diagram is written to out/demo/<time>/ladder.svg and .png. Everything the demo
@@ -30,12 +36,16 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "kemi"))
 
-from harness import CFG_DIR, SippResult, SippRun, describe, sipp, start_sipp  # noqa: E402
+import yaml  # noqa: E402
+
+from dns_setup import NS, NS_PORT  # noqa: E402
+from harness import CFG_DIR, ProcessError, SippResult, SippRun, describe, sipp, start_sipp  # noqa: E402
 from ladder import Capture, Event, Lanes, Message, draw, read_messages  # noqa: E402
+from nsd import Nsd  # noqa: E402
 from outbound.sipmsg import parse_name_addr  # noqa: E402
 from outbound.tokens import FlowTokenCodec, parse_key  # noqa: E402
 from subscribers import SubscriberDB, password_for  # noqa: E402
-from topology import net, registrar, two_edges  # noqa: E402
+from topology import TEST_NET, net, registrar, two_edges  # noqa: E402
 
 USER = "dana"
 CALLER = "carol"
@@ -45,55 +55,88 @@ INSTANCE = "urn:uuid:00000000-0000-4000-8000-0000000de001"
 DEVICE_PORTS = {1: 5091, 2: 5092}
 CALLER_PORT = 5093
 MARKER_PORT = 5999  # nothing listens here: the capture's end marker goes to it
+# loopback: the registrar pair where tests/dns/ko.test.zone puts farm.ko.test
+# (SRV priority 10 reg-a = net(21), 20 reg-b = net(22), port 5070)
+FARM = "sip:farm.ko.test"
+REGISTRAR_HOSTS = {1: 21, 2: 22}
+REGISTRAR_PORT = 5070
 
 
 class StoryError(RuntimeError):
     pass
 
 
+def demo_yaml() -> str:
+    """cfg/outbound.yaml as shipped (no test-only settings), its resolver pointed at
+    the demo's nsd: the one setting a deployment makes as well."""
+    data = yaml.safe_load((CFG_DIR / "outbound.yaml").read_text())
+    data["dns"].update({"nameservers": [NS], "port": NS_PORT})
+    return yaml.safe_dump(data, sort_keys=False)
+
+
 class LoopbackStage:
-    """Registrar (home proxy) and two edges as Kamailio processes on loopback."""
+    """A registrar pair (home proxies, DMQ), two edges finding them by DNS SRV and
+    the DNS server, as processes on loopback."""
 
     mode = "loopback, Kamailio processes"
 
     def __init__(self, out: Path, key: str) -> None:
         self.out = out
-        yaml_text = (CFG_DIR / "outbound.yaml").read_text()  # as shipped: no test-only settings
-        # the demo's own subscriber database, in its out dir
+        yaml_text = demo_yaml()
+        # the demo's own subscriber database, in its out dir (both registrars read it;
+        # each keeps its bindings in its own file, out/regN.location.sqlite)
         self.db = SubscriberDB.create_sqlite(out / "subscribers.sqlite")
         self.db.add_many((user, DOMAIN, password_for(user)) for user in SUBSCRIBERS)
-        # the tests' topology: registrar on net(1):5070, edge1 on net(2), edge2 on net(3)
-        self.registrar = registrar(out, db=self.db, yaml_text=yaml_text)
-        self.edges = two_edges(out, self.registrar.uri, key=key, yaml_text=yaml_text)
+        self.nsd = Nsd(out / "nsd", NS, NS_PORT, values={"NET": TEST_NET, "MOVING": net(REGISTRAR_HOSTS[1])})
+        addrs = {n: net(host) for n, host in REGISTRAR_HOSTS.items()}
+        secret = secrets.token_hex(16)  # the pair's nonce secret (KO_AUTH_SECRET)
+        # the pair's Record-Route seal / temporary GRUU key (not the edges' flow-token key)
+        seal_key = "hex:" + secrets.token_hex(32)
+        # reg1 on net(21):5070 and reg2 on net(22):5070, a DMQ pair; edge1 on net(2),
+        # edge2 on net(3), both toward sip:farm.ko.test (SRV: reg1 first)
+        self.registrars = {
+            n: registrar(out, name=f"reg{n}", addr=addrs[n], port=REGISTRAR_PORT, db=self.db, yaml_text=yaml_text,
+                         defines={"WITH_DMQ": "", "KO_AUTH_SECRET": f'"{secret}"',
+                                  "KO_DMQ_ADDRESS": f'"sip:{addrs[n]}:{REGISTRAR_PORT}"',
+                                  "KO_DMQ_PEER": f'"sip:{addrs[3 - n]}:{REGISTRAR_PORT}"'},
+                         env={"KO_FLOW_KEYS": seal_key})
+            for n in (1, 2)}
+        self.edges = two_edges(out, FARM, key=key, yaml_text=yaml_text)
         self.device_ip = net(20)
         self.caller_ip = net(30)
         self.flows: dict[int, SippRun] = {}
+        self.started: list = []
 
     def start(self) -> None:
-        self.registrar.start()
-        for edge in self.edges.values():
-            edge.start()
+        for item in (self.nsd, *self.registrars.values(), *self.edges.values()):
+            item.start()
+            self.started.append(item)
+        for n in (1, 2):  # the pair knows each other (DMQ node list) before the story starts
+            wait_for(lambda n=n: len(dmq_nodes(self.registrars[n])) >= 2, f"reg{n}'s DMQ peer")
 
     def stop(self) -> None:
         for flow in self.flows.values():
             flow.kill()
-        for kam in (*self.edges.values(), self.registrar):
-            kam.stop()
+        for item in reversed(self.started):
+            item.stop()
 
     def edge_addr(self, n: int) -> str:
         return self.edges[n].addr
 
+    def registrar_addr(self, n: int) -> str:
+        return self.registrars[n].addr
+
     @property
-    def registrar_addr(self) -> str:
-        return self.registrar.addr
+    def farm(self) -> str:
+        return FARM
 
     def credentials(self, user: str) -> tuple[str, str]:
         return user, password_for(user)
 
     def capture(self, path: Path) -> Capture:
         hosts = " or ".join(f"host {ip}" for ip in
-                            (self.registrar.addr, *(e.addr for e in self.edges.values()), self.device_ip,
-                             self.caller_ip))
+                            (*(r.addr for r in self.registrars.values()), *(e.addr for e in self.edges.values()),
+                             self.device_ip, self.caller_ip))
         return Capture("lo", f"({hosts}) and (port 5060 or port 5070 or udp port {MARKER_PORT})", path)
 
     def sip_ports(self) -> tuple[int, ...]:
@@ -111,20 +154,25 @@ class LoopbackStage:
     def flow_result(self, regid: int) -> SippResult:
         return self.flows[regid].wait(1)
 
-    def bindings(self) -> list[dict]:
-        return self.registrar.bindings(USER)
+    def bindings(self, registrar_n: int = 1) -> list[dict]:
+        return self.registrars[registrar_n].bindings(USER)
 
     def caller(self, name: str, scenario: str, edge: int, keys: dict[str, str],
                auth: tuple[str, str] | None) -> SippResult:
         return sipp(scenario, f"{self.edges[edge].addr}:5060", workdir=self.out, local_ip=self.caller_ip,
-                    local_port=CALLER_PORT, keys=keys, timeout=20, check=False, name=name, auth=auth)
+                    local_port=CALLER_PORT, keys=keys, timeout=30, check=False, name=name, auth=auth)
 
     def kill_edge(self, n: int) -> str:
         self.edges[n].kill()
         return f"edge{n} killed (SIGKILL to its Kamailio processes)"
 
+    def kill_registrar(self, n: int) -> str:
+        self.registrars[n].kill()
+        return f"reg{n} killed (SIGKILL to its Kamailio processes)"
+
     def logs(self) -> str:
-        return "\n".join(f"--- {k.name} ---\n{k.log()[-3000:]}" for k in (self.registrar, *self.edges.values()))
+        return "\n".join(f"--- {k.name} ---\n{k.log()[-3000:]}"
+                         for k in (*self.registrars.values(), *self.edges.values()))
 
 
 class ContainerStage:
@@ -141,13 +189,21 @@ class ContainerStage:
                              out=out / "containers", image=build_image(), flow_keys=key)
         self.device_ip = self.topo.addr("ua-b")
         self.caller_ip = self.topo.addr("ua-a")
-        self.registrar_addr = self.topo.addr("reg1")
         self.flows: dict = {}
 
     def start(self) -> None:
         self.topo.up()
         for user in SUBSCRIBERS:  # into reg1's and reg2's subscriber files (docker exec ko-subscriber add)
             self.topo.subscriber(user, DOMAIN)
+        for n in (1, 2):  # the pair knows each other (DMQ node list) before the story starts
+            wait_for(lambda n=n: len(self.topo.rpc(f"reg{n}", "dmq.list_nodes") or []) >= 2, f"reg{n}'s DMQ peer")
+
+    def registrar_addr(self, n: int) -> str:
+        return self.topo.addr(f"reg{n}")
+
+    @property
+    def farm(self) -> str:
+        return self.topo.edge_registrar or "sip:example.com"
 
     def credentials(self, user: str) -> tuple[str, str]:
         return self.topo.subscriber(user, DOMAIN)
@@ -175,20 +231,32 @@ class ContainerStage:
     def flow_result(self, regid: int) -> SippResult:
         return self.flows[regid].wait(1)
 
-    def bindings(self) -> list[dict]:
-        return self.topo.bindings("reg1", USER)
+    def bindings(self, registrar_n: int = 1) -> list[dict]:
+        return self.topo.bindings(f"reg{registrar_n}", USER)
 
     def caller(self, name: str, scenario: str, edge: int, keys: dict[str, str],
                auth: tuple[str, str] | None) -> SippResult:
         return self.topo.sipp("ua-a", scenario, f"{self.edge_addr(edge)}:5060", local_port=CALLER_PORT,
-                              keys=keys, timeout=20, check=False, name=name, auth=auth)
+                              keys=keys, timeout=30, check=False, name=name, auth=auth)
 
     def kill_edge(self, n: int) -> str:
         self.topo.kill(f"edge{n}")
         return f"edge{n} killed (docker kill: the container is gone)"
 
+    def kill_registrar(self, n: int) -> str:
+        self.topo.kill(f"reg{n}")
+        return f"reg{n} killed (docker kill: the container is gone)"
+
     def logs(self) -> str:
-        return "\n".join(f"--- {s} ---\n{self.topo.logs(s)[-3000:]}" for s in ("reg1", "edge1", "edge2"))
+        return "\n".join(f"--- {s} ---\n{self.topo.logs(s)[-3000:]}" for s in ("reg1", "reg2", "edge1", "edge2"))
+
+
+def dmq_nodes(kam) -> list:
+    """The DMQ nodes a loopback registrar knows (itself included)."""
+    try:
+        return kam.rpc("dmq.list_nodes") or []
+    except (OSError, ProcessError):  # not answering yet
+        return []
 
 
 @dataclass
@@ -254,10 +322,12 @@ def main() -> int:
     capture: Capture | None = None
     events: list[Event] = []
     answers: dict[str, SippResult] = {}
+    replicated: dict[int, dict] = {}
     try:
-        print(f"starting: home proxy/registrar {stage.registrar_addr}, edge1 {stage.edge_addr(1)}, "
-              f"edge2 {stage.edge_addr(2)}, device {stage.device_ip}, caller {stage.caller_ip} "
-              f"({stage.mode})", flush=True)
+        print(f"starting: registrar pair (home proxies, DMQ) reg1 {stage.registrar_addr(1)} and reg2 "
+              f"{stage.registrar_addr(2)} (the edges find them as {stage.farm}: SRV reg1 first), "
+              f"edge1 {stage.edge_addr(1)}, edge2 {stage.edge_addr(2)}, device {stage.device_ip}, "
+              f"caller {stage.caller_ip} ({stage.mode})", flush=True)
         stage.start()
         capture = stage.capture(out / "sip.pcapng").start()
         # flow 2 first, then flow 1: the most recent flow is tried first (RFC 5626 §7 / §15)
@@ -279,6 +349,11 @@ def main() -> int:
         answers["call1"] = stage.caller("call1", "caller/uac_short.xml", 2, call_keys, stage.credentials(CALLER))
         events.append(Event(time.time(), stage.kill_edge(1)))
         answers["call2"] = stage.caller("call2", "caller/uac_short.xml", 2, call_keys, stage.credentials(CALLER))
+        # reg2 got every change at reg1 over DMQ the moment it happened (dmq_usrloc): the
+        # saves, and the removal of flow 1 when call 2 found it dead
+        replicated = wait_for(lambda: replica(stage), "reg2 holding the bindings that reg1 holds")
+        events.append(Event(time.time(), stage.kill_registrar(1)))
+        answers["call3"] = stage.caller("call3", "caller/uac_short.xml", 2, call_keys, stage.credentials(CALLER))
         token = parse_name_addr(bindings[2]["Path"]).sip_uri.user or ""
         forged = token[:10] + ("A" if token[10] != "A" else "B") + token[11:]
         # mallory is no subscriber: the edge refuses the forged token before any registrar could challenge
@@ -297,7 +372,8 @@ def main() -> int:
     lanes = Lanes([
         ("device flow 1 (reg-id 1)", (stage.device_ip, flows[1].remote_port if flows.get(1) else 0)),
         ("edge1", stage.edge_addr(1)),
-        ("home proxy (registrar)", stage.registrar_addr),
+        ("reg1 (home proxy, registrar)", stage.registrar_addr(1)),
+        ("reg2 (home proxy, registrar)", stage.registrar_addr(2)),
         ("edge2", stage.edge_addr(2)),
         ("device flow 2 (reg-id 2)", (stage.device_ip, flows[2].remote_port if flows.get(2) else 0)),
         (f"caller ({CALLER})", stage.caller_ip),
@@ -308,7 +384,8 @@ def main() -> int:
     ladder_png = draw(messages, lanes, events, out / "ladder.png",
                       f"kemi-outbound: RFC 5626 outbound failover ({stage.mode})")
     print()
-    print(f"kemi-outbound demo ({stage.mode}): {USER}@{DOMAIN}, one device, two flows; digest authentication on")
+    print(f"kemi-outbound demo ({stage.mode}): {USER}@{DOMAIN}, one device, two flows, a registrar pair; "
+          "digest authentication on")
     for number, step in enumerate(steps, start=1):
         took = f"{step.millis:8.1f} ms" if step.millis is not None else " " * 11
         mark = "ok " if step.ok else "FAIL"
@@ -318,15 +395,19 @@ def main() -> int:
             print(f" ... {number} {step.text}")
     print(f"ladder diagram: {ladder_svg} (and {ladder_png.name})")
     print(f"SIP capture:    {out / 'sip.pcapng'}   logs and SIPp traces: {out}")
-    print("authentication: the registrar challenges every REGISTER (401, realm = To domain) and every call "
+    print("authentication: the registrars challenge every REGISTER (401, realm = To domain) and every call "
           "(407, realm = From domain);\n  the UAs answer with their credentials (subscribers "
           f"{', '.join(f'{u}@{DOMAIN}' for u in SUBSCRIBERS)}), so the ladder shows a 401 or 407 and the request "
           "again\n  before each 200; timings include that round trip")
-    print("bindings after registering (usrloc over RPC, keyed by AOR, +sip.instance, reg-id):")
+    print("bindings after registering, at reg1 (usrloc over RPC, keyed by AOR, +sip.instance, reg-id):")
     for regid in sorted(bindings):
         b = bindings[regid]
         print(f"  {b.get('AoR')}  {b.get('Instance')}  reg-id {regid}  Path {b.get('Path')}")
         print(f"      flow token -> {flows.get(regid)}")
+    print("bindings at reg2 when reg1 was killed (replicated over DMQ, dmq_usrloc; flow 1's removal too, when "
+          "call 2 found it dead):\n  "
+          + ("\n  ".join(f"reg-id {regid}  Path {replicated[regid].get('Path')}" for regid in sorted(replicated))
+             or "none"))
     failed = [s for s in steps if not s.ok]
     print("story: " + ("every step held" if not failed else f"{len(failed)} step(s) did not hold"))
     return 1 if failed else 0
@@ -348,28 +429,36 @@ def summarise(stage, messages: list[Message], answers: dict[str, SippResult], ev
         else:
             steps.append(Step(f"device registers flow reg-id {regid} via edge{edge}", "no answer seen", None, False))
     invites = call_ids(messages, stage.caller_ip, "INVITE")
-    expected = {"call1": "flow1", "call2": "flow2"}
-    for index, name in enumerate(("call1", "call2")):
-        if index == 1:
-            steps.append(Step(events[0].text, "", None, True))
+    # call -> (the flow that answers, the registrar that is its home proxy)
+    expected = {"call1": ("flow1", 1), "call2": ("flow2", 1), "call3": ("flow2", 2)}
+    regs = {stage.registrar_addr(n) for n in (1, 2)}
+    edges = {stage.edge_addr(n) for n in (1, 2)}
+    edge2 = stage.edge_addr(2)
+    for index, name in enumerate(expected):
+        if index > 0:  # edge1 killed before call 2, reg1 before call 3
+            steps.append(Step(events[index - 1].text, "", None, True))
         who = answers[name].value("who")
+        flow, home = expected[name]
         pair = exchange(messages, invites[index], stage.caller_ip, "INVITE") if len(invites) > index else None
         note = ""
         if pair:
             request, final = pair
             seen = [str(m.status) for m in messages if m.call_id == request.call_id and m.dst == request.src
                     and m.cseq_method == "INVITE" and request.time <= m.time <= final.time]
+            homes = [n for n in (1, 2) if forwarded(messages, request.call_id, stage.registrar_addr(n), final.time)]
             note = f"{auth_note(challenged(messages, request, final))}; " \
-                   f"home proxy tried {branches(stage, messages, request.call_id, final.time)}; " \
+                   f"edge2 sent it to {hops(stage, messages, request.call_id, final.time, edge2, regs)}; " \
+                   f"home proxy reg{homes[0] if homes else '?'} tried " \
+                   f"{hops(stage, messages, request.call_id, final.time, stage.registrar_addr(home), edges)}; " \
                    f"caller saw {' '.join(seen)}"
             answer = f"{final.status} {final.reason}" + (f", answered by {who}" if who else "")
-            ok = final.status == 200 and who == expected[name] and "430" not in seen
+            ok = final.status == 200 and who == flow and "430" not in seen and homes == [home]
             steps.append(Step(f"call {index + 1}: carol -> {USER}@{DOMAIN} via edge2", answer,
                               (final.time - request.time) * 1000, ok, note))
         else:
             steps.append(Step(f"call {index + 1}: carol -> {USER}@{DOMAIN} via edge2", "no final answer seen", None,
                               False))
-    forged_ids = call_ids(messages, stage.caller_ip, "INVITE")[2:3]
+    forged_ids = call_ids(messages, stage.caller_ip, "INVITE")[3:4]
     pair = exchange(messages, forged_ids[0], stage.caller_ip, "INVITE") if forged_ids else None
     if pair:
         request, final = pair
@@ -386,25 +475,42 @@ def auth_note(codes: list[int]) -> str:
     return " ".join(f"{c} {'challenge' if c == 401 else 'proxy challenge'}" for c in codes) + " answered"
 
 
-def branches(stage, messages: list[Message], call_id: str, until: float) -> str:
-    """The INVITE branches the home proxy sent, in order, each with its answer:
-    e.g. "edge1 (no answer) -> edge2 (200)"."""
+def replica(stage) -> dict[int, dict] | None:
+    """reg2's bindings of the device by reg-id once they are reg1's (reg-id, Contact,
+    Path, +sip.instance alike), else None."""
+    def key(bindings: list[dict]) -> dict:
+        return {b.get("Reg-Id"): (b.get("Address"), b.get("Path"), b.get("Instance")) for b in bindings}
+
+    held, copy = stage.bindings(1), stage.bindings(2)
+    return {b["Reg-Id"]: b for b in copy} if held and key(held) == key(copy) else None
+
+
+def forwarded(messages: list[Message], call_id: str, sender: str, until: float) -> bool:
+    """``sender`` relayed an INVITE of ``call_id`` (it was the call's home proxy)."""
+    return any(m.call_id == call_id and m.method == "INVITE" and m.src[0] == sender and m.time <= until
+               for m in messages)
+
+
+def hops(stage, messages: list[Message], call_id: str, until: float, sender: str, toward: set[str]) -> str:
+    """Where ``sender`` (an edge or a home proxy) sent the INVITEs of a call among
+    the addresses ``toward``, in order, each with the final answers it got back
+    from there: e.g. "edge1 (no answer) -> edge2 (200)", "reg1 (no answer) -> reg2 (407 200)"."""
     sent: list[str] = []
     for m in messages:
-        if (m.call_id == call_id and m.method == "INVITE" and m.src[0] == stage.registrar_addr
+        if (m.call_id == call_id and m.method == "INVITE" and m.src[0] == sender and m.dst[0] in toward
                 and m.time <= until and (not sent or sent[-1] != m.dst[0])):
             sent.append(m.dst[0])
     parts = []
     for address in sent:
-        codes = [m.status for m in messages if m.call_id == call_id and m.src[0] == address
-                 and m.dst[0] == stage.registrar_addr and m.cseq_method == "INVITE" and m.status >= 200
-                 and m.time <= until]
-        parts.append(f"{lane_name(stage, address)} ({codes[0] if codes else 'no answer'})")
+        codes = [str(m.status) for m in messages if m.call_id == call_id and m.src[0] == address
+                 and m.dst[0] == sender and m.cseq_method == "INVITE" and m.status >= 200 and m.time <= until]
+        parts.append(f"{lane_name(stage, address)} ({' '.join(dict.fromkeys(codes)) or 'no answer'})")
     return " -> ".join(parts) or "nothing"
 
 
 def lane_name(stage, address: str) -> str:
-    return {stage.edge_addr(1): "edge1", stage.edge_addr(2): "edge2"}.get(address, address)
+    return {stage.edge_addr(1): "edge1", stage.edge_addr(2): "edge2", stage.registrar_addr(1): "reg1",
+            stage.registrar_addr(2): "reg2"}.get(address, address)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,14 @@ def test_container_demo_tells_the_failover_story_and_draws_the_ladder(image):
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     out = result.stdout
     assert re.search(r"ok\s+5 call 2: .* 200 OK, answered by flow2 .*edge1 \(no answer\) -> edge2 \(200\)", out), out
-    assert re.search(r"ok\s+6 INVITE with a forged flow token .* 403 Forbidden", out), out
+    assert re.search(r"\.\.\. 6 reg1 killed \(docker kill", out), out
+    assert re.search(r"ok\s+7 call 3: .* 200 OK, answered by flow2 .*edge2 sent it to reg1 \(no answer\) -> "
+                     r"reg2 \(407 200\); home proxy reg2 tried edge2 \(200\)", out), out
+    assert re.search(r"ok\s+8 INVITE with a forged flow token .* 403 Forbidden", out), out
+    assert "story: every step held" in out
     ladder = Path(re.search(r"ladder diagram: (\S+)", out).group(1))
-    assert "edge1 killed (docker kill" in ladder.read_text()
+    svg = ladder.read_text()
+    assert "edge1 killed (docker kill" in svg and "reg1 killed (docker kill" in svg and "KDMQ" in svg
     projects = subprocess.run(["docker", "ps", "-a", "--filter", "label=org.kemi-outbound.topology",
                                "--format", '{{.Label "com.docker.compose.project"}}'],
                               capture_output=True, text=True, check=True).stdout.split()

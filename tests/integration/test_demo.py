@@ -1,5 +1,6 @@
 """./run demo on loopback: the story holds, the summary and the ladder picture appear;
-digest authentication is on (401 for the REGISTERs, 407 for the calls, answered)."""
+digest authentication is on (401 for the REGISTERs, 407 for the calls, answered);
+the registrar pair (DMQ, found by SRV) survives the death of reg1."""
 
 from __future__ import annotations
 
@@ -20,11 +21,17 @@ def test_demo_tells_the_failover_story_and_draws_the_ladder():
     assert re.search(r"ok\s+1 device registers flow reg-id 2 .* 200 OK .*401 challenge answered", out), out
     assert re.search(r"ok\s+3 call 1: .* 200 OK, answered by flow1 .*407 proxy challenge answered", out), out
     assert re.search(r"ok\s+5 call 2: .* 200 OK, answered by flow2 .*edge1 \(no answer\) -> edge2 \(200\)", out), out
-    assert re.search(r"ok\s+6 INVITE with a forged flow token .* 403 Forbidden", out), out
+    # issue 14: reg1 dies; edge2 finds reg2 by SRV, which answers from the bindings replicated over DMQ
+    assert re.search(r"\.\.\. 6 reg1 killed", out), out
+    assert re.search(r"ok\s+7 call 3: .* 200 OK, answered by flow2 .*edge2 sent it to reg1 \(no answer\) -> "
+                     r"reg2 \(407 200\); home proxy reg2 tried edge2 \(200\)", out), out
+    assert re.search(r"bindings at reg2 when reg1 was killed .*\n\s+reg-id 2 ", out), out
+    assert re.search(r"ok\s+8 INVITE with a forged flow token .* 403 Forbidden", out), out
     assert "story: every step held" in out
     ladder = Path(re.search(r"ladder diagram: (\S+)", out).group(1))
     assert ladder.suffix == ".svg" and ladder.stat().st_size > 10_000
     svg = ladder.read_text()
-    assert "edge1 killed" in svg and "403 Forbidden (INVITE)" in svg
+    assert "edge1 killed" in svg and "reg1 killed" in svg and "403 Forbidden (INVITE)" in svg
+    assert "KDMQ" in svg, "the ladder shows the replication between reg1 and reg2"
     assert "401 Unauthorized (REGISTER)" in svg and "407 Proxy" in svg
     assert ladder.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

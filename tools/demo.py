@@ -96,7 +96,7 @@ class LoopbackStage:
         # edge2 on net(3), both toward sip:farm.ko.test (SRV: reg1 first)
         self.registrars = {
             n: registrar(out, name=f"reg{n}", addr=addrs[n], port=REGISTRAR_PORT, db=self.db, yaml_text=yaml_text,
-                         defines={"WITH_DMQ": "", "KO_AUTH_SECRET": f'"{secret}"',
+                         defines={"WITH_DMQ": "", "KO_AUTH_SECRET": f'"{secret}"', "KO_SERVER_ID": str(n),
                                   "KO_DMQ_ADDRESS": f'"sip:{addrs[n]}:{REGISTRAR_PORT}"',
                                   "KO_DMQ_PEER": f'"sip:{addrs[3 - n]}:{REGISTRAR_PORT}"'},
                          env={"KO_FLOW_KEYS": seal_key})

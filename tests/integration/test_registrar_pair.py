@@ -61,7 +61,8 @@ def pair_registrar(workdir: Path, prefix: str, n: int) -> Kamailio:
     """Registrar n of the pair (not started): WITH_DMQ, the other one its peer."""
     other = 3 - n
     return registrar(workdir, name=f"{prefix}-reg{n}", addr=REG_ADDR[n], port=REG_PORT,
-                     defines={"WITH_DMQ": "", "KO_DMQ_ADDRESS": f'"sip:{REG_ADDR[n]}:{REG_PORT}"',
+                     defines={"WITH_DMQ": "", "KO_SERVER_ID": str(n),
+                              "KO_DMQ_ADDRESS": f'"sip:{REG_ADDR[n]}:{REG_PORT}"',
                               "KO_DMQ_PEER": f'"sip:{REG_ADDR[other]}:{REG_PORT}"', **PAIR_SECRET, **PIKE})
 
 

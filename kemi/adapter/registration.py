@@ -76,6 +76,8 @@ def save(config: Config, decision: SaveBinding, view: RegisterView, callid: str,
     for ruid in plan.replace:
         KSR.info(f"kemi-outbound: new Call-ID for a flow of {aor}: replacing binding {ruid} only\n")
         usrloc.unregister(table, aor, ruid)
+    if plan.replace:
+        usrloc.drop_lingering(table, aor, plan.replace)
     if plan.received:
         KSR.pv.sets(RECEIVED_AVP, plan.received)
     if decision.outbound:

@@ -36,6 +36,25 @@ def unregister(table: str, aor: str, ruid: str) -> None:
     KSR.registrar.unregister_ruid(table, aor, ruid)
 
 
+# usrloc's timer run, on demand (RPC ul.flush: synchronize_all_udomains)
+_FLUSH = '{"jsonrpc": "2.0", "method": "ul.flush", "id": 1}'
+
+
+def drop_lingering(table: str, aor: str, ruids: tuple[str, ...]) -> None:
+    """Make sure the bindings just unregistered are gone from memory.
+
+    In write-back mode (db_mode 2) Kamailio 5.6's usrloc only marks a binding
+    that is already in the database as expired (st_delete_ucontact) and leaves
+    it to its timer; until then registrar's save() still finds it by
+    (instance, reg-id), sees a new Call-ID and deletes every other binding of
+    the instance, the device's other flows. When one of ``ruids`` is still
+    there, usrloc's timer runs now (ul.flush: it drops expired bindings and
+    writes changed ones). Rare: a rebooted device with several flows."""
+    if any(binding.ruid in ruids for binding in bindings(table, aor)):
+        KSR.info(f"kemi-outbound: a replaced binding of {aor} lingers (usrloc write-back): running usrloc's timer\n")
+        KSR.jsonrpcs.exec(_FLUSH)
+
+
 def remember_gruu(aor: str, instance: str) -> None:
     """A public GRUU was given out (its expiry is the htable's, renewed each time)."""
     KSR.htable.sht_seti(GRUU_TABLE, memory_key(aor, instance), 1)

@@ -105,6 +105,14 @@ class Kamailio(GroupProcess):
     netns: str | None = None
     proc: subprocess.Popen | None = None
 
+    def stop(self) -> None:
+        """A clean stop: SIGTERM to Kamailio's main process alone, which stops its
+        children and then writes usrloc's table (write-back). SIGTERM to the
+        whole group at once races: a child gone first makes the main process
+        take its "terminating due to SIGCHLD" path, write nothing and hang
+        (docs/operations.md); SIGKILL to the group after 10 s."""
+        stop_group(self.proc, leader_only=True)
+
     @property
     def rpc_socket(self) -> Path:
         return self.workdir / f"{self.name}.rpc.sock"

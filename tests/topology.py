@@ -59,7 +59,10 @@ def db_defines(workdir: Path, name: str, db: SubscriberDB | None = None) -> dict
     default the run's (subscribers()); bindings in its own SQLite file
     (tests/locations.py), kept across its restarts."""
     location = sqlite_location_db(Path(workdir) / f"{name}.location.sqlite")
-    return {"KO_DB_URL": f'"{(db or subscribers()).url}"', "KO_USRLOC_DB_URL": f'"{location}"'}
+    # no start-up window (KO_LOAD_WINDOW): a test's unknown AOR is 404 at once;
+    # the tests of the window set it (test_registrar_pair.py)
+    return {"KO_DB_URL": f'"{(db or subscribers()).url}"', "KO_USRLOC_DB_URL": f'"{location}"',
+            "KO_LOAD_WINDOW": "0"}
 
 
 def ko_yaml() -> str:

@@ -59,7 +59,7 @@ class HomeProxy:
                  is_local_flow: Callable[[Flow], bool] | None = None, locator: Locator | None = None,
                  health: HealthMemory | None = None, seal: Callable[[str], str] | None = None,
                  own_path_only: bool = False, gruu_keys: Sequence[bytes] | None = None,
-                 syncing: Callable[[], int] | None = None) -> None:
+                 loading: Callable[[], int] | None = None) -> None:
         self.table = config.location_table
         self.max_parallel = config.max_parallel_branches
         self.first_reply_timeout_ms = config.first_reply_timeout_ms
@@ -76,8 +76,8 @@ class HomeProxy:
         # else ``gruu_keys`` (made before the workers fork: every process opens them)
         keys = gruu_keys if gruu_keys is not None else (codec.keys if codec is not None else ())
         self.gruus = gruu.TempGruuCodec(keys) if keys and not KSR.kx.ifdef(NOGRUU_SWITCH) else None
-        # a registrar pair's start-up sync window (adapter.replication.ReplicationBus)
-        self.syncing = syncing
+        # the start-up window while usrloc may still be loading (adapter.usrloc.LoadWindow)
+        self.loading = loading
 
     def fetch(self, aor: str) -> list[Binding]:
         return usrloc.bindings(self.table, aor)
@@ -94,8 +94,8 @@ class HomeProxy:
             send_reply(target)
             return -1
         fork = Fork(max_parallel=self.max_parallel)
-        syncing = self.syncing() if self.syncing is not None else 0
-        steps = (fork.lookup(ruri, syncing=syncing) if target is None
+        loading = self.loading() if self.loading is not None else 0
+        steps = (fork.lookup(ruri, loading=loading) if target is None
                  else fork.lookup(target.aor, only=target, now=int(time.time())))
         return -1 if self._run(fork, steps, send_reply) else 1
 

@@ -69,7 +69,7 @@ NOAUTH_SWITCH = "WITH_NOAUTH"
 NOGRUU_SWITCH = "WITH_NOGRUU"  # no GRUUs (RFC 5627) are given out or dereferenced
 DMQ_SWITCH = "WITH_DMQ"  # registrar: the pair replicates bindings over DMQ (adapter.replication)
 DMQ_PEER_DEFINE = "KO_DMQ_PEER"  # the other registrar's DMQ address
-DMQ_SYNC_WINDOW_DEFINE = "KO_DMQ_SYNC_WINDOW"  # s after start a lookup miss is 503, not 404
+LOAD_WINDOW_DEFINE = "KO_LOAD_WINDOW"  # s after start a lookup miss is 503, not 404 (adapter.usrloc.LoadWindow)
 KDMQ_METHOD = "KDMQ"  # the dmq module's request method
 # defines that override YAML keys (-A or the environment)
 DEFINE_OVERRIDES = {
@@ -115,7 +115,7 @@ CFG_NAMES = (
     CfgName(TLS_PORT_DEFINE, "define", (EDGE, SINGLE)),
     CfgName(BAN_DEFINE, "define", ALL_ROLES),
     CfgName(DMQ_PEER_DEFINE, "define", (REGISTRAR,)),
-    CfgName(DMQ_SYNC_WINDOW_DEFINE, "define", (REGISTRAR,)),
+    CfgName(LOAD_WINDOW_DEFINE, "define", (REGISTRAR, SINGLE)),
     CfgName("ko_rr_user", "avp", (EDGE, SINGLE)),
     CfgName("ko_received", "avp", (REGISTRAR, SINGLE)),
     CfgName(HEALTH_TABLE, "htable", (EDGE, REGISTRAR)),

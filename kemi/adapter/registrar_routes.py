@@ -18,7 +18,7 @@ from outbound.policy import RegisterView
 from outbound.relay import farm_dialog_refusal, path_refusal
 from outbound.sipmsg import parse_name_addrs
 
-from . import registration
+from . import registration, usrloc
 from .auth import Authenticator
 from .base import BaseRoutes, DialogSeal, leading_own_routes
 from .home_proxy import HomeProxy, HomeProxyCallbacks
@@ -39,7 +39,7 @@ class RegistrarRoutes(BaseRoutes, HomeProxyCallbacks):
         self.locator = locator
         keys = dialog_keys(runtime, "registrar")  # Record-Route seals and temporary GRUUs
         self.home = HomeProxy(runtime.config, runtime.codec, locator=locator, health=health, gruu_keys=keys,
-                              syncing=bus.sync_seconds_left if bus is not None else None)
+                              loading=usrloc.LoadWindow.for_kamailio().seconds_left)
         self.edges = PeerGate(locator, runtime.config.trusted_edges)
         self.seal = DialogSeal(keys)
         self.auth = Authenticator("registrar", PeerGate(locator, runtime.config.trusted_peers))

@@ -7,44 +7,26 @@ them from one address) and only from the farm's registrars: the cfg's
 KO_DMQ_PEER, ``registrar.replication_peers``, and the nodes DMQ itself learnt
 (``dmq_is_from_node``); anyone else gets 403 (``outbound.relay.replication_refusal``).
 
-The sync at start arrives over the SIP socket itself, after Kamailio already
-answers SIP, and nothing tells when it is complete: for KO_DMQ_SYNC_WINDOW
-seconds after start a lookup that finds no binding is answered 503 with
-Retry-After (``outbound.forking.Fork.lookup``), so that the edges try the peer.
+The sync at start arrives after Kamailio already answers SIP, and nothing
+tells when it is complete: ``adapter.usrloc.LoadWindow`` covers it.
 """
 
 from __future__ import annotations
 
-import math
-import time
-from collections.abc import Callable
-
 import KSR
 
-from outbound.errors import ConfigError
 from outbound.relay import replication_refusal
-from outbound.sipmsg import is_digits
 
 from .locator_glue import Locator, PeerGate
-from .names import DMQ_PEER_DEFINE, DMQ_SWITCH, DMQ_SYNC_WINDOW_DEFINE, KDMQ_METHOD
+from .names import DMQ_PEER_DEFINE, DMQ_SWITCH, KDMQ_METHOD
 from .runtime import Runtime, define, send_reply
-
-MAX_SYNC_WINDOW = 3600
 
 
 class ReplicationBus:
     """KDMQ from the farm's registrars goes to the dmq module; from anyone else, 403."""
 
-    def __init__(self, locator: Locator, peers: tuple[str, ...], sync_window: int,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, locator: Locator, peers: tuple[str, ...]) -> None:
         self.gate = PeerGate(locator, peers)
-        self.clock = clock
-        # made in mod_init, before the workers fork: every process counts from Kamailio's start
-        self.sync_until = clock() + sync_window
-
-    def sync_seconds_left(self) -> int:
-        """Seconds of the start-up sync window left (0 once it is over)."""
-        return max(0, math.ceil(self.sync_until - self.clock()))
 
     @classmethod
     def for_kamailio(cls, runtime: Runtime, locator: Locator) -> ReplicationBus | None:
@@ -52,13 +34,8 @@ class ReplicationBus:
         if not KSR.kx.ifdef(DMQ_SWITCH):
             return None
         peer = define(DMQ_PEER_DEFINE) or ""
-        window = define(DMQ_SYNC_WINDOW_DEFINE) or ""
-        if not is_digits(window) or int(window) > MAX_SYNC_WINDOW:
-            exc = ConfigError("(cfg define)", DMQ_SYNC_WINDOW_DEFINE, f"must be 0..{MAX_SYNC_WINDOW} s, got {window!r}")
-            KSR.err(f"kemi-outbound: configuration error: {exc}\n")
-            raise exc
-        KSR.info(f"kemi-outbound: registrar pair on DMQ, peer {peer}; a lookup miss is 503 for {window} s\n")
-        return cls(locator, (peer, *runtime.config.replication_peers), int(window))
+        KSR.info(f"kemi-outbound: registrar pair on DMQ, peer {peer}\n")
+        return cls(locator, (peer, *runtime.config.replication_peers))
 
     def handles(self) -> bool:
         """True when the request was KDMQ (answered or handed to dmq)."""

@@ -111,7 +111,8 @@ class SingleRoutes(BaseRoutes, HomeProxyCallbacks):
         self.peers = PeerGate(locator, runtime.config.dns.peers)
         self.seal = DialogSeal(self.codec.keys)
         self.home = HomeProxy(runtime.config, self.codec, is_local_flow=is_local_flow,
-                              seal=self.seal.value, own_path_only=True)
+                              seal=self.seal.value, own_path_only=True,
+                              loading=usrloc.LoadWindow.for_kamailio().seconds_left)
         self.watch = FlowWatch(self.home, self.codec)
         self.auth = Authenticator("single", PeerGate(locator, runtime.config.trusted_peers))
 

@@ -13,12 +13,47 @@ htable keeps an item.
 
 from __future__ import annotations
 
+import math
+import time
+from collections.abc import Callable
+
 import KSR
 
 from outbound.bindings import Binding, normalize_instance
+from outbound.errors import ConfigError
 from outbound.gruu import memory_key
+from outbound.sipmsg import is_digits
 
-from .names import FLB_OUTBOUND, GRUU_TABLE, LOOKUP_HANDLE
+from .names import FLB_OUTBOUND, GRUU_TABLE, LOAD_WINDOW_DEFINE, LOOKUP_HANDLE
+from .runtime import define
+
+MAX_LOAD_WINDOW = 3600
+
+
+class LoadWindow:
+    """The first KO_LOAD_WINDOW seconds after Kamailio's start, when usrloc may
+    not hold every binding yet: the first SIP worker loads the table (preload)
+    while the others already answer, and a registrar pair's sync arrives after
+    that (adapter.replication); neither says when it is done. Meanwhile an AOR
+    without bindings is 503 with Retry-After, not 404 (outbound.forking.Fork.lookup)."""
+
+    def __init__(self, seconds: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        # made in mod_init, before the workers fork: every process counts from the start
+        self.until = clock() + seconds
+
+    @classmethod
+    def for_kamailio(cls) -> LoadWindow:
+        text = define(LOAD_WINDOW_DEFINE) or ""
+        if not is_digits(text) or int(text) > MAX_LOAD_WINDOW:
+            exc = ConfigError("(cfg define)", LOAD_WINDOW_DEFINE, f"must be 0..{MAX_LOAD_WINDOW} s, got {text!r}")
+            KSR.err(f"kemi-outbound: configuration error: {exc}\n")
+            raise exc
+        return cls(int(text))
+
+    def seconds_left(self) -> int:
+        """Seconds of the window left (0 once it is over)."""
+        return max(0, math.ceil(self.until - self.clock()))
 
 
 def bindings(table: str, aor: str) -> list[Binding]:

@@ -262,14 +262,15 @@ class Fork:
         self.state = state if state is not None else ForkState()
         self.max_parallel = max_parallel
 
-    def lookup(self, aor: str, *, only: gruu.GruuTarget | None = None, now: int = 0, syncing: int = 0) -> Steps:
+    def lookup(self, aor: str, *, only: gruu.GruuTarget | None = None, now: int = 0, loading: int = 0) -> Steps:
         """Request route: fork to the first wave that has a usable flow (RFC 5626 §7,
         RFC 3261 §16.6); a GRUU (``only``) to its instance alone, one flow at a
         time (RFC 5627 §6.1). ``now`` (Unix time) tells a GRUU's live bindings.
-        ``syncing``: seconds this registrar may still be receiving its pair
-        peer's bindings (0: none); an AOR without bindings meanwhile is 503 with
-        Retry-After (RFC 3261 §21.5.4), so that an edge tries the peer
-        (RFC 3263 §4.3) instead of the caller hearing a 404 that is not true."""
+        ``loading``: seconds this registrar may still be loading its bindings
+        (usrloc's table at start, a pair peer's sync; 0: none); an AOR without
+        bindings meanwhile is 503 with Retry-After (RFC 3261 §21.5.4), so that
+        an edge tries another registrar (RFC 3263 §4.3) instead of the caller
+        hearing a 404 that may not be true."""
         bindings = yield Fetch(aor)
         if only is not None:
             chosen = gruu.instance_flows(only, list(bindings), now)
@@ -280,9 +281,9 @@ class Fork:
                 return
             bindings = chosen
             self.state.instance = only.instance
-        elif not bindings and syncing > 0:
-            yield Reply(503, "Service Unavailable", f"no binding for {aor} yet: syncing from the pair peer",
-                        (f"Retry-After: {syncing}",))
+        elif not bindings and loading > 0:
+            yield Reply(503, "Service Unavailable", f"no binding for {aor} yet: the bindings are still loading",
+                        (f"Retry-After: {loading}",))
             return
         elif not bindings:
             yield Reply(404, "Not Found", f"no binding for {aor}")

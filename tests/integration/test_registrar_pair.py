@@ -552,7 +552,7 @@ def test_a_restarted_registrar_answers_sip_before_its_sync_is_complete(pair):
 def test_a_registrar_still_in_its_sync_window_answers_503_and_the_edge_tries_the_peer(pair):
     """A registrar that started without its peer's bindings (here its DMQ peer
     address leads nowhere, so no sync comes at all) answers a call to an AOR it
-    has no binding for with 503 and Retry-After during KO_DMQ_SYNC_WINDOW, not
+    has no binding for with 503 and Retry-After during KO_LOAD_WINDOW, not
     404 (outbound.forking.Fork.lookup): edge1, which prefers reg1, tries reg2
     (RFC 3263 §4.3) and the calls are answered over the device's flow."""
     names = users("sync", 4)
@@ -562,13 +562,13 @@ def test_a_registrar_still_in_its_sync_window_answers_503_and_the_edge_tries_the
     reg1 = pair.regs[1]
     reg1.kill()
     wipe_location(reg1)
-    reg1.defines.update({"KO_DMQ_PEER": f'"sip:{net(151)}:{REG_PORT}"', "KO_DMQ_SYNC_WINDOW": "60"})
+    reg1.defines.update({"KO_DMQ_PEER": f'"sip:{net(151)}:{REG_PORT}"', "KO_LOAD_WINDOW": "60"})
     pair.restart(1)
     assert contacts(reg1) == 0
     result = call_all(pair, 1, names[:2], "syncing")
     assert_all_answered(result, names[:2])
     log = reg1.log()
-    assert "503 Service Unavailable to INVITE" in log and "yet: syncing from the pair peer" in log, log[-3000:]
+    assert "503 Service Unavailable to INVITE" in log and "yet: the bindings are still loading" in log, log[-3000:]
     assert "404 Not Found to INVITE" not in log
 
 

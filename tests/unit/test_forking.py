@@ -464,16 +464,17 @@ def test_no_binding_404():
     assert Call(World([])).lookup() == [Fetch(AOR), Reply(404, "Not Found", f"no binding for {AOR}")]
 
 
-def test_no_binding_while_the_pair_peer_syncs_is_503_with_retry_after():
-    """RFC 3261 §21.5.4: not "no such user" but "not ready": the edge tries the peer."""
-    actions = World([]).run(Fork(max_parallel=8).lookup(AOR, syncing=4))
+def test_no_binding_while_the_bindings_load_is_503_with_retry_after():
+    """RFC 3261 §21.5.4: not "no such user" but "not ready": the edge tries another registrar."""
+    actions = World([]).run(Fork(max_parallel=8).lookup(AOR, loading=4))
     assert actions == [Fetch(AOR), Reply(503, "Service Unavailable",
-                                         f"no binding for {AOR} yet: syncing from the pair peer", ("Retry-After: 4",))]
+                                         f"no binding for {AOR} yet: the bindings are still loading",
+                                         ("Retry-After: 4",))]
 
 
-def test_bindings_are_forked_to_while_the_pair_peer_syncs():
+def test_bindings_are_forked_to_while_the_bindings_load():
     world = World([flow("p1")])
-    assert added(world.run(Fork(max_parallel=8).lookup(AOR, syncing=4))) == ["p1"]
+    assert added(world.run(Fork(max_parallel=8).lookup(AOR, loading=4))) == ["p1"]
 
 
 def test_no_usable_flow_480():

@@ -18,22 +18,18 @@ Last-Modified within 1 s.
 
 from __future__ import annotations
 
-import sqlite3
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
-from actors import call, wait_until
-from harness import ROOT, TEST_KEY, Kamailio, ProcessError, SippRun, describe, sipp, start_sipp
 from locations import sqlite_rows
+
+from actors import wait_until
+from harness import ROOT, TEST_KEY, Kamailio, SippRun, describe, sipp, start_sipp
 from outbound.sipmsg import SipUri, parse_name_addr
 from outbound.tokens import FlowTokenCodec, parse_key
-from postgres import Postgres
 from subscribers import password_for
 from topology import PORTS, edge, net, registrar, single, start, stop, subscriber
 
@@ -72,11 +68,12 @@ def plan(prefix: str, aors: int, instances: int, reg_ids: list[int]) -> list[Dev
     """``aors`` x ``instances`` x ``reg_ids`` bindings: instance 0 of each AOR
     has q 1 (a call's first wave is that instance alone), the others q 0.5."""
     out = []
+    tag = int.from_bytes(prefix.encode(), "big") % 10**6  # instances of two plans never meet
     for a in range(aors):
         user = f"{prefix}{a:03d}"
         subscriber(user, DOMAIN)
         for i in range(instances):
-            inst = f"urn:uuid:00000000-0000-4000-8000-{int.from_bytes(prefix.encode(), 'big') % 10**6:06d}{a:03d}{i:03d}"
+            inst = f"urn:uuid:00000000-0000-4000-8000-{tag:06d}{a:03d}{i:03d}"
             out += [Device(user, inst, r, "1" if i == 0 else "0.5") for r in reg_ids]
     return out
 
@@ -97,8 +94,9 @@ def start_devices(target: Kamailio, rows: list[Device], workdir: Path, name: str
     ``base_cseq``, holding every socket ``hold`` s; calls on them get 200."""
     inf = write_devices(workdir / f"{name}.csv", rows)
     return start_sipp("persist/register.xml", f"{target.addr}:{target.port}", workdir=workdir, name=name,
-                      local_ip=DEVICES, local_port=next(PORTS), transport=transport, calls=len(rows), timeout=hold + 30, rate=rate,
-                      call_limit=len(rows), keys={"domain": DOMAIN, "expires": "600"}, inf=inf,
+                      local_ip=DEVICES, local_port=next(PORTS), transport=transport, calls=len(rows),
+                      timeout=hold + 30, rate=rate, call_limit=len(rows),
+                      keys={"domain": DOMAIN, "expires": "600"}, inf=inf,
                       oocsf="persist/uas.xml", trace_messages=False, timeout_error=False,
                       extra=["-d", str(hold * 1000), "-max_socket", str(len(rows) + 100), "-cid_str", cid,
                              "-base_cseq", str(base_cseq)])
@@ -220,8 +218,8 @@ def sample_calls(entry: Kamailio, users: list[str], workdir: Path, name: str) ->
     inf = workdir / f"{name}.csv"
     inf.write_text("SEQUENTIAL\n" + "\n".join(users) + "\n")
     result = sipp("persist/call.xml", f"{entry.addr}:{entry.port}", workdir=workdir, name=name, local_ip=CALLER,
-                  local_port=next(PORTS), transport="udp", calls=len(users), timeout=30, rate=20, call_limit=5, auth=subscriber("alice"),
-                  keys={"domain": DOMAIN, "user": "alice"}, inf=inf, check=False)
+                  local_port=next(PORTS), transport="udp", calls=len(users), timeout=30, rate=20, call_limit=5,
+                  auth=subscriber("alice"), keys={"domain": DOMAIN, "user": "alice"}, inf=inf, check=False)
     answered = {}
     for line in result.log.splitlines():
         if line.startswith("answered callee="):

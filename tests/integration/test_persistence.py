@@ -21,15 +21,18 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from locations import sqlite_rows
 
 from actors import wait_until
 from harness import ROOT, TEST_KEY, Kamailio, SippRun, describe, sipp, start_sipp
 from outbound.sipmsg import SipUri, parse_name_addr
 from outbound.tokens import FlowTokenCodec, parse_key
+from postgres import Postgres
 from subscribers import password_for
 from topology import PORTS, edge, net, registrar, single, start, stop, subscriber
 
@@ -383,3 +386,157 @@ def test_single_server_restart_keeps_bindings_udp_flows_answer_and_tcp_devices_r
     assert_calls_over_their_flows(cap, 5060, len(tcp_users))
     assert_answered_by_instance_0(answered, refreshed)
     assert_no_traceback(kam)
+
+
+# ----- 3. PostgreSQL ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pg(workdir: Path) -> Iterator[Postgres]:
+    """A private PostgreSQL 15 on loopback (tests/postgres.py) for this module."""
+    server = Postgres(workdir / "persist-pg", net(130), PG_PORT)
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+
+
+def pg_count(pg: Postgres, where: str = "true") -> int:
+    return int(pg.sql(f"SELECT count(*) FROM location WHERE {where};").strip())
+
+
+def pg_farm(workdir: Path, pg: Postgres, tag: str, base: int, **defines: str) -> tuple[Kamailio, Kamailio, Kamailio]:
+    pg.sql("DELETE FROM location;")
+    return farm(workdir, tag, base, reg_defines={"KO_USRLOC_DB_URL": f'"{pg.url}"', **defines})
+
+
+def test_registrar_restart_on_postgresql_keeps_every_outbound_binding(workdir, started, pg):
+    """The same on PostgreSQL (KO_USRLOC_DB_URL): 200 bindings (10 AORs x 5
+    instances x 4 reg-ids over two edges) flushed at the stop, back field by
+    field after the start, and calls to every AOR over the flows that registered."""
+    reg, edge1, edge2 = pg_farm(workdir, pg, "p3", 140)
+    up(started, reg, edge1, edge2)
+    rows = plan("pg", 10, 5, [1, 2, 3, 4])
+    users = sorted({d.user for d in rows})
+    runs = [start_devices(e, [d for d in rows if d.reg_id in ids], workdir, f"p3-dev{n}", cid=f"p3e{n}-%u@dev")
+            for n, e, ids in ((1, edge1, (1, 2)), (2, edge2, (3, 4)))]
+    started.extend(runs)
+    wait_registered(runs, len(rows))
+    before = wait_count(reg, users, 200)
+    assert_one_flow_each(before, "tcp")
+
+    stop(reg)
+    assert pg_count(pg) == 200, "the stop flushed every binding"
+    start(reg)
+    wait_loaded(reg, 200)
+    after = snapshot(reg, users)
+    assert_same_bindings(before, after)
+
+    cap = capture(workdir, "p3-calls")
+    answered = sample_calls(edge1, users, workdir, "p3-calls")
+    assert_calls_over_their_flows(cap, 5060, len(users))
+    assert_answered_by_instance_0(answered, after)
+    assert_no_traceback(reg, edge1, edge2)
+
+
+# ----- 4. the project's corrections after a reload ---------------------------------
+
+UA = net(123)
+NOT_FIRST_HOP = f"Via: SIP/2.0/UDP {net(99)}:5999;branch=z9hG4bK-lb-1"
+
+
+def register(target: Kamailio, workdir: Path, port: int, user: str, instance: str, reg_id: int, *, cid: str,
+             cseq: int, supported: str = "path, outbound", extra: str = "X-Case: persist") -> str:
+    """One REGISTER (tests/sipp/register_expect, a 401 answered: the stored
+    CSeq is ``cseq`` + 1); its final status."""
+    contact = f'<sip:{user}@{UA}:{port};transport=udp;ob>;+sip.instance="<{instance}>";reg-id={reg_id}'
+    result = sipp("register_expect", f"{target.addr}:{target.port}", workdir=workdir, local_ip=UA, local_port=port,
+                  transport="udp", auth=subscriber(user),
+                  keys={"user": user, "domain": DOMAIN, "expires": "600", "supported": supported, "extra": extra,
+                        "contact": contact},
+                  extra=["-base_cseq", str(cseq), "-cid_str", cid])
+    return result.value("final")
+
+
+def by_key(bindings: dict[str, dict]) -> dict[tuple[str, int], dict]:
+    return {(b["Instance"].strip("<>"), b["Reg-Id"]): b for b in bindings.values()}
+
+
+def test_cseq_order_ignored_reg_id_and_new_call_id_hold_after_a_reload(workdir, started):
+    """The corrections of Kamailio 5.6's usrloc (docs/design.md) hold for
+    bindings loaded from the database: (a) RFC 3261 §10.3 step 7: the same
+    Call-ID with a lower CSeq than stored gets 400 and changes nothing, a
+    higher one refreshes the same binding; (b) RFC 5626 §6: a reg-id ignored
+    (not first hop, no ;ob, no Supported: outbound) was stored as 0 and is
+    still 0. (c), a new Call-ID for one (instance, reg-id) once the bindings
+    are in the database: test_new_call_id_after_a_flush_replaces_only_that_flow."""
+    reg, edge1, edge2 = farm(workdir, "p4", 150)
+    up(started, reg, edge1, edge2)
+    user, other = "p4-dev", "p4-behind-lb"
+    inst, inst_b = "urn:uuid:00000000-0000-4000-8000-0000000p4a01", "urn:uuid:00000000-0000-4000-8000-0000000p4b01"
+    port1, port2, port3 = next(PORTS), next(PORTS), next(PORTS)
+    assert register(edge1, workdir, port1, user, inst, 1, cid="p4-one@ua", cseq=5) == "200"
+    assert register(edge2, workdir, port2, user, inst, 2, cid="p4-two@ua", cseq=1) == "200"
+    assert register(edge1, workdir, port3, other, inst_b, 1, cid="p4-lb@ua", cseq=1, supported="path",
+                    extra=NOT_FIRST_HOP) == "200"
+    before = snapshot(reg, [user, other])
+    assert sorted(by_key(before)) == [(inst, 1), (inst, 2), (inst_b, 0)], "reg-id behind a non-first hop stored"
+
+    stop(reg)
+    rows = {r["instance"].strip("<>"): r for r in sqlite_rows(reg.defines["KO_USRLOC_DB_URL"].strip('"'))
+            if r["username"] == other}
+    assert rows[inst_b]["reg_id"] == 0, rows
+    start(reg)
+    wait_loaded(reg, 3)
+    assert_same_bindings(before, snapshot(reg, [user, other]))
+
+    # (a) CSeq order: stored 6 (5, then 6 with credentials)
+    assert register(edge1, workdir, port1, user, inst, 1, cid="p4-one@ua", cseq=3) == "400"
+    assert_same_bindings(before, snapshot(reg, [user, other]))
+    assert register(edge1, workdir, port1, user, inst, 1, cid="p4-one@ua", cseq=10) == "200"
+    now = by_key(snapshot(reg, [user, other]))
+    old = by_key(before)
+    assert now[(inst, 1)]["Ruid"] == old[(inst, 1)]["Ruid"] and now[(inst, 1)]["CSeq"] == 11
+    # (b) still 0 after the reload, and still no reg-id key for that binding
+    assert now[(inst_b, 0)]["Reg-Id"] == 0 and now[(inst_b, 0)]["Ruid"] == old[(inst_b, 0)]["Ruid"]
+    assert_no_traceback(reg, edge1, edge2)
+
+
+WB_DROPS_SIBLINGS = pytest.mark.xfail(strict=True, reason=(
+    "Kamailio 5.6 usrloc write-back (db_mode 2): unregister_ruid of a binding already in the database only "
+    "marks it expired in memory; registrar save() still finds it by (instance, reg-id), sees the new Call-ID "
+    "and deletes every other binding of the instance (docs/operations.md, 'Bindings that survive a restart')"))
+
+
+@pytest.mark.parametrize("mode,reload", [
+    pytest.param("2", False, id="write-back-flushed", marks=WB_DROPS_SIBLINGS),
+    pytest.param("2", True, id="write-back-reloaded", marks=WB_DROPS_SIBLINGS),
+    pytest.param("1", False, id="write-through-flushed"),
+    pytest.param("1", True, id="write-through-reloaded"),
+])
+def test_new_call_id_after_a_flush_replaces_only_that_flow(workdir, started, mode, reload):
+    """RFC 5626 §6 (keyed by AOR, instance, reg-id): a rebooted device's new
+    Call-ID for reg-id 1 replaces that binding alone, also once the bindings
+    are in the database (written by the timer, or loaded at a start). Holds
+    in write-through mode; in write-back mode (the cfg default) Kamailio drops
+    the instance's other flows: a known failure (xfail, strict)."""
+    n = int(mode) * 2 + int(reload)
+    reg, edge1, edge2 = farm(workdir, f"p5{n}", 160 + 5 * n,
+                             reg_defines={"KO_USRLOC_TIMER": "1", "KO_USRLOC_DB_MODE": mode})
+    up(started, reg, edge1, edge2)
+    user = f"p5-reboot-{n}"
+    inst = "urn:uuid:00000000-0000-4000-8000-0000000p5a01"
+    port1, port2 = next(PORTS), next(PORTS)
+    assert register(edge1, workdir, port1, user, inst, 1, cid=f"p5-one-{n}@ua", cseq=1) == "200"
+    assert register(edge2, workdir, port2, user, inst, 2, cid=f"p5-two-{n}@ua", cseq=1) == "200"
+    url = reg.defines["KO_USRLOC_DB_URL"].strip('"')
+    wait_until(lambda: len([r for r in sqlite_rows(url) if r["username"] == user]) == 2, "both bindings written",
+               timeout=5)
+    before = by_key(snapshot(reg, [user]))
+    if reload:
+        restart(reg, 2)
+    assert register(edge1, workdir, port1, user, inst, 1, cid=f"p5-rebooted-{n}@ua", cseq=1) == "200"
+    now = by_key(snapshot(reg, [user]))
+    assert sorted(now) == [(inst, 1), (inst, 2)], f"the new Call-ID of reg-id 1 dropped reg-id 2: {sorted(now)}"
+    assert now[(inst, 1)]["Call-ID"] == f"p5-rebooted-{n}@ua"
+    assert {k: now[(inst, 2)][k] for k in SAME} == {k: before[(inst, 2)][k] for k in SAME}

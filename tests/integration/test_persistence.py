@@ -18,6 +18,7 @@ Last-Modified within 1 s.
 
 from __future__ import annotations
 
+import sqlite3
 import subprocess
 import sys
 import time
@@ -540,3 +541,111 @@ def test_new_call_id_after_a_flush_replaces_only_that_flow(workdir, started, mod
     assert sorted(now) == [(inst, 1), (inst, 2)], f"the new Call-ID of reg-id 1 dropped reg-id 2: {sorted(now)}"
     assert now[(inst, 1)]["Call-ID"] == f"p5-rebooted-{n}@ua"
     assert {k: now[(inst, 2)][k] for k in SAME} == {k: before[(inst, 2)][k] for k in SAME}
+
+
+# ----- 5. faults: nothing lost -----------------------------------------------------
+
+
+def log_lines(kam: Kamailio, *words: str, since: int = 0) -> list[str]:
+    return [line for line in kam.log()[since:].splitlines() if all(w in line for w in words)]
+
+
+def test_locked_sqlite_keeps_answering_and_catches_up_when_released(workdir, started):
+    """Write-back (KO_USRLOC_TIMER=1) with another process holding the SQLite
+    file's write lock (BEGIN EXCLUSIVE): REGISTERs get 200 and calls work from
+    memory, Kamailio logs each failed write, and once the lock goes the rows
+    are written within a few timer runs; nothing is lost."""
+    kam = single(workdir, name="p6-single", addr=net(180), defines={**NO_PIKE, "KO_USRLOC_TIMER": "1"})
+    up(started, kam)
+    url = kam.defines["KO_USRLOC_DB_URL"].strip('"')
+    lock = sqlite3.connect(url.removeprefix("sqlite://"), isolation_level=None, timeout=0)
+    try:
+        lock.execute("BEGIN EXCLUSIVE")
+        lock.execute("DELETE FROM location")  # holds the write lock until the ROLLBACK
+        rows = plan("lk", 2, 5, [1, 2])
+        users = sorted({d.user for d in rows})
+        dev = start_devices(kam, rows, workdir, "p6-dev", transport="un", cid="p6-%u@dev")
+        started.append(dev)
+        wait_registered([dev], len(rows))
+        assert len(wait_count(kam, users, len(rows))) == len(rows)
+        assert_answered_by_instance_0(sample_calls(kam, users, workdir, "p6-calls"), snapshot(kam, users))
+        wait_until(lambda: log_lines(kam, "wb_timer", "inserting contact into database failed"),
+                   "a failed write logged", timeout=10)
+        assert log_lines(kam, "db_sqlite", "database is locked")
+        assert not [r for r in sqlite_rows(url) if r["username"] in users], "written through the lock?"
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    released = time.monotonic()
+    wait_until(lambda: len([r for r in sqlite_rows(url) if r["username"] in users]) == len(rows),
+               "the rows written after the lock went", timeout=5)
+    print(f"caught up {time.monotonic() - released:.1f} s after the lock was released")
+    assert len(snapshot(kam, users)) == len(rows)
+    assert_no_traceback(kam)
+
+
+def test_postgresql_down_write_back_keeps_answering_and_catches_up(workdir, started, pg):
+    """Write-back on PostgreSQL (KO_USRLOC_TIMER=1), the server killed
+    (SIGKILL, tests/postgres.py): REGISTERs still get 200 and calls work from
+    memory, the failed writes are logged, and after PostgreSQL is back the
+    rows catch up; a restart then loads every binding."""
+    reg, edge1, edge2 = pg_farm(workdir, pg, "p7", 190, KO_USRLOC_TIMER="1")
+    up(started, reg, edge1, edge2)
+    first, second = plan("pa", 2, 5, [1]), plan("pb", 2, 5, [1])
+    users = sorted({d.user for d in first + second})
+    dev1 = start_devices(edge1, first, workdir, "p7-dev1", transport="un", cid="p7a-%u@dev")
+    started.append(dev1)
+    wait_registered([dev1], len(first))
+    wait_until(lambda: pg_count(pg) == len(first), "the first bindings written", timeout=5)
+    mark = len(reg.log())
+    pg.kill()
+    try:
+        dev2 = start_devices(edge2, second, workdir, "p7-dev2", transport="un", cid="p7b-%u@dev")
+        started.append(dev2)
+        wait_registered([dev2], len(second))
+        down = snapshot(reg, users)
+        assert len(down) == len(first) + len(second)
+        assert_answered_by_instance_0(sample_calls(edge1, users, workdir, "p7-calls"), down)
+        wait_until(lambda: log_lines(reg, "wb_timer", "failed", since=mark), "a failed write logged", timeout=10)
+        assert log_lines(reg, "ERROR", "db_postgres", since=mark)
+    finally:
+        pg.start()
+    back = time.monotonic()
+    wait_until(lambda: pg_count(pg) == len(first) + len(second), "the rows written after PostgreSQL came back",
+               timeout=15)
+    print(f"caught up {time.monotonic() - back:.1f} s after PostgreSQL answered again")
+    restart(reg, len(down))
+    assert_same_bindings(down, snapshot(reg, users))
+    assert_no_traceback(reg, edge1, edge2)
+
+
+def test_postgresql_down_in_write_through_mode_refuses_with_500(workdir, started, pg):
+    """Write-through (KO_USRLOC_DB_MODE=1) with PostgreSQL killed, as Kamailio
+    5.6 does it (measured): a new binding gets 500 Server Internal Error and
+    is not kept in memory either; a refresh of a stored binding also gets 500,
+    yet memory has taken it (the new CSeq and Path are served) while the
+    database keeps the old row, and nothing writes it later (CS_DIRTY waits
+    for the next refresh). Once PostgreSQL is back, db_postgres reconnects on
+    the next query: REGISTERs get 200 and are written at once."""
+    reg, edge1, edge2 = pg_farm(workdir, pg, "p8", 200, KO_USRLOC_DB_MODE="1")
+    up(started, reg, edge1, edge2)
+    inst = "urn:uuid:00000000-0000-4000-8000-0000000p8a01"
+    assert register(edge1, workdir, next(PORTS), "p8-up", inst, 1, cid="p8-up@ua", cseq=1) == "200"
+    assert pg.sql("SELECT username, cseq FROM location;").split() == ["p8-up|2"], "written before the 200"
+    [stored] = reg.bindings("p8-up")
+    mark = len(reg.log())
+    pg.kill()
+    try:
+        assert register(edge1, workdir, next(PORTS), "p8-down", inst, 1, cid="p8-down@ua", cseq=1) == "500"
+        assert reg.bindings("p8-down") == [], "write-through kept a binding it could not write"
+        assert log_lines(reg, "insert_ucontact(): failed to insert in database", since=mark)
+        assert register(edge1, workdir, next(PORTS), "p8-up", inst, 1, cid="p8-up@ua", cseq=10) == "500"
+        [refreshed] = reg.bindings("p8-up")
+        assert refreshed["Ruid"] == stored["Ruid"] and refreshed["CSeq"] == 11 and refreshed["Path"] != stored["Path"]
+        assert refreshed["State"] == "CS_DIRTY"
+    finally:
+        pg.start()
+    assert register(edge1, workdir, next(PORTS), "p8-after", inst, 1, cid="p8-after@ua", cseq=1) == "200"
+    assert sorted(pg.sql("SELECT username, cseq FROM location;").split()) == ["p8-after|2", "p8-up|2"], \
+        "the refresh answered 500 is in memory only"
+    assert_no_traceback(reg, edge1, edge2)

@@ -29,8 +29,8 @@ from pathlib import Path
 import pytest
 from locations import sqlite_rows
 
-from actors import wait_until
-from harness import ROOT, TEST_KEY, Kamailio, SippRun, describe, sipp, start_sipp
+from actors import call, wait_until
+from harness import ROOT, TEST_KEY, Kamailio, ProcessError, SippRun, describe, sipp, start_sipp
 from outbound.sipmsg import SipUri, parse_name_addr
 from outbound.tokens import FlowTokenCodec, parse_key
 from postgres import Postgres
@@ -649,3 +649,111 @@ def test_postgresql_down_in_write_through_mode_refuses_with_500(workdir, started
     assert sorted(pg.sql("SELECT username, cseq FROM location;").split()) == ["p8-after|2", "p8-up|2"], \
         "the refresh answered 500 is in memory only"
     assert_no_traceback(reg, edge1, edge2)
+
+
+def insert_rows(url: str, rows: list[dict[str, object]]) -> None:
+    """Rows written into the location table behind Kamailio's back (a foreign
+    writer, a bad migration): every column not named takes its default."""
+    conn = sqlite3.connect(url.removeprefix("sqlite://"))
+    try:
+        for row in rows:
+            names = ", ".join(row)
+            marks = ", ".join("?" for _ in row)
+            conn.execute(f"INSERT INTO location ({names}) VALUES ({marks})", list(row.values()))
+        conn.commit()
+    finally:
+        conn.close()
+
+
+def bad_rows(edge1: Kamailio) -> dict[str, dict[str, object]]:
+    """One foreign or broken row per AOR (username), by the AOR."""
+    soon = 2440587.5 + (time.time() + 600) / 86400.0  # a Julian day, as db_sqlite stores times: 600 s ahead
+    closed = f"sip:x@{net(250)}:5999;transport=tcp"  # nothing listens there
+    rows = {
+        "p9-garbage-contact": {"contact": "not a uri <<>> ;;"},
+        "p9-nulls": {"contact": closed, "domain": None, "received": None, "path": None, "socket": None,
+                     "methods": None, "instance": None},
+        "p9-bad-path": {"contact": closed, "path": "<sip:@@;;lr", "instance": "<urn:uuid:p9-bad-path>",
+                        "reg_id": 1},
+        "p9-bare-instance": {"contact": closed, "instance": "urn:uuid:00000000-0000-4000-8000-00000000p9b1",
+                             "reg_id": 1, "path": f"<sip:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA@{edge1.addr};lr;ob>"},
+        "p9-huge-callid": {"contact": closed, "callid": "c" * 5000},
+        "p9-tel": {"contact": "tel:+4930123456"},
+        "p9-odd-numbers": {"contact": closed, "q": 7.5, "cseq": -3, "reg_id": -1, "flags": 2**40, "cflags": -1,
+                           "instance": "<urn:uuid:p9-odd>"},
+        "p9-text-expires": {"contact": closed, "expires": "tomorrow-ish"},
+        "p9-past": {"contact": closed, "expires": soon - 1.0},
+    }
+    for n, (user, row) in enumerate(rows.items()):
+        row.setdefault("ruid", f"p9-foreign-{n}")
+        row.setdefault("expires", soon)
+        row.setdefault("last_modified", soon - 600 / 86400.0)
+        row["username"] = user
+    return rows
+
+
+def test_corrupted_and_foreign_rows_neither_stop_kamailio_nor_hide_good_bindings(workdir, started, local_port):
+    """Rows Kamailio never wrote (garbage contact, NULLs where allowed, a Path
+    that does not parse, an instance without brackets, a 5,000-byte Call-ID,
+    a tel: contact, out-of-range numbers, an empty RUID, an unreadable expiry,
+    one already expired) put in the table before a start: Kamailio starts, no
+    worker raises a Python traceback, the good bindings are served and called
+    over their flows, and a call to each broken AOR gets a defined answer."""
+    reg, edge1, edge2 = farm(workdir, "p9", 210)
+    up(started, reg, edge1, edge2)
+    good = plan("p9g", 2, 2, [1])
+    users = sorted({d.user for d in good})
+    dev = start_devices(edge1, good, workdir, "p9-dev", cid="p9-%u@dev")
+    started.append(dev)
+    wait_registered([dev], len(good))
+    before = wait_count(reg, users, len(good))
+    stop(reg)
+    url = reg.defines["KO_USRLOC_DB_URL"].strip('"')
+    rows = bad_rows(edge1)
+    insert_rows(url, list(rows.values()))
+    start(reg)
+    wait_loaded(reg, len(good) + len(rows))
+    assert reg.proc.poll() is None and loaded(reg) == len(good) + len(rows), "every row loaded"
+    assert_same_bindings(before, snapshot(reg, users))
+    served = {user: len(reg.bindings(user)) for user in rows}
+    # usrloc takes every row as it is; an unreadable or past expiry is expired at once
+    assert served == {**dict.fromkeys(rows, 1), "p9-text-expires": 0, "p9-past": 0}, served
+    cap = capture(workdir, "p9-calls")
+    answered = sample_calls(edge2, users, workdir, "p9-calls")
+    assert_calls_over_their_flows(cap, 5060, len(users))
+    assert_answered_by_instance_0(answered, before)
+    finals = {}
+    for n, user in enumerate(rows):
+        result = call(edge2, workdir, local_port + n, user, ua_ip=CALLER, scenario="uac_final.xml",
+                      ruri=f"sip:{user}@{DOMAIN}", extra="X-Case: bad-row")
+        finals[user] = result.value("final")
+    # 480: nothing usable (no flow, no parsable target, a closed port, expired);
+    # 403: the edge refused the forged token of the foreign Path
+    assert finals == {**dict.fromkeys(rows, "480"), "p9-bare-instance": "403"}, finals
+    assert reg.proc.poll() is None and reg.rpc("core.uptime")
+    assert_no_traceback(reg, edge1, edge2)
+
+
+def test_a_row_without_ruid_stops_kamailio_after_it_answered_rpc(workdir, started):
+    """Kamailio 5.6 (measured): one location row with an empty ruid makes the
+    preload fail ("no ruid for aor"), the first SIP worker's init fails and
+    the whole server shuts down, about 0.1 s after it began answering RPC
+    (the preload runs in that worker's child_init). Operators must not let a
+    foreign writer leave ruid empty: docs/operations.md."""
+    kam = single(workdir, name="p10-single", addr=net(230))
+    url = kam.defines["KO_USRLOC_DB_URL"].strip('"')
+    soon = 2440587.5 + (time.time() + 600) / 86400.0
+    insert_rows(url, [{"ruid": "", "username": "p10-no-ruid", "contact": f"sip:x@{net(250)}:5999",
+                       "expires": soon}])
+    try:
+        up(started, kam)
+    except ProcessError:
+        pass  # it may die before the first RPC answer, too
+    # the main process then shuts down; its exit may take longer (it waits for
+    # the other children), so the rule is what the log and RPC say
+    wait_until(lambda: log_lines(kam, "handle_sigs(): terminating due to SIGCHLD"), "Kamailio shutting down",
+               timeout=10)
+    with pytest.raises((OSError, ProcessError)):
+        kam.rpc("core.uptime", timeout=1)
+    assert log_lines(kam, "new_ucontact(): no ruid for aor: p10-no-ruid")
+    assert log_lines(kam, "failed to preload domain 'location'")

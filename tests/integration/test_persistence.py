@@ -347,8 +347,8 @@ def test_single_server_restart_keeps_bindings_udp_flows_answer_and_tcp_devices_r
     TCP connections died with the old process: a call before the devices
     register again gets 480 (and the dead flows' bindings go); then they
     register over new connections with the same Call-ID and a higher CSeq,
-    which refreshes the same bindings (same Ruid, new flow token), and calls
-    go over the new flows."""
+    which refreshes the same bindings (same Ruid, a flow token naming the new
+    connection), and calls go over the new flows."""
     kam = single(workdir, name="p2-single", addr=net(110), defines={**NO_PIKE})
     kam.yaml_text = kam.yaml_text.replace("max_contacts: 10 ", "max_contacts: 40 ")
     up(started, kam)
@@ -392,7 +392,11 @@ def test_single_server_restart_keeps_bindings_udp_flows_answer_and_tcp_devices_r
         if new["AoR"] in udp_users:
             continue
         assert new["Call-ID"] == old["Call-ID"] and new["CSeq"] == old["CSeq"] + 2 == 4, (old, new)
-        assert new["Path"] != old["Path"] and new["Instance"] == old["Instance"] and new["Reg-Id"] == old["Reg-Id"]
+        # the token names the new connection (assert_one_flow_each below: its
+        # port is the new Contact's). It may equal the old token: Kamailio's
+        # connection ids start over with the process and the kernel can give
+        # the device the same source port again, i.e. the same 5-tuple.
+        assert new["Instance"] == old["Instance"] and new["Reg-Id"] == old["Reg-Id"]
     assert_one_flow_each({k: b for k, b in refreshed.items() if b["AoR"] in tcp_users}, "tcp")
 
     cap = capture(workdir, "p2-tcp-calls")

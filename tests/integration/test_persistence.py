@@ -754,29 +754,24 @@ def test_corrupted_and_foreign_rows_neither_stop_kamailio_nor_hide_good_bindings
 def test_a_row_without_ruid_stops_kamailio_after_it_answered_rpc(workdir, started):
     """Kamailio 5.6 (measured): one location row with an empty ruid makes the
     preload fail ("no ruid for aor"), the first SIP worker's init fails and
-    the whole server shuts down, about 0.1 s after it began answering RPC
-    (the preload runs in that worker's child_init). Operators must not let a
-    foreign writer leave ruid empty: docs/operations.md."""
+    the main process shuts the whole server down ("terminating due to
+    SIGCHLD"), right after it began answering RPC (the preload runs in that
+    worker's child_init). Operators must not let a foreign writer leave
+    ruid empty: docs/operations.md."""
     kam = single(workdir, name="p10-single", addr=net(230))
     url = kam.defines["KO_USRLOC_DB_URL"].strip('"')
     soon = 2440587.5 + (time.time() + 600) / 86400.0
     insert_rows(url, [{"ruid": "", "username": "p10-no-ruid", "contact": f"sip:x@{net(250)}:5999",
                        "expires": soon}])
+    started.append(kam)  # stopped at the end whatever happens
     try:
-        up(started, kam)
+        start(kam)
     except ProcessError:
         pass  # it may die before the first RPC answer, too
-    # the main process then shuts down; its exit may take longer (it waits for
-    # the other children), so the rule is what the log and RPC say
+    # the main process then shuts down all of it. How long the last process
+    # takes varies (0.3 s alone; once, in a loaded run, the RPC process still
+    # answered 10 s later), so the rule is the main process's own word.
     wait_until(lambda: log_lines(kam, "handle_sigs(): terminating due to SIGCHLD"), "Kamailio shutting down",
                timeout=10)
-    def rpc_gone() -> bool:
-        try:
-            kam.rpc("core.uptime", timeout=0.5)
-        except (OSError, ProcessError):
-            return True
-        return False
-
-    wait_until(rpc_gone, "its RPC process gone", timeout=10)
     assert log_lines(kam, "new_ucontact(): no ruid for aor: p10-no-ruid")
     assert log_lines(kam, "failed to preload domain 'location'")

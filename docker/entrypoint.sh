@@ -50,7 +50,8 @@ ensure_subscriber_db() {
     python3 - "$db" <<'PY'
 import os, sqlite3, sys
 files = ["/usr/share/kamailio/db_sqlite/standard-create.sql", "/usr/share/kamailio/db_sqlite/auth_db-create.sql",
-         "/usr/share/kamailio/db_sqlite/usrloc-create.sql", "/usr/share/kemi-outbound/db/kemi-outbound-create.sql"]
+         "/usr/share/kamailio/db_sqlite/usrloc-create.sql", "/usr/share/kemi-outbound/db/kemi-outbound-create.sql",
+         "/usr/share/kemi-outbound/db/location-guard-sqlite.sql"]
 tmp = sys.argv[1] + ".new"
 if os.path.exists(tmp):
     os.remove(tmp)  # left by a start that was killed

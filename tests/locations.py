@@ -15,7 +15,9 @@ import sqlite3
 from pathlib import Path
 
 SQLITE_SCHEMA_DIR = Path("/usr/share/kamailio/db_sqlite")
-LOCATION_SCHEMA = [SQLITE_SCHEMA_DIR / "standard-create.sql", SQLITE_SCHEMA_DIR / "usrloc-create.sql"]
+# ... and our guard: no row without a ruid (db/location-guard-sqlite.sql)
+LOCATION_SCHEMA = [SQLITE_SCHEMA_DIR / "standard-create.sql", SQLITE_SCHEMA_DIR / "usrloc-create.sql",
+                   Path(__file__).resolve().parent.parent / "db" / "location-guard-sqlite.sql"]
 # the location table's columns the tests compare (Kamailio's usrloc-create.sql)
 COLUMNS = ("ruid", "username", "domain", "contact", "received", "path", "expires", "q", "callid", "cseq",
            "flags", "cflags", "user_agent", "socket", "methods", "instance", "reg_id", "server_id",

@@ -33,7 +33,8 @@ from subscribers import ko_subscriber
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 PG_USER = "postgres"
 # Kamailio's PostgreSQL schema files, then ours: the list tools/ko-subscriber documents
-SCHEMA = [*ko_subscriber.POSTGRES_SCHEMA, ko_subscriber.OUR_SCHEMA]
+SCHEMA = [*ko_subscriber.POSTGRES_SCHEMA, ko_subscriber.OUR_SCHEMA,
+          ko_subscriber.OUR_SCHEMA.parent / "location-guard-postgres.sql"]
 ROLE = DATABASE = "kamailio"
 
 

@@ -39,7 +39,8 @@ def _load_tool():
 
 
 ko_subscriber = _load_tool()
-SQLITE_SCHEMA = [*ko_subscriber.SQLITE_SCHEMA, ko_subscriber.OUR_SCHEMA]
+SQLITE_SCHEMA = [*ko_subscriber.SQLITE_SCHEMA, ko_subscriber.OUR_SCHEMA,
+                 ko_subscriber.OUR_SCHEMA.parent / "location-guard-sqlite.sql"]
 
 
 def password_for(username: str) -> str:

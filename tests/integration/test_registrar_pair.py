@@ -335,10 +335,14 @@ def test_a_binding_saved_at_one_registrar_is_at_the_other_within_milliseconds(pa
                 seen[n] = time.monotonic()
         assert run.alive, describe(run.wait(1))
     assert seen.keys() == {1, 2}, f"the binding was seen at {sorted(seen)} only"
-    delay = seen[2] - seen[1]
-    print(f"saved at reg1, at reg2 {delay * 1000:.1f} ms later (RPC polling resolution ~1 ms)")
+    # edge1 sends to reg1 first; on a loaded machine its branch timeout may pass
+    # and reg2 take the REGISTER: the delay is measured from whichever saved it
+    saver = 1 if accepted_regs(pair.regs[1]) == 1 else 2
+    other = 3 - saver
+    assert accepted_regs(pair.regs[saver]) == 1 and accepted_regs(pair.regs[other]) == 0
+    delay = seen[other] - seen[saver]
+    print(f"saved at reg{saver}, at reg{other} {delay * 1000:.1f} ms later (RPC polling resolution ~1 ms)")
     assert delay < 1.0
-    assert accepted_regs(pair.regs[1]) == 1 and accepted_regs(pair.regs[2]) == 0
 
 
 def test_a_registrar_whose_peer_is_dead_serves_alone_and_the_peer_resyncs_when_back(pair):

@@ -244,8 +244,11 @@ class Round:
         defines = {"KO_REGISTRAR": f'"{registrar_uri}"'} if registrar_uri else {}
         if role == "registrar":  # the same subscriber database and nonce secret for both implementations
             defines.update(SUBSCRIBERS[0].defines())
-            # the same usrloc persistence for both: a fresh SQLite location file per round
+            # the same usrloc persistence for both: a fresh SQLite location file per round,
+            # written every second, so that each 2 s step pays for its own writes
+            # (with the cfg's 10 s, a burst of thousands of rows lands in one step)
             defines["KO_USRLOC_DB_MODE"] = str(self.s.usrloc_db_mode)
+            defines["KO_USRLOC_TIMER"] = "1"
             defines["KO_USRLOC_DB_URL"] = f'"{sqlite_location_db(self.dir / "location.sqlite")}"'
         if self.impl == "ours":
             defines["KO_PIKE_REQS"] = PIKE_REQS

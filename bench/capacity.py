@@ -24,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import analysis  # noqa: E402
-from report import dig, fmt, rounds_of  # noqa: E402
+from report import dig, fmt, replace_section, rounds_of  # noqa: E402
 
 BEGIN = "<!-- capacity:begin -->"
 END = "<!-- capacity:end -->"
@@ -170,12 +170,7 @@ def main(argv: list[str]) -> int:
         print(f"capacity: {exc}{': docs not updated' if args.skip_incomplete else ''}", file=sys.stderr)
         return 0 if args.skip_incomplete else 1
     if args.doc:
-        doc = args.doc.read_text()
-        if BEGIN not in doc or END not in doc:
-            raise SystemExit(f"{args.doc}: no {BEGIN} ... {END} section")
-        head, _, rest = doc.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        args.doc.write_text(head + text + tail)
+        replace_section(args.doc, BEGIN, END, text)
     else:
         print(text)
     return 0

@@ -262,6 +262,17 @@ def render(results: dict) -> str:
             f"Every round:\n\n{per_round(results)}\n\n{END}")
 
 
+def replace_section(path: Path, begin: str, end: str, text: str) -> None:
+    """Write ``text`` (which starts with ``begin`` and ends with ``end``) over
+    that section of the file at ``path``."""
+    doc = path.read_text()
+    if begin not in doc or end not in doc:
+        raise SystemExit(f"{path}: no {begin} ... {end} section")
+    head, _, rest = doc.partition(begin)
+    _, _, tail = rest.partition(end)
+    path.write_text(head + text + tail)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("results", type=Path)
@@ -271,12 +282,7 @@ def main(argv: list[str]) -> int:
     results = json.loads(args.results.read_text())
     text = render(results)
     if args.doc:
-        doc = args.doc.read_text()
-        if BEGIN not in doc or END not in doc:
-            raise SystemExit(f"{args.doc}: no {BEGIN} ... {END} section")
-        head, _, rest = doc.partition(BEGIN)
-        _, _, tail = rest.partition(END)
-        args.doc.write_text(head + text + tail)
+        replace_section(args.doc, BEGIN, END, text)
     else:
         print(text)
     if args.png:

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import sys
 import types
-from typing import Any
 
 import pytest
+from ksr_script import Script
 
 KSR = sys.modules.setdefault("KSR", types.ModuleType("KSR"))
 
@@ -23,27 +23,6 @@ from adapter.names import BAN_TABLE  # noqa: E402
 from outbound.errors import ConfigError  # noqa: E402
 
 SRC = "198.51.100.9"
-
-
-class Script:
-    """Scripted answers; every call is recorded as (name, args)."""
-
-    def __init__(self, **answers: Any) -> None:
-        self.answers = answers
-        self.calls: list[tuple[str, tuple]] = []
-
-    def namespace(self, prefix: str, *names: str) -> types.SimpleNamespace:
-        return types.SimpleNamespace(**{n: self.recorder(f"{prefix}{n}") for n in names})
-
-    def recorder(self, name: str):
-        def call(*args: Any) -> Any:
-            self.calls.append((name, args))
-            answer = self.answers.get(name)
-            return answer(*args) if callable(answer) else answer
-        return call
-
-    def names(self) -> list[str]:
-        return [name for name, _ in self.calls]
 
 
 @pytest.fixture

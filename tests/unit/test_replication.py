@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import sys
 import types
-from typing import Any
 
 import pytest
+from ksr_script import Script
 
 KSR = sys.modules.setdefault("KSR", types.ModuleType("KSR"))
 
@@ -86,26 +86,6 @@ def test_the_peer_is_trusted_by_address_from_any_port_and_a_neighbour_is_not():
 
 
 # ----- the order in the request prologue (adapter.replication) ------------------------
-
-
-class Script:
-    """Scripted answers; every call is recorded as (name, args)."""
-
-    def __init__(self, **answers: Any) -> None:
-        self.answers = answers
-        self.calls: list[tuple[str, tuple]] = []
-
-    def namespace(self, prefix: str, *names: str) -> types.SimpleNamespace:
-        return types.SimpleNamespace(**{n: self.recorder(f"{prefix}{n}") for n in names})
-
-    def recorder(self, name: str):
-        def call(*args: Any) -> Any:
-            self.calls.append((name, args))
-            return self.answers.get(name)
-        return call
-
-    def names(self) -> list[str]:
-        return [name for name, _ in self.calls]
 
 
 class Gate:

@@ -25,6 +25,7 @@ from .flows import FlowRelay, source_flow
 from .locator_glue import FailoverRelay, HealthMemory, Locator, NextHopLocator, PeerGate
 from .names import HOME_FAILURE_ROUTE, HOME_REPLY_ROUTE
 from .runtime import Runtime, guarded, send_reply, snapshot
+from .websocket import WebSocketGate
 
 # loose_route(): "the Route was preloaded and we were its last entry" (rr module, loose.h)
 RR_PRELOADED = -3
@@ -47,6 +48,7 @@ class EdgeRoutes(BaseRoutes):
         # the home proxy farm: the registrar URI's addresses and dns.peers (outbound.relay)
         farm = (self.registrar,) if self.registrar else ()
         self.farm = PeerGate(locator, farm + runtime.config.dns.peers)
+        self.websocket = WebSocketGate(runtime.config)
 
     def from_farm(self) -> bool:
         """The request's transport source is a farm address (never its Vias)."""
@@ -192,4 +194,16 @@ class EdgeRoutes(BaseRoutes):
         of a device's REGISTER: its flow lives by the registrar's Flow-Timer."""
         self.home_relay.on_reply()
         self.flows.registered()
+        return 1
+
+    # ----- WebSocket (WITH_WEBSOCKET, adapter.websocket) ---------------------
+
+    def ksr_xhttp_event(self, msg: Any, event: str = "") -> int:
+        """xhttp event callback: an HTTP request (a WebSocket handshake or not)."""
+        self.websocket.http_request()
+        return 1
+
+    def ksr_websocket_event(self, msg: Any, event: str = "") -> int:
+        """websocket event callback: a closed WebSocket connection. The edge keeps
+        nothing per connection: a token naming it gets 430 (FlowRelay.send)."""
         return 1

@@ -46,6 +46,9 @@ GRUU_TABLE = "ko_gruu"  # registrar, single: the public GRUUs given out (RFC 562
 
 TCP_EVENT_CALLBACK = "ksr_tcp_event"  # tcpops event_callback (single)
 SWEEP_CALLBACK = "ksr_sweep_flows"  # rtimer exec route (single)
+XHTTP_CALLBACK = "ksr_xhttp_event"  # xhttp event_callback: every HTTP request (WITH_WEBSOCKET; edge, single)
+WS_EVENT_CALLBACK = "ksr_websocket_event"  # websocket event_callback: "websocket:closed" (edge, single)
+WS_CLOSED_EVENT = "websocket:closed"
 # tm callbacks armed from Python (methods of the routes object)
 BRANCH_ROUTE = "ksr_branch_outbound"
 BRANCH_FAILURE_ROUTE = "ksr_branch_failure_outbound"
@@ -63,6 +66,9 @@ CONFIG_DEFINE = "KO_CONFIG"  # the YAML file
 ADDR_DEFINE = "KO_ADDR"  # listen address
 PORT_DEFINE = "KO_PORT"
 TLS_PORT_DEFINE = "KO_TLS_PORT"
+WS_PORT_DEFINE = "KO_WS_PORT"  # WebSocket port (WITH_WEBSOCKET)
+WSS_PORT_DEFINE = "KO_WSS_PORT"  # secure WebSocket port (WITH_WEBSOCKET and WITH_TLS)
+WEBSOCKET_SWITCH = "WITH_WEBSOCKET"
 BAN_DEFINE = "KO_PIKE_BAN"  # seconds a flooding source stays banned
 NOPIKE_SWITCH = "WITH_NOPIKE"
 NOAUTH_SWITCH = "WITH_NOAUTH"
@@ -113,6 +119,8 @@ CFG_NAMES = (
     CfgName(ADDR_DEFINE, "define", ALL_ROLES),
     CfgName(PORT_DEFINE, "define", ALL_ROLES),
     CfgName(TLS_PORT_DEFINE, "define", (EDGE, SINGLE)),
+    CfgName(WS_PORT_DEFINE, "define", (EDGE, SINGLE)),
+    CfgName(WSS_PORT_DEFINE, "define", (EDGE, SINGLE)),
     CfgName(BAN_DEFINE, "define", ALL_ROLES),
     CfgName(DMQ_PEER_DEFINE, "define", (REGISTRAR,)),
     CfgName(LOAD_WINDOW_DEFINE, "define", (REGISTRAR, SINGLE)),
@@ -124,6 +132,8 @@ CFG_NAMES = (
     CfgName(GRUU_TABLE, "htable", (REGISTRAR, SINGLE)),
     CfgName(TCP_EVENT_CALLBACK, "callback", (SINGLE,)),
     CfgName(SWEEP_CALLBACK, "callback", (SINGLE,)),
+    CfgName(XHTTP_CALLBACK, "callback", (EDGE, SINGLE)),
+    CfgName(WS_EVENT_CALLBACK, "callback", (EDGE, SINGLE)),
     CfgName(SWEEP_TIMER, "timer", (SINGLE,)),
 )
 

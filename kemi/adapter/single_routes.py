@@ -33,10 +33,12 @@ from .base import BaseRoutes, DialogSeal
 from .flows import FlowRelay, is_local_flow, source_flow
 from .home_proxy import HomeProxy, HomeProxyCallbacks
 from .locator_glue import Locator, NextHopLocator, PeerGate
-from .names import FLOWS_ITERATOR, FLOWS_TABLE, RR_CALLER_SIDE_XAVP, FlowsEntry
+from .names import FLOWS_ITERATOR, FLOWS_TABLE, RR_CALLER_SIDE_XAVP, WS_CLOSED_EVENT, FlowsEntry
 from .runtime import Runtime, guarded, send_reply
+from .websocket import WebSocketGate
 
-CLOSE_EVENTS = ("tcp:closed", "tcp:timeout", "tcp:reset")
+WS_OF_STREAM = {"tcp": ("ws",), "tls": ("wss",)}
+CLOSE_EVENTS = ("tcp:closed", "tcp:timeout", "tcp:reset", WS_CLOSED_EVENT)
 
 
 class FlowWatch:
@@ -67,9 +69,13 @@ class FlowWatch:
     def closed(self, event: str) -> None:
         """tcpops event of the current connection."""
         if event in CLOSE_EVENTS:
-            closed = Flow(str(KSR.kx.get_proto()).lower(), KSR.kx.get_rcvip(), int(KSR.kx.get_rcvport()),
-                          KSR.kx.get_srcip(), int(KSR.kx.get_srcport()))
-            self.drop(closed.key, event)
+            proto = str(KSR.kx.get_proto()).lower()
+            local, remote = (KSR.kx.get_rcvip(), int(KSR.kx.get_rcvport())), (KSR.kx.get_srcip(),
+                                                                                int(KSR.kx.get_srcport()))
+            # a WebSocket connection is known as ws/wss, whatever its event says
+            protos = (proto, *WS_OF_STREAM.get(proto, ()))
+            for transport in protos:
+                self.drop(Flow(transport, *local, *remote).key, event)
 
     def sweep(self) -> None:
         """Drop the watched connections that are gone without an event."""
@@ -115,6 +121,7 @@ class SingleRoutes(BaseRoutes, HomeProxyCallbacks):
                               loading=usrloc.LoadWindow.for_kamailio().seconds_left)
         self.watch = FlowWatch(self.home, self.codec)
         self.auth = Authenticator("single", PeerGate(locator, runtime.config.trusted_peers))
+        self.websocket = WebSocketGate(runtime.config)
 
     def from_peer(self) -> bool:
         """The request's transport source is a peer (``dns.peers``)."""
@@ -226,4 +233,20 @@ class SingleRoutes(BaseRoutes, HomeProxyCallbacks):
             self.watch.sweep()
         except Exception as exc:  # noqa: BLE001 - a timer route has nobody to answer
             KSR.err(f"kemi-outbound: flow sweep failed: {exc!r}\n")
+        return 1
+
+    # ----- WebSocket (WITH_WEBSOCKET, adapter.websocket) ---------------------
+
+    def ksr_xhttp_event(self, msg: Any, event: str = "") -> int:
+        """xhttp event callback: an HTTP request (a WebSocket handshake or not)."""
+        self.websocket.http_request()
+        return 1
+
+    def ksr_websocket_event(self, msg: Any, event: str = "") -> int:
+        """websocket event callback: a WebSocket connection closed: remove every
+        binding on it, as for a TCP/TLS flow (RFC 5626 §7, RFC 7118 §5)."""
+        try:
+            self.watch.closed(event or WS_CLOSED_EVENT)
+        except Exception as exc:  # noqa: BLE001 - an event route has nobody to answer
+            KSR.err(f"kemi-outbound: {event}: could not clean up bindings: {exc!r}\n")
         return 1

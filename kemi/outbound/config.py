@@ -15,6 +15,7 @@ from typing import Any
 from .errors import ConfigError, SipSyntaxError
 from .sipmsg import SipUri
 from .tokens import parse_key
+from .websocket import canonical_origin
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,7 @@ class Config:
     max_contacts: int = 10  # bindings per AOR (auth.max_contacts); 0: no limit
     trusted_peers: tuple[str, ...] = ()  # core peers whose requests are not challenged (auth.trusted_peers)
     replication_peers: tuple[str, ...] = ()  # registrar: more DMQ nodes beside KO_DMQ_PEER (WITH_DMQ)
+    ws_allowed_origins: tuple[str, ...] = ()  # WebSocket handshake: canonical origins (empty: any)
 
 
 _SCHEMA: dict[str, dict[str, type]] = {
@@ -74,6 +76,7 @@ _SCHEMA: dict[str, dict[str, type]] = {
     "testing": {"fault_injection_header": str},
     "auth": {"max_contacts": int, "trusted_peers": list},
     "keepalive": {"grace_seconds": int},
+    "websocket": {"allowed_origins": list},
     "dns": {
         "nameservers": list, "port": int, "timeout_ms": int, "attempt_ms": int, "transports": list,
         "families": list, "max_targets": int, "cache_entries": int, "max_ttl": int, "negative_ttl": int,
@@ -91,6 +94,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "testing": {"fault_injection_header": ""},
     "auth": {"max_contacts": 10, "trusted_peers": []},
     "keepalive": {"grace_seconds": 20},
+    "websocket": {"allowed_origins": []},
     "dns": {
         "nameservers": [], "port": 53, "timeout_ms": 2000, "attempt_ms": 1000, "transports": ["udp", "tcp"],
         "families": ["ipv4", "ipv6"], "max_targets": 8, "cache_entries": 1024, "max_ttl": 3600,
@@ -200,7 +204,21 @@ def _build(values: dict[str, dict[str, Any]], source: str) -> Config:
         trusted_peers=tuple(_peer_uri(item, source, "auth.trusted_peers") for item in values["auth"]["trusted_peers"]),
         replication_peers=tuple(_peer_uri(item, source, "registrar.replication_peers")
                                 for item in values["registrar"]["replication_peers"]),
+        ws_allowed_origins=_origins(values["websocket"]["allowed_origins"], source),
     )
+
+
+def _origins(items: list, source: str) -> tuple[str, ...]:
+    """websocket.allowed_origins: each ``http(s)://host[:port]`` (RFC 6454),
+    kept in its canonical spelling (outbound.websocket.canonical_origin)."""
+    found = []
+    for item in items:
+        origin = canonical_origin(item) if isinstance(item, str) else None
+        if origin is None:
+            raise ConfigError(source, "websocket.allowed_origins",
+                              f"{item!r} is no origin: write scheme://host[:port], e.g. https://phone.example.com")
+        found.append(origin)
+    return tuple(dict.fromkeys(found))
 
 
 def _max_contacts(value: int, source: str) -> int:

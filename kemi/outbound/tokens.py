@@ -58,6 +58,8 @@ TRANSPORTS = ("udp", "tcp", "tls", "sctp", "ws", "wss")
 _TRANSPORT_CODE = {name: index + 1 for index, name in enumerate(TRANSPORTS)}
 _CODE_TRANSPORT = {code: name for name, code in _TRANSPORT_CODE.items()}
 _IPV6_BIT = 0x08
+# WebSocket flows live on TCP / TLS listen sockets (Kamailio's websocket module)
+LISTEN_TRANSPORT = {"ws": "tcp", "wss": "tls"}
 
 _RAW_LEN_V4 = 1 + 4 + 2 + 4 + 2 + 4 + MAC_BYTES
 _RAW_LEN_V6 = 1 + 16 + 2 + 16 + 2 + 4 + MAC_BYTES
@@ -101,9 +103,15 @@ class Flow:
         return f"sip:{bracket(self.remote_ip)}:{self.remote_port};transport={self.transport}"
 
     @property
+    def listen_transport(self) -> str:
+        """The transport of our listen socket: a WebSocket flow (RFC 7118) runs
+        on a TCP (ws) or TLS (wss) socket."""
+        return LISTEN_TRANSPORT.get(self.transport, self.transport)
+
+    @property
     def socket(self) -> str:
         """Our end as a Kamailio socket (``$fs``): ``proto:[addr]:port``."""
-        return f"{self.transport}:{bracket(self.local_ip)}:{self.local_port}"
+        return f"{self.listen_transport}:{bracket(self.local_ip)}:{self.local_port}"
 
     def local_uri(self, user: str = "") -> str:
         """A URI naming our end of the flow, with ``user`` (a flow token) as

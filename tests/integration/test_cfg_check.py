@@ -23,7 +23,9 @@ from topology import net
 ADDR = net(1)
 SWITCHES = {
     "edge.cfg": [(), ("WITH_DEBUG",), ("WITH_TLS",), ("WITH_TLS", "WITH_DEBUG"), ("KO_ADVERTISE",),
-                 ("KO_ADVERTISE", "WITH_TLS"), ("WITH_NOPIKE",), ("WITH_NOPIKE", "WITH_TLS")],
+                 ("KO_ADVERTISE", "WITH_TLS"), ("WITH_NOPIKE",), ("WITH_NOPIKE", "WITH_TLS"),
+                 ("WITH_WEBSOCKET",), ("WITH_WEBSOCKET", "WITH_TLS"), ("WITH_WEBSOCKET", "KO_ADVERTISE"),
+                 ("WITH_WEBSOCKET", "KO_ADVERTISE", "WITH_TLS"), ("WITH_WEBSOCKET", "WITH_DEBUG")],
     # auth (registrar and single only): WITH_NOAUTH (labs: no auth modules at all),
     # WITH_SHA256_DIGEST (RFC 8760 challenges, the ha1_sha256 column); WITH_NOGRUU
     # (no pub-gruu / temp-gruu, RFC 5627)
@@ -35,7 +37,9 @@ SWITCHES = {
                    ("WITH_NOAUTH",), ("WITH_NOAUTH", "WITH_DEBUG"), ("WITH_NOAUTH", "WITH_TLS"),
                    ("WITH_NOAUTH", "WITH_NOPIKE"), ("WITH_SHA256_DIGEST",), ("WITH_SHA256_DIGEST", "WITH_DEBUG"),
                    ("WITH_SHA256_DIGEST", "WITH_TLS"), ("WITH_SHA256_DIGEST", "WITH_TLS", "WITH_DEBUG"),
-                   ("WITH_NOGRUU",), ("WITH_NOGRUU", "WITH_TLS")],
+                   ("WITH_NOGRUU",), ("WITH_NOGRUU", "WITH_TLS"), ("WITH_WEBSOCKET",),
+                   ("WITH_WEBSOCKET", "WITH_TLS"), ("WITH_WEBSOCKET", "WITH_NOAUTH"),
+                   ("WITH_WEBSOCKET", "WITH_TLS", "WITH_DEBUG")],
 }
 CASES = [pytest.param(cfg, switches, id=f"{cfg}-{'+'.join(switches) or 'plain'}")
          for cfg, combos in SWITCHES.items() for switches in combos]
@@ -53,6 +57,8 @@ def test_cfg_parses(workdir, tls_cfg, cfg, switches):
     for switch in switches:
         if switch == "WITH_TLS":
             defines.update({"WITH_TLS": "", "KO_TLS_PORT": "5098", "KO_TLS_CFG": f'"{tls_cfg}"'})
+        elif switch == "WITH_WEBSOCKET":
+            defines.update({"WITH_WEBSOCKET": "", "KO_WS_PORT": "5096", "KO_WSS_PORT": "5097"})
         elif switch == "KO_ADVERTISE":
             defines["KO_ADVERTISE"] = net(2)
         else:
@@ -64,6 +70,9 @@ def test_cfg_parses(workdir, tls_cfg, cfg, switches):
     # each switch really reached the cfg
     assert ("tls: " in result.stdout and ":5098" in result.stdout) == ("WITH_TLS" in switches), result.stdout
     assert (f"advertise {net(2)}:" in result.stdout) == ("KO_ADVERTISE" in switches), result.stdout
+    # WITH_WEBSOCKET: a TCP listener on KO_WS_PORT, and with WITH_TLS a TLS one on KO_WSS_PORT (RFC 7118)
+    assert (":5096" in result.stdout) == ("WITH_WEBSOCKET" in switches), result.stdout
+    assert (":5097" in result.stdout) == ("WITH_WEBSOCKET" in switches and "WITH_TLS" in switches), result.stdout
     if not os.environ.get("KO_DEBUG"):  # KO_DEBUG=1 turns WITH_DEBUG on for every Kamailio of a run
         assert (" DEBUG: " in result.stderr) == ("WITH_DEBUG" in switches)
     if " DEBUG: " in result.stderr and cfg != "edge.cfg":

@@ -91,6 +91,18 @@ def tls_defines(tls_cfg: Path | None, port: int = TLS_PORT) -> dict[str, str]:
     return {"WITH_TLS": "", "KO_TLS_PORT": str(port), "KO_TLS_CFG": f'"{tls_cfg}"'}
 
 
+WS_PORT = 8080
+WSS_PORT = 8443
+
+
+def ws_defines(ws_port: int | None, wss_port: int = WSS_PORT) -> dict[str, str]:
+    """Defines that add the WebSocket listeners of edge.cfg / single.cfg (WITH_WEBSOCKET;
+    WSS too when WITH_TLS is on)."""
+    if ws_port is None:
+        return {}
+    return {"WITH_WEBSOCKET": "", "KO_WS_PORT": str(ws_port), "KO_WSS_PORT": str(wss_port)}
+
+
 def registrar(workdir: Path, name: str = "registrar", addr: str = REGISTRAR_ADDR,
               port: int = REGISTRAR_PORT, db: SubscriberDB | None = None, yaml_text: str | None = None,
               **kw) -> Kamailio:
@@ -123,17 +135,18 @@ def farm_with_two_edges(workdir: Path, reg: Kamailio) -> Iterator[dict[str, Kama
 
 
 def edge(workdir: Path, name: str, addr: str, registrar_uri: str, key: str = TEST_KEY,
-         port: int = 5060, tls_cfg: Path | None = None, yaml_text: str | None = None, **kw) -> Kamailio:
+         port: int = 5060, tls_cfg: Path | None = None, yaml_text: str | None = None,
+         ws_port: int | None = None, **kw) -> Kamailio:
     """An edge proxy toward ``registrar_uri`` signing flow tokens with ``key``, with
-    the tests' outbound.yaml (``yaml_text`` replaces it)."""
+    the tests' outbound.yaml (``yaml_text`` replaces it); ``ws_port``: WebSocket too."""
     return Kamailio(name, "edge.cfg", workdir, addr, port, env={"KO_FLOW_KEYS": key},
-                    defines={"KO_REGISTRAR": f'"{registrar_uri}"', **tls_defines(tls_cfg)},
+                    defines={"KO_REGISTRAR": f'"{registrar_uri}"', **tls_defines(tls_cfg), **ws_defines(ws_port)},
                     yaml_text=yaml_text or ko_yaml(), **kw)
 
 
 def single(workdir: Path, name: str = "single", addr: str | None = None, key: str = TEST_KEY,
-           port: int = 5060, tls_cfg: Path | None = None, **kw) -> Kamailio:
-    """Edge + registrar + home proxy in one Kamailio (cfg/single.cfg)."""
-    defines = {**db_defines(workdir, name), **kw.pop("defines", {}), **tls_defines(tls_cfg)}
+           port: int = 5060, tls_cfg: Path | None = None, ws_port: int | None = None, **kw) -> Kamailio:
+    """Edge + registrar + home proxy in one Kamailio (cfg/single.cfg); ``ws_port``: WebSocket too."""
+    defines = {**db_defines(workdir, name), **kw.pop("defines", {}), **tls_defines(tls_cfg), **ws_defines(ws_port)}
     return Kamailio(name, "single.cfg", workdir, addr or net(60), port, env={"KO_FLOW_KEYS": key},
                     yaml_text=kw.pop("yaml_text", None) or ko_yaml(), defines=defines, **kw)

@@ -1,0 +1,160 @@
+"""A SIP user agent over one WebSocket connection (RFC 7118), for the tests:
+REGISTER with +sip.instance / reg-id (RFC 5626 §4.2) answering the digest
+challenge (tests/digest.py), then answering the requests that come over the
+connection. Minimal on purpose: one transaction at a time."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import time
+from dataclasses import dataclass, field
+
+from wsclient import WsClient
+
+from digest import authorization, challenges
+
+
+@dataclass
+class SipMessage:
+    text: str
+    first: str = ""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def parse(cls, text: str) -> SipMessage:
+        head = text.split("\r\n\r\n", 1)[0]
+        first, *lines = head.split("\r\n")
+        headers = []
+        for line in lines:
+            name, _, value = line.partition(":")
+            headers.append((name.strip(), value.strip()))
+        return cls(text, first, headers)
+
+    @property
+    def is_request(self) -> bool:
+        return not self.first.startswith("SIP/2.0")
+
+    @property
+    def method(self) -> str:
+        return self.first.split(" ", 1)[0] if self.is_request else self.cseq_method
+
+    @property
+    def status(self) -> int:
+        return int(self.first.split(" ")[1]) if not self.is_request else 0
+
+    @property
+    def cseq_method(self) -> str:
+        return self.get("CSeq").split()[-1]
+
+    def get(self, name: str) -> str:
+        values = self.all(name)
+        return values[0] if values else ""
+
+    def all(self, name: str) -> list[str]:
+        return [v for n, v in self.headers if n.lower() == name.lower()]
+
+
+def instance(n: int) -> str:
+    return f"urn:uuid:00000000-0000-4000-8000-{n:012d}"
+
+
+class WsUA:
+    """One device on one WebSocket connection (``ws``, already open)."""
+
+    def __init__(self, ws: WsClient, user: str, password: str, domain: str = "example.com") -> None:
+        self.ws = ws
+        self.user, self.password, self.domain = user, password, domain
+        self.host = f"{secrets.token_hex(4)}.invalid"  # RFC 7118 §5.2: a device has no reachable address
+        self.call_id = secrets.token_hex(8) + "@" + self.host
+        self.tag = secrets.token_hex(4)
+        self.cseq = 0
+        self.seen: list[SipMessage] = []
+        self.pending: list[SipMessage] = []  # requests read while waiting for another one
+
+    def via(self) -> str:
+        return f"SIP/2.0/WS {self.host};branch=z9hG4bK{secrets.token_hex(6)}"
+
+    def register_request(self, inst: str, reg_id: int, expires: int = 600, auth: str = "") -> str:
+        self.cseq += 1
+        aor = f"sip:{self.user}@{self.domain}"
+        lines = [f"REGISTER sip:{self.domain} SIP/2.0", f"Via: {self.via()}", "Max-Forwards: 70",
+                 f"From: <{aor}>;tag={self.tag}", f"To: <{aor}>", f"Call-ID: {self.call_id}",
+                 f"CSeq: {self.cseq} REGISTER", "Supported: path, outbound",
+                 f'Contact: <sip:{self.user}@{self.host};transport=ws;ob>;+sip.instance="<{inst}>";reg-id={reg_id}',
+                 f"Expires: {expires}"]
+        if auth:
+            lines.append(auth)
+        return "\r\n".join(lines) + "\r\nContent-Length: 0\r\n\r\n"
+
+    def register(self, inst: str, reg_id: int = 1, expires: int = 600) -> SipMessage:
+        """REGISTER, answering one 401; the final answer."""
+        self.ws.send_text(self.register_request(inst, reg_id, expires))
+        answer = self.final("REGISTER")
+        if answer.status == 401:
+            [challenge] = [c for c in challenges(answer.text) if c.header.lower() == "www-authenticate"][:1]
+            auth = authorization(challenge, "REGISTER", f"sip:{self.domain}", self.user, self.password)
+            self.ws.send_text(self.register_request(inst, reg_id, expires, auth))
+            answer = self.final("REGISTER")
+        return answer
+
+    def next(self, timeout: float = 5.0) -> SipMessage:
+        while True:
+            text = self.ws.recv_message(timeout)
+            if text.strip() == "":
+                continue  # a CRLF keepalive answer
+            message = SipMessage.parse(text)
+            self.seen.append(message)
+            return message
+
+    def final(self, method: str, timeout: float = 5.0) -> SipMessage:
+        deadline = time.monotonic() + timeout
+        while True:
+            message = self.next(max(deadline - time.monotonic(), 0.01))
+            if not message.is_request and message.cseq_method == method and message.status >= 200:
+                return message
+
+    def wait_request(self, method: str, timeout: float = 10.0) -> SipMessage:
+        for message in self.pending:
+            if message.method == method:
+                self.pending.remove(message)
+                return message
+        deadline = time.monotonic() + timeout
+        while True:
+            message = self.next(max(deadline - time.monotonic(), 0.01))
+            if message.is_request and message.method == method:
+                return message
+            if message.is_request:
+                self.pending.append(message)  # e.g. a BYE overtaking the ACK on another worker
+
+    def reply(self, request: SipMessage, code: int, reason: str, *, to_tag: str | None = None,
+              extra: tuple[str, ...] = ()) -> None:
+        """A response to ``request``, over the connection it came on (RFC 3261 §8.2.6)."""
+        to = request.get("To")
+        if to_tag and ";tag=" not in to:
+            to += f";tag={to_tag}"
+        lines = [f"SIP/2.0 {code} {reason}"]
+        lines += [f"Via: {v}" for v in request.all("Via")]
+        if code < 300 and request.method == "INVITE":
+            lines += [f"Record-Route: {v}" for v in request.all("Record-Route")]
+            lines.append(f"Contact: <sip:{self.user}@{self.host};transport=ws;ob>")
+        lines += [f"From: {request.get('From')}", f"To: {to}", f"Call-ID: {request.get('Call-ID')}",
+                  f"CSeq: {request.get('CSeq')}", f"X-Who: {self.user}", *extra, "Content-Length: 0"]
+        self.ws.send_text("\r\n".join(lines) + "\r\n\r\n")
+
+    def answer_call(self, timeout: float = 10.0) -> SipMessage:
+        """Answer the next INVITE 200, take its ACK and answer the caller's BYE 200;
+        the INVITE as it arrived."""
+        invite = self.wait_request("INVITE", timeout)
+        tag = secrets.token_hex(4)
+        self.reply(invite, 200, "OK", to_tag=tag)
+        self.wait_request("ACK", timeout)
+        bye = self.wait_request("BYE", timeout)
+        self.reply(bye, 200, "OK")
+        return invite
+
+
+def token_of(path: str) -> str:
+    """The user part (flow token) of a Path or Record-Route URI."""
+    match = re.search(r"sip:([^@;>]+)@", path)
+    return match.group(1) if match else ""

@@ -15,14 +15,14 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from actors import call, instance, wait_bindings, wait_until
-from harness import TEST_KEY, Kamailio, describe, sipp
-from outbound.sipmsg import parse_name_addr
-from outbound.tokens import FlowTokenCodec, parse_key
-from topology import edge, ko_yaml, net, registrar, single, start, stop, subscriber
 from ws_ua import WsUA
-from wsclient import TEXT, WsClient, WsClosed, frame
+from wsclient import TEXT, WsClient, frame
+
+from actors import call, instance, wait_until
+from harness import TEST_KEY, Kamailio, SippRun, describe, sipp, start_sipp
+from outbound.sipmsg import parse_name_addr
+from outbound.tokens import Flow, FlowTokenCodec, parse_key
+from topology import edge, ko_yaml, net, registrar, single, start, stop, subscriber
 
 REGISTRAR = net(210)
 EDGE1 = net(211)
@@ -82,6 +82,24 @@ def device(kam: Kamailio, sockets: list[WsClient], user: str, inst: str, reg_id:
     return ua
 
 
+def start_call(kam: Kamailio, workdir: Path, port: int, callee: str) -> SippRun:
+    """A UDP caller (tests/sipp/caller/uac_short.xml: INVITE, 407 answered, ACK, BYE)."""
+    return start_sipp("caller/uac_short.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=CALLER,
+                      local_port=port, transport="udp", timeout=15, auth=subscriber("alice"),
+                      keys={"callee": callee, "domain": "example.com", "user": "alice"})
+
+
+def wait_connection_gone(kam: Kamailio, conn_id: int) -> None:
+    wait_until(lambda: all(c["id"] != conn_id for c in kam.rpc("core.tcp_list")),
+               f"{kam.name} to drop connection {conn_id}")
+
+
+def binding_flow(binding: dict) -> Flow:
+    flow = CODEC.flow_of(parse_name_addr(binding["Path"]).sip_uri.user)
+    assert flow is not None, binding
+    return flow
+
+
 def assert_closed_by_server(client: WsClient) -> None:
     """The server closed the TCP connection after its answer."""
     client.sock.settimeout(5)
@@ -138,8 +156,8 @@ def test_rfc7118_5_register_over_websocket_gets_a_token_naming_the_connection(ws
     ua = device(ws_farm["edge1"], sockets, "w-alice", instance(9101))
     assert "outbound" in ua.seen[-1].get("Require")
     [binding] = ws_farm["registrar"].bindings("w-alice")
-    flow = CODEC.flow_of(parse_name_addr(binding["Path"]).sip_uri.user)
-    assert flow is not None and flow.transport == "ws", binding
+    flow = binding_flow(binding)
+    assert flow.transport == "ws", binding
     assert (flow.local_ip, flow.local_port) == (EDGE1, WS)
     assert (flow.remote_ip, flow.remote_port) == ua.ws.local
     [conn] = [c for c in ws_farm["edge1"].rpc("core.tcp_list")
@@ -164,8 +182,132 @@ def test_rfc7118_5_a_call_reaches_the_device_over_its_websocket_connection(ws_fa
     ua.ws.close()
 
 
-def start_call(kam: Kamailio, workdir: Path, port: int, callee: str, scenario: str = "uac_short.xml"):
-    from harness import start_sipp
-    return start_sipp(f"caller/{scenario}", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=CALLER,
-                      local_port=port, transport="udp", timeout=15, auth=subscriber("alice"),
-                      keys={"callee": callee, "domain": "example.com", "user": "alice"})
+
+def test_rfc5626_5_3_1_a_closed_websocket_gets_430_at_the_edge_and_failover_at_home(ws_farm, workdir, local_port,
+                                                                                    sockets):
+    """RFC 5626 §5.3.1 over WebSocket: the device's flow 1 (edge1) closes; a request
+    with its token gets 430 at once from edge1 (no new connection: Kamailio never
+    opens a WebSocket); §7: the home proxy moves the call to flow 2 (edge2, same
+    instance, reg-id 2), answered there; with both gone the caller hears 480."""
+    inst = instance(9103)
+    flow1 = device(ws_farm["edge1"], sockets, "w-carol", inst, reg_id=1)
+    flow2 = device(ws_farm["edge2"], sockets, "w-carol", inst, reg_id=2)
+    bindings = ws_farm["registrar"].bindings("w-carol")
+    assert len(bindings) == 2, bindings
+    [first] = [b for b in bindings if b["Reg-Id"] == 1]
+    token_flow = binding_flow(first)
+    flow1.ws.close()
+    wait_connection_gone(ws_farm["edge1"], token_flow.conn_id)
+
+    direct = sipp("caller/uac_final.xml", f"{EDGE1}:5060", workdir=workdir, local_ip=REGISTRAR,
+                  local_port=local_port, timeout=10,
+                  keys={"callee": "w-carol", "domain": "example.com", "user": "core",
+                        "ruri": first["Address"], "extra": f"Route: {first['Path']}"})
+    assert direct.value("final") == "430", describe(direct)
+
+    run = start_call(ws_farm["edge1"], workdir, local_port + 1, "w-carol")
+    invite = flow2.answer_call()
+    result = run.wait()
+    assert result.returncode == 0 and result.value("who") == "w-carol", describe(result)
+    assert any(parse_name_addr(v).sip_uri.host == EDGE2 for v in invite.all("Record-Route")), invite.text
+
+    flow2.ws.close()
+    wait_until(lambda: not any(c["src_ip"] == DEVICE for c in ws_farm["edge2"].rpc("core.tcp_list")),
+               "edge2 to drop flow 2")
+    none_left = call(ws_farm["edge1"], workdir, local_port + 2, "w-carol", ua_ip=CALLER, scenario="uac_final.xml",
+                     ruri="sip:w-carol@example.com", extra="X-Case: ws-none-left")
+    assert none_left.value("final") == "480", describe(none_left)
+    no_traceback(*ws_farm.values())
+
+
+def test_rfc5626_5_3_1_a_forged_token_in_a_websocket_frame_gets_403(ws_farm, sockets):
+    """A device sends, in a WebSocket text frame, a request whose Route carries a
+    token of ours with one character changed: 403 over the same connection."""
+    ua = device(ws_farm["edge1"], sockets, "w-dave", instance(9104))
+    [binding] = ws_farm["registrar"].bindings("w-dave")
+    token = parse_name_addr(binding["Path"]).sip_uri.user or ""
+    forged = token[:10] + ("A" if token[10] != "A" else "B") + token[11:]
+    ua.cseq += 1
+    ua.ws.send_text("\r\n".join([
+        "INVITE sip:w-dave@example.com SIP/2.0", f"Via: {ua.via()}", "Max-Forwards: 70",
+        f"Route: <sip:{forged}@{EDGE1};lr;ob>", f"From: <sip:w-dave@example.com>;tag={ua.tag}",
+        "To: <sip:w-dave@example.com>", f"Call-ID: forged-{ua.call_id}", f"CSeq: {ua.cseq} INVITE",
+        f"Contact: <sip:w-dave@{ua.host};transport=ws;ob>", "Content-Length: 0", "", ""]))
+    assert ua.final("INVITE").status == 403
+    assert "forged flow token" in ws_farm["edge1"].log()
+    ua.ws.close()
+
+
+def test_rfc6455_5_4_a_sip_message_split_over_continuation_frames_is_processed(ws_farm, sockets):
+    """RFC 6455 §5.4: a message may be fragmented; RFC 7118 §5.1: one SIP message
+    per WebSocket message. A REGISTER in four frames (text, continuation, ...,
+    FIN) is answered like a whole one (401, then 200)."""
+    ua = WsUA(connect(ws_farm["edge1"], sockets), *subscriber("w-erin"))
+    ua.ws.send_fragments(ua.register_request(instance(9105), 1), 4)
+    challenge = ua.final("REGISTER")
+    assert challenge.status == 401, challenge.text
+    assert ua.register(instance(9105), 1).status == 200
+    assert len(ws_farm["registrar"].bindings("w-erin")) == 1
+    ua.ws.close()
+
+
+def test_rfc7118_6_crlf_keepalive_and_ping_are_answered_over_websocket(ws_farm, sockets):
+    """RFC 5626 §4.4.1 / §5.4 over WebSocket: a CRLFCRLF keepalive in a text frame
+    is answered with CRLF (the pong of §3.5.1); a WebSocket Ping (RFC 6455 §5.5.2)
+    with a Pong carrying the same data."""
+    client = connect(ws_farm["edge1"], sockets)
+    client.send_text("\r\n\r\n")
+    opcode, fin, payload = client.read_frame()
+    assert (opcode, fin, payload) == (TEXT, True, b"\r\n")
+    client.ping(b"ko-ping")
+    opcode, _, payload = client.read_frame()
+    assert (opcode, payload) == (0xA, b"ko-ping")
+    client.close()
+
+
+@pytest.mark.parametrize(("name", "data", "code"), [
+    ("unmasked", frame(TEXT, b"OPTIONS sip:x SIP/2.0\r\n\r\n", mask=False), 1002),
+    ("reserved bits", frame(TEXT, b"x", rsv=4), 1002),
+    ("unknown opcode", frame(0x3, b"x"), 1008),
+    # past Kamailio's TCP read buffer (16 KB in 5.6): dropped at once, no close frame
+    ("larger than the read buffer", frame(TEXT, b"x" * 70000), None),
+])
+def test_rfc6455_7_4_a_bad_frame_closes_the_connection_without_a_traceback(ws_farm, sockets, name, data, code):
+    """RFC 6455 §5.1, §5.2, §7.4.1: an unmasked client frame, reserved bits, an
+    unknown opcode: the edge sends its close frame (1002, 1008) and closes; a frame
+    larger than Kamailio's read buffer: the connection is dropped at once (no close
+    frame); the next connection works."""
+    client = connect(ws_farm["edge1"], sockets)
+    client.send_raw(data)
+    assert client.wait_closed() == code, name
+    assert connect(ws_farm["edge1"], sockets).open
+    no_traceback(ws_farm["edge1"])
+
+
+# ----- single server (RFC 5626 §6, §7) ----------------------------------------
+
+@pytest.fixture(scope="module")
+def single_ws(workdir: Path) -> Iterator[Kamailio]:
+    kam = start(single(workdir, name="single-ws", addr=SINGLE, ws_port=WS, yaml_text=ws_yaml()))
+    yield kam
+    stop(kam)
+
+
+def test_rfc5626_7_single_server_closing_the_websocket_removes_its_bindings(single_ws, workdir, local_port,
+                                                                           sockets):
+    """The single server is the device's first hop over WebSocket: a call reaches
+    the device over its connection; when the connection closes every binding on
+    it is removed at once (the event that came first in our runs is tcpops'
+    tcp:closed for the ws connection; the websocket module's websocket:closed
+    takes the same way, single_routes.FlowWatch.closed)."""
+    ua = device(single_ws, sockets, "w-frank", instance(9106))
+    [binding] = single_ws.bindings("w-frank")
+    assert binding_flow(binding).transport == "ws"
+    run = start_call(single_ws, workdir, local_port, "w-frank")
+    ua.answer_call()
+    result = run.wait()
+    assert result.returncode == 0 and result.value("who") == "w-frank", describe(result)
+    ua.ws.close()
+    wait_until(lambda: not single_ws.bindings("w-frank"), "the closed WebSocket's binding to go")
+    assert f":{WS}>{DEVICE}:" in single_ws.log() and "removing binding" in single_ws.log()
+    no_traceback(single_ws)

@@ -244,9 +244,13 @@ class SingleRoutes(BaseRoutes, HomeProxyCallbacks):
 
     def ksr_websocket_event(self, msg: Any, event: str = "") -> int:
         """websocket event callback: a WebSocket connection closed: remove every
-        binding on it, as for a TCP/TLS flow (RFC 5626 §7, RFC 7118 §5)."""
+        binding on it, as for a TCP/TLS flow (RFC 5626 §7, RFC 7118 §5). The
+        module runs it in its timer process a few seconds after the close
+        (ws_timer); tcpops' close event has usually removed them by then."""
         try:
-            self.watch.closed(event or WS_CLOSED_EVENT)
+            event = event or WS_CLOSED_EVENT
+            KSR.info(f"kemi-outbound: {event} from {KSR.kx.get_srcip()}:{KSR.kx.get_srcport()}\n")
+            self.watch.closed(event)
         except Exception as exc:  # noqa: BLE001 - an event route has nobody to answer
             KSR.err(f"kemi-outbound: {event}: could not clean up bindings: {exc!r}\n")
         return 1

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import os
 import socket
+import ssl
 import struct
 import time
 from dataclasses import dataclass
@@ -57,9 +58,12 @@ class WsClient:
     """One client connection: ``connect`` sends the handshake, ``answer`` is the
     server's HTTP answer; ``open`` is True after a 101."""
 
-    def __init__(self, host: str, port: int, *, local_ip: str | None = None, timeout: float = 5.0) -> None:
-        self.sock = socket.create_connection((host, port), timeout=timeout,
-                                             source_address=(local_ip, 0) if local_ip else None)
+    def __init__(self, host: str, port: int, *, local_ip: str | None = None, timeout: float = 5.0,
+                 tls: ssl.SSLContext | None = None) -> None:
+        sock = socket.create_connection((host, port), timeout=timeout,
+                                        source_address=(local_ip, 0) if local_ip else None)
+        # wss: TLS first (the server's certificate checked against ``tls``'s CA), then the handshake
+        self.sock = tls.wrap_socket(sock, server_hostname=host) if tls is not None else sock
         self.host, self.port = host, port
         self.buffer = b""
         self.answer: HttpAnswer | None = None

@@ -34,7 +34,7 @@ def source_flow(snap: Snapshot) -> Flow:
 
 def is_local_flow(flow: Flow) -> bool:
     """The flow's local end is a socket of this Kamailio."""
-    return KSR.is_myself(flow.local_uri()) > 0
+    return KSR.is_myself(flow.socket_uri()) > 0
 
 
 class FlowRelay:

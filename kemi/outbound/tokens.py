@@ -60,6 +60,7 @@ _CODE_TRANSPORT = {code: name for name, code in _TRANSPORT_CODE.items()}
 _IPV6_BIT = 0x08
 # WebSocket flows live on TCP / TLS listen sockets (Kamailio's websocket module)
 LISTEN_TRANSPORT = {"ws": "tcp", "wss": "tls"}
+URI_TRANSPORT = {"wss": "ws"}
 
 _RAW_LEN_V4 = 1 + 4 + 2 + 4 + 2 + 4 + MAC_BYTES
 _RAW_LEN_V6 = 1 + 16 + 2 + 16 + 2 + 4 + MAC_BYTES
@@ -100,7 +101,13 @@ class Flow:
     @property
     def destination(self) -> str:
         """The device's end as a ``$du`` URI (RFC 5626 §5.3.1: send over this flow)."""
-        return f"sip:{bracket(self.remote_ip)}:{self.remote_port};transport={self.transport}"
+        return f"sip:{bracket(self.remote_ip)}:{self.remote_port};transport={self.uri_transport}"
+
+    @property
+    def uri_transport(self) -> str:
+        """The ``transport`` URI parameter: ``ws`` for ws and wss alike (RFC 7118
+        §5.2; Kamailio refuses ``transport=wss``)."""
+        return URI_TRANSPORT.get(self.transport, self.transport)
 
     @property
     def listen_transport(self) -> str:
@@ -117,7 +124,11 @@ class Flow:
         """A URI naming our end of the flow, with ``user`` (a flow token) as
         user part: a Path or Record-Route entry (without ``;lr``)."""
         at = f"{user}@" if user else ""
-        return f"sip:{at}{bracket(self.local_ip)}:{self.local_port};transport={self.transport}"
+        return f"sip:{at}{bracket(self.local_ip)}:{self.local_port};transport={self.uri_transport}"
+
+    def socket_uri(self) -> str:
+        """A URI naming our listen socket of the flow (for "is it ours", is_myself)."""
+        return f"sip:{bracket(self.local_ip)}:{self.local_port};transport={self.listen_transport}"
 
     @property
     def key(self) -> str:

@@ -22,7 +22,8 @@ from actors import call, instance, wait_until
 from harness import TEST_KEY, Kamailio, SippRun, describe, sipp, start_sipp
 from outbound.sipmsg import parse_name_addr
 from outbound.tokens import Flow, FlowTokenCodec, parse_key
-from topology import edge, ko_yaml, net, registrar, single, start, stop, subscriber
+from tls_setup import make_certs, write_tls_cfg
+from topology import WSS_PORT, edge, ko_yaml, net, registrar, single, start, stop, subscriber
 
 REGISTRAR = net(210)
 EDGE1 = net(211)
@@ -30,9 +31,12 @@ EDGE2 = net(212)
 CALLER = net(213)
 DEVICE = net(214)
 SINGLE = net(216)
+SINGLE_WSS = net(217)
 WS = 8080
 ORIGIN = "https://phone.example.com"
 CODEC = FlowTokenCodec([parse_key(TEST_KEY)])
+_YAML = yaml.safe_load(ko_yaml())
+FLOW_LIFETIME = _YAML["registrar"]["flow_timer"] + _YAML["keepalive"]["grace_seconds"]
 
 
 def ws_yaml() -> str:
@@ -152,7 +156,8 @@ def test_an_http_request_that_is_no_upgrade_gets_4xx(ws_farm):
 
 def test_rfc7118_5_register_over_websocket_gets_a_token_naming_the_connection(ws_farm, sockets):
     """RFC 5626 §5.2 over WebSocket: the edge's Path token names the ws flow and
-    its connection id; the registrar answers with Require: outbound."""
+    its connection id; the registrar answers with Require: outbound; §5.4: the
+    edge keeps the connection Flow-Timer + grace without traffic."""
     ua = device(ws_farm["edge1"], sockets, "w-alice", instance(9101))
     assert "outbound" in ua.seen[-1].get("Require")
     [binding] = ws_farm["registrar"].bindings("w-alice")
@@ -163,6 +168,8 @@ def test_rfc7118_5_register_over_websocket_gets_a_token_naming_the_connection(ws
     [conn] = [c for c in ws_farm["edge1"].rpc("core.tcp_list")
               if (c["src_ip"], c["src_port"]) == ua.ws.local]
     assert conn["id"] == flow.conn_id, "the token names the very WebSocket connection"
+    assert conn["type"] == "WS" and conn["lifetime"] == FLOW_LIFETIME, \
+        "an outbound WebSocket flow lives Flow-Timer + grace when idle (RFC 5626 §5.4)"
     ua.ws.close()
 
 
@@ -324,3 +331,35 @@ def test_rfc5626_7_single_server_closing_the_websocket_removes_its_bindings(sing
         closed_line = f"websocket:closed from {DEVICE}:{device_port}"
         wait_until(lambda: closed_line in single_ws.log(), "the websocket:closed event", timeout=15)
     no_traceback(single_ws)
+
+
+@pytest.fixture(scope="module")
+def single_wss(workdir: Path) -> Iterator[tuple[Kamailio, object]]:
+    """A single server with WITH_TLS and WITH_WEBSOCKET: ws on :8080, wss on :8443."""
+    certs = make_certs(workdir / "wss", [SINGLE_WSS])
+    kam = start(single(workdir, name="single-wss", addr=SINGLE_WSS, ws_port=WS, yaml_text=ws_yaml(),
+                       tls_cfg=write_tls_cfg(workdir / "wss", certs)))
+    yield kam, certs
+    stop(kam)
+
+
+def test_rfc7118_5_wss_flow_over_tls_registers_and_takes_a_call(single_wss, workdir, local_port, sockets):
+    """Secure WebSocket (RFC 7118 §3: wss is WebSocket over TLS): the TLS listener
+    on KO_WSS_PORT takes the handshake; the token names a wss flow; a UDP call
+    reaches the device over its wss connection."""
+    kam, certs = single_wss
+    client = WsClient(SINGLE_WSS, WSS_PORT, local_ip=DEVICE, tls=certs.client_context())
+    sockets.append(client)
+    assert client.handshake(origin=ORIGIN).status == 101
+    ua = WsUA(client, *subscriber("w-gina"))
+    assert ua.register(instance(9107)).status == 200
+    [binding] = kam.bindings("w-gina")
+    flow = binding_flow(binding)
+    assert (flow.transport, flow.local_port, flow.remote_port) == ("wss", WSS_PORT, client.local[1]), binding
+    run = start_call(kam, workdir, local_port, "w-gina")
+    ua.answer_call()
+    result = run.wait()
+    assert result.returncode == 0 and result.value("who") == "w-gina", describe(result)
+    ua.ws.close()
+    wait_until(lambda: not kam.bindings("w-gina"), "the closed wss connection's binding to go")
+    no_traceback(kam)

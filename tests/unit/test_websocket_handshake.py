@@ -108,6 +108,8 @@ def test_rfc7118_5_a_websocket_flow_token_names_the_connection_on_a_tcp_or_tls_s
         decoded = codec.flow_of(codec.encode(flow))
         assert decoded == flow and decoded.conn_id == 42 and decoded.is_stream
         assert flow.socket == f"{listen}:192.0.2.1:8080", "Kamailio's WebSocket listeners are TCP/TLS sockets"
-        assert flow.destination.endswith(f";transport={transport}"), "$du names the WebSocket transport"
+        assert flow.destination.endswith(";transport=ws"), "$du: ws for ws and wss (RFC 7118 §5.2)"
+        assert flow.local_uri("t").endswith(";transport=ws")
+        assert flow.socket_uri() == f"sip:192.0.2.1:8080;transport={listen}"
         other = Flow(transport, "192.0.2.1", 8080, "198.51.100.7", 50123, 43)
         assert codec.encode(other) != codec.encode(flow), "a reconnect gets another token (RFC 5626 §3.4)"

@@ -154,6 +154,49 @@ class WsUA:
         return invite
 
 
+    def request(self, method: str, ruri: str, *, to: str, call_id: str, cseq: int, from_tag: str,
+                routes: tuple[str, ...] = (), extra: tuple[str, ...] = (), via: str | None = None) -> str:
+        lines = [f"{method} {ruri} SIP/2.0", f"Via: {via or self.via()}", "Max-Forwards: 70"]
+        lines += [f"Route: {r}" for r in routes]
+        lines += [f"From: <sip:{self.user}@{self.domain}>;tag={from_tag}", f"To: {to}", f"Call-ID: {call_id}",
+                  f"CSeq: {cseq} {method}", f"Contact: <sip:{self.user}@{self.host};transport=ws;ob>",
+                  "Supported: outbound", *extra, "Content-Length: 0"]
+        return "\r\n".join(lines) + "\r\n\r\n"
+
+    def call(self, callee: str, timeout: float = 10.0) -> SipMessage:
+        """Call ``callee`` (its AOR's user): INVITE, the 407 answered once, ACK the
+        2xx along its Record-Route, BYE. The 200 of the INVITE."""
+        call_id, tag, to = f"call-{secrets.token_hex(6)}@{self.host}", secrets.token_hex(4), \
+            f"<sip:{callee}@{self.domain}>"
+        ruri = f"sip:{callee}@{self.domain}"
+        via = self.via()
+        self.ws.send_text(self.request("INVITE", ruri, to=to, call_id=call_id, cseq=1, from_tag=tag, via=via))
+        answer = self.final("INVITE", timeout)
+        cseq = 1
+        if answer.status == 407:
+            # RFC 3261 §17.1.1.3: the ACK of a non-2xx takes the INVITE's Via and the answer's To
+            ack = self.request("ACK", ruri, to=answer.get("To"), call_id=call_id, cseq=1, from_tag=tag, via=via)
+            self.ws.send_text(ack)
+            [challenge] = [c for c in challenges(answer.text) if c.header.lower() == "proxy-authenticate"][:1]
+            cseq = 2
+            auth = authorization(challenge, "INVITE", ruri, self.user, self.password)
+            self.ws.send_text(self.request("INVITE", ruri, to=to, call_id=call_id, cseq=cseq, from_tag=tag,
+                                           extra=(auth,)))
+            answer = self.final("INVITE", timeout)
+        if answer.status != 200:
+            return answer
+        target = re.search(r"<([^>]+)>", answer.get("Contact")).group(1)
+        routes = tuple(reversed([v.strip() for r in answer.all("Record-Route") for v in r.split(",")]))
+        dialog_to = answer.get("To")
+        self.ws.send_text(self.request("ACK", target, to=dialog_to, call_id=call_id, cseq=cseq, from_tag=tag,
+                                       routes=routes))
+        self.ws.send_text(self.request("BYE", target, to=dialog_to, call_id=call_id, cseq=cseq + 1, from_tag=tag,
+                                       routes=routes))
+        bye = self.final("BYE", timeout)
+        assert bye.status == 200, bye.text
+        return answer
+
+
 def token_of(path: str) -> str:
     """The user part (flow token) of a Path or Record-Route URI."""
     match = re.search(r"sip:([^@;>]+)@", path)

@@ -18,9 +18,9 @@ import yaml
 from ws_ua import WsUA
 from wsclient import TEXT, WsClient, frame
 
-from actors import call, instance, wait_until
+from actors import call, instance, start_callee, wait_bindings, wait_until
 from harness import TEST_KEY, Kamailio, SippRun, describe, sipp, start_sipp
-from outbound.sipmsg import parse_name_addr
+from outbound.sipmsg import parse_name_addr, split_values
 from outbound.tokens import Flow, FlowTokenCodec, parse_key
 from tls_setup import make_certs, write_tls_cfg
 from topology import WSS_PORT, edge, ko_yaml, net, registrar, single, start, stop, subscriber
@@ -183,11 +183,38 @@ def test_rfc7118_5_a_call_reaches_the_device_over_its_websocket_connection(ws_fa
     result = run.wait()
     assert result.returncode == 0, describe(result)
     assert result.value("who") == "w-bob"
-    rr = [parse_name_addr(v).sip_uri for v in invite.all("Record-Route")]
-    assert any(u.params.get("transport") == "ws" and u.host == EDGE1 for u in rr), invite.text
+    rr = [parse_name_addr(v).sip_uri for r in invite.all("Record-Route") for v in split_values(r)]
+    ours = [u for u in rr if u.host == EDGE1]
+    # RFC 5658 double Record-Route: the WS side toward the device, the UDP side toward the farm
+    assert [(u.port, u.params.get("transport")) for u in ours] == [(WS, "ws"), (None, None)], invite.text
+    assert all("r2" in u.params for u in ours), invite.text
     no_traceback(*ws_farm.values())
     ua.ws.close()
 
+
+
+def test_rfc5658_a_websocket_device_calls_a_udp_device_with_the_right_record_route(ws_farm, workdir, local_port,
+                                                                                   sockets, callees):
+    """RFC 5626 §5.3.2 / RFC 5658: the WebSocket device (Contact ;ob) calls a UDP
+    outbound device registered through edge2: edge1 Record-Routes twice (the WS
+    side with the token of the caller's WebSocket flow, the UDP side toward the
+    farm); ACK and BYE from the WebSocket device follow that route set."""
+    callee = start_callee(ws_farm["edge2"], workdir, local_port, "w-udp", ua_ip=CALLER, transport="udp")
+    callees.append(callee)
+    wait_bindings(ws_farm["registrar"], "w-udp", [callee])
+    ua = device(ws_farm["edge1"], sockets, "w-henry", instance(9108))
+    answer = ua.call("w-udp")
+    assert answer.status == 200 and answer.get("X-Who") == "w-udp", answer.text
+    rr = [parse_name_addr(v).sip_uri for r in answer.all("Record-Route") for v in split_values(r)]
+    ours = [u for u in rr if u.host == EDGE1]
+    assert [(u.port, u.params.get("transport")) for u in ours] == [(None, None), (WS, "ws")], answer.text
+    flow = CODEC.flow_of(ours[1].user)
+    assert flow is not None and (flow.transport, flow.remote_port) == ("ws", ua.ws.local[1]), \
+        "the WS side's token names the caller's WebSocket flow"
+    result = callee.wait(10)
+    assert result.returncode == 0, describe(result)
+    no_traceback(*ws_farm.values())
+    ua.ws.close()
 
 
 def test_rfc5626_5_3_1_a_closed_websocket_gets_430_at_the_edge_and_failover_at_home(ws_farm, workdir, local_port,

@@ -1,0 +1,129 @@
+"""A real WebRTC SIP client: SIP.js in headless Chromium, registered over WebSocket.
+
+The edges run with ``-A WITH_WEBSOCKET`` (cfg/edge.cfg); the page
+(tests/browser/index.html, device.mjs) is served on loopback by the test and
+driven by playwright-core with Debian's Chromium (tests/browser.py). One device
+(one +sip.instance) registers two flows with Supported: outbound: reg-id 1 over
+a WebSocket to edge1, reg-id 2 over a WebSocket to edge2 (RFC 5626 §4.2,
+RFC 7118 §5). SIPp calls its AOR over UDP; the page answers (X-Who names the
+flow that answered, no media: a fixed SDP answer).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+from browser import BROWSER_DIR, Browser, PageServer, missing
+
+from harness import Kamailio, describe, start_sipp
+from topology import edge, ko_yaml, net, registrar, start, stop, subscriber
+
+pytestmark = pytest.mark.skipif(missing() is not None, reason=missing() or "")
+
+REGISTRAR = net(220)
+EDGE1 = net(221)
+EDGE2 = net(222)
+CALLER = net(223)
+PAGE = net(224)
+PAGE_PORT = 8000
+WS = 8080
+ORIGIN = f"http://{PAGE}:{PAGE_PORT}"
+USER = "b-carol"
+INSTANCE = "00000000-0000-4000-8000-000000009201"
+
+
+def ws_yaml() -> str:
+    data = yaml.safe_load(ko_yaml())
+    data["websocket"] = {"allowed_origins": [ORIGIN]}
+    return yaml.safe_dump(data)
+
+
+@pytest.fixture(scope="module")
+def farm(workdir: Path) -> Iterator[dict[str, Kamailio]]:
+    """A registrar and two edges with WebSocket listeners on :8080, the page's Origin allowed."""
+    reg = registrar(workdir, name="registrar-browser", addr=REGISTRAR)
+    edges = {n: edge(workdir, f"edge{n}-browser", addr, reg.uri, ws_port=WS, yaml_text=ws_yaml())
+             for n, addr in ((1, EDGE1), (2, EDGE2))}
+    started: list[Kamailio] = []
+    try:
+        for kam in (reg, *edges.values()):
+            started.append(start(kam))
+        yield {"registrar": reg, "edge1": edges[1], "edge2": edges[2]}
+    finally:
+        for kam in started:
+            stop(kam)
+
+
+@pytest.fixture
+def page(farm, workdir: Path) -> Iterator[Browser]:
+    """Chromium on the device page. The browser console and the Kamailio logs are
+    printed at teardown: pytest shows them for a failed test only."""
+    with PageServer(PAGE, PAGE_PORT) as server:
+        browser = Browser(f"{server.origin}/index.html", workdir, name=f"browser-{time.monotonic_ns()}")
+        try:
+            browser.start()
+            yield browser
+        finally:
+            browser.stop()
+            print(browser.report())
+            for name, kam in farm.items():
+                print(f"--- {name} log (tail) ---\n{kam.log()[-6000:]}")
+
+
+def register(page: Browser, reg_id: int, kam: Kamailio) -> None:
+    user, password = subscriber(USER)
+    args = {"regId": reg_id, "server": f"ws://{kam.addr}:{WS}", "aor": f"sip:{user}@example.com",
+            "user": user, "password": password, "instanceId": INSTANCE}
+    assert page.eval(f"window.ko.register({json.dumps(args)})", timeout=15) == "registered", page.report()
+
+
+def call(farm, workdir: Path, port: int) -> str:
+    """A UDP call from SIPp (through edge2) to the device's AOR; the flow that answered (X-Who)."""
+    run = start_sipp("sipp/uac_sdp.xml", f"{EDGE2}:5060", workdir=workdir, scenarios=BROWSER_DIR, local_ip=CALLER,
+                     local_port=port, transport="udp", timeout=15, auth=subscriber("alice"),
+                     keys={"callee": USER, "domain": "example.com", "user": "alice"})
+    result = run.wait()
+    assert result.returncode == 0, describe(result)
+    assert result.value("bye") == "200", describe(result)
+    return result.value("who")
+
+
+def wait_flows(farm, count: int, timeout: float = 10) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = farm["registrar"].bindings(USER)
+        if len(found) == count or time.monotonic() > deadline:
+            return found
+        time.sleep(0.1)
+
+
+def test_rfc7118_browser_device_two_flows_a_call_then_failover_after_its_websocket_closes(farm, page, workdir,
+                                                                                          local_port):
+    """SIP.js in Chromium registers one instance over two WebSockets (reg-id 2 via
+    edge2 first, then reg-id 1 via edge1: the most recent flow is tried first,
+    RFC 5626 §15). A call is answered over flow 1; the page closes flow 1's
+    WebSocket (no un-REGISTER); the next call is answered over flow 2 (edge1
+    answers 430 for the gone connection, the home proxy fails over, §5.3)."""
+    register(page, 2, farm["edge2"])
+    register(page, 1, farm["edge1"])
+    bindings = wait_flows(farm, 2)
+    assert len(bindings) == 2, bindings
+    assert page.eval("window.ko.state().flows") == {"1": "registered", "2": "registered"}
+
+    assert call(farm, workdir, local_port) == "flow1", page.report()
+    page.wait_for("window.ko.state().terminated >= 1")
+
+    page.eval("window.ko.cut(1)")
+    assert call(farm, workdir, local_port + 1) == "flow2", page.report()
+    state = page.wait_for("window.ko.state().terminated >= 2 && window.ko.state()")
+    assert [c["flow"] for c in state["calls"]] == [1, 2], state
+    assert "430 Flow Failed to INVITE" in farm["edge1"].log(), "edge1 refused the gone WebSocket flow"
+    assert len(wait_flows(farm, 1)) == 1, "the home proxy dropped the failed flow (430)"
+    for kam in farm.values():
+        log = kam.log()
+        assert "Traceback" not in log and "exception in route" not in log, log[-4000:]

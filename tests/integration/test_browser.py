@@ -30,6 +30,9 @@ EDGE1 = net(221)
 EDGE2 = net(222)
 CALLER = net(223)
 PAGE = net(224)
+KILL_REGISTRAR = net(225)
+KILL_EDGE1 = net(226)
+KILL_EDGE2 = net(227)
 PAGE_PORT = 8000
 WS = 8080
 ORIGIN = f"http://{PAGE}:{PAGE_PORT}"
@@ -43,12 +46,12 @@ def ws_yaml() -> str:
     return yaml.safe_dump(data)
 
 
-@pytest.fixture(scope="module")
-def farm(workdir: Path) -> Iterator[dict[str, Kamailio]]:
-    """A registrar and two edges with WebSocket listeners on :8080, the page's Origin allowed."""
-    reg = registrar(workdir, name="registrar-browser", addr=REGISTRAR)
-    edges = {n: edge(workdir, f"edge{n}-browser", addr, reg.uri, ws_port=WS, yaml_text=ws_yaml())
-             for n, addr in ((1, EDGE1), (2, EDGE2))}
+def ws_farm(workdir: Path, tag: str, reg_addr: str, edge_addrs: tuple[str, str]) -> Iterator[dict[str, Kamailio]]:
+    """A registrar and two edges with WebSocket listeners on :8080, the page's
+    Origin allowed; started, yielded by name, stopped (a fixture's body)."""
+    reg = registrar(workdir, name=f"registrar-{tag}", addr=reg_addr)
+    edges = {n: edge(workdir, f"edge{n}-{tag}", addr, reg.uri, ws_port=WS, yaml_text=ws_yaml())
+             for n, addr in zip((1, 2), edge_addrs, strict=True)}
     started: list[Kamailio] = []
     try:
         for kam in (reg, *edges.values()):
@@ -59,8 +62,18 @@ def farm(workdir: Path) -> Iterator[dict[str, Kamailio]]:
             stop(kam)
 
 
+@pytest.fixture(scope="module")
+def farm(workdir: Path) -> Iterator[dict[str, Kamailio]]:
+    yield from ws_farm(workdir, "browser", REGISTRAR, (EDGE1, EDGE2))
+
+
 @pytest.fixture
-def page(farm, workdir: Path) -> Iterator[Browser]:
+def doomed_farm(workdir: Path) -> Iterator[dict[str, Kamailio]]:
+    """A farm of its own for the test that kills edge1."""
+    yield from ws_farm(workdir, "browser-kill", KILL_REGISTRAR, (KILL_EDGE1, KILL_EDGE2))
+
+
+def open_page(farm: dict[str, Kamailio], workdir: Path) -> Iterator[Browser]:
     """Chromium on the device page. The browser console and the Kamailio logs are
     printed at teardown: pytest shows them for a failed test only."""
     with PageServer(PAGE, PAGE_PORT) as server:
@@ -75,6 +88,16 @@ def page(farm, workdir: Path) -> Iterator[Browser]:
                 print(f"--- {name} log (tail) ---\n{kam.log()[-6000:]}")
 
 
+@pytest.fixture
+def page(farm, workdir: Path) -> Iterator[Browser]:
+    yield from open_page(farm, workdir)
+
+
+@pytest.fixture
+def doomed_page(doomed_farm, workdir: Path) -> Iterator[Browser]:
+    yield from open_page(doomed_farm, workdir)
+
+
 def register(page: Browser, reg_id: int, kam: Kamailio) -> None:
     user, password = subscriber(USER)
     args = {"regId": reg_id, "server": f"ws://{kam.addr}:{WS}", "aor": f"sip:{user}@example.com",
@@ -84,8 +107,8 @@ def register(page: Browser, reg_id: int, kam: Kamailio) -> None:
 
 def call(farm, workdir: Path, port: int) -> str:
     """A UDP call from SIPp (through edge2) to the device's AOR; the flow that answered (X-Who)."""
-    run = start_sipp("sipp/uac_sdp.xml", f"{EDGE2}:5060", workdir=workdir, scenarios=BROWSER_DIR, local_ip=CALLER,
-                     local_port=port, transport="udp", timeout=15, auth=subscriber("alice"),
+    run = start_sipp("sipp/uac_sdp.xml", f"{farm['edge2'].addr}:5060", workdir=workdir, scenarios=BROWSER_DIR,
+                     local_ip=CALLER, local_port=port, transport="udp", timeout=15, auth=subscriber("alice"),
                      keys={"callee": USER, "domain": "example.com", "user": "alice"})
     result = run.wait()
     assert result.returncode == 0, describe(result)
@@ -112,7 +135,7 @@ def test_rfc7118_browser_device_two_flows_a_call_then_failover_after_its_websock
     register(page, 2, farm["edge2"])
     register(page, 1, farm["edge1"])
     bindings = wait_flows(farm, 2)
-    assert len(bindings) == 2, bindings
+    assert sorted(b["Reg-Id"] for b in bindings) == [1, 2], bindings
     assert page.eval("window.ko.state().flows") == {"1": "registered", "2": "registered"}
 
     assert call(farm, workdir, local_port) == "flow1", page.report()
@@ -123,7 +146,32 @@ def test_rfc7118_browser_device_two_flows_a_call_then_failover_after_its_websock
     state = page.wait_for("window.ko.state().terminated >= 2 && window.ko.state()")
     assert [c["flow"] for c in state["calls"]] == [1, 2], state
     assert "430 Flow Failed to INVITE" in farm["edge1"].log(), "edge1 refused the gone WebSocket flow"
-    assert len(wait_flows(farm, 1)) == 1, "the home proxy dropped the failed flow (430)"
+    assert [b["Reg-Id"] for b in wait_flows(farm, 1)] == [2], "the home proxy dropped the failed flow (430)"
     for kam in farm.values():
         log = kam.log()
         assert "Traceback" not in log and "exception in route" not in log, log[-4000:]
+
+
+def test_rfc5626_browser_device_edge1_killed_the_next_call_is_answered_over_flow_2(doomed_farm, doomed_page,
+                                                                                   workdir, local_port):
+    """The same device; edge1 dies outright (SIGKILL: the kernel closes the page's
+    WebSocket, SIP.js reports the disconnect). The next call is answered over
+    flow 2 via edge2 within the home proxy's failover time (its short first-reply
+    timer gives up on edge1: 408 local), well within the caller's timeout."""
+    farm, page = doomed_farm, doomed_page
+    register(page, 2, farm["edge2"])
+    register(page, 1, farm["edge1"])
+    assert sorted(b["Reg-Id"] for b in wait_flows(farm, 2)) == [1, 2]
+    assert call(farm, workdir, local_port) == "flow1", page.report()
+
+    farm["edge1"].kill()
+    page.wait_for("window.ko.state().flows['1'] === 'disconnected'")
+    started = time.monotonic()
+    assert call(farm, workdir, local_port + 1) == "flow2", page.report()
+    elapsed = time.monotonic() - started
+    print(f"call answered over flow 2 {elapsed:.2f} s after edge1 died")
+    assert elapsed < 10, elapsed
+    assert [b["Reg-Id"] for b in farm["registrar"].bindings(USER)] == [2]
+    assert "failed with 408 (local)" in farm["registrar"].log()
+    state = page.wait_for("window.ko.state().terminated >= 2 && window.ko.state()")
+    assert [c["flow"] for c in state["calls"]] == [1, 2], state

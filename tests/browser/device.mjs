@@ -80,5 +80,15 @@ function state() {
   };
 }
 
-window.ko = { register, cut, state, ready: true };
+// A bare WebSocket handshake from this page (the browser sets Origin): "open" or "refused".
+function probe(server) {
+  return new Promise((resolve) => {
+    const ws = new WebSocket(server, "sip");
+    ws.onopen = () => { ws.close(); resolve("open"); };
+    ws.onerror = () => resolve("refused");
+    setTimeout(() => { ws.close(); resolve("timeout"); }, 5000);
+  });
+}
+
+window.ko = { register, cut, state, probe, ready: true };
 log("device page loaded");

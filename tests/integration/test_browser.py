@@ -20,7 +20,9 @@ import pytest
 import yaml
 from browser import BROWSER_DIR, Browser, PageServer, missing
 
-from harness import Kamailio, describe, start_sipp
+from harness import TEST_KEY, Kamailio, describe, start_sipp
+from outbound.sipmsg import parse_name_addr
+from outbound.tokens import FlowTokenCodec, parse_key
 from topology import edge, ko_yaml, net, registrar, start, stop, subscriber
 
 pytestmark = pytest.mark.skipif(missing() is not None, reason=missing() or "")
@@ -38,6 +40,7 @@ WS = 8080
 ORIGIN = f"http://{PAGE}:{PAGE_PORT}"
 USER = "b-carol"
 INSTANCE = "00000000-0000-4000-8000-000000009201"
+CODEC = FlowTokenCodec([parse_key(TEST_KEY)])
 
 
 def ws_yaml() -> str:
@@ -98,6 +101,22 @@ def doomed_page(doomed_farm, workdir: Path) -> Iterator[Browser]:
     yield from open_page(doomed_farm, workdir)
 
 
+def test_rfc6455_10_2_the_browser_origin_decides_the_handshake(farm, page, workdir):
+    """Chromium sets Origin itself: the page's origin (in websocket.allowed_origins)
+    opens a WebSocket to the edge; the same page from another origin (another
+    port) is refused (HTTP 403, the browser reports an error), no traceback."""
+    assert page.eval(f"window.ko.probe('ws://{EDGE1}:{WS}')") == "open", page.report()
+    with PageServer(PAGE, PAGE_PORT + 1) as other:
+        foreign = Browser(f"{other.origin}/index.html", workdir, name=f"browser-foreign-{time.monotonic_ns()}")
+        try:
+            foreign.start()
+            assert foreign.eval(f"window.ko.probe('ws://{EDGE1}:{WS}')") == "refused", foreign.report()
+        finally:
+            foreign.stop()
+    log = farm["edge1"].log()
+    assert "Traceback" not in log and "exception in route" not in log, log[-4000:]
+
+
 def register(page: Browser, reg_id: int, kam: Kamailio) -> None:
     user, password = subscriber(USER)
     args = {"regId": reg_id, "server": f"ws://{kam.addr}:{WS}", "aor": f"sip:{user}@example.com",
@@ -136,6 +155,10 @@ def test_rfc7118_browser_device_two_flows_a_call_then_failover_after_its_websock
     register(page, 1, farm["edge1"])
     bindings = wait_flows(farm, 2)
     assert sorted(b["Reg-Id"] for b in bindings) == [1, 2], bindings
+    for binding in bindings:  # RFC 5626 §5.2: each edge's Path token names its ws flow
+        flow = CODEC.flow_of(parse_name_addr(binding["Path"]).sip_uri.user)
+        assert flow is not None and flow.transport == "ws", binding
+        assert (flow.local_ip, flow.local_port) == (farm[f"edge{binding['Reg-Id']}"].addr, WS), binding
     assert page.eval("window.ko.state().flows") == {"1": "registered", "2": "registered"}
 
     assert call(farm, workdir, local_port) == "flow1", page.report()

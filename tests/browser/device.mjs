@@ -38,6 +38,7 @@ async function register({ regId, server, aor, user, password, instanceId }) {
     transportOptions: { server, traceSip: true },
     sessionDescriptionHandlerFactory: sdhFactory,
     logLevel: "log",
+    logConfiguration: false,
     delegate: {
       onInvite(invitation) {
         const call = { flow: regId, callId: invitation.request.callId, state: "incoming" };

@@ -105,14 +105,15 @@ def test_rfc6455_10_2_the_browser_origin_decides_the_handshake(farm, page, workd
     """Chromium sets Origin itself: the page's origin (in websocket.allowed_origins)
     opens a WebSocket to the edge; the same page from another origin (another
     port) is refused (HTTP 403, the browser reports an error), no traceback."""
-    assert page.eval(f"window.ko.probe('ws://{EDGE1}:{WS}')") == "open", page.report()
+    assert page.eval(f"window.ko.probe('ws://{EDGE1}:{WS}')") == "open"
     with PageServer(PAGE, PAGE_PORT + 1) as other:
         foreign = Browser(f"{other.origin}/index.html", workdir, name=f"browser-foreign-{time.monotonic_ns()}")
         try:
             foreign.start()
-            assert foreign.eval(f"window.ko.probe('ws://{EDGE1}:{WS}')") == "refused", foreign.report()
+            assert foreign.eval(f"window.ko.probe('ws://{EDGE1}:{WS}')") == "refused"
         finally:
             foreign.stop()
+            print(foreign.report())
     log = farm["edge1"].log()
     assert "Traceback" not in log and "exception in route" not in log, log[-4000:]
 
@@ -121,7 +122,7 @@ def register(page: Browser, reg_id: int, kam: Kamailio) -> None:
     user, password = subscriber(USER)
     args = {"regId": reg_id, "server": f"ws://{kam.addr}:{WS}", "aor": f"sip:{user}@example.com",
             "user": user, "password": password, "instanceId": INSTANCE}
-    assert page.eval(f"window.ko.register({json.dumps(args)})", timeout=15) == "registered", page.report()
+    assert page.eval(f"window.ko.register({json.dumps(args)})", timeout=15) == "registered"
 
 
 def call(farm, workdir: Path, port: int) -> str:
@@ -161,11 +162,11 @@ def test_rfc7118_browser_device_two_flows_a_call_then_failover_after_its_websock
         assert (flow.local_ip, flow.local_port) == (farm[f"edge{binding['Reg-Id']}"].addr, WS), binding
     assert page.eval("window.ko.state().flows") == {"1": "registered", "2": "registered"}
 
-    assert call(farm, workdir, local_port) == "flow1", page.report()
+    assert call(farm, workdir, local_port) == "flow1"
     page.wait_for("window.ko.state().terminated >= 1")
 
     page.eval("window.ko.cut(1)")
-    assert call(farm, workdir, local_port + 1) == "flow2", page.report()
+    assert call(farm, workdir, local_port + 1) == "flow2"
     state = page.wait_for("window.ko.state().terminated >= 2 && window.ko.state()")
     assert [c["flow"] for c in state["calls"]] == [1, 2], state
     assert "430 Flow Failed to INVITE" in farm["edge1"].log(), "edge1 refused the gone WebSocket flow"
@@ -185,12 +186,12 @@ def test_rfc5626_browser_device_edge1_killed_the_next_call_is_answered_over_flow
     register(page, 2, farm["edge2"])
     register(page, 1, farm["edge1"])
     assert sorted(b["Reg-Id"] for b in wait_flows(farm, 2)) == [1, 2]
-    assert call(farm, workdir, local_port) == "flow1", page.report()
+    assert call(farm, workdir, local_port) == "flow1"
 
     farm["edge1"].kill()
     page.wait_for("window.ko.state().flows['1'] === 'disconnected'")
     started = time.monotonic()
-    assert call(farm, workdir, local_port + 1) == "flow2", page.report()
+    assert call(farm, workdir, local_port + 1) == "flow2"
     elapsed = time.monotonic() - started
     print(f"call answered over flow 2 {elapsed:.2f} s after edge1 died")
     assert elapsed < 10, elapsed

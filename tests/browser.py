@@ -94,7 +94,10 @@ class Browser:
         self.proc = subprocess.Popen(["node", str(BROWSER_DIR / "driver.mjs"), json.dumps(opts)],
                                      cwd=BROWSER_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=self.stderr, text=True, start_new_session=True,
-                                     env={**os.environ, "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1"})
+                                     env={**os.environ, "PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD": "1",
+                                          # Chromium's crash database and caches: in the test's dir too
+                                          "XDG_CONFIG_HOME": str(self.dir / "config"),
+                                          "XDG_CACHE_HOME": str(self.dir / "cache")})
         threading.Thread(target=self._read, daemon=True).start()
         deadline = time.monotonic() + timeout
         while not self._ready.wait(0.1):

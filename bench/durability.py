@@ -31,9 +31,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from locations import sqlite_location_db
-
 from harness import ProcessError
+from locations import sqlite_location_db
 
 FLB_OUTBOUND = 1 << 6  # cfg/registrar.cfg FLB_OUTBOUND, as stored in cflags
 POLL = 0.05

@@ -49,9 +49,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 import analysis  # noqa: E402
 import durability  # noqa: E402
-from locations import sqlite_location_db  # noqa: E402
-
 from harness import TEST_KEY, Kamailio, ProcessError, SippRun, read_log, start_sipp  # noqa: E402
+from locations import sqlite_location_db  # noqa: E402
 from subscribers import SubscriberDB, password_for  # noqa: E402
 
 BENCH = ROOT / "bench"

@@ -7,9 +7,8 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from locations import sqlite_location_db
-
 from harness import CFG_DIR, ROOT, TEST_KEY, Kamailio
+from locations import sqlite_location_db
 from subscribers import SubscriberDB, password_for
 
 WORK_ROOT = ROOT / "tests" / ".work"

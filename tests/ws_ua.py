@@ -10,9 +10,8 @@ import secrets
 import time
 from dataclasses import dataclass, field
 
-from wsclient import WsClient
-
 from digest import authorization, challenges
+from wsclient import WsClient
 
 
 @dataclass

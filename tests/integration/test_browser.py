@@ -18,13 +18,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from browser import BROWSER_DIR, Browser, PageServer, missing
 
+from browser import BROWSER_DIR, Browser, PageServer, missing
 from harness import TEST_KEY, Kamailio, describe, start_sipp
 from outbound.sipmsg import parse_name_addr
 from outbound.tokens import FlowTokenCodec, parse_key
 from topology import edge, ko_yaml, net, registrar, start, stop, subscriber
-
 
 
 @pytest.fixture(autouse=True)

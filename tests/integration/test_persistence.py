@@ -29,10 +29,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from locations import sqlite_rows
 
 from actors import call, wait_until
 from harness import ROOT, TEST_KEY, Kamailio, ProcessError, SippRun, describe, sipp, start_sipp
+from locations import sqlite_rows
 from outbound.sipmsg import SipUri, parse_name_addr
 from outbound.tokens import FlowTokenCodec, parse_key
 from postgres import Postgres

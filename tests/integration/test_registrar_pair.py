@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from locations import sqlite_location_db, sqlite_rows
 
 from actors import call, wait_until
 from digest import authorization, challenges
 from dns_setup import dns_yaml
 from harness import Kamailio, SippResult, SippRun, describe, start_sipp, stop_group
+from locations import sqlite_location_db, sqlite_rows
 from nsd import Nsd
 from subscribers import password_for
 from topology import PORTS, edge, net, registrar, start, stop, subscriber, subscribers

@@ -15,8 +15,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ws_ua import WsUA
-from wsclient import TEXT, WsClient, frame
 
 from actors import call, instance, start_callee, wait_bindings, wait_until
 from harness import TEST_KEY, Kamailio, SippRun, describe, sipp, start_sipp
@@ -24,6 +22,8 @@ from outbound.sipmsg import parse_name_addr, split_values
 from outbound.tokens import Flow, FlowTokenCodec, parse_key
 from tls_setup import make_certs, write_tls_cfg
 from topology import WSS_PORT, edge, ko_yaml, net, registrar, single, start, stop, subscriber
+from ws_ua import WsUA
+from wsclient import TEXT, WsClient, frame
 
 REGISTRAR = net(210)
 EDGE1 = net(211)

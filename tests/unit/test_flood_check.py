@@ -13,6 +13,7 @@ import sys
 import types
 
 import pytest
+
 from ksr_script import Script
 
 KSR = sys.modules.setdefault("KSR", types.ModuleType("KSR"))

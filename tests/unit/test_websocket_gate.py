@@ -14,6 +14,7 @@ import sys
 import types
 
 import pytest
+
 from ksr_script import Script
 
 KSR = sys.modules.setdefault("KSR", types.ModuleType("KSR"))

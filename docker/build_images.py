@@ -37,6 +37,8 @@ BASE_PACKAGES = (
     "kamailio", "kamailio-python3-modules", "kamailio-outbound-modules", "sip-tester",
     # digest authentication: auth_db on SQLite (the schema files too) or PostgreSQL
     "kamailio-sqlite-modules", "kamailio-postgres-modules",
+    # SIP over WebSocket at the edges (cfg WITH_WEBSOCKET: xhttp is in kamailio, websocket here)
+    "kamailio-websocket-modules",
     "python3-yaml", "python3-dnspython", "nsd", "iproute2", "procps", "tini",
 )
 # What goes into the project image (hashed into its tag).

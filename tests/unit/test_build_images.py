@@ -64,3 +64,18 @@ def test_the_image_carries_the_subscriber_schema_and_tool():
     dockerfile = (SCRIPT.parent / "Dockerfile").read_text()
     assert "COPY tools/ko-subscriber /usr/share/kemi-outbound/tools/ko-subscriber" in dockerfile
     assert "COPY db /usr/share/kemi-outbound/db" in dockerfile
+
+
+def test_the_edges_of_the_topology_listen_on_websocket():
+    """Issue 15: the base image has Kamailio's websocket module (xhttp is in
+    kamailio), and compose.yaml gives edge1 and edge2 WITH_WEBSOCKET on :8080,
+    the registrars and UAs none of it."""
+    import yaml
+
+    assert "kamailio-websocket-modules" in build_images.BASE_PACKAGES
+    services = yaml.safe_load((SCRIPT.parent / "compose.yaml").read_text())["services"]
+    for edge in ("edge1", "edge2"):
+        env = services[edge]["environment"]
+        assert env["KO_DEFINES"] == "${KO_EDGE_DEFINES-WITH_WEBSOCKET}" and env["KO_WS_PORT"] == "8080", env
+    for other in ("reg1", "reg2", "ua-a", "ua-b", "dns"):
+        assert "WITH_WEBSOCKET" not in str(services[other].get("environment", {})), other

@@ -119,10 +119,11 @@ def two_edges(workdir: Path, registrar_uri: str, **kw) -> dict[int, Kamailio]:
     return {n: edge(workdir, f"edge{n}", net(n + 1), registrar_uri, **kw) for n in (1, 2)}
 
 
-def farm_with_two_edges(workdir: Path, reg: Kamailio) -> Iterator[dict[str, Kamailio]]:
-    """Start ``reg`` and two_edges() toward it; yield them by name; stop whatever
-    started (a fixture's body)."""
-    edges = two_edges(workdir, reg.uri)
+def farm_with_two_edges(workdir: Path, reg: Kamailio,
+                        edges: dict[int, Kamailio] | None = None) -> Iterator[dict[str, Kamailio]]:
+    """Start ``reg`` and ``edges`` (by number 1, 2; default two_edges() toward it);
+    yield them by name; stop whatever started (a fixture's body)."""
+    edges = edges if edges is not None else two_edges(workdir, reg.uri)
     started: list[Kamailio] = []
     try:
         for kam in (reg, *edges.values()):

@@ -23,7 +23,7 @@ from browser import BROWSER_DIR, Browser, PageServer, missing
 from harness import TEST_KEY, Kamailio, describe, start_sipp
 from outbound.sipmsg import parse_name_addr
 from outbound.tokens import FlowTokenCodec, parse_key
-from topology import edge, ko_yaml, net, registrar, start, stop, subscriber
+from topology import edge, farm_with_two_edges, ko_yaml, net, registrar, subscriber
 
 
 @pytest.fixture(autouse=True)
@@ -61,14 +61,7 @@ def ws_farm(workdir: Path, tag: str, reg_addr: str, edge_addrs: tuple[str, str])
     reg = registrar(workdir, name=f"registrar-{tag}", addr=reg_addr)
     edges = {n: edge(workdir, f"edge{n}-{tag}", addr, reg.uri, ws_port=WS, yaml_text=ws_yaml())
              for n, addr in zip((1, 2), edge_addrs, strict=True)}
-    started: list[Kamailio] = []
-    try:
-        for kam in (reg, *edges.values()):
-            started.append(start(kam))
-        yield {"registrar": reg, "edge1": edges[1], "edge2": edges[2]}
-    finally:
-        for kam in started:
-            stop(kam)
+    yield from farm_with_two_edges(workdir, reg, edges)
 
 
 @pytest.fixture(scope="module")

@@ -300,6 +300,24 @@ def assert_no_traceback(*kams: Kamailio) -> None:
 # ----- 1. the registrar ------------------------------------------------------------
 
 
+def register_through_two_edges(started, workdir: Path, reg: Kamailio, edge1: Kamailio, edge2: Kamailio, tag: str,
+                               aors: int) -> tuple[list[str], dict[str, dict], list]:
+    """``aors`` AORs x 5 instances x 4 reg-ids (1-2 through edge1, 3-4 through
+    edge2, each its own TCP connection) registered and held: the AORs, the
+    registrar's bindings by Ruid, the device SIPps."""
+    up(started, reg, edge1, edge2)
+    rows = plan(f"{tag}u", aors, 5, [1, 2, 3, 4])
+    users = sorted({d.user for d in rows})
+    runs = [start_devices(e, [d for d in rows if d.reg_id in ids], workdir, f"{tag}-dev{n}", cid=f"{tag}e{n}-%u@dev")
+            for n, e, ids in ((1, edge1, (1, 2)), (2, edge2, (3, 4)))]
+    started.extend(runs)
+    wait_registered(runs, len(rows))
+    before = wait_count(reg, users, len(rows))
+    assert len(before) == len(rows)
+    assert_one_flow_each(before, "tcp")
+    return users, before, runs
+
+
 def test_registrar_restart_keeps_every_outbound_binding(workdir, started):
     """1,000 outbound bindings (50 AORs x 5 instances x 4 reg-ids, reg-ids 1-2
     through edge1, 3-4 through edge2, each its own TCP connection) written back
@@ -307,16 +325,8 @@ def test_registrar_restart_keeps_every_outbound_binding(workdir, started):
     calls to 20 AORs reach the right device over the very connection that
     registered the binding (the edges kept the flows; the tokens still name them)."""
     reg, edge1, edge2 = farm(workdir, "p1", 100)
-    up(started, reg, edge1, edge2)
-    rows = plan("pr", 50, 5, [1, 2, 3, 4])
-    users = sorted({d.user for d in rows})
-    runs = [start_devices(e, [d for d in rows if d.reg_id in ids], workdir, f"p1-dev{n}", cid=f"p1e{n}-%u@dev")
-            for n, e, ids in ((1, edge1, (1, 2)), (2, edge2, (3, 4)))]
-    started.extend(runs)
-    wait_registered(runs, len(rows))
-    before = wait_count(reg, users, 1000)
+    users, before, runs = register_through_two_edges(started, workdir, reg, edge1, edge2, "p1", 50)
     assert len(before) == 1000
-    assert_one_flow_each(before, "tcp")
     assert {b["Reg-Id"] for b in before.values()} == {1, 2, 3, 4}
     assert {flow_of(b).local_ip for b in before.values()} == {edge1.addr, edge2.addr}
 
@@ -433,15 +443,8 @@ def test_registrar_restart_on_postgresql_keeps_every_outbound_binding(workdir, s
     instances x 4 reg-ids over two edges) flushed at the stop, back field by
     field after the start, and calls to every AOR over the flows that registered."""
     reg, edge1, edge2 = pg_farm(workdir, pg, "p3", 140)
-    up(started, reg, edge1, edge2)
-    rows = plan("pg", 10, 5, [1, 2, 3, 4])
-    users = sorted({d.user for d in rows})
-    runs = [start_devices(e, [d for d in rows if d.reg_id in ids], workdir, f"p3-dev{n}", cid=f"p3e{n}-%u@dev")
-            for n, e, ids in ((1, edge1, (1, 2)), (2, edge2, (3, 4)))]
-    started.extend(runs)
-    wait_registered(runs, len(rows))
-    before = wait_count(reg, users, 200)
-    assert_one_flow_each(before, "tcp")
+    users, before, runs = register_through_two_edges(started, workdir, reg, edge1, edge2, "p3", 10)
+    assert len(before) == 200
 
     stop(reg)
     assert pg_count(pg) == 200, "the stop flushed every binding"

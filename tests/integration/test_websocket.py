@@ -21,7 +21,7 @@ from harness import TEST_KEY, Kamailio, SippRun, describe, sipp, start_sipp
 from outbound.sipmsg import parse_name_addr, split_values
 from outbound.tokens import Flow, FlowTokenCodec, parse_key
 from tls_setup import make_certs, write_tls_cfg
-from topology import WSS_PORT, edge, ko_yaml, net, registrar, single, start, stop, subscriber
+from topology import WSS_PORT, edge, farm_with_two_edges, ko_yaml, net, registrar, single, start, stop, subscriber
 from ws_ua import WsUA
 from wsclient import TEXT, WsClient, frame
 
@@ -51,14 +51,7 @@ def ws_farm(workdir: Path) -> Iterator[dict[str, Kamailio]]:
     reg = registrar(workdir, name="registrar-ws", addr=REGISTRAR)
     edges = {n: edge(workdir, f"edge{n}-ws", addr, reg.uri, ws_port=WS, yaml_text=ws_yaml())
              for n, addr in ((1, EDGE1), (2, EDGE2))}
-    started: list[Kamailio] = []
-    try:
-        for kam in (reg, *edges.values()):
-            started.append(start(kam))
-        yield {"registrar": reg, "edge1": edges[1], "edge2": edges[2]}
-    finally:
-        for kam in started:
-            stop(kam)
+    yield from farm_with_two_edges(workdir, reg, edges)
 
 
 @pytest.fixture

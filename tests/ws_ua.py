@@ -61,9 +61,10 @@ def instance(n: int) -> str:
 class WsUA:
     """One device on one WebSocket connection (``ws``, already open)."""
 
-    def __init__(self, ws: WsClient, user: str, password: str, domain: str = "example.com") -> None:
+    def __init__(self, ws: WsClient, user: str, password: str, domain: str = "example.com", who: str = "") -> None:
         self.ws = ws
         self.user, self.password, self.domain = user, password, domain
+        self.who = who or user  # the X-Who of its answers (the callers' SIPp scenarios log it)
         self.host = f"{secrets.token_hex(4)}.invalid"  # RFC 7118 §5.2: a device has no reachable address
         self.call_id = secrets.token_hex(8) + "@" + self.host
         self.tag = secrets.token_hex(4)
@@ -138,7 +139,7 @@ class WsUA:
             lines += [f"Record-Route: {v}" for v in request.all("Record-Route")]
             lines.append(f"Contact: <sip:{self.user}@{self.host};transport=ws;ob>")
         lines += [f"From: {request.get('From')}", f"To: {to}", f"Call-ID: {request.get('Call-ID')}",
-                  f"CSeq: {request.get('CSeq')}", f"X-Who: {self.user}", *extra, "Content-Length: 0"]
+                  f"CSeq: {request.get('CSeq')}", f"X-Who: {self.who}", *extra, "Content-Length: 0"]
         self.ws.send_text("\r\n".join(lines) + "\r\n\r\n")
 
     def answer_call(self, timeout: float = 10.0) -> SipMessage:

@@ -11,6 +11,10 @@ Digest authentication is on, as in production: the registrars have a subscriber
 database with the demo's users (dana, carol); every REGISTER is answered 401
 first and every call 407 first, and the UAs answer with their credentials.
 
+--websocket: the device is a WebSocket client (RFC 7118; tests/ws_device.py,
+one connection per flow to the edges' ws :8080, as a browser's SIP library
+keeps them) instead of SIPp over TCP; the story and its checks are the same.
+
 Default: Kamailio processes on loopback (KO_TEST_NET, default 127.0.0), no
 Docker: reg1 and reg2 a DMQ pair (WITH_DMQ) on net(21) and net(22), each with
 its own bindings file; the edges find them as sip:farm.ko.test, served by
@@ -46,6 +50,7 @@ from outbound.sipmsg import parse_name_addr  # noqa: E402
 from outbound.tokens import FlowTokenCodec, parse_key  # noqa: E402
 from subscribers import SubscriberDB, password_for  # noqa: E402
 from topology import TEST_NET, net, registrar, two_edges  # noqa: E402
+from ws_device import WsDevice  # noqa: E402
 
 USER = "dana"
 CALLER = "carol"
@@ -60,6 +65,8 @@ MARKER_PORT = 5999  # nothing listens here: the capture's end marker goes to it
 FARM = "sip:farm.ko.test"
 REGISTRAR_HOSTS = {1: 21, 2: 22}
 REGISTRAR_PORT = 5070
+WS_PORT = 8080  # the edges' WebSocket listener (KO_WS_PORT) with --websocket
+ORIGIN = "https://phone.example.com"  # the page a WebSocket device comes from (websocket.allowed_origins)
 
 
 class StoryError(RuntimeError):
@@ -68,10 +75,44 @@ class StoryError(RuntimeError):
 
 def demo_yaml() -> str:
     """cfg/outbound.yaml as shipped (no test-only settings), its resolver pointed at
-    the demo's nsd: the one setting a deployment makes as well."""
+    the demo's nsd and WebSocket handshakes taken only from the demo's page (the
+    settings a deployment makes as well)."""
     data = yaml.safe_load((CFG_DIR / "outbound.yaml").read_text())
     data["dns"].update({"nameservers": [NS], "port": NS_PORT})
+    data["websocket"]["allowed_origins"] = [ORIGIN]
     return yaml.safe_dump(data, sort_keys=False)
+
+
+def device_keys(regid: int) -> dict[str, str]:
+    return {"user": USER, "domain": DOMAIN, "instance": INSTANCE, "regid": str(regid), "expires": "600",
+            "who": f"flow{regid}"}
+
+
+class WsFlows:
+    """The device's flows over WebSocket (--websocket): one tests/ws_device.py per
+    flow, started by ``start(regid, edge_ip, folder)``; the same instance on each."""
+
+    def __init__(self, start) -> None:
+        self.start = start
+        self.devices: dict[int, WsDevice] = {}
+        self.registered: dict[int, int] = {}
+
+    def register(self, regid: int, edge_ip: str, folder: Path) -> None:
+        self.devices[regid] = self.start(regid, edge_ip, folder)
+
+    def alive(self, regid: int) -> bool:
+        device = self.devices[regid]
+        while regid not in self.registered and (event := device.next_event(0.05)) is not None:
+            if event.get("event") == "registered":
+                self.registered[regid] = event["status"]
+        return device.alive and self.registered.get(regid, 200) == 200
+
+    def failure(self, regid: int) -> str:
+        return self.devices[regid].diagnostics()
+
+    def stop(self) -> None:
+        for device in self.devices.values():
+            device.stop()
 
 
 class LoopbackStage:
@@ -80,8 +121,9 @@ class LoopbackStage:
 
     mode = "loopback, Kamailio processes"
 
-    def __init__(self, out: Path, key: str) -> None:
+    def __init__(self, out: Path, key: str, websocket: bool = False) -> None:
         self.out = out
+        self.websocket = websocket
         yaml_text = demo_yaml()
         # the demo's own subscriber database, in its out dir (both registrars read it;
         # each keeps its bindings in its own file, out/regN.location.sqlite)
@@ -101,10 +143,14 @@ class LoopbackStage:
                                   "KO_DMQ_PEER": f'"sip:{addrs[3 - n]}:{REGISTRAR_PORT}"'},
                          env={"KO_FLOW_KEYS": seal_key})
             for n in (1, 2)}
-        self.edges = two_edges(out, FARM, key=key, yaml_text=yaml_text)
+        self.edges = two_edges(out, FARM, key=key, yaml_text=yaml_text, ws_port=WS_PORT if websocket else None)
         self.device_ip = net(20)
         self.caller_ip = net(30)
         self.flows: dict[int, SippRun] = {}
+        self.ws_flows = WsFlows(lambda regid, edge_ip, folder: WsDevice(
+            [sys.executable], str(ROOT / "tests" / "ws_device.py"), folder, user=USER,
+            password=password_for(USER), instance=INSTANCE, local_ip=self.device_ip, port=WS_PORT, origin=ORIGIN,
+            flows=((regid, edge_ip),), who="flow{regid}", limit=300))
         self.started: list = []
 
     def start(self) -> None:
@@ -117,6 +163,7 @@ class LoopbackStage:
     def stop(self) -> None:
         for flow in self.flows.values():
             flow.kill()
+        self.ws_flows.stop()
         for item in reversed(self.started):
             item.stop()
 
@@ -137,22 +184,26 @@ class LoopbackStage:
         hosts = " or ".join(f"host {ip}" for ip in
                             (*(r.addr for r in self.registrars.values()), *(e.addr for e in self.edges.values()),
                              self.device_ip, self.caller_ip))
-        return Capture("lo", f"({hosts}) and (port 5060 or port 5070 or udp port {MARKER_PORT})", path)
+        return Capture("lo", f"({hosts}) and (port 5060 or port 5070 or tcp port {WS_PORT} or udp port {MARKER_PORT})",
+                       path)
 
     def sip_ports(self) -> tuple[int, ...]:
         return (5060, 5070)
 
-    def register_flow(self, regid: int, edge: int, keys: dict[str, str], auth: tuple[str, str]) -> None:
+    def register_flow(self, regid: int, edge: int) -> None:
+        if self.websocket:
+            self.ws_flows.register(regid, self.edges[edge].addr, self.out / f"device-flow{regid}")
+            return
         self.flows[regid] = start_sipp(
             "device_ob/register.xml", f"{self.edges[edge].addr}:5060", workdir=self.out, local_ip=self.device_ip,
-            local_port=DEVICE_PORTS[regid], transport="tcp", keys=keys, timeout=120, oocsf="device_ob/uas.xml",
-            name=f"device-flow{regid}", auth=auth)
+            local_port=DEVICE_PORTS[regid], transport="tcp", keys=device_keys(regid), timeout=120,
+            oocsf="device_ob/uas.xml", name=f"device-flow{regid}", auth=self.credentials(USER))
 
     def flow_alive(self, regid: int) -> bool:
-        return self.flows[regid].alive
+        return self.ws_flows.alive(regid) if self.websocket else self.flows[regid].alive
 
-    def flow_result(self, regid: int) -> SippResult:
-        return self.flows[regid].wait(1)
+    def flow_failure(self, regid: int) -> str:
+        return self.ws_flows.failure(regid) if self.websocket else describe(self.flows[regid].wait(1))
 
     def bindings(self, registrar_n: int = 1) -> list[dict]:
         return self.registrars[registrar_n].bindings(USER)
@@ -180,7 +231,7 @@ class ContainerStage:
 
     mode = "containers, docker/compose.yaml"
 
-    def __init__(self, out: Path, key: str) -> None:
+    def __init__(self, out: Path, key: str, websocket: bool = False) -> None:
         from docker_topology import Topology, build_image, ensure_docker
 
         print("preparing containers: dockerd, images (the first build takes a minute or two) ...", flush=True)
@@ -190,6 +241,18 @@ class ContainerStage:
         self.device_ip = self.topo.addr("ua-b")
         self.caller_ip = self.topo.addr("ua-a")
         self.flows: dict = {}
+        self.websocket = websocket
+        self.ws_flows = WsFlows(self.container_ws_device)
+
+    def container_ws_device(self, regid: int, edge_ip: str, folder: Path) -> WsDevice:
+        """tests/ws_device.py run by ua-b's python3 (docker exec -i) from the host folder
+        mounted at /out: the device's connections stay on the internal network."""
+        WsDevice.copy_helpers(folder)
+        user, password = self.credentials(USER)
+        return WsDevice(["docker", "exec", "-i", self.topo.containers["ua-b"], "python3"],
+                        f"/out/{folder.relative_to(self.topo.out)}/ws_device.py", folder, user=user,
+                        password=password, instance=INSTANCE, local_ip=self.device_ip, port=WS_PORT, origin=ORIGIN,
+                        flows=((regid, edge_ip),), who="flow{regid}", limit=300)
 
     def start(self) -> None:
         self.topo.up()
@@ -209,27 +272,32 @@ class ContainerStage:
         return self.topo.subscriber(user, DOMAIN)
 
     def stop(self) -> None:
+        self.ws_flows.stop()
         self.topo.down()
 
     def edge_addr(self, n: int) -> str:
         return self.topo.addr(f"edge{n}")
 
     def capture(self, path: Path) -> Capture:
-        return Capture(self.topo.bridge, f"port 5060 or udp port {MARKER_PORT}", path)
+        return Capture(self.topo.bridge, f"port 5060 or tcp port {WS_PORT} or udp port {MARKER_PORT}", path)
 
     def sip_ports(self) -> tuple[int, ...]:
         return (5060,)
 
-    def register_flow(self, regid: int, edge: int, keys: dict[str, str], auth: tuple[str, str]) -> None:
+    def register_flow(self, regid: int, edge: int) -> None:
+        if self.websocket:
+            self.ws_flows.register(regid, self.edge_addr(edge), self.topo.out / f"device-flow{regid}")
+            return
         self.flows[regid] = self.topo.start_sipp(
             "ua-b", "device_ob/register.xml", f"{self.edge_addr(edge)}:5060", local_port=DEVICE_PORTS[regid],
-            transport="tcp", keys=keys, timeout=120, oocsf="device_ob/uas.xml", name=f"device-flow{regid}", auth=auth)
+            transport="tcp", keys=device_keys(regid), timeout=120, oocsf="device_ob/uas.xml",
+            name=f"device-flow{regid}", auth=self.credentials(USER))
 
     def flow_alive(self, regid: int) -> bool:
-        return self.flows[regid].alive
+        return self.ws_flows.alive(regid) if self.websocket else self.flows[regid].alive
 
-    def flow_result(self, regid: int) -> SippResult:
-        return self.flows[regid].wait(1)
+    def flow_failure(self, regid: int) -> str:
+        return self.ws_flows.failure(regid) if self.websocket else describe(self.flows[regid].wait(1))
 
     def bindings(self, registrar_n: int = 1) -> list[dict]:
         return self.topo.bindings(f"reg{registrar_n}", USER)
@@ -313,12 +381,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description="RFC 5626 outbound failover story with a SIP ladder diagram")
     parser.add_argument("--containers", action="store_true",
                         help="run the story on the container topology (docker/compose.yaml) instead of loopback")
+    parser.add_argument("--websocket", action="store_true",
+                        help="the device keeps its two flows over WebSocket (RFC 7118, the edges' ws :8080) "
+                             "instead of TCP")
     args = parser.parse_args()
     out = ROOT / "out" / "demo" / time.strftime("%Y%m%d-%H%M%S")
     out.mkdir(parents=True, exist_ok=True)
     key = "hex:" + secrets.token_hex(32)  # a fresh flow-token key for this run
     codec = FlowTokenCodec([parse_key(key)])
-    stage: LoopbackStage | ContainerStage = ContainerStage(out, key) if args.containers else LoopbackStage(out, key)
+    stage: LoopbackStage | ContainerStage = (ContainerStage if args.containers else LoopbackStage)(
+        out, key, websocket=args.websocket)
+    device_transport = "WebSocket" if args.websocket else "TCP"
     capture: Capture | None = None
     events: list[Event] = []
     answers: dict[str, SippResult] = {}
@@ -326,19 +399,17 @@ def main() -> int:
     try:
         print(f"starting: registrar pair (home proxies, DMQ) reg1 {stage.registrar_addr(1)} and reg2 "
               f"{stage.registrar_addr(2)} (the edges find them as {stage.farm}: SRV reg1 first), "
-              f"edge1 {stage.edge_addr(1)}, edge2 {stage.edge_addr(2)}, device {stage.device_ip}, "
-              f"caller {stage.caller_ip} ({stage.mode})", flush=True)
+              f"edge1 {stage.edge_addr(1)}, edge2 {stage.edge_addr(2)}, "
+              f"device {stage.device_ip} over {device_transport}, caller {stage.caller_ip} ({stage.mode})", flush=True)
         stage.start()
         capture = stage.capture(out / "sip.pcapng").start()
         # flow 2 first, then flow 1: the most recent flow is tried first (RFC 5626 §7 / §15)
         for regid, edge in ((2, 2), (1, 1)):
-            stage.register_flow(regid, edge, {
-                "user": USER, "domain": DOMAIN, "instance": INSTANCE, "regid": str(regid), "expires": "600",
-                "who": f"flow{regid}"}, auth=stage.credentials(USER))
+            stage.register_flow(regid, edge)
 
             def registered(regid: int = regid) -> list[dict]:
                 if not stage.flow_alive(regid):
-                    raise StoryError(f"device flow {regid} ended:\n{describe(stage.flow_result(regid))}")
+                    raise StoryError(f"device flow {regid} ended:\n{stage.flow_failure(regid)}")
                 return [b for b in stage.bindings() if b.get("Reg-Id") == regid]
 
             wait_for(registered, f"the binding of flow {regid}")
@@ -370,22 +441,24 @@ def main() -> int:
 
     messages = read_messages(out / "sip.pcapng", stage.sip_ports())
     lanes = Lanes([
-        ("device flow 1 (reg-id 1)", (stage.device_ip, flows[1].remote_port if flows.get(1) else 0)),
+        (f"device flow 1 (reg-id 1, {device_transport})",
+         (stage.device_ip, flows[1].remote_port if flows.get(1) else 0)),
         ("edge1", stage.edge_addr(1)),
         ("reg1 (home proxy, registrar)", stage.registrar_addr(1)),
         ("reg2 (home proxy, registrar)", stage.registrar_addr(2)),
         ("edge2", stage.edge_addr(2)),
-        ("device flow 2 (reg-id 2)", (stage.device_ip, flows[2].remote_port if flows.get(2) else 0)),
+        (f"device flow 2 (reg-id 2, {device_transport})",
+         (stage.device_ip, flows[2].remote_port if flows.get(2) else 0)),
         (f"caller ({CALLER})", stage.caller_ip),
     ])
     steps = summarise(stage, messages, answers, events)
     ladder_svg = draw(messages, lanes, events, out / "ladder.svg",
-                      f"kemi-outbound: RFC 5626 outbound failover ({stage.mode})")
+                      f"kemi-outbound: RFC 5626 outbound failover ({stage.mode}; device over {device_transport})")
     ladder_png = draw(messages, lanes, events, out / "ladder.png",
-                      f"kemi-outbound: RFC 5626 outbound failover ({stage.mode})")
+                      f"kemi-outbound: RFC 5626 outbound failover ({stage.mode}; device over {device_transport})")
     print()
-    print(f"kemi-outbound demo ({stage.mode}): {USER}@{DOMAIN}, one device, two flows, a registrar pair; "
-          "digest authentication on")
+    print(f"kemi-outbound demo ({stage.mode}): {USER}@{DOMAIN}, one device, two flows over {device_transport}, "
+          "a registrar pair; digest authentication on")
     for number, step in enumerate(steps, start=1):
         took = f"{step.millis:8.1f} ms" if step.millis is not None else " " * 11
         mark = "ok " if step.ok else "FAIL"

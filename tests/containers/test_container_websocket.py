@@ -4,8 +4,8 @@ edge1 and edge2 listen on WebSocket too (KO_DEFINES=WITH_WEBSOCKET, ws on :8080
 of their fixed addresses). The device is tests/ws_ua.py over tests/wsclient.py
 (stdlib Python: SIPp speaks no WebSocket), run with the image's python3 INSIDE
 ua-b, so that its connections stay on the internal network: the files are
-copied to the host folder mounted at /out, and a small driver (WS_DEVICE) keeps
-one WebSocket flow per edge, answers the calls that come over them and reports
+copied to the host folder mounted at /out, and tests/ws_device.py keeps one
+WebSocket flow per edge, answers the calls that come over them and reports
 each event as one JSON line; the test tells it on stdin which flow to close.
 The caller is SIPp in ua-a over UDP through edge2, as in test_topology.py.
 """
@@ -13,160 +13,39 @@ The caller is SIPp in ua-a over UDP through edge2, as in test_topology.py.
 from __future__ import annotations
 
 import itertools
-import json
-import queue
 import re
-import shutil
-import subprocess
-import threading
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from docker_topology import Topology
-from harness import ROOT, SippResult, describe
+from harness import SippResult, describe
 from outbound.sipmsg import parse_name_addr
 from outbound.tokens import FlowTokenCodec, parse_key
+from ws_device import WsDevice
 
 WS_PORT = 8080
 DOMAIN = "example.com"
 PORTS = itertools.count(21000)
 DEVICE_LIMIT = 150  # seconds: the driver exits by itself after that, whatever happens
-HELPERS = ("wsclient.py", "ws_ua.py", "digest.py")
-
-WS_DEVICE = r'''
-import json, os, secrets, sys, threading, time
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from ws_ua import WsUA
-from wsclient import WsClient, WsClosed
-
-USER, PASSWORD, INSTANCE, ME, PORT, LIMIT = sys.argv[1:7]
-FLOWS = [(int(regid), edge) for regid, edge in (arg.split("=") for arg in sys.argv[7:])]
-threading.Timer(float(LIMIT), os._exit, (3,)).start()  # bounded, whatever the test does
-lock = threading.Lock()
-closing = {}
-
-def report(**event):
-    with lock:
-        print(json.dumps(event), flush=True)
-
-def serve(regid, ua):
-    """Answer every INVITE of this flow (200, ACK, BYE 200) until told to close it."""
-    while True:
-        if closing.get(regid):
-            ua.ws.close()
-            report(event="closed", regid=regid)
-            return
-        try:
-            invite = ua.wait_request("INVITE", 0.5)
-        except TimeoutError:
-            continue
-        except (WsClosed, OSError) as exc:
-            report(event="lost", regid=regid, error=str(exc))
-            return
-        try:
-            ua.reply(invite, 200, "OK", to_tag=secrets.token_hex(4))
-            ua.wait_request("ACK", 10)
-            bye = ua.wait_request("BYE", 10)
-            ua.reply(bye, 200, "OK")
-        except (TimeoutError, WsClosed, OSError) as exc:
-            report(event="failed", regid=regid, error=repr(exc))
-            return
-        report(event="answered", regid=regid, rr=invite.all("Record-Route"), ruri=invite.first)
-
-for regid, edge in FLOWS:
-    ws = WsClient(edge, int(PORT), local_ip=ME, timeout=5)
-    answer = ws.handshake(origin="https://phone.example.com")
-    if answer.status != 101:
-        report(event="refused", regid=regid, status=answer.status)
-        sys.exit(1)
-    ua = WsUA(ws, USER, PASSWORD)
-    final = ua.register(INSTANCE, regid)
-    report(event="registered", regid=regid, status=final.status, local=list(ws.local))
-    if final.status != 200:
-        sys.exit(1)
-    threading.Thread(target=serve, args=(regid, ua), daemon=True).start()
-
-for line in sys.stdin:
-    command, _, regid = line.strip().partition(" ")
-    if command == "close":
-        closing[int(regid)] = True
-os._exit(0)
-'''
+ORIGIN = "https://phone.example.com"  # as the compose edges' outbound.yaml allows
 
 
 def instance(n: int) -> str:
     return f"urn:uuid:00000000-0000-4000-8000-{n:012d}"
 
 
-class WsDevice:
-    """WS_DEVICE running in a UA container (docker exec -i); its events are read
-    by a thread into a queue, its stderr lands in out/<name>/stderr.log."""
-
-    def __init__(self, topo: Topology, service: str, name: str, user: str, password: str, inst: str,
-                 flows: tuple[tuple[int, str], ...]) -> None:
-        self.topo, self.service = topo, service
-        self.folder = topo.out / name
-        self.folder.mkdir(parents=True, exist_ok=True)
-        for helper in HELPERS:
-            shutil.copy(ROOT / "tests" / helper, self.folder / helper)
-        (self.folder / "ws_device.py").write_text(WS_DEVICE)
-        self.stderr = (self.folder / "stderr.log").open("w")
-        args = [user, password, inst, topo.addr(service), str(WS_PORT), str(DEVICE_LIMIT),
-                *(f"{regid}={topo.addr(edge)}" for regid, edge in flows)]
-        self.proc = subprocess.Popen(["docker", "exec", "-i", topo.containers[service], "python3",
-                                      f"/out/{name}/ws_device.py", *args],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True)
-        self.events: queue.Queue[dict] = queue.Queue()
-        self.seen: list[dict] = []
-        threading.Thread(target=self._read, daemon=True).start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                self.events.put(json.loads(line))
-            except ValueError:
-                self.events.put({"event": "output", "line": line})
-        self.events.put({"event": "exited"})
-
-    def diagnostics(self) -> str:
-        self.stderr.flush()
-        return (f"device events: {self.seen}\ndevice stderr:\n{(self.folder / 'stderr.log').read_text()[-3000:]}\n"
-                f"{self.service} log:\n{self.topo.logs(self.service)[-2000:]}")
-
-    def expect(self, event: str, regid: int, timeout: float = 20) -> dict:
-        """The device's next report, which must be ``event`` for flow ``regid``."""
-        try:
-            got = self.events.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no '{event}' of flow {regid} from the device in {timeout}s\n"
-                                 + self.diagnostics()) from None
-        self.seen.append(got)
-        assert (got.get("event"), got.get("regid")) == (event, regid), \
-            f"expected {event} of flow {regid}, got {got}\n{self.diagnostics()}"
-        return got
-
-    def close_flow(self, regid: int) -> None:
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(f"close {regid}\n")
-        self.proc.stdin.flush()
-        self.expect("closed", regid)
-
-    def stop(self) -> None:
-        if self.proc.stdin is not None:
-            try:
-                self.proc.stdin.close()
-            except OSError:
-                pass
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.stderr.close()
-        (self.folder / "events.json").write_text(json.dumps(self.seen, indent=1))
+def container_device(topo: Topology, service: str, name: str, user: str, password: str, inst: str,
+                     flows: tuple[tuple[int, str], ...]) -> WsDevice:
+    """tests/ws_device.py run by the container's python3 (docker exec -i) from the
+    host folder mounted at /out."""
+    folder = topo.out / name
+    WsDevice.copy_helpers(folder)
+    return WsDevice(["docker", "exec", "-i", topo.containers[service], "python3"], f"/out/{name}/ws_device.py",
+                    folder, user=user, password=password, instance=inst, local_ip=topo.addr(service), port=WS_PORT,
+                    origin=ORIGIN, flows=tuple((regid, topo.addr(edge)) for regid, edge in flows),
+                    limit=DEVICE_LIMIT)
 
 
 @pytest.fixture
@@ -208,7 +87,7 @@ def test_websocket_device_in_the_topology_fails_over_between_its_flows(topo, dev
     WebSocket closes: the next call is answered over flow 2 (edge1's 430 never
     reaches the caller); with flow 2 closed too the caller gets 480."""
     user, password = topo.subscriber("wanda")
-    device = WsDevice(topo, "ua-b", "wanda-ws", user, password, instance(21), ((2, "edge2"), (1, "edge1")))
+    device = container_device(topo, "ua-b", "wanda-ws", user, password, instance(21), ((2, "edge2"), (1, "edge1")))
     devices.append(device)
     local = {}
     for regid in (2, 1):

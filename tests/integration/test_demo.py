@@ -10,12 +10,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from harness import ROOT
 
 
-def test_demo_tells_the_failover_story_and_draws_the_ladder():
-    result = subprocess.run([sys.executable, str(ROOT / "tools" / "demo.py")], capture_output=True, text=True,
-                            timeout=180, env=os.environ.copy())
+@pytest.mark.parametrize("device", ["tcp", "websocket"])
+def test_demo_tells_the_failover_story_and_draws_the_ladder(device):
+    """The story with the device on TCP (SIPp) and, ``./run demo --websocket``, on
+    WebSocket (RFC 7118: tests/ws_device.py, the edges' ws listeners): the same steps hold."""
+    extra = ["--websocket"] if device == "websocket" else []
+    result = subprocess.run([sys.executable, str(ROOT / "tools" / "demo.py"), *extra], capture_output=True,
+                            text=True, timeout=180, env=os.environ.copy())
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-4000:]
     out = result.stdout
     assert re.search(r"ok\s+1 device registers flow reg-id 2 .* 200 OK .*401 challenge answered", out), out
@@ -28,10 +34,16 @@ def test_demo_tells_the_failover_story_and_draws_the_ladder():
     assert re.search(r"bindings at reg2 when reg1 was killed .*\n\s+reg-id 2 ", out), out
     assert re.search(r"ok\s+8 INVITE with a forged flow token .* 403 Forbidden", out), out
     assert "story: every step held" in out
+    transport = "WebSocket" if device == "websocket" else "TCP"
+    assert f"two flows over {transport}" in out, out
+    # the flows the registrar holds name the device's connections of that transport
+    token_transport = "ws" if device == "websocket" else "tcp"
+    assert len(re.findall(rf"flow token -> Flow\(transport='{token_transport}'", out)) == 2, out
     ladder = Path(re.search(r"ladder diagram: (\S+)", out).group(1))
     assert ladder.suffix == ".svg" and ladder.stat().st_size > 10_000
     svg = ladder.read_text()
     assert "edge1 killed" in svg and "reg1 killed" in svg and "403 Forbidden (INVITE)" in svg
     assert "KDMQ" in svg, "the ladder shows the replication between reg1 and reg2"
     assert "401 Unauthorized (REGISTER)" in svg and "407 Proxy" in svg
+    assert f"reg-id 1, {transport}" in svg
     assert ladder.with_suffix(".png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

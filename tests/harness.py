@@ -134,6 +134,8 @@ class Kamailio(GroupProcess):
             "KO_KEMI_DIR": f'"{KEMI_DIR}"',
             "KO_CONFIG": f'"{yaml_path}"',
             "KO_RPC_SOCKET": f'"{self.rpc_socket}"',
+            # each Kamailio's metrics socket on its own address (port KO_METRICS_PORT, 9090)
+            "KO_METRICS_ADDR": self.addr,
             **self.defines,
         }
         if os.environ.get("KO_DEBUG"):  # KO_DEBUG=1: every Kamailio of the run logs at debug level
@@ -194,6 +196,11 @@ class Kamailio(GroupProcess):
         if "error" in answer:
             raise ProcessError(f"rpc {method}: {answer['error']}")
         return answer.get("result")
+
+    def metrics_url(self, path: str = "/metrics") -> str:
+        port = self.defines.get("KO_METRICS_PORT", "9090")
+        host = f"[{self.addr}]" if ":" in self.addr else self.addr
+        return f"http://{host}:{port}{path}"
 
     def bindings(self, aor: str | None = None) -> list[dict]:
         """Contacts in the location table (RPC ul.lookup for one AOR, ul.dump for all)."""

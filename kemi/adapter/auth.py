@@ -59,7 +59,8 @@ class Authenticator:
                      f"in realm {realm} ({outcome.why})\n")
             flags = CHALLENGE_QOP | (CHALLENGE_STALE if outcome.stale else 0)
             if KSR.auth.auth_challenge(realm, flags) < 0:
-                send_reply(Reply(500, "Server Internal Error", "could not build the digest challenge"))
+                send_reply(Reply(500, "Server Internal Error", "could not build the digest challenge",
+                                 cause="auth_unavailable"))
         else:
             send_reply(outcome)
         return None

@@ -14,7 +14,8 @@ from outbound.routing import toward_endpoint
 from outbound.sipmsg import NameAddr, bracket, format_name_addr, is_digits, parse_name_addrs
 
 from .names import BAN_DEFINE, BAN_TABLE, DIALOG_FAILURE_ROUTE, NOPIKE_SWITCH
-from .runtime import Runtime, check_fault_injection, define, guarded, send_reply, snapshot
+from .observe import OBSERVER
+from .runtime import Runtime, check_fault_injection, define, guarded, send_reply, snapshot, t_reply
 
 if TYPE_CHECKING:
     from .locator_glue import NextHopLocator
@@ -113,9 +114,10 @@ class BaseRoutes:
             # the module reads an empty Max-Forwards as 0; RFC 3261 §25.1 says 1*DIGIT
             value = str(KSR.pv.get("$hdr(Max-Forwards)") or "").strip()
             if maxfwd == MAXFWD_UNPARSABLE or not is_digits(value):
-                send_reply(Reply(400, "Bad Max-Forwards", f"Max-Forwards {value[:20]!r} is not a number"))
+                send_reply(Reply(400, "Bad Max-Forwards", f"Max-Forwards {value[:20]!r} is not a number",
+                                 cause="bad_max_forwards"))
             else:
-                send_reply(Reply(483, "Too Many Hops", "Max-Forwards exhausted"))
+                send_reply(Reply(483, "Too Many Hops", "Max-Forwards exhausted", cause="too_many_hops"))
             return 1
         # 1511 + 512: Proxy-Require is checked too (RFC 3261 §16.3 step 4: 420 with
         # Unsupported for an extension we lack, which is every one)
@@ -128,7 +130,8 @@ class BaseRoutes:
                 self.relay()
             else:
                 # RFC 3261 §9.2: nothing to cancel here; say so rather than drop it
-                send_reply(Reply(481, "Call/Transaction Does Not Exist", "CANCEL matches no transaction"))
+                send_reply(Reply(481, "Call/Transaction Does Not Exist", "CANCEL matches no transaction",
+                                 cause="cancel_unmatched"))
             return 1
         if KSR.siputils.has_totag() > 0:
             return self.within_dialog()
@@ -181,7 +184,7 @@ class BaseRoutes:
             if KSR.tm.t_check_trans() > 0:
                 self.relay()
             return 1
-        send_reply(Reply(404, "Not Found", "in-dialog request without a route"))
+        send_reply(Reply(404, "Not Found", "in-dialog request without a route", cause="dialog_no_route"))
         return 1
 
     def strip_own_routes(self, next_is_farm: Callable[[NameAddr], bool] | None = None) -> bool:
@@ -223,11 +226,10 @@ class BaseRoutes:
         if KSR.tm.t_is_canceled() > 0:
             return 1
         status = int(KSR.pv.get("$T_reply_code") or 0)
-        mapped = toward_endpoint(Reply(status, "", "a reply from the next hop"), in_dialog=True)
+        mapped = toward_endpoint(Reply(status, "", "a reply from the next hop", cause="dialog_flow_failed"),
+                                 in_dialog=True)
         if mapped.code != status:
-            KSR.notice(f"kemi-outbound: {status} to in-dialog {KSR.kx.get_method()} "
-                       f"(Call-ID {KSR.kx.get_callid()}): answered {mapped.code}\n")
-            KSR.tm.t_reply(mapped.code, mapped.reason)
+            t_reply(mapped, f"in-dialog {KSR.kx.get_method()} (the next hop answered {status})")
         return 1
 
     def relay(self) -> None:
@@ -236,7 +238,8 @@ class BaseRoutes:
             # proxy whose only answer is a 503 sends 500 (§16.7 step 6); sl_reply_error()
             # would say "500 No error" here
             next_hop = str(KSR.pv.get("$du") or "") or KSR.kx.get_ruri()
-            send_reply(Reply(500, "Next Hop Unreachable", f"could not send to {next_hop[:100]!r}"))
+            send_reply(Reply(500, "Next Hop Unreachable", f"could not send to {next_hop[:100]!r}",
+                             cause="next_hop_unreachable"))
 
     @guarded
     def ksr_reply_route(self, msg: Any) -> int:
@@ -255,4 +258,12 @@ class BaseRoutes:
         return 1
 
     def ksr_onsend_route(self, msg: Any) -> int:
+        return 1
+
+    def ksr_xhttp_event(self, msg: Any, event: str = "") -> int:
+        """xhttp event callback: an HTTP request. Only the metrics socket answers
+        HTTP (adapter.observe); on any other socket it is 404 and closed."""
+        if not OBSERVER.http_request(flows=False, bindings=True):
+            KSR.hdr.append_to_reply("Connection: close\r\n")
+            KSR.xhttp.xhttp_reply(404, "Not Found", "text/plain", "no HTTP on this socket\n")
         return 1

@@ -15,15 +15,17 @@ import KSR
 
 from outbound.addresses import is_ip_literal
 from outbound.decisions import PathKind, Reply
-from outbound.policy import edge_path_kind
+from outbound.metrics import FLOW_TOKENS
+from outbound.policy import contact_expiry, edge_path_kind
 from outbound.relay import EdgeStep, Onward, ToHome, edge_step, next_hop_refusal
 from outbound.routing import DIALOG_FORMING, RouteView, ToFlow, record_route_token, route_decision
-from outbound.sipmsg import NameAddr, SipSyntaxError, SipUri, parse_name_addrs
+from outbound.sipmsg import NameAddr, SipSyntaxError, SipUri, parse_delta_seconds, parse_name_addrs
 
 from .base import BaseRoutes
 from .flows import FlowRelay, source_flow
 from .locator_glue import FailoverRelay, HealthMemory, Locator, NextHopLocator, PeerGate
 from .names import HOME_FAILURE_ROUTE, HOME_REPLY_ROUTE
+from .observe import OBSERVER
 from .runtime import Runtime, guarded, send_reply, snapshot
 from .websocket import WebSocketGate
 
@@ -83,6 +85,11 @@ class EdgeRoutes(BaseRoutes):
         if kind is PathKind.FLOW:
             flow = source_flow(snap)
             KSR.path.add_path_user_params(self.codec.encode(flow), "ob")
+            OBSERVER.count(FLOW_TOKENS, flow.transport, "path")
+            expires = max((contact_expiry(c, parse_delta_seconds(snap.headers.first("expires")),
+                                          self.runtime.config.default_expires) for c in contacts if not c.star),
+                          default=0)
+            self.flows.book_register(flow, KSR.kx.get_turi(), expires)
             if flow.is_stream:
                 self.flows.keep_open()  # until the 2xx says the registrar's Flow-Timer
                 self.flows.expect_flow_timer(flow)
@@ -95,7 +102,7 @@ class EdgeRoutes(BaseRoutes):
         located by DNS (RFC 3263) and failed over target by target in
         ``ksr_failure_home``; 503 when no target can be found."""
         if not self.registrar:
-            send_reply(Reply(500, "Server Internal Error", "edge.registrar is not configured"))
+            send_reply(Reply(500, "Server Internal Error", "edge.registrar is not configured", cause="no_registrar"))
             return
         self.home_relay.relay(self.registrar)
 
@@ -119,7 +126,7 @@ class EdgeRoutes(BaseRoutes):
         """Record-Route for an outgoing dialog-forming request (RFC 5626 §5.3.2):
         with the flow token as user part when outbound applies, plain otherwise."""
         if record_route_token(view, self.runtime.config.force_outbound):
-            self.flows.record_route(self.codec.encode(view.source))
+            self.flows.record_route(self.codec.encode(view.source), view.source.transport)
         elif view.method in DIALOG_FORMING and not view.has_to_tag:
             self.flows.record_route("")
 
@@ -138,7 +145,7 @@ class EdgeRoutes(BaseRoutes):
                 if self.locate_next_hop():
                     self.relay()
             else:
-                send_reply(Reply(404, "Not Found", "no route for an initial request from the core"))
+                send_reply(Reply(404, "Not Found", "no route for an initial request from the core", cause="no_route"))
         return 1
 
     def within_dialog(self) -> int:
@@ -164,7 +171,8 @@ class EdgeRoutes(BaseRoutes):
         try:
             uri = SipUri.parse(next_hop)
         except SipSyntaxError:
-            return Reply(403, "Forbidden", f"in-dialog request from a device toward {next_hop[:80]!r}")
+            return Reply(403, "Forbidden", f"in-dialog request from a device toward {next_hop[:80]!r}",
+                         cause="relay_not_farm")
         return self._farm_only_refusal(uri)
 
     def _farm_only_refusal(self, uri: SipUri) -> Reply | None:
@@ -199,11 +207,19 @@ class EdgeRoutes(BaseRoutes):
     # ----- WebSocket (WITH_WEBSOCKET, adapter.websocket) ---------------------
 
     def ksr_xhttp_event(self, msg: Any, event: str = "") -> int:
-        """xhttp event callback: an HTTP request (a WebSocket handshake or not)."""
-        self.websocket.http_request()
+        """xhttp event callback: an HTTP request: to the metrics socket
+        (adapter.observe), else a WebSocket handshake or not."""
+        if not OBSERVER.http_request(flows=True, bindings=False):
+            self.websocket.http_request()
         return 1
 
     def ksr_websocket_event(self, msg: Any, event: str = "") -> int:
-        """websocket event callback: a closed WebSocket connection. The edge keeps
-        nothing per connection: a token naming it gets 430 (FlowRelay.send)."""
+        """websocket event callback: a closed WebSocket connection leaves ko_flows
+        (a token naming it gets 430 in any case: FlowRelay.send)."""
+        self.flows.unbook(event)
+        return 1
+
+    def ksr_tcp_event(self, msg: Any, event: str = "") -> int:
+        """tcpops event callback: a booked device connection closed."""
+        self.flows.unbook(event)
         return 1

@@ -13,17 +13,42 @@ import KSR
 
 from outbound.config import Config
 from outbound.decisions import Reply
+from outbound.metrics import FLOW_TOKENS
 from outbound.policy import idle_lifetime
 from outbound.routing import RouteView, ToFlow, flow_refusal, toward_endpoint
 from outbound.sipmsg import NameAddr, SipSyntaxError, parse_name_addr, parse_name_addrs
 from outbound.tokens import Flow, FlowTokenCodec
 
 from .base import leading_own_routes, names_us
-from .names import FLOW_FAILURE_ROUTE, HOME_REPLY_ROUTE, REGISTER_CONID_AVP, RR_USER_AVP
-from .runtime import Snapshot, send_reply, snapshot, stream_flow_alive
+from .names import (
+    FLOW_FAILURE_ROUTE,
+    FLOWS_TABLE,
+    HOME_REPLY_ROUTE,
+    REGISTER_CONID_AVP,
+    REGISTER_FLOW_AVP,
+    RR_USER_AVP,
+    WS_CLOSED_EVENT,
+    FlowsEntry,
+)
+from .observe import OBSERVER
+from .runtime import FLOW_ALIVE, Snapshot, send_reply, snapshot, stream_flow_state, t_reply
 
 # the leading Route entries the core reads: a double Record-Route pair at most
 ROUTES_READ = 2
+# a WebSocket connection's close event names it tcp or tls (its socket): its flows are ws / wss
+WS_OF_STREAM = {"tcp": ("ws",), "tls": ("wss",)}
+CLOSE_EVENTS = ("tcp:closed", "tcp:timeout", "tcp:reset", WS_CLOSED_EVENT)
+
+
+def closed_flow_keys(event: str) -> tuple[str, ...]:
+    """tcpops / websocket close event of the current connection: the ko_flows
+    keys (Flow.key) it may have been booked under; none for another event."""
+    if event not in CLOSE_EVENTS:
+        return ()
+    proto = str(KSR.kx.get_proto()).lower()
+    local = (KSR.kx.get_rcvip(), int(KSR.kx.get_rcvport()))
+    remote = (KSR.kx.get_srcip(), int(KSR.kx.get_srcport()))
+    return tuple(Flow(transport, *local, *remote).key for transport in (proto, *WS_OF_STREAM.get(proto, ())))
 
 
 def source_flow(snap: Snapshot) -> Flow:
@@ -73,7 +98,8 @@ class FlowRelay:
         connection; 430 when the flow is not here or gone (outbound.routing.flow_refusal)."""
         flow = decision.flow
         local = is_local_flow(flow)
-        refusal = flow_refusal(flow, local=local, alive=local and (not flow.is_stream or stream_flow_alive(flow)))
+        state = stream_flow_state(flow) if local and flow.is_stream else FLOW_ALIVE
+        refusal = flow_refusal(flow, local=local, alive=state == FLOW_ALIVE, gone=state)
         if refusal is not None:
             send_reply(self._toward_requester(refusal))
             return
@@ -96,8 +122,7 @@ class FlowRelay:
             KSR.tm.t_set_fr(0, self.config.flow_reply_timeout_ms)
         if KSR.tm.t_relay() < 0:
             gone = self._toward_requester(flow_refusal(flow, local=True, alive=False))
-            KSR.notice(f"kemi-outbound: sending over flow {flow} failed: {gone.code}\n")
-            KSR.tm.t_reply(gone.code, gone.reason)
+            t_reply(gone, f"{KSR.kx.get_method()} over flow {flow} (sending failed)")
 
     def on_failure(self) -> None:
         """tm failure route of a request sent over a flow: no reply at all from
@@ -105,19 +130,31 @@ class FlowRelay:
         if KSR.tm.t_is_canceled() > 0:
             return
         if KSR.tm.t_branch_timeout() > 0 and KSR.tm.t_branch_replied() < 0:
-            gone = self._toward_requester(flow_refusal(None, local=True, alive=False))
-            KSR.notice(f"kemi-outbound: no reply over the flow, answering {gone.code}\n")
-            KSR.tm.t_reply(gone.code, gone.reason)
+            gone = self._toward_requester(flow_refusal(None, local=True, alive=False, gone="flow_no_reply"))
+            t_reply(gone, f"{KSR.kx.get_method()} (no reply over the flow)")
 
     def _toward_requester(self, reply: Reply) -> Reply:
         in_dialog = self.endpoints_in_dialog and KSR.siputils.has_totag() > 0
         return toward_endpoint(reply, in_dialog=in_dialog)
 
     @staticmethod
-    def record_route(user: str) -> None:
-        """Record-Route with ``user`` (a flow token, or "" for a plain entry) as user part."""
+    def record_route(user: str, transport: str = "") -> None:
+        """Record-Route with ``user`` (a flow token of a ``transport`` flow, or ""
+        for a plain entry) as user part."""
         KSR.pv.sets(RR_USER_AVP, user)
         KSR.rr.record_route()
+        if user:
+            OBSERVER.count(FLOW_TOKENS, transport, "record_route")
+
+    @staticmethod
+    def book_register(flow: Flow, aor: str, expires: int) -> None:
+        """A REGISTER with this flow's token goes on to the registrar: its 2xx
+        books the flow in ko_flows (:meth:`registered`; the RPC view and the
+        ``kemi_outbound_flows`` gauge read it), its close event unbooks it."""
+        KSR.pv.sets(REGISTER_FLOW_AVP, f"{flow.key} {flow.conn_id} {expires} {aor}")
+        KSR.tm.t_on_reply(HOME_REPLY_ROUTE)
+        if flow.is_stream:
+            KSR.tcpops.tcp_enable_closed_event()
 
     def expect_flow_timer(self, flow: Flow) -> None:
         """A REGISTER over ``flow`` goes on: its 2xx's Flow-Timer (the value the
@@ -126,14 +163,40 @@ class FlowRelay:
         KSR.tm.t_on_reply(HOME_REPLY_ROUTE)
 
     def registered(self) -> None:
-        """tm reply route of a REGISTER from a TCP/TLS device: a 2xx sets the
-        idle lifetime from its Flow-Timer (outbound.policy.idle_lifetime)."""
+        """tm reply route of a REGISTER from a device: a 2xx books its flow (ko_flows,
+        :meth:`book_register`) and, for TCP/TLS, sets the idle lifetime from its
+        Flow-Timer (outbound.policy.idle_lifetime)."""
+        self._book()
         conn_id = KSR.pv.get(REGISTER_CONID_AVP)
         if not isinstance(conn_id, int) or conn_id <= 0 or not 200 <= int(KSR.kx.get_status() or 0) < 300:
             return
         header = KSR.pv.get("$hdr(Flow-Timer)")
         lifetime = idle_lifetime(header if isinstance(header, str) else None, self.config.keepalive_grace_seconds)
         KSR.tcpops.tcp_set_connection_lifetime_cid(conn_id, lifetime)
+
+    def _book(self) -> None:
+        booked = KSR.pv.get(REGISTER_FLOW_AVP)
+        if not isinstance(booked, str) or not 200 <= int(KSR.kx.get_status() or 0) < 300:
+            return
+        key, conn_id, expires, aor = (booked.split(" ", 3) + ["", "", ""])[:4]
+        entry = FlowsEntry.from_text(KSR.htable.sht_get(FLOWS_TABLE, key))
+        aors = entry.aors if entry is not None and str(entry.conn_id) == conn_id else ()
+        if expires == "0":
+            aors = tuple(a for a in aors if a != aor)
+        elif aor not in aors:
+            aors = (*aors, aor)
+        if not aors:
+            KSR.htable.sht_rm(FLOWS_TABLE, key)
+            return
+        KSR.htable.sht_sets(FLOWS_TABLE, key, FlowsEntry(int(conn_id or 0), aors).to_text())
+        # a UDP flow has no close event: it is forgotten when its registration would expire
+        KSR.htable.sht_setex(FLOWS_TABLE, key, int(expires) + self.config.keepalive_grace_seconds)
+
+    @staticmethod
+    def unbook(event: str) -> None:
+        """A close event of the current connection: its flows leave ko_flows."""
+        for key in closed_flow_keys(event):
+            KSR.htable.sht_rm(FLOWS_TABLE, key)
 
     def keep_open(self) -> None:
         """RFC 5626 §5.4: an outbound TCP/TLS flow lives Flow-Timer plus a grace

@@ -30,6 +30,7 @@ from outbound.bindings import Binding, EdgeAddresses, PathHop, Target, Unusable,
 from outbound.config import Config
 from outbound.decisions import Reply
 from outbound.forking import Fork, ForkState, Outcome, Steps
+from outbound.metrics import CALL_BRANCHES, FLOW_FAILOVERS
 from outbound.relay import SEAL_PARAM
 from outbound.sipmsg import is_hostname
 from outbound.tokens import Flow, FlowTokenCodec
@@ -46,7 +47,8 @@ from .names import (
     NOGRUU_SWITCH,
     RR_CALLER_SIDE_XAVP,
 )
-from .runtime import guarded, send_reply, stream_flow_alive
+from .observe import OBSERVER
+from .runtime import guarded, send_reply, stream_flow_alive, t_reply
 
 SLOT_SHIFT = 16
 SLOT_MASK = 0x7FFF
@@ -97,7 +99,10 @@ class HomeProxy:
         loading = self.loading() if self.loading is not None else 0
         steps = (fork.lookup(ruri, loading=loading) if target is None
                  else fork.lookup(target.aor, only=target, now=int(time.time())))
-        return -1 if self._run(fork, steps, send_reply) else 1
+        replied = self._run(fork, steps, send_reply)
+        if fork.state.branches:
+            OBSERVER.observe(CALL_BRANCHES, len(fork.state.branches))
+        return -1 if replied else 1
 
     def branch_route(self) -> None:
         """Per branch, just before sending: the binding's Path becomes the Route
@@ -175,8 +180,11 @@ class HomeProxy:
                 _save(fork.state)
                 self._arm()
                 return KSR.tm.t_relay() > 0
-            case forking.Unregister(aor=aor, ruid=ruid, log=log):
-                KSR.notice(f"kemi-outbound: {log}\n")
+            case forking.Unregister(aor=aor, ruid=ruid, log=log, failover=failover):
+                if failover:
+                    OBSERVER.event("flow_failover", FLOW_FAILOVERS, (failover,), log)
+                else:
+                    KSR.notice(f"kemi-outbound: {log}\n")
                 usrloc.unregister(self.table, aor, ruid)
             case forking.HoldDown(address=address, why=why):
                 if self.health is not None:
@@ -291,5 +299,4 @@ def _save(state: ForkState) -> None:
 
 def _reply_in_transaction(reply: Reply) -> None:
     """A failure route's answer to the caller, through tm."""
-    KSR.info(f"kemi-outbound: {reply.code} {reply.reason} to the caller: {reply.log}\n")
-    KSR.tm.t_reply(reply.code, reply.reason)
+    t_reply(reply, "the caller")

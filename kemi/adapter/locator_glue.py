@@ -41,9 +41,11 @@ from outbound.addresses import ip_family, is_ip_literal
 from outbound.config import Config, DnsConfig
 from outbound.decisions import Reply
 from outbound.errors import ConfigError, SipSyntaxError
+from outbound.metrics import HOLD_DOWNS, REGISTRAR_FAILOVERS
 from outbound.sipmsg import SipUri, is_hostname
 
 from .names import ADDR_DEFINE, DNS_CURRENT_AVP, DNS_REMAINING_AVP, HEALTH_ITEM, HEALTH_TABLE
+from .observe import OBSERVER
 from .runtime import define, own_socket, send_reply
 
 # The targets still to try for the current transaction, space-separated $du
@@ -168,7 +170,7 @@ class HealthMemory:
         seconds = self.change(lambda health: health.fail(key, now, retry_after))
         if seconds > 0:
             asked = "" if retry_after is None else f", Retry-After {retry_after}"
-            KSR.notice(f"{LOG} {target} held down for {seconds}s ({why}{asked})\n")
+            OBSERVER.event("hold_down", HOLD_DOWNS, (), f"{target} held down for {seconds}s ({why}{asked})")
 
     def order(self, uris: list[str]) -> list[str]:
         """``$du`` URIs with the held-down ones last (TargetHealth.order)."""
@@ -190,7 +192,7 @@ class HealthMemory:
 
 def no_target_reply(found: Plan) -> Reply:
     """503 when nothing can be reached; the log line names the domain and why."""
-    return Reply(503, "Service Unavailable", f"cannot locate {found.uri}: {found.describe()}")
+    return Reply(503, "Service Unavailable", f"cannot locate {found.uri}: {found.describe()}", cause="locate_failed")
 
 
 class FailoverRelay:
@@ -281,7 +283,9 @@ class FailoverRelay:
         if not remaining:
             KSR.notice(f"{LOG} {failed}: {verdict.why}; no target left\n")
             return False
-        KSR.notice(f"{LOG} {failed}: {verdict.why}; trying {remaining[0]}\n")
+        cause = "timeout" if outcome.timed_out else "503" if outcome.status == 503 else "transport_error"
+        OBSERVER.event("registrar_failover", REGISTRAR_FAILOVERS, (cause,),
+                       f"{failed}: {verdict.why}; trying {remaining[0]}")
         return self._relay_next(remaining, self.health.current() if self.health is not None else None)
 
     def _remember(self, failed: str, outcome: BranchOutcome, retry: bool, why: str) -> None:
@@ -326,7 +330,11 @@ class FailoverRelay:
                 KSR.tm.t_on_reply(self.reply_route)  # its answer may clear the hold-down
             if KSR.tm.t_relay() > 0:
                 return True
-            KSR.notice(f"{LOG} sending to {target} failed (transport error)\n")
+            if remaining:
+                OBSERVER.event("registrar_failover", REGISTRAR_FAILOVERS, ("transport_error",),
+                               f"sending to {target} failed (transport error); trying {remaining[0]}")
+            else:
+                KSR.notice(f"{LOG} sending to {target} failed (transport error)\n")
             if self.health is not None:
                 self.health.failed(target, None, "transport error")
         return False
@@ -358,11 +366,12 @@ class NextHopLocator:
             return True
         if not is_hostname(host):
             # neither an IP nor a host name (RFC 3261 §25.1): nothing to ask DNS about
-            send_reply(Reply(400, "Bad Route", f"next hop {next_hop[:80]!r} names no host"))
+            send_reply(Reply(400, "Bad Route", f"next hop {next_hop[:80]!r} names no host", cause="bad_route"))
             return False
         found = self.locator.plan(next_hop)
         if not found.targets:
-            send_reply(Reply(503, "Service Unavailable", f"cannot locate the next hop {next_hop}: {found.describe()}"))
+            send_reply(Reply(503, "Service Unavailable", f"cannot locate the next hop {next_hop}: {found.describe()}",
+                             cause="locate_failed"))
             return False
         uris = [target.uri for target in found.targets]
         if self.health is not None:

@@ -37,16 +37,16 @@ RECEIVED_AVP = "$avp(ko_received)"  # registrar received_avp: where a first-hop 
 
 HEALTH_TABLE = "ko_health"  # hold-downs of failed targets, one item
 HEALTH_ITEM = "targets"
-FLOWS_TABLE = "ko_flows"  # single server: which AORs live on which TCP/TLS connection
+FLOWS_TABLE = "ko_flows"  # edge, single server: which AORs live on which flow (names.FlowsEntry)
 BAN_TABLE = "ipban"  # flood limit: banned sources
 FLOWS_ITERATOR = "ko_it"
 GRUU_TABLE = "ko_gruu"  # registrar, single: the public GRUUs given out (RFC 5627 §6.1: 480, not 404)
 
 # ----- route callbacks Kamailio calls by name ---------------------------------
 
-TCP_EVENT_CALLBACK = "ksr_tcp_event"  # tcpops event_callback (single)
+TCP_EVENT_CALLBACK = "ksr_tcp_event"  # tcpops event_callback (edge, single)
 SWEEP_CALLBACK = "ksr_sweep_flows"  # rtimer exec route (single)
-XHTTP_CALLBACK = "ksr_xhttp_event"  # xhttp event_callback: every HTTP request (WITH_WEBSOCKET; edge, single)
+XHTTP_CALLBACK = "ksr_xhttp_event"  # xhttp event_callback: every HTTP request (metrics socket, WebSocket)
 WS_EVENT_CALLBACK = "ksr_websocket_event"  # websocket event_callback: "websocket:closed" (edge, single)
 WS_CLOSED_EVENT = "websocket:closed"
 # tm callbacks armed from Python (methods of the routes object)
@@ -75,6 +75,9 @@ NOAUTH_SWITCH = "WITH_NOAUTH"
 NOGRUU_SWITCH = "WITH_NOGRUU"  # no GRUUs (RFC 5627) are given out or dereferenced
 DMQ_SWITCH = "WITH_DMQ"  # registrar: the pair replicates bindings over DMQ (adapter.replication)
 DMQ_PEER_DEFINE = "KO_DMQ_PEER"  # the other registrar's DMQ address
+METRICS_ADDR_DEFINE = "KO_METRICS_ADDR"  # the metrics socket (adapter.observe): /metrics, /RPC
+METRICS_PORT_DEFINE = "KO_METRICS_PORT"
+NOMETRICS_SWITCH = "WITH_NOMETRICS"  # no metrics socket, no counting (the decision log stays)
 LOAD_WINDOW_DEFINE = "KO_LOAD_WINDOW"  # s after start a lookup miss is 503, not 404 (adapter.usrloc.LoadWindow)
 KDMQ_METHOD = "KDMQ"  # the dmq module's request method
 # defines that override YAML keys (-A or the environment)
@@ -91,6 +94,7 @@ DEFINE_OVERRIDES = {
 DNS_REMAINING_AVP = "$avp(ko_dns_remaining)"  # targets still to try (transaction AVP)
 DNS_CURRENT_AVP = "$avp(ko_dns_current)"  # the target being tried
 REGISTER_CONID_AVP = "$avp(ko_reg_conid)"  # edge: the device connection of a REGISTER (its 2xx sets the lifetime)
+REGISTER_FLOW_AVP = "$avp(ko_reg_flow)"  # edge: "flow-key conn-id expires aor" of a REGISTER (its 2xx books the flow)
 FORK_XAVP = "ko_tx"  # the home proxy's transaction state (outbound.forking.ForkState.to_text)
 FORK_STATE = f"$xavp({FORK_XAVP})"  # read it; a first write adds it
 FORK_STATE_FIRST = f"$xavp({FORK_XAVP}[0])"  # a later write replaces it
@@ -124,15 +128,17 @@ CFG_NAMES = (
     CfgName(BAN_DEFINE, "define", ALL_ROLES),
     CfgName(DMQ_PEER_DEFINE, "define", (REGISTRAR,)),
     CfgName(LOAD_WINDOW_DEFINE, "define", (REGISTRAR, SINGLE)),
+    CfgName(METRICS_ADDR_DEFINE, "define", ALL_ROLES),
+    CfgName(METRICS_PORT_DEFINE, "define", ALL_ROLES),
     CfgName("ko_rr_user", "avp", (EDGE, SINGLE)),
     CfgName("ko_received", "avp", (REGISTRAR, SINGLE)),
     CfgName(HEALTH_TABLE, "htable", (EDGE, REGISTRAR)),
-    CfgName(FLOWS_TABLE, "htable", (SINGLE,)),
+    CfgName(FLOWS_TABLE, "htable", (EDGE, SINGLE)),
     CfgName(BAN_TABLE, "htable", ALL_ROLES),
     CfgName(GRUU_TABLE, "htable", (REGISTRAR, SINGLE)),
-    CfgName(TCP_EVENT_CALLBACK, "callback", (SINGLE,)),
+    CfgName(TCP_EVENT_CALLBACK, "callback", (EDGE, SINGLE)),
     CfgName(SWEEP_CALLBACK, "callback", (SINGLE,)),
-    CfgName(XHTTP_CALLBACK, "callback", (EDGE, SINGLE)),
+    CfgName(XHTTP_CALLBACK, "callback", ALL_ROLES),
     CfgName(WS_EVENT_CALLBACK, "callback", (EDGE, SINGLE)),
     CfgName(SWEEP_TIMER, "timer", (SINGLE,)),
 )

@@ -24,6 +24,7 @@ from outbound.sipmsg import Headers, bracket
 from outbound.tokens import Flow, FlowTokenCodec
 
 from .names import ADDR_DEFINE, CONFIG_DEFINE, CONID_VAR, DEFINE_OVERRIDES, HDR_INDEX_VAR, PORT_DEFINE, TLS_PORT_DEFINE
+from .observe import OBSERVER
 
 # Branch flag that marks a binding as an outbound flow (stored in usrloc cflags).
 # Mirrors FLB_OUTBOUND in cfg/*.cfg.
@@ -204,13 +205,23 @@ def send_reply(reply: Reply) -> None:
     if KSR.is_ACK():
         KSR.notice(f"kemi-outbound: ACK dropped, {reply.log}\n")
         return
-    KSR.notice(
-        f"kemi-outbound: {reply.code} {reply.reason} to {KSR.kx.get_method()} "
-        f"from {KSR.kx.get_srcip()}:{KSR.kx.get_srcport()}: {reply.log}\n"
-    )
+    decided(reply)
     for header in reply.headers:
         KSR.hdr.append_to_reply(header + "\r\n")
     KSR.sl.send_reply(reply.code, reply.reason)
+
+
+def decided(reply: Reply, toward: str = "") -> None:
+    """The decision log line and counters of a reply of ours (adapter.observe),
+    sent by us now or (``toward``, e.g. "the caller") through tm."""
+    whom = toward or f"{KSR.kx.get_method()} from {KSR.kx.get_srcip()}:{KSR.kx.get_srcport()}"
+    OBSERVER.decided(reply, f"{reply.code} {reply.reason} to {whom}: {reply.log}")
+
+
+def t_reply(reply: Reply, toward: str) -> None:
+    """Answer the transaction (a failure route, a relay that failed) with a reply of ours."""
+    decided(reply, toward)
+    KSR.tm.t_reply(reply.code, reply.reason)
 
 
 Route = TypeVar("Route", bound=Callable[..., int])
@@ -226,24 +237,32 @@ _PEER_CHECKED: set[tuple[int, str, int]] = set()
 PEER_CHECKED_MAX = 4096
 
 
-def stream_flow_alive(flow: Flow) -> bool:
-    """The token's TCP/TLS connection is alive *and* still the one to the token's
-    peer. Kamailio numbers connections from 1 again after a restart and sends by
-    id alone, so a stale token's id may name another UA's connection by now
-    (RFC 5626 §5.3.1: that flow is gone, 430)."""
+FLOW_ALIVE = ""
+
+
+def stream_flow_state(flow: Flow) -> str:
+    """``FLOW_ALIVE`` when the token's TCP/TLS connection is alive *and* still the
+    one to the token's peer, else why not (a reason code: ``flow_closed``,
+    ``flow_reused_connection``). Kamailio numbers connections from 1 again after
+    a restart and sends by id alone, so a stale token's id may name another UA's
+    connection by now (RFC 5626 §5.3.1: that flow is gone, 430)."""
     if KSR.tcpops.tcp_conid_state(flow.conn_id) <= 0:
-        return False
+        return "flow_closed"
     key = (flow.conn_id, flow.remote_ip, flow.remote_port)
     if key in _PEER_CHECKED:
-        return True
+        return FLOW_ALIVE
     # tcpops' tcp_get_conid has no KEMI export in 5.6: called by name
     KSR.x.modf("tcp_get_conid", f"{bracket(flow.remote_ip)}:{flow.remote_port}", CONID_VAR)
     if KSR.pv.get(CONID_VAR) != flow.conn_id:
-        return False
+        return "flow_reused_connection"
     if len(_PEER_CHECKED) >= PEER_CHECKED_MAX:
         _PEER_CHECKED.clear()
     _PEER_CHECKED.add(key)
-    return True
+    return FLOW_ALIVE
+
+
+def stream_flow_alive(flow: Flow) -> bool:
+    return stream_flow_state(flow) == FLOW_ALIVE
 
 
 def guarded(route: Route) -> Route:

@@ -23,6 +23,7 @@ import KSR
 
 from outbound.bindings import PathHop, first_hop
 from outbound.decisions import Reply
+from outbound.metrics import FLOW_TOKENS
 from outbound.relay import EdgeStep, flow_room_refusal, single_step
 from outbound.routing import DIALOG_FORMING, RouteView, ToFlow, record_route_token, route_decision
 from outbound.tokens import Flow, FlowTokenCodec
@@ -30,15 +31,13 @@ from outbound.tokens import Flow, FlowTokenCodec
 from . import registration, usrloc
 from .auth import Authenticator
 from .base import BaseRoutes, DialogSeal
-from .flows import FlowRelay, is_local_flow, source_flow
+from .flows import FlowRelay, closed_flow_keys, is_local_flow, source_flow
 from .home_proxy import HomeProxy, HomeProxyCallbacks
 from .locator_glue import Locator, NextHopLocator, PeerGate
 from .names import FLOWS_ITERATOR, FLOWS_TABLE, RR_CALLER_SIDE_XAVP, WS_CLOSED_EVENT, FlowsEntry
+from .observe import OBSERVER
 from .runtime import Runtime, guarded, send_reply
 from .websocket import WebSocketGate
-
-WS_OF_STREAM = {"tcp": ("ws",), "tls": ("wss",)}
-CLOSE_EVENTS = ("tcp:closed", "tcp:timeout", "tcp:reset", WS_CLOSED_EVENT)
 
 
 class FlowWatch:
@@ -67,15 +66,9 @@ class FlowWatch:
         KSR.tcpops.tcp_enable_closed_event()
 
     def closed(self, event: str) -> None:
-        """tcpops event of the current connection."""
-        if event in CLOSE_EVENTS:
-            proto = str(KSR.kx.get_proto()).lower()
-            local, remote = (KSR.kx.get_rcvip(), int(KSR.kx.get_rcvport())), (KSR.kx.get_srcip(),
-                                                                                int(KSR.kx.get_srcport()))
-            # a WebSocket connection is known as ws/wss, whatever its event says
-            protos = (proto, *WS_OF_STREAM.get(proto, ()))
-            for transport in protos:
-                self.drop(Flow(transport, *local, *remote).key, event)
+        """tcpops or websocket close event of the current connection."""
+        for key in closed_flow_keys(event):
+            self.drop(key, event)
 
     def sweep(self) -> None:
         """Drop the watched connections that are gone without an event."""
@@ -158,6 +151,7 @@ class SingleRoutes(BaseRoutes, HomeProxyCallbacks):
                 return 1
         if decision.outbound and view.first_hop:
             KSR.hdr.insert(f"Path: <{flow.local_uri(self.codec.encode(flow))};lr;ob>\r\n")
+            OBSERVER.count(FLOW_TOKENS, flow.transport, "path")
             changed = True
         if changed:
             KSR.textopsx.msg_apply_changes()
@@ -189,6 +183,8 @@ class SingleRoutes(BaseRoutes, HomeProxyCallbacks):
         source = view.source
         outbound = record_route_token(view, self.runtime.config.force_outbound)
         KSR.pv.sets(RR_CALLER_SIDE_XAVP, source.local_uri(self.codec.encode(source) if outbound else ""))
+        if outbound:
+            OBSERVER.count(FLOW_TOKENS, source.transport, "record_route")
 
     def initial(self) -> int:
         view = self.flows.route_view()
@@ -238,8 +234,10 @@ class SingleRoutes(BaseRoutes, HomeProxyCallbacks):
     # ----- WebSocket (WITH_WEBSOCKET, adapter.websocket) ---------------------
 
     def ksr_xhttp_event(self, msg: Any, event: str = "") -> int:
-        """xhttp event callback: an HTTP request (a WebSocket handshake or not)."""
-        self.websocket.http_request()
+        """xhttp event callback: an HTTP request: to the metrics socket
+        (adapter.observe), else a WebSocket handshake or not."""
+        if not OBSERVER.http_request(flows=True, bindings=True):
+            self.websocket.http_request()
         return 1
 
     def ksr_websocket_event(self, msg: Any, event: str = "") -> int:

@@ -86,14 +86,15 @@ def auth_outcome(code: int, *, user: str, realm: str, headers: Iterable[str],
     if code in (AUTH_INVALID_PASSWORD, AUTH_USER_UNKNOWN, AUTH_USER_MISMATCH):
         # the same answer for both: whether the user exists is nobody's business
         return Reply(403, "Forbidden", f"authentication failed for {user!r} in {realm!r} "
-                     f"({'unknown user' if code == AUTH_USER_UNKNOWN else 'wrong credentials'})")
+                     f"({'unknown user' if code == AUTH_USER_UNKNOWN else 'wrong credentials'})", cause="auth_failed")
     present = [h for h in headers if h.strip()]
     if present and (not user or not all(credentials_readable(h) for h in present)):  # Kamailio read no user
-        return Reply(400, "Bad Authorization Header", "credentials that are no readable Digest")
+        return Reply(400, "Bad Authorization Header", "credentials that are no readable Digest",
+                     cause="auth_bad_header")
     if present and db_reachable:
         return Challenge(why="a nonce we did not issue")
     return Reply(500, "Server Internal Error", f"authentication could not be checked (auth_check {code}: "
-                 "subscriber database unreachable?)")
+                 "subscriber database unreachable?)", cause="auth_unavailable")
 
 
 def register_owner_refusal(auth: Authorized, to_user: str, to_domain: str) -> Reply | None:
@@ -101,7 +102,8 @@ def register_owner_refusal(auth: Authorized, to_user: str, to_domain: str) -> Re
     AOR in To; here, own it (same user, the realm is the AOR's domain)."""
     if auth.user == to_user and auth.realm.lower() == to_domain.lower():
         return None
-    return Reply(403, "Forbidden", f"user {auth.user}@{auth.realm} may not register {to_user}@{to_domain}")
+    return Reply(403, "Forbidden", f"user {auth.user}@{auth.realm} may not register {to_user}@{to_domain}",
+                 cause="auth_wrong_aor")
 
 
 def over_contact_limit(stored: int, adding: int, max_contacts: int) -> Reply | None:
@@ -110,5 +112,6 @@ def over_contact_limit(stored: int, adding: int, max_contacts: int) -> Reply | N
     if max_contacts <= 0 or stored + adding <= max_contacts:
         return None
     return Reply(403, "Too Many Contacts",
-                 f"{stored} bindings stored, {adding} more would pass the limit of {max_contacts}")
+                 f"{stored} bindings stored, {adding} more would pass the limit of {max_contacts}",
+                 cause="auth_too_many_contacts")
 

@@ -8,12 +8,15 @@ from enum import Enum
 
 @dataclass(frozen=True, slots=True)
 class Reply:
-    """Answer the request statelessly-or-not with ``code``; ``log`` says why."""
+    """Answer the request statelessly-or-not with ``code``; ``log`` says why;
+    ``cause`` is the decision's stable reason code (outbound.metrics: the
+    decision log line and the refusal counters carry it)."""
 
     code: int
     reason: str
     log: str
     headers: tuple[str, ...] = ()
+    cause: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -136,11 +136,14 @@ class AddBranch:
 @dataclass(frozen=True, slots=True)
 class Unregister:
     """Remove a binding from usrloc (a flow that failed or is known dead,
-    RFC 5626 §7); ``log`` is the line saying why."""
+    RFC 5626 §7); ``log`` is the line saying why; ``failover``: the flow failed
+    under a call and the instance's next flow is tried (its reason code for
+    outbound.metrics.FLOW_FAILOVERS: ``430``, ``408_local``, ``503_local``)."""
 
     aor: str
     ruid: str
     log: str
+    failover: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,23 +286,24 @@ class Fork:
             self.state.instance = only.instance
         elif not bindings and loading > 0:
             yield Reply(503, "Service Unavailable", f"no binding for {aor} yet: the bindings are still loading",
-                        (f"Retry-After: {loading}",))
+                        (f"Retry-After: {loading}",), cause="bindings_loading")
             return
         elif not bindings:
-            yield Reply(404, "Not Found", f"no binding for {aor}")
+            yield Reply(404, "Not Found", f"no binding for {aor}", cause="no_binding")
             return
         self.state.aor = aor
         for wave in plan_forks(list(bindings), max_parallel=self.max_parallel).waves:
             if (yield from self._start_wave(wave, in_request=True)):
                 break
         else:
-            yield Reply(480, "Temporarily Unavailable", f"no usable flow for {aor}")
+            yield Reply(480, "Temporarily Unavailable", f"no usable flow for {aor}", cause="no_usable_flow")
             return
         if not (yield Relay()):
             # every branch failed at once (a TCP contact refusing the connection): a
             # transport error is a 503 of our own (RFC 3261 §16.9), which the caller
             # sees as 480 like any flow failure (RFC 5626 §11.5)
-            yield Reply(480, "Temporarily Unavailable", f"could not send to any binding of {aor}")
+            yield Reply(480, "Temporarily Unavailable", f"could not send to any binding of {aor}",
+                        cause="all_flows_failed")
 
     def branch_failed(self, outcome: Outcome) -> Steps:
         """Branch-failure route: on 430 or our own 408/503, the same binding at
@@ -323,7 +327,8 @@ class Fork:
             yield Note(f"{status} from {branch.ruid} of {aor}, which is no outbound flow: binding kept")
             return
         yield Unregister(aor, branch.ruid, f"flow {branch.ruid} of {aor} failed with {status}"
-                                           f"{' (local)' if locally else ''}; removing it")
+                                           f"{' (local)' if locally else ''}; removing it",
+                         failover=f"{status}{'_local' if locally else ''}")
         bindings = yield Fetch(aor)
         found = yield from self._first_usable(other_flows(list(bindings), branch.group, branch.ruid))
         if found is None:
@@ -340,7 +345,7 @@ class Fork:
         locally = self.picked_locally(status)
         if outcome.canceled:
             if is_flow_failure(status, locally):
-                yield Reply(487, "Request Terminated", f"canceled; {status} is a flow failure")
+                yield Reply(487, "Request Terminated", f"canceled; {status} is a flow failure", cause="canceled")
             return
         aor = self.state.aor
         if aor and not 600 <= status < 700:
@@ -355,7 +360,8 @@ class Fork:
         if sent is not None:
             reason = self.state.best_reason if sent == best else ""
             yield Reply(sent, reason or FAILURE_REASONS.get(sent, "Request Failed"),
-                        f"tm picked {status}{' (ours)' if locally else ''}, a flow failure")
+                        f"tm picked {status}{' (ours)' if locally else ''}, a flow failure",
+                        cause=final_cause(sent, best))
 
     # ----- the steps ------------------------------------------------------------
 
@@ -512,3 +518,14 @@ def caller_reply(picked: int, best_other: int | None, locally_generated: bool = 
     if best_other is not None and response_rank(best_other) < response_rank(500):
         return best_other
     return mapped
+
+
+def final_cause(sent: int, best: int) -> str:
+    """The reason code of the caller's final answer after failures: 480 of ours
+    (every flow failed, RFC 5626 §11.5), 408 (nothing answered at all), or the
+    best real answer passed on (RFC 3261 §16.7)."""
+    if sent == 480 and sent != best:
+        return "all_flows_failed"
+    if sent == 408:
+        return "no_answer"
+    return "best_answer"

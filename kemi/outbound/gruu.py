@@ -277,15 +277,15 @@ def request_target(ruri: str, codec: TempGruuCodec) -> GruuTarget | Reply | None
     if value:
         aor = aor_of(ruri)
         if aor is None:
-            return Reply(404, "Not Found", "public GRUU without a user part")
+            return Reply(404, "Not Found", "public GRUU without a user part", cause="gruu_unknown")
         return GruuTarget(aor, normalize_instance(urllib.parse.unquote(value)))
     found = codec.open(uri.user or "")
     if found is None:
-        return Reply(404, "Not Found", "a temporary GRUU this registrar did not make")
+        return Reply(404, "Not Found", "a temporary GRUU this registrar did not make", cause="gruu_unknown")
     scheme, hostport = _hostport(found.aor)
     port = f":{uri.port}" if uri.port else ""
     if (scheme, hostport.lower()) != (uri.scheme, f"{uri.host}{port}"):
-        return Reply(404, "Not Found", "a temporary GRUU presented under another domain")
+        return Reply(404, "Not Found", "a temporary GRUU presented under another domain", cause="gruu_unknown")
     return found
 
 
@@ -307,10 +307,12 @@ def instance_flows(target: GruuTarget, bindings: Sequence[Binding], now: int) ->
     live = tuple(b for b in flows if _live(b, now))
     if live:
         if target.temporary and not any(call_id_digest(b.callid) in target.call_ids for b in live):
-            return Reply(404, "Not Found", "temporary GRUU of a registration that ended in a new Call-ID")
+            return Reply(404, "Not Found", "temporary GRUU of a registration that ended in a new Call-ID",
+                         cause="gruu_unknown")
         return live
     if flows or target.temporary:
-        return Reply(480, "Temporarily Unavailable", f"GRUU of {target.aor}: its instance has no live binding")
+        return Reply(480, "Temporarily Unavailable", f"GRUU of {target.aor}: its instance has no live binding",
+                     cause="gruu_not_registered")
     return None
 
 
@@ -319,8 +321,9 @@ def unknown_instance(target: GruuTarget, remembered: bool) -> Reply:
     gave it out (the instance registered before and may again), 404 when it
     never did (§6.1)."""
     if remembered:
-        return Reply(480, "Temporarily Unavailable", f"GRUU of {target.aor}: its instance is not registered now")
-    return Reply(404, "Not Found", f"no GRUU of {target.aor} for that instance")
+        return Reply(480, "Temporarily Unavailable", f"GRUU of {target.aor}: its instance is not registered now",
+                     cause="gruu_not_registered")
+    return Reply(404, "Not Found", f"no GRUU of {target.aor} for that instance", cause="gruu_unknown")
 
 
 def memory_key(aor: str, instance: str) -> str:

@@ -112,18 +112,19 @@ def registrar_decision(
     if unknown:
         listed = ", ".join(sorted(unknown))
         return Reply(420, "Bad Extension", f"Require lists {listed[:80]!r}, which this registrar lacks",
-                     headers=(f"Unsupported: {listed}",))
+                     headers=(f"Unsupported: {listed}",), cause="unsupported_extension")
     contacts = view.contacts
     if not contacts:
         return SaveBinding(outbound=False)
     if any(c.star for c in contacts):
         if len(contacts) != 1 or view.expires_header != 0:
-            return Reply(400, "Invalid Contact *", "Contact: * needs to be alone with Expires: 0")
+            return Reply(400, "Invalid Contact *", "Contact: * needs to be alone with Expires: 0",
+                         cause="bad_contact_star")
         return SaveBinding(outbound=False)
     try:
         expiries = [contact_expiry(c, view.expires_header, default_expires) for c in contacts]
     except SipSyntaxError as exc:
-        return Reply(400, "Bad Request", str(exc))
+        return Reply(400, "Bad Request", str(exc), cause="bad_register")
     outbound_contacts = []
     for contact in contacts:
         if not has_instance(contact) or "reg-id" not in contact.params:
@@ -134,16 +135,19 @@ def registrar_decision(
             return Reply(
                 400, "Invalid reg-id",
                 f"reg-id {contact.params.get('reg-id')!r} outside 1..{REG_ID_MAX}",
+                cause="bad_reg_id",
             )
         outbound_contacts.append(contact)
     if not outbound_contacts:
         return SaveBinding(outbound=False)
     if sum(1 for e in expiries if e > 0) > 1:
-        return Reply(400, "Multiple Contacts with reg-id", "more than one live Contact with reg-id")
+        return Reply(400, "Multiple Contacts with reg-id", "more than one live Contact with reg-id",
+                     cause="multiple_reg_id")
     edge_ob = bool(view.paths) and "ob" in view.paths[0].sip_uri.params
     if not ((view.first_hop and holds_flows) or edge_ob):
         if "outbound" in view.supported:
-            return Reply(439, "First Hop Lacks Outbound Support", "reg-id via an edge without ;ob")
+            return Reply(439, "First Hop Lacks Outbound Support", "reg-id via an edge without ;ob",
+                         cause="first_hop_lacks_outbound")
         return SaveBinding(outbound=False, ignore_reg_id=True)
     if "outbound" not in view.supported:
         # a server never requires an extension the request did not declare

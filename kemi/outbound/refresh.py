@@ -94,7 +94,8 @@ def out_of_order(stored: Sequence[Binding], keys: frozenset[InstanceKey], callid
     for binding in stored:
         if binding.key in keys and binding.callid == callid and cseq < binding.cseq:
             return Reply(400, "Out-of-Order Request",  # not "...CSeq...": SIPp 3.6.1 then misreads the CSeq
-                         f"CSeq {cseq} is older than {binding.cseq} stored for binding {binding.ruid}")
+                         f"CSeq {cseq} is older than {binding.cseq} stored for binding {binding.ruid}",
+                         cause="cseq_out_of_order")
     return None
 
 

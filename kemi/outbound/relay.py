@@ -80,7 +80,8 @@ def edge_step(decision: RouteDecision, *, from_farm: bool, in_dialog: bool, firs
     if isinstance(decision, ToFlow):
         if from_farm:
             return decision
-        return Reply(403, "Forbidden", f"flow token for {decision.flow} from outside the farm (replayed?)")
+        return Reply(403, "Forbidden", f"flow token for {decision.flow} from outside the farm (replayed?)",
+                     cause="replayed_token")
     if from_farm:
         if in_dialog:
             return Onward(farm_only=False)
@@ -103,10 +104,12 @@ def single_step(decision: RouteDecision, *, from_peer: bool, in_dialog: bool, se
         return decision
     if in_dialog:
         if not (sealed or from_peer):
-            return Reply(403, "Forbidden", "in-dialog request without our sealed Record-Route (not a dialog of ours)")
+            return Reply(403, "Forbidden", "in-dialog request without our sealed Record-Route (not a dialog of ours)",
+                         cause="relay_unsealed_dialog")
         return decision if isinstance(decision, ToFlow) else Onward(farm_only=False)
     if isinstance(decision, ToFlow) and not from_peer:
-        return Reply(403, "Forbidden", f"flow token for {decision.flow} in an initial request from a device")
+        return Reply(403, "Forbidden", f"flow token for {decision.flow} in an initial request from a device",
+                     cause="token_from_device")
     return decision if isinstance(decision, ToFlow) else ToHome()
 
 
@@ -117,7 +120,8 @@ def farm_dialog_refusal(*, has_routes: bool, sealed: bool, top_route: str = "") 
     request is for us (loose_route finds nothing: 404 or the ACK absorbed)."""
     if not has_routes or sealed:
         return None
-    return Reply(403, "Forbidden", f"in-dialog request without our sealed Record-Route (top Route {top_route[:80]!r})")
+    return Reply(403, "Forbidden", f"in-dialog request without our sealed Record-Route (top Route {top_route[:80]!r})",
+                 cause="relay_unsealed_dialog")
 
 
 def replication_refusal(source_ip: str, *, from_farm: bool) -> Reply | None:
@@ -127,7 +131,7 @@ def replication_refusal(source_ip: str, *, from_farm: bool) -> Reply | None:
     Anyone else could register any AOR anywhere: 403."""
     if from_farm:
         return None
-    return Reply(403, "Forbidden", f"KDMQ from {source_ip}, not a registrar of this farm")
+    return Reply(403, "Forbidden", f"KDMQ from {source_ip}, not a registrar of this farm", cause="relay_kdmq_stranger")
 
 
 def flow_room_refusal(aors_on_flow: Sequence[str], aor: str, conn_id: int) -> Reply | None:
@@ -139,7 +143,8 @@ def flow_room_refusal(aors_on_flow: Sequence[str], aor: str, conn_id: int) -> Re
     entry = " ".join([str(conn_id), *aors_on_flow, aor])
     if len(aors_on_flow) >= MAX_AORS_PER_FLOW or len(entry) > MAX_FLOW_ENTRY:
         return Reply(403, "Too Many AORs On This Flow",
-                     f"connection {conn_id} already carries {len(aors_on_flow)} AORs (at most {MAX_AORS_PER_FLOW})")
+                     f"connection {conn_id} already carries {len(aors_on_flow)} AORs (at most {MAX_AORS_PER_FLOW})",
+                     cause="relay_too_many_aors")
     return None
 
 
@@ -151,7 +156,8 @@ def foreign_route_refusal(foreign: int, *, next_is_farm: bool) -> Reply | None:
     the end of it (``next_is_farm`` False there). Refused 403, never dropped."""
     if foreign == 0 or next_is_farm:
         return None
-    return Reply(403, "Forbidden", f"Route set goes on past us ({foreign} entries) to a hop outside the farm")
+    return Reply(403, "Forbidden", f"Route set goes on past us ({foreign} entries) to a hop outside the farm",
+                 cause="relay_route_past_us")
 
 
 def next_hop_refusal(host: str, *, host_is_ip: bool, ip_in_farm: bool, farm_names: frozenset[str]) -> Reply | None:
@@ -163,7 +169,8 @@ def next_hop_refusal(host: str, *, host_is_ip: bool, ip_in_farm: bool, farm_name
             return None
     elif host.lower().rstrip(".") in farm_names:
         return None
-    return Reply(403, "Forbidden", f"in-dialog request from a device toward {host[:80]!r}, which is not the farm")
+    return Reply(403, "Forbidden", f"in-dialog request from a device toward {host[:80]!r}, which is not the farm",
+                 cause="relay_not_farm")
 
 
 def path_refusal(top_path_host: str | None, *, source_ip: str, host_addresses: Sequence[str],
@@ -179,11 +186,13 @@ def path_refusal(top_path_host: str | None, *, source_ip: str, host_addresses: S
     if trusted_source is not None:
         if trusted_source:
             return None
-        return Reply(403, "Forbidden", f"Path from {source_ip}, which is no trusted edge (registrar.trusted_edges)")
+        return Reply(403, "Forbidden", f"Path from {source_ip}, which is no trusted edge (registrar.trusted_edges)",
+                     cause="relay_untrusted_path")
     if source_ip in host_addresses:
         return None
     return Reply(403, "Forbidden",
-                 f"Path names {top_path_host[:80]!r} but the REGISTER came from {source_ip}: not written by that edge")
+                 f"Path names {top_path_host[:80]!r} but the REGISTER came from {source_ip}: not written by that edge",
+                 cause="relay_untrusted_path")
 
 
 def stray_reply_refusal(next_via: str | None) -> str | None:

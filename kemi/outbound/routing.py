@@ -91,15 +91,15 @@ def route_decision(view: RouteView, codec: FlowTokenCodec) -> RouteDecision:
         if not user:
             continue
         if len(user) > MAX_ROUTE_USER:
-            return Reply(400, "Bad Request", f"Route user part of {len(user)} bytes")
+            return Reply(400, "Bad Request", f"Route user part of {len(user)} bytes", cause="oversized_token")
         decoded = codec.decode(user)
         if decoded.verdict is Verdict.NOT_A_TOKEN:
             # a user part on a Route naming us is only ever a token we wrote (Path,
             # Record-Route): truncated, extended or out of the alphabet, it is a
             # damaged token, not "no token" (§5.3.1: 403, never routed on)
-            return Reply(403, "Forbidden", f"damaged flow token {user[:80]!r}")
+            return Reply(403, "Forbidden", f"damaged flow token {user[:80]!r}", cause="damaged_token")
         if decoded.verdict is Verdict.FORGED or decoded.flow is None:
-            return Reply(403, "Forbidden", f"forged flow token {user[:80]!r}")
+            return Reply(403, "Forbidden", f"forged flow token {user[:80]!r}", cause="forged_token")
         flows.append((decoded.flow, user, route))
     if not flows:
         return LooseRoute("our Route carries no flow token")
@@ -128,16 +128,17 @@ def record_route_token(view: RouteView, force_outbound: bool) -> bool:
     return view.contact_has_ob or route_has_ob
 
 
-def flow_refusal(flow: Flow | None, *, local: bool, alive: bool) -> Reply | None:
+def flow_refusal(flow: Flow | None, *, local: bool, alive: bool, gone: str = "flow_closed") -> Reply | None:
     """RFC 5626 §5.3.1 / §11.5: a request for the flow of a valid token goes
     over that flow or is answered 430 Flow Failed, never over a new connection.
     Not ``local``: a peer edge's token under a shared key, whose connection id
     would name another UA's connection here. Not ``alive``: closed, reset, or
-    the UA gave no reply over it. None: send over it."""
+    the UA gave no reply over it; ``gone`` is the reason code (outbound.metrics:
+    ``flow_closed``, ``flow_reused_connection``, ``flow_no_reply``). None: send over it."""
     if not local:
-        return Reply(430, "Flow Failed", f"flow {flow} is not on a socket of this edge")
+        return Reply(430, "Flow Failed", f"flow {flow} is not on a socket of this edge", cause="flow_not_here")
     if not alive:
-        return Reply(430, "Flow Failed", f"flow {flow} is gone, no new connection opened")
+        return Reply(430, "Flow Failed", f"flow {flow} is gone, no new connection opened", cause=gone)
     return None
 
 
@@ -149,5 +150,5 @@ def toward_endpoint(reply: Reply, *, in_dialog: bool) -> Reply:
     end the dialog (RFC 3261 §12.2.1.2, §14.1). Any other reply stands."""
     if reply.code == 430 and in_dialog:
         return Reply(408, "Request Timeout", f"{reply.log} (430 in a dialog, answered 408 toward the endpoint)",
-                     reply.headers)
+                     reply.headers, reply.cause)
     return reply

@@ -201,7 +201,8 @@ def test_rfc5626_7_failover_to_the_next_flow_only_on_430_or_a_local_408_503(stat
 
     if fails_over:
         local = " (local)" if status != 430 else ""
-        assert actions[0] == Unregister(AOR, "p1", f"flow p1 of {AOR} failed with {status}{local}; removing it")
+        assert actions[0] == Unregister(AOR, "p1", f"flow p1 of {AOR} failed with {status}{local}; removing it",
+                                        failover=f"{status}{'_local' if status != 430 else ''}")
         assert added(actions) == ["p2"] and actions[-1] == Relay()
     else:
         assert actions == []
@@ -241,9 +242,11 @@ def test_rfc3261_16_10_never_new_branches_after_cancel():
 
     assert call.fail("p1", 430, canceled=True) == []
     assert call.fail("p1", 408, replied=False, canceled=True) == []
-    assert call.all_failed(430, canceled=True) == [Reply(487, "Request Terminated", "canceled; 430 is a flow failure")]
+    assert call.all_failed(430, canceled=True) == [
+        Reply(487, "Request Terminated", "canceled; 430 is a flow failure", cause="canceled")]
     assert call.all_failed(487, canceled=True) == []
-    assert call.all_failed(408, canceled=True) == [Reply(487, "Request Terminated", "canceled; 408 is a flow failure")]
+    assert call.all_failed(408, canceled=True) == [
+        Reply(487, "Request Terminated", "canceled; 408 is a flow failure", cause="canceled")]
 
 
 def test_rfc3261_16_10_a_canceled_answer_is_not_remembered():
@@ -353,7 +356,8 @@ def test_rfc5626_11_5_every_flow_failed_480():
 
     actions = call.all_failed(408)
 
-    assert actions == [Fetch(AOR), Reply(480, "Temporarily Unavailable", "tm picked 408 (ours), a flow failure")]
+    assert actions == [Fetch(AOR), Reply(480, "Temporarily Unavailable", "tm picked 408 (ours), a flow failure",
+                                              cause="all_flows_failed")]
 
 
 def test_rfc3261_16_7_nothing_answered_at_all_is_408():
@@ -366,7 +370,7 @@ def test_rfc3261_16_7_nothing_answered_at_all_is_408():
 
     actions = call.all_failed(408)
 
-    assert actions[-1] == Reply(408, "Request Timeout", "tm picked 408 (ours), a flow failure")
+    assert actions[-1] == Reply(408, "Request Timeout", "tm picked 408 (ours), a flow failure", cause="no_answer")
 
 
 def test_rfc3261_16_7_a_408_the_device_sent_reaches_the_caller():
@@ -461,7 +465,8 @@ def test_an_edge_by_address_is_not_held_down():
 # --- what the caller gets when nothing can be tried -----------------------------------------------
 
 def test_no_binding_404():
-    assert Call(World([])).lookup() == [Fetch(AOR), Reply(404, "Not Found", f"no binding for {AOR}")]
+    assert Call(World([])).lookup() == [Fetch(AOR),
+                                        Reply(404, "Not Found", f"no binding for {AOR}", cause="no_binding")]
 
 
 def test_no_binding_while_the_bindings_load_is_503_with_retry_after():
@@ -469,7 +474,7 @@ def test_no_binding_while_the_bindings_load_is_503_with_retry_after():
     actions = World([]).run(Fork(max_parallel=8).lookup(AOR, loading=4))
     assert actions == [Fetch(AOR), Reply(503, "Service Unavailable",
                                          f"no binding for {AOR} yet: the bindings are still loading",
-                                         ("Retry-After: 4",))]
+                                         ("Retry-After: 4",), cause="bindings_loading")]
 
 
 def test_bindings_are_forked_to_while_the_bindings_load():
@@ -482,7 +487,7 @@ def test_no_usable_flow_480():
     actions = Call(World([flow("p1"), plain("low", q=0.5)], targets=skip)).lookup()
 
     assert notes(actions) == [skip["p1"].log, skip["low"].log]
-    assert actions[-1] == Reply(480, "Temporarily Unavailable", f"no usable flow for {AOR}")
+    assert actions[-1] == Reply(480, "Temporarily Unavailable", f"no usable flow for {AOR}", cause="no_usable_flow")
     assert Relay() not in actions and added(actions) == []
 
 
@@ -490,7 +495,8 @@ def test_rfc3261_16_9_a_send_failure_of_every_branch_480():
     actions = Call(World([flow("p1"), flow("l1", LAPTOP)], relays=[False])).lookup()
 
     assert sorted(added(actions)) == ["l1", "p1"]
-    assert actions[-2:] == [Relay(), Reply(480, "Temporarily Unavailable", f"could not send to any binding of {AOR}")]
+    assert actions[-2:] == [Relay(), Reply(480, "Temporarily Unavailable", f"could not send to any binding of {AOR}",
+                                               cause="all_flows_failed")]
 
 
 def test_the_next_flow_that_cannot_be_sent_is_logged():
@@ -574,7 +580,7 @@ def test_from_the_empty_state_nothing_fails_over_and_a_flow_failure_still_become
     assert world.run(fork.branch_failed(Outcome(430, slot=1, replied=True))) == [
         Note("430 on a branch without flow state; nothing to fail over")]
     assert world.run(fork.all_failed(Outcome(430))) == [
-        Reply(480, "Temporarily Unavailable", "tm picked 430, a flow failure")]
+        Reply(480, "Temporarily Unavailable", "tm picked 430, a flow failure", cause="all_flows_failed")]
 
 
 def test_a_branch_that_is_not_ours_is_left_alone():

@@ -108,8 +108,9 @@ def bus(*farm: str) -> ReplicationBus:
 @pytest.fixture
 def script(monkeypatch) -> Script:
     s = Script(**{"kx.get_method": "KDMQ", "kx.get_srcip": "203.0.113.7", "kx.get_srcport": 5070,
-                  "dmq.is_from_node": -1, "is_ACK": False})
-    monkeypatch.setattr(KSR, "kx", s.namespace("kx.", "get_method", "get_srcip", "get_srcport"), raising=False)
+                  "kx.get_callid": "kdmq-1", "dmq.is_from_node": -1, "is_ACK": False})
+    monkeypatch.setattr(KSR, "kx", s.namespace("kx.", "get_method", "get_srcip", "get_srcport", "get_callid"),
+                        raising=False)
     monkeypatch.setattr(KSR, "dmq", s.namespace("dmq.", "is_from_node", "handle_message"), raising=False)
     monkeypatch.setattr(KSR, "sl", s.namespace("sl.", "send_reply"), raising=False)
     monkeypatch.setattr(KSR, "hdr", s.namespace("hdr.", "append_to_reply"), raising=False)

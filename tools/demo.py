@@ -22,8 +22,12 @@ Debian's nsd (tests/nsd.py, tests/dns/ko.test.zone) on net(53).
 --containers: the same story on docker/compose.yaml (images built
 locally, dockerd started when needed). tshark captures the SIP traffic; the
 summary (who answered, response codes, timings) is printed and a ladder
-diagram is written to out/demo/<time>/ladder.svg and .png. Everything the demo
-starts it stops again, pass or fail.
+diagram is written to out/demo/<time>/ladder.svg and .png. Each role's
+metrics socket (/metrics) is scraped when the story starts and again at the
+role's end (before it is killed, or at the end of the story): the changes of
+kemi-outbound's counters and gauges are printed and written beside the ladder
+(metrics.md, metrics.png). Everything the demo starts it stops again, pass or
+fail.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import os
 import secrets
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +46,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "kemi"))
 
 import yaml  # noqa: E402
+from metric_deltas import Delta, deltas  # noqa: E402
+from metric_deltas import draw as draw_metrics  # noqa: E402
+from metric_deltas import table as metrics_table  # noqa: E402
 
 from dns_setup import NS, NS_PORT  # noqa: E402
 from harness import CFG_DIR, ProcessError, SippResult, SippRun, describe, sipp, start_sipp  # noqa: E402
@@ -213,6 +221,12 @@ class LoopbackStage:
         return sipp(scenario, f"{self.edges[edge].addr}:5060", workdir=self.out, local_ip=self.caller_ip,
                     local_port=CALLER_PORT, keys=keys, timeout=30, check=False, name=name, auth=auth)
 
+    def scrape(self, role: str) -> str:
+        """The role's /metrics (edge1, edge2, reg1, reg2)."""
+        kam = self.edges[int(role[-1])] if role.startswith("edge") else self.registrars[int(role[-1])]
+        with urllib.request.urlopen(kam.metrics_url(), timeout=5) as answer:
+            return answer.read().decode()
+
     def kill_edge(self, n: int) -> str:
         self.edges[n].kill()
         return f"edge{n} killed (SIGKILL to its Kamailio processes)"
@@ -307,6 +321,11 @@ class ContainerStage:
         return self.topo.sipp("ua-a", scenario, f"{self.edge_addr(edge)}:5060", local_port=CALLER_PORT,
                               keys=keys, timeout=30, check=False, name=name, auth=auth)
 
+    def scrape(self, role: str) -> str:
+        """The role's /metrics, fetched inside its container (the socket is on its loopback)."""
+        fetch = "import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:9090/metrics').read().decode())"
+        return self.topo.exec(role, "python3", "-c", fetch).stdout
+
     def kill_edge(self, n: int) -> str:
         self.topo.kill(f"edge{n}")
         return f"edge{n} killed (docker kill: the container is gone)"
@@ -396,12 +415,15 @@ def main() -> int:
     events: list[Event] = []
     answers: dict[str, SippResult] = {}
     replicated: dict[int, dict] = {}
+    scrapes: dict[str, list[str]] = {}  # role -> [at the start, at its end]
     try:
         print(f"starting: registrar pair (home proxies, DMQ) reg1 {stage.registrar_addr(1)} and reg2 "
               f"{stage.registrar_addr(2)} (the edges find them as {stage.farm}: SRV reg1 first), "
               f"edge1 {stage.edge_addr(1)}, edge2 {stage.edge_addr(2)}, "
               f"device {stage.device_ip} over {device_transport}, caller {stage.caller_ip} ({stage.mode})", flush=True)
         stage.start()
+        for role in ROLES:
+            scrapes[role] = [stage.scrape(role)]
         capture = stage.capture(out / "sip.pcapng").start()
         # flow 2 first, then flow 1: the most recent flow is tried first (RFC 5626 §7 / §15)
         for regid, edge in ((2, 2), (1, 1)):
@@ -418,11 +440,13 @@ def main() -> int:
                  for regid, b in bindings.items()}
         call_keys = {"callee": USER, "domain": DOMAIN, "user": CALLER}
         answers["call1"] = stage.caller("call1", "caller/uac_short.xml", 2, call_keys, stage.credentials(CALLER))
+        scrapes["edge1"].append(stage.scrape("edge1"))
         events.append(Event(time.time(), stage.kill_edge(1)))
         answers["call2"] = stage.caller("call2", "caller/uac_short.xml", 2, call_keys, stage.credentials(CALLER))
         # reg2 got every change at reg1 over DMQ the moment it happened (dmq_usrloc): the
         # saves, and the removal of flow 1 when call 2 found it dead
         replicated = wait_for(lambda: replica(stage), "reg2 holding the bindings that reg1 holds")
+        scrapes["reg1"].append(stage.scrape("reg1"))
         events.append(Event(time.time(), stage.kill_registrar(1)))
         answers["call3"] = stage.caller("call3", "caller/uac_short.xml", 2, call_keys, stage.credentials(CALLER))
         token = parse_name_addr(bindings[2]["Path"]).sip_uri.user or ""
@@ -431,6 +455,8 @@ def main() -> int:
         answers["forged"] = stage.caller("forged", "caller/uac_final.xml", 2, {
             **call_keys, "user": "mallory", "ruri": bindings[2]["Address"],
             "extra": f"Route: <sip:{forged}@{stage.edge_addr(2)};lr;ob>"}, None)
+        for role in ("edge2", "reg2"):
+            scrapes[role].append(stage.scrape(role))
     except Exception:
         print(stage.logs(), file=sys.stderr)
         raise
@@ -481,9 +507,26 @@ def main() -> int:
           "call 2 found it dead):\n  "
           + ("\n  ".join(f"reg-id {regid}  Path {replicated[regid].get('Path')}" for regid in sorted(replicated))
              or "none"))
+    changes = metric_changes(scrapes)
+    (out / "metrics.md").write_text(f"# Metrics of the story ({stage.mode})\n\n" + metrics_table(changes))
+    draw_metrics(changes, out / "metrics.png", f"kemi-outbound: what each role counted ({stage.mode})")
+    print("metrics (each role's /metrics at the start and at its end: edge1 before it was killed, reg1 before "
+          "it was killed, edge2 and reg2 at the end):")
+    for change in changes:
+        shown = f"{change.change:+g}" if not change.gauge or change.change else "="
+        print(f"  {change.role:<6} {change.series:<76} {shown:>4}  (now {change.now:g})")
+    print(f"  table: {out / 'metrics.md'}   picture: {out / 'metrics.png'}")
     failed = [s for s in steps if not s.ok]
     print("story: " + ("every step held" if not failed else f"{len(failed)} step(s) did not hold"))
     return 1 if failed else 0
+
+
+ROLES = ("edge1", "edge2", "reg1", "reg2")
+
+
+def metric_changes(scrapes: dict[str, list[str]]) -> list[Delta]:
+    """Each role's changes between its first and last scrape."""
+    return [d for role in ROLES if len(scrapes.get(role, [])) == 2 for d in deltas(role, *scrapes[role])]
 
 
 def summarise(stage, messages: list[Message], answers: dict[str, SippResult], events: list[Event]) -> list[Step]:

@@ -263,7 +263,7 @@ class BaseRoutes:
     def ksr_xhttp_event(self, msg: Any, event: str = "") -> int:
         """xhttp event callback: an HTTP request. Only the metrics socket answers
         HTTP (adapter.observe); on any other socket it is 404 and closed."""
-        if not OBSERVER.http_request(flows=False, bindings=True):
+        if not OBSERVER.http_request(flows=False, bindings=self.runtime.config.location_table):
             KSR.hdr.append_to_reply("Connection: close\r\n")
             KSR.xhttp.xhttp_reply(404, "Not Found", "text/plain", "no HTTP on this socket\n")
         return 1

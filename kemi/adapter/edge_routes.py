@@ -209,7 +209,7 @@ class EdgeRoutes(BaseRoutes):
     def ksr_xhttp_event(self, msg: Any, event: str = "") -> int:
         """xhttp event callback: an HTTP request: to the metrics socket
         (adapter.observe), else a WebSocket handshake or not."""
-        if not OBSERVER.http_request(flows=True, bindings=False):
+        if not OBSERVER.http_request(flows=True, bindings=""):
             self.websocket.http_request()
         return 1
 

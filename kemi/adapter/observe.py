@@ -94,9 +94,10 @@ class Observer:
             self._socket = (_define(METRICS_ADDR_DEFINE), int(port) if port.isdigit() else 0)
         return self._socket
 
-    def http_request(self, *, flows: bool, bindings: bool) -> bool:
+    def http_request(self, *, flows: bool, bindings: str) -> bool:
         """xhttp event: True when the request came to the metrics socket and was
-        answered here (``flows``/``bindings``: the gauges this role sets)."""
+        answered here (``flows``: the flows gauge; ``bindings``: the usrloc table
+        whose size is the bindings gauge, "" for none)."""
         addr, port = self.metrics_socket()
         if not self.on or not port or int(KSR.kx.get_rcvport()) != port or KSR.kx.get_rcvip() != addr:
             return False
@@ -110,14 +111,15 @@ class Observer:
             KSR.xhttp.xhttp_reply(404, "Not Found", "text/plain", "only /metrics and /RPC here\n")
         return True
 
-    def _set_gauges(self, *, flows: bool, bindings: bool) -> None:
+    def _set_gauges(self, *, flows: bool, bindings: str) -> None:
         prom = KSR.xhttp_prom
         if flows:
             for transport in TRANSPORTS:
                 count = KSR.pv.get(f"$shtcn({FLOWS_TABLE}=>%~{transport}:)") or 0
                 prom.gauge_set_l1(FLOWS.name, str(count), transport)
         if bindings:
-            prom.gauge_set_l0(BINDINGS.name, str(KSR.pv.get("$stat(location-contacts)") or 0))
+            # usrloc's per-table statistic "<table>_contacts"
+            prom.gauge_set_l0(BINDINGS.name, str(KSR.pv.get(f"$stat({bindings}_contacts)") or 0))
 
     def _rpc(self) -> None:
         body = str(KSR.pv.get("$rb") or "")

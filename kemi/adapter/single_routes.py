@@ -236,7 +236,7 @@ class SingleRoutes(BaseRoutes, HomeProxyCallbacks):
     def ksr_xhttp_event(self, msg: Any, event: str = "") -> int:
         """xhttp event callback: an HTTP request: to the metrics socket
         (adapter.observe), else a WebSocket handshake or not."""
-        if not OBSERVER.http_request(flows=True, bindings=True):
+        if not OBSERVER.http_request(flows=True, bindings=self.runtime.config.location_table):
             self.websocket.http_request()
         return 1
 

@@ -86,7 +86,7 @@ FLOWS = Metric(
     "over it; single server: the connections it watches)")
 BINDINGS = Metric(
     "kemi_outbound_bindings", GAUGE, (), HOMES,
-    "bindings in the location table now (usrloc's location-contacts: outbound or not)")
+    "bindings in the location table now (usrloc's statistic `location_contacts`: outbound or not)")
 
 CATALOGUE: tuple[Metric, ...] = (
     FLOW_TOKENS, REFUSALS, FORGED_TOKENS, FLOWS_GONE, FLOW_FAILOVERS, CALLS_UNREACHABLE, CALL_BRANCHES,

@@ -39,6 +39,19 @@ def test_demo_tells_the_failover_story_and_draws_the_ladder(device):
     # the flows the registrar holds name the device's connections of that transport
     token_transport = "ws" if device == "websocket" else "tcp"
     assert len(re.findall(rf"flow token -> Flow\(transport='{token_transport}'", out)) == 2, out
+    # issue 16: what each role counted (its /metrics at the start and at its end), exact increments
+    for role, series, change in (
+            # each REGISTER twice (401, then with credentials): two Path tokens
+            ("edge1", f'kemi_outbound_flow_tokens_total{{transport="{token_transport}", where="path"}}', 2),
+            ("edge2", 'kemi_outbound_forged_tokens_total{cause="forged_token"}', 1),
+            ("edge2", 'kemi_outbound_refusals_total{cause="forged_token", code="403"}', 1),
+            ("edge2", 'kemi_outbound_registrar_failovers_total{cause="timeout"}', 1),  # reg1 killed: call 3
+            ("reg1", 'kemi_outbound_flow_failovers_total{cause="408_local"}', 1),  # edge1 killed: call 2
+            ("reg2", "kemi_outbound_call_branches_count", 1)):
+        assert re.search(rf"^  {role}\s+{re.escape(series)}\s+\+{change}\s", out, re.M), (role, series, out)
+    flows_gauge = rf'^  edge2\s+kemi_outbound_flows{{transport="{token_transport}"}}\s+\S+\s+\(now 1\)'
+    assert re.search(flows_gauge, out, re.M), out
+    assert Path(re.search(r"picture: (\S+)", out).group(1)).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     ladder = Path(re.search(r"ladder diagram: (\S+)", out).group(1))
     assert ladder.suffix == ".svg" and ladder.stat().st_size > 10_000
     svg = ladder.read_text()

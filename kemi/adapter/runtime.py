@@ -20,6 +20,7 @@ import yaml
 from outbound.config import Config, load_keys, parse_config
 from outbound.decisions import Reply
 from outbound.errors import ConfigError, OutboundError, SipSyntaxError
+from outbound.metrics import REFUSALS
 from outbound.sipmsg import Headers, bracket
 from outbound.tokens import Flow, FlowTokenCodec
 
@@ -274,24 +275,27 @@ def guarded(route: Route) -> Route:
         try:
             return route(self, msg, *args)
         except SipSyntaxError as exc:
-            _fail(exc.status, exc.reason, f"unparsable header: {exc}", KSR.notice)
+            _fail(exc.status, exc.reason, f"unparsable header: {exc}", KSR.notice, "unparsable_header")
         except OutboundError as exc:
             # any other refusal of the core answers with the status it carries
-            _fail(exc.status, exc.reason, f"{type(exc).__name__}: {exc}", KSR.notice if exc.status < 500 else KSR.err)
+            _fail(exc.status, exc.reason, f"{type(exc).__name__}: {exc}", KSR.notice if exc.status < 500 else KSR.err,
+                  "refused_by_core")
         except UnicodeDecodeError as exc:
-            _fail(400, "Bad Request", f"a header field we read is not UTF-8: {exc}", KSR.notice)
+            _fail(400, "Bad Request", f"a header field we read is not UTF-8: {exc}", KSR.notice, "not_utf8")
         except Exception:  # noqa: BLE001 - the last line of defence
-            _fail(500, "Server Internal Error", "exception in route:\n" + traceback.format_exc(), KSR.err)
+            _fail(500, "Server Internal Error", "exception in route:\n" + traceback.format_exc(), KSR.err,
+                  "internal_error")
         return 1
 
     return wrapper  # type: ignore[return-value]
 
 
-def _fail(code: int, reason: str, why: str, log: Callable[[str], Any]) -> None:
+def _fail(code: int, reason: str, why: str, log: Callable[[str], Any], cause: str) -> None:
     try:
         log(f"kemi-outbound: {code} {reason} to {KSR.kx.get_method()} from {KSR.kx.get_srcip()}: {why.rstrip()}\n")
         if KSR.is_ACK() or KSR.kx.get_msgtype() != 1:
             return
+        OBSERVER.count(REFUSALS, str(code), cause)
         KSR.sl.send_reply(code, reason)
     except Exception:  # noqa: BLE001
         KSR.err("kemi-outbound: could not send the error reply:\n" + traceback.format_exc())

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -243,6 +244,27 @@ def replication_section(results: dict) -> str:
             f"{cpu.get('pair-edge')}.\n\n")
 
 
+def metrics_cost_section(results: dict) -> str:
+    """Issue 16: the metrics' cost, on vs off, per REGISTER (medians of the alternated runs)."""
+    m = results.get("metrics_cost")
+    if not m:
+        return ""
+    if "error" in m:
+        return f"Metrics cost: failed: `{m['error'][:300]}`\n\n"
+    rows = []
+    for role in ("edge", "registrar"):
+        on = [r[f"{role}_us"] for r in m["runs"] if r["metrics"]]
+        off = [r[f"{role}_us"] for r in m["runs"] if not r["metrics"]]
+        if on and off:
+            mid_on, mid_off = statistics.median(on), statistics.median(off)
+            rows.append(f"| {role} | {mid_on:g} ({', '.join(map(str, on))}) | {mid_off:g} ({', '.join(map(str, off))}) "
+                        f"| {mid_on / mid_off:.2f} |")
+    return ("Metrics cost (issue 16): our edge + registrar at "
+            f"{m['rate']} REGISTER/s over UDP for {m['seconds']:g} s, metrics on (the default) and off "
+            "(`-A WITH_NOMETRICS`), alternated; CPU µs per REGISTER, median (each run):\n\n"
+            "| role | metrics on | metrics off | on/off |\n|---|---|---|---|\n" + "\n".join(rows) + "\n\n")
+
+
 def persistence_line(results: dict) -> str:
     mode = (results.get("settings") or {}).get("usrloc_db_mode")
     if mode is None:
@@ -259,6 +281,7 @@ def render(results: dict) -> str:
             f"medians of the passing steps:\n\n{cpu_by_rate(results, 'register_udp')}\n\n"
             f"Edge + registrar CPU µs per transaction (UDP call ramp, 2 per call):\n\n"
             f"{cpu_by_rate(results, 'calls_udp')}\n\n{durability_section(results)}{replication_section(results)}"
+            f"{metrics_cost_section(results)}"
             f"Every round:\n\n{per_round(results)}\n\n{END}")
 
 

@@ -216,6 +216,7 @@ class Settings:
     workdir: Path
     usrloc_db_mode: int = 2
     durability: int = 0
+    metrics_cost: int = 0
 
     def addr(self, host: int) -> str:
         return f"{self.net}.{host}"
@@ -624,6 +625,8 @@ def parse_args(argv: list[str]) -> Settings:
                         help="usrloc db_mode of both registrars (default 2, write-back to SQLite)")
     parser.add_argument("--durability", type=int, default=100000,
                         help="bindings for the reload / DMQ resync / write-back figures (0: skip)")
+    parser.add_argument("--metrics-cost", type=int, default=3,
+                        help="on/off pairs of the metrics' cost run (our edge + registrar, -A WITH_NOMETRICS; 0: skip)")
     parser.add_argument("--quick", action="store_true", help="one short pair, for development")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -643,7 +646,7 @@ def parse_args(argv: list[str]) -> Settings:
         latency_seconds=args.latency_seconds, latency_register_rate=args.latency_register_rate,
         latency_call_rate=args.latency_call_rate, cpu_ref_register_rate=args.cpu_ref_register_rate,
         cpu_ref_call_rate=args.cpu_ref_call_rate, time_limit=args.time_limit, workdir=workdir,
-        usrloc_db_mode=args.usrloc_db_mode, durability=args.durability,
+        usrloc_db_mode=args.usrloc_db_mode, durability=args.durability, metrics_cost=args.metrics_cost,
     )
 
 
@@ -665,36 +668,75 @@ def replication_phase(settings: Settings, rate: int = 300, seconds: float = 6.0)
     edge = BenchKamailio("pair-edge", "edge.cfg", folder, settings.addr(35), 5060,
                          defines={"KO_REGISTRAR": f'"{reg1.uri}"', "KO_PIKE_REQS": PIKE_REQS},
                          env={"KO_FLOW_KEYS": TEST_KEY}, cfg_path=IMPLS["ours"]["edge"])
-    calls = int(rate * seconds)
-    users = write_users(folder / "pair.csv", "pair", calls, 90)
-    started: list[BenchKamailio] = []
-    try:
-        for kam in (reg1, reg2, edge):
-            kam.start()
-            started.append(kam)
-        before = {k.name: k.cpu_seconds() for k in started}
-        run = start_sipp("register/uac.xml", f"{edge.addr}:5060", workdir=folder, name="sipp-pair", scenarios=SIPP,
-                         local_ip=settings.addr(36), transport="u1", calls=calls, timeout=seconds * 3 + 10, rate=rate,
-                         call_limit=max(100, rate * 6), recv_timeout_ms=RECV_TIMEOUT_MS, stat_csv=True,
-                         trace_messages=False, timeout_error=False, inf=users)
-        run.wait()
+    held: dict[str, int] = {}
+
+    def settled() -> None:
         # the peer applies what reg1 saved: wait until it holds them all (bounded)
         deadline = time.monotonic() + 20
         while reg2.stat("usrloc:location_contacts") < reg1.stat("usrloc:location_contacts") \
                 and time.monotonic() < deadline:
             time.sleep(0.1)
+        held["replicated"] = reg2.stat("usrloc:location_contacts")
+
+    out = register_cpu(folder, "pair", (reg1, reg2, edge), edge, settings.addr(36), rate, seconds, settled)
+    out["replicated"] = held.get("replicated", 0)
+    log(f"  replication: {out['registrations']} REGISTER at {rate}/s, {out['replicated']} at the peer, "
+        f"CPU µs per REGISTER {out['cpu_us_per_register']}")
+    return out
+
+
+def register_cpu(folder: Path, tag: str, kams: tuple[BenchKamailio, ...], edge: BenchKamailio, local_ip: str,
+                 rate: int, seconds: float, settled: Callable[[], None] = lambda: None) -> dict:
+    """Start ``kams``, send REGISTERs at ``rate`` for ``seconds`` over UDP through
+    ``edge``; each Kamailio's CPU µs per successful REGISTER; stop them."""
+    calls = int(rate * seconds)
+    users = write_users(folder / f"{tag}.csv", tag, calls, 90)
+    started: list[BenchKamailio] = []
+    try:
+        for kam in kams:
+            kam.start()
+            started.append(kam)
+        before = {k.name: k.cpu_seconds() for k in started}
+        run = start_sipp("register/uac.xml", f"{edge.addr}:5060", workdir=folder, name=f"sipp-{tag}", scenarios=SIPP,
+                         local_ip=local_ip, transport="u1", calls=calls, timeout=seconds * 3 + 10, rate=rate,
+                         call_limit=max(100, rate * 6), recv_timeout_ms=RECV_TIMEOUT_MS, stat_csv=True,
+                         trace_messages=False, timeout_error=False, inf=users)
+        run.wait()
+        settled()
         after = {k.name: k.cpu_seconds() for k in started}
         stats = sipp_stats(run)
         ok = max(stats.successful, 1)
-        out = {"rate": rate, "registrations": stats.successful, "failed": stats.failed,
-               "replicated": reg2.stat("usrloc:location_contacts"),
-               "cpu_us_per_register": {k: round((after[k] - before[k]) * 1e6 / ok) for k in before}}
-        log(f"  replication: {stats.successful} REGISTER at {rate}/s, {out['replicated']} at the peer, "
-            f"CPU µs per REGISTER {out['cpu_us_per_register']}")
-        return out
+        return {"rate": rate, "registrations": stats.successful, "failed": stats.failed,
+                "cpu_us_per_register": {k: round((after[k] - before[k]) * 1e6 / ok) for k in before}}
     finally:
         for kam in reversed(started):
             kam.stop()
+
+
+def metrics_cost_phase(settings: Settings, pairs: int, rate: int = 300, seconds: float = 6.0) -> dict:
+    """Issue 16: our edge + registrar with the metrics on (the default) and off
+    (``-A WITH_NOMETRICS``), alternated ``pairs`` times: CPU µs per REGISTER at a
+    fixed rate over UDP (the edge counts one flow token per REGISTER)."""
+    folder = settings.workdir / "metrics-cost"
+    folder.mkdir(parents=True, exist_ok=True)
+    runs: list[dict] = []
+    for index in range(pairs * 2):
+        metrics_on = index % 2 == 0
+        off = {} if metrics_on else {"WITH_NOMETRICS": ""}
+        tag = f"metrics-{'on' if metrics_on else 'off'}-{index // 2}"
+        reg = BenchKamailio(f"{tag}-reg", "registrar.cfg", folder, settings.addr(37), 5070, defines={
+            **SUBSCRIBERS[0].defines(), "KO_PIKE_REQS": PIKE_REQS, "KO_USRLOC_DB_MODE": "0", **off},
+            env={"KO_FLOW_KEYS": TEST_KEY}, cfg_path=IMPLS["ours"]["registrar"])
+        edge = BenchKamailio(f"{tag}-edge", "edge.cfg", folder, settings.addr(38), 5060,
+                             defines={"KO_REGISTRAR": f'"{reg.uri}"', "KO_PIKE_REQS": PIKE_REQS, **off},
+                             env={"KO_FLOW_KEYS": TEST_KEY}, cfg_path=IMPLS["ours"]["edge"])
+        got = register_cpu(folder, tag, (reg, edge), edge, settings.addr(39), rate, seconds)
+        cpu = got["cpu_us_per_register"]
+        runs.append({"metrics": metrics_on, "registrations": got["registrations"], "failed": got["failed"],
+                     "edge_us": cpu[edge.name], "registrar_us": cpu[reg.name]})
+        log(f"  metrics {'on ' if metrics_on else 'off'}: {got['registrations']} REGISTER at {rate}/s, CPU µs per "
+            f"REGISTER edge {cpu[edge.name]}, registrar {cpu[reg.name]}")
+    return {"rate": rate, "seconds": seconds, "runs": runs}
 
 
 def durability_registrar(settings: Settings) -> Callable[..., BenchKamailio]:
@@ -756,12 +798,19 @@ def main(argv: list[str]) -> int:
         except (ProcessError, RuntimeError, KeyError) as exc:
             log(f"replication failed: {exc}")
             results["replication"] = {"error": str(exc)[:2000]}
+    if settings.metrics_cost:
+        log(f"metrics cost: {settings.metrics_cost} on/off pairs")
+        try:
+            results["metrics_cost"] = metrics_cost_phase(settings, settings.metrics_cost)
+        except (ProcessError, RuntimeError, KeyError) as exc:
+            log(f"metrics cost failed: {exc}")
+            results["metrics_cost"] = {"error": str(exc)[:2000]}
     results["seconds"] = round(time.monotonic() - started, 1)
     results["machine"]["loadavg_end"] = os.getloadavg()
     out_path.write_text(json.dumps(results, indent=1))
     log(f"results: {out_path}")
     failed = any("error" in r for r in results["rounds"]) or any(
-        "error" in results.get(part, {}) for part in ("durability", "replication"))
+        "error" in results.get(part, {}) for part in ("durability", "replication", "metrics_cost"))
     return 1 if failed else 0
 
 

@@ -25,21 +25,24 @@ SWITCHES = {
     "edge.cfg": [(), ("WITH_DEBUG",), ("WITH_TLS",), ("WITH_TLS", "WITH_DEBUG"), ("KO_ADVERTISE",),
                  ("KO_ADVERTISE", "WITH_TLS"), ("WITH_NOPIKE",), ("WITH_NOPIKE", "WITH_TLS"),
                  ("WITH_WEBSOCKET",), ("WITH_WEBSOCKET", "WITH_TLS"), ("WITH_WEBSOCKET", "KO_ADVERTISE"),
-                 ("WITH_WEBSOCKET", "KO_ADVERTISE", "WITH_TLS"), ("WITH_WEBSOCKET", "WITH_DEBUG")],
+                 ("WITH_WEBSOCKET", "KO_ADVERTISE", "WITH_TLS"), ("WITH_WEBSOCKET", "WITH_DEBUG"),
+                 ("WITH_NOMETRICS",), ("WITH_NOMETRICS", "WITH_WEBSOCKET"), ("WITH_NOMETRICS", "KO_ADVERTISE")],
     # auth (registrar and single only): WITH_NOAUTH (labs: no auth modules at all),
     # WITH_SHA256_DIGEST (RFC 8760 challenges, the ha1_sha256 column); WITH_NOGRUU
     # (no pub-gruu / temp-gruu, RFC 5627)
     "registrar.cfg": [(), ("WITH_DEBUG",), ("WITH_NOPIKE",), ("WITH_NOAUTH",), ("WITH_NOAUTH", "WITH_DEBUG"),
                       ("WITH_NOAUTH", "WITH_NOPIKE"), ("WITH_SHA256_DIGEST",),
                       ("WITH_SHA256_DIGEST", "WITH_DEBUG"), ("WITH_SHA256_DIGEST", "WITH_NOPIKE"),
-                      ("WITH_NOGRUU",), ("WITH_NOGRUU", "WITH_NOAUTH")],
+                      ("WITH_NOGRUU",), ("WITH_NOGRUU", "WITH_NOAUTH"), ("WITH_NOMETRICS",),
+                      ("WITH_NOMETRICS", "WITH_DEBUG")],
     "single.cfg": [(), ("WITH_DEBUG",), ("WITH_TLS",), ("WITH_TLS", "WITH_DEBUG"), ("WITH_NOPIKE",),
                    ("WITH_NOAUTH",), ("WITH_NOAUTH", "WITH_DEBUG"), ("WITH_NOAUTH", "WITH_TLS"),
                    ("WITH_NOAUTH", "WITH_NOPIKE"), ("WITH_SHA256_DIGEST",), ("WITH_SHA256_DIGEST", "WITH_DEBUG"),
                    ("WITH_SHA256_DIGEST", "WITH_TLS"), ("WITH_SHA256_DIGEST", "WITH_TLS", "WITH_DEBUG"),
                    ("WITH_NOGRUU",), ("WITH_NOGRUU", "WITH_TLS"), ("WITH_WEBSOCKET",),
                    ("WITH_WEBSOCKET", "WITH_TLS"), ("WITH_WEBSOCKET", "WITH_NOAUTH"),
-                   ("WITH_WEBSOCKET", "WITH_TLS", "WITH_DEBUG")],
+                   ("WITH_WEBSOCKET", "WITH_TLS", "WITH_DEBUG"), ("WITH_NOMETRICS",),
+                   ("WITH_NOMETRICS", "WITH_WEBSOCKET", "WITH_TLS")],
 }
 CASES = [pytest.param(cfg, switches, id=f"{cfg}-{'+'.join(switches) or 'plain'}")
          for cfg, combos in SWITCHES.items() for switches in combos]
@@ -63,6 +66,7 @@ def test_cfg_parses(workdir, tls_cfg, cfg, switches):
             defines["KO_ADVERTISE"] = net(2)
         else:
             defines[switch] = ""
+    defines["KO_METRICS_PORT"] = "5095"
     kam = Kamailio(f"check-{cfg}-{'-'.join(switches) or 'plain'}", cfg, workdir, ADDR, 5099, defines=defines)
     result = kam.check()
     problems = [line for line in result.stderr.splitlines() if " ERROR: " in line or "CRITICAL" in line]
@@ -73,6 +77,9 @@ def test_cfg_parses(workdir, tls_cfg, cfg, switches):
     # WITH_WEBSOCKET: a TCP listener on KO_WS_PORT, and with WITH_TLS a TLS one on KO_WSS_PORT (RFC 7118)
     assert (":5096" in result.stdout) == ("WITH_WEBSOCKET" in switches), result.stdout
     assert (":5097" in result.stdout) == ("WITH_WEBSOCKET" in switches and "WITH_TLS" in switches), result.stdout
+    # the metrics socket (issue 16): a TCP listener on KO_METRICS_PORT unless WITH_NOMETRICS
+    assert (f"tcp: {ADDR} [{ADDR}]:5095" in result.stdout or f"{ADDR}:5095" in result.stdout) == \
+        ("WITH_NOMETRICS" not in switches), result.stdout
     if not os.environ.get("KO_DEBUG"):  # KO_DEBUG=1 turns WITH_DEBUG on for every Kamailio of a run
         assert (" DEBUG: " in result.stderr) == ("WITH_DEBUG" in switches)
     if " DEBUG: " in result.stderr and cfg != "edge.cfg":

@@ -117,7 +117,7 @@ class Observer:
                 count = KSR.pv.get(f"$shtcn({FLOWS_TABLE}=>%~{transport}:)") or 0
                 prom.gauge_set_l1(FLOWS.name, str(count), transport)
         if bindings:
-            prom.gauge_set_l0(BINDINGS.name, str(KSR.pv.get("$stat(location-contacts)") or 0))
+            prom.gauge_set_l0(BINDINGS.name, str(KSR.pv.get("$stat(location_contacts)") or 0))
 
     def _rpc(self) -> None:
         body = str(KSR.pv.get("$rb") or "")

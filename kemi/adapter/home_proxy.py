@@ -153,6 +153,7 @@ class HomeProxy:
         end. True when a reply was sent."""
         replied = False
         answer: object = None
+        failover = ""  # a flow gave up on: a failover once the instance's next flow gets its branch
         while True:
             try:
                 action = steps.send(answer)
@@ -163,6 +164,11 @@ class HomeProxy:
                 replied, answer = True, None
             else:
                 answer = self._carry_out(action, fork)
+                if isinstance(action, forking.Unregister) and action.failover:
+                    failover = action.failover
+                elif isinstance(action, forking.AddBranch) and failover:
+                    OBSERVER.count(FLOW_FAILOVERS, failover)
+                    failover = ""
         _save(fork.state)
         return replied
 
@@ -182,7 +188,8 @@ class HomeProxy:
                 return KSR.tm.t_relay() > 0
             case forking.Unregister(aor=aor, ruid=ruid, log=log, failover=failover):
                 if failover:
-                    OBSERVER.event("flow_failover", FLOW_FAILOVERS, (failover,), log)
+                    # the decision line now; counted in FLOW_FAILOVERS when the next flow is tried (_run)
+                    OBSERVER.event("flow_failover", None, (), log)
                 else:
                     KSR.notice(f"kemi-outbound: {log}\n")
                 usrloc.unregister(self.table, aor, ruid)

@@ -175,16 +175,16 @@ class SingleRoutes(BaseRoutes, HomeProxyCallbacks):
             self.flows.send(step)
         return step
 
-    def record_route_caller_side(self, view: RouteView) -> None:
+    def record_route_caller_side(self, view: RouteView) -> str:
         """Prepare the caller's side of the Record-Route; the branch route adds the
-        callee's side per branch (one entry per flow, see HomeProxy.branch_route)."""
+        callee's side per branch (one entry per flow, see HomeProxy.branch_route).
+        The transport of the caller's flow when the entry carries a flow token, else ""."""
         if view.method not in DIALOG_FORMING or view.has_to_tag:
-            return
+            return ""
         source = view.source
         outbound = record_route_token(view, self.runtime.config.force_outbound)
         KSR.pv.sets(RR_CALLER_SIDE_XAVP, source.local_uri(self.codec.encode(source) if outbound else ""))
-        if outbound:
-            OBSERVER.count(FLOW_TOKENS, source.transport, "record_route")
+        return source.transport if outbound else ""
 
     def initial(self) -> int:
         view = self.flows.route_view()
@@ -193,9 +193,11 @@ class SingleRoutes(BaseRoutes, HomeProxyCallbacks):
             return 1
         if not self.strip_own_routes():
             return 1
-        self.record_route_caller_side(view)
-        if self.auth.request():
-            self.home.outbound_lookup()
+        token_transport = self.record_route_caller_side(view)
+        # the token is issued once the request goes out with it (branches relayed),
+        # not when the request is challenged or answered here (407, 404, 480)
+        if self.auth.request() and self.home.outbound_lookup() > 0 and token_transport:
+            OBSERVER.count(FLOW_TOKENS, token_transport, "record_route")
         return 1
 
     def within_dialog(self) -> int:

@@ -19,21 +19,42 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
 from actors import call, instance, ob_params, start_callee, wait_bindings
 from harness import ROOT, TEST_KEY, Kamailio, SippRun, sipp
-from topology import edge, farm_with_two_edges, net, registrar, subscriber
+from topology import edge, farm_with_two_edges, ko_yaml, net, registrar, subscriber
+from ws_ua import WsUA
+from wsclient import WsClient
 
 KO_VIEW = ROOT / "tools" / "ko-view"
 UA_DEVICE = net(188)
 UA_CALLER = net(189)
+WS = 8080
+ORIGIN = "https://phone.example.com"
+
+
+def ws_yaml() -> str:
+    data = yaml.safe_load(ko_yaml())
+    data["websocket"] = {"allowed_origins": [ORIGIN]}
+    return yaml.safe_dump(data)
 
 
 @pytest.fixture(scope="module")
 def farm(workdir: Path) -> Iterator[dict[str, Kamailio]]:
+    """A registrar (its own location table) and two edges, WebSocket on :8080 too."""
     reg = registrar(workdir, name="reg-views", addr=net(185))
-    edges = {n: edge(workdir, f"edge-views-{n}", net(185 + n), reg.uri) for n in (1, 2)}
+    edges = {n: edge(workdir, f"edge-views-{n}", net(185 + n), reg.uri, ws_port=WS, yaml_text=ws_yaml())
+             for n in (1, 2)}
     yield from farm_with_two_edges(workdir, reg, edges)
+
+
+@pytest.fixture
+def sockets() -> Iterator[list[WsClient]]:
+    opened: list[WsClient] = []
+    yield opened
+    for client in opened:
+        client.abort()
 
 
 def ko_view(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -123,7 +144,8 @@ def test_views_list_exactly_the_registered_bindings_and_flows_and_drop_them_when
         return (transport, f"{kam.addr}:{kam.port}", f"{UA_DEVICE}:{port}", conn.get(port),
                 (f"sip:{user}@example.com",))
 
-    # the registrar: exactly the four bindings, tokens verified with the edges' key
+    # the registrar: exactly the four bindings (the whole table: this test runs first on the
+    # module's farm, whose location table is its own), tokens verified with the edges' key
     rows = view("bindings", reg, "--keys", TEST_KEY)
     assert binding_facts(rows) == {binding(*s) for s in specs}
     assert all(r["path_token_valid"] is True for r in rows), rows
@@ -167,6 +189,32 @@ def test_views_list_exactly_the_registered_bindings_and_flows_and_drop_them_when
     poll_view("bindings", reg, lambda r: binding_facts(r) == {binding(*s) for s in left},
               "the dead flow's binding to leave the registrar's view")
     assert flow_facts(view("flows", e2)) == {flow(*specs[2])}
+
+
+def test_a_websocket_flow_is_in_both_views_with_its_connection_and_leaves_the_edges_when_it_closes(
+        farm, sockets):
+    """RFC 7118 flows: transport ws, the device's TCP address, the connection id of
+    the edge's core.tcp_list; closing the WebSocket unbooks the flow at once."""
+    reg, e2 = farm["registrar"], farm["edge2"]
+    client = WsClient(e2.addr, WS, local_ip=UA_DEVICE)
+    sockets.append(client)
+    assert client.handshake(protocol="sip", origin=ORIGIN).status == 101
+    ua = WsUA(client, *subscriber("view-ws"))
+    assert ua.register(instance(9001), 1).status == 200
+    ip, port = client.local
+    conn_id = conn_id_at(e2, port)
+    [row] = view("bindings", reg, "--aor", "view-ws@example.com", "--keys", TEST_KEY)
+    # edge: the Path's hop (the edge's SIP socket toward the registrar); local: the device's side of the flow
+    assert (row["instance"], row["reg_id"], row["edge"], row["transport"], row["local"], row["remote"],
+            row["conn_id"]) == (instance(9001), 1, f"{e2.addr}:{e2.port}", "ws", f"{e2.addr}:{WS}", f"{ip}:{port}",
+                                conn_id), row
+    assert row["path_token_valid"] is True
+    mine = [r for r in view("flows", e2) if r["remote"] == f"{ip}:{port}"]
+    assert [(r["transport"], r["local"], r["conn_id"], r["aors"], r["state"]) for r in mine] == [
+        ("ws", f"{e2.addr}:{WS}", conn_id, ["sip:view-ws@example.com"], "CONN_OK")], mine
+    client.close()
+    poll_view("flows", e2, lambda rows: all(r["remote"] != f"{ip}:{port}" for r in rows),
+              "the closed WebSocket flow to leave edge2's view")
 
 
 def post_rpc(kam: Kamailio, method: str, *params: object) -> tuple[int, str]:

@@ -233,6 +233,15 @@ class FlowTokenCodec:
         return Decoded(Verdict.VALID, flow)
 
 
+def peek_flow(token: str | None) -> Flow | None:
+    """The flow a token's text spells, read WITHOUT checking its MAC: for display
+    only (the RPC view tools/ko-view, where no key is at hand), never for routing
+    or any decision (use :meth:`FlowTokenCodec.flow_of`). Anyone can write a text
+    that peeks as any flow. None when the text cannot be one of our tokens."""
+    raw = _raw_bytes(token) if isinstance(token, str) else None
+    return None if raw is None else _unpack(raw[:-MAC_BYTES])
+
+
 def _mac(key: bytes, body: bytes) -> bytes:
     """HMAC-SHA256 truncated to MAC_BYTES: one C call, no per-message objects."""
     return hmac.digest(key, body, "sha256")[:MAC_BYTES]

@@ -22,6 +22,7 @@ from outbound.tokens import Flow, FlowTokenCodec
 from .base import leading_own_routes, names_us
 from .names import (
     FLOW_FAILURE_ROUTE,
+    FLOW_KEY_VAR,
     FLOWS_TABLE,
     HOME_REPLY_ROUTE,
     REGISTER_CONID_AVP,
@@ -188,9 +189,15 @@ class FlowRelay:
         if not aors:
             KSR.htable.sht_rm(FLOWS_TABLE, key)
             return
+        # an item lives as long as the longest registration on it (plus the grace): a
+        # UDP flow has no close event and is forgotten then; a TCP/TLS/WS flow's close
+        # event removes it before. One AOR leaving or refreshing for less never
+        # shortens the others' (the item's expiry is read before sht_sets resets it)
+        KSR.pv.sets(FLOW_KEY_VAR, key)
+        left = KSR.pv.get(f"$shtex({FLOWS_TABLE}=>{FLOW_KEY_VAR})") if aors != (aor,) else 0
+        wanted = int(expires) + self.config.keepalive_grace_seconds if expires != "0" else 0
         KSR.htable.sht_sets(FLOWS_TABLE, key, FlowsEntry(int(conn_id or 0), aors).to_text())
-        # a UDP flow has no close event: it is forgotten when its registration would expire
-        KSR.htable.sht_setex(FLOWS_TABLE, key, int(expires) + self.config.keepalive_grace_seconds)
+        KSR.htable.sht_setex(FLOWS_TABLE, key, max(wanted, left if isinstance(left, int) else 0, 1))
 
     @staticmethod
     def unbook(event: str) -> None:

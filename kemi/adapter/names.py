@@ -101,6 +101,7 @@ FORK_STATE_FIRST = f"$xavp({FORK_XAVP}[0])"  # a later write replaces it
 RR_CALLER_SIDE_XAVP = "$xavp(ko_rr=>a)"  # single server: the caller's Record-Route entry
 HDR_INDEX_VAR = "$var(ko_hdr_index)"  # runtime.kamailio_fields
 CONID_VAR = "$var(ko_conid)"  # tcp_get_conid's answer
+FLOW_KEY_VAR = "$var(ko_flow_key)"  # adapter.flows: a ko_flows key, for $shtex
 LOOKUP_HANDLE = "ko"  # reg_fetch_contacts handle (adapter.usrloc, the one reader of usrloc)
 
 

@@ -54,7 +54,8 @@ FORGED_TOKENS = Metric(
     "`replayed_token` (a token from outside the farm), `token_from_device` (a device presenting one)")
 FLOWS_GONE = Metric(
     "kemi_outbound_flows_gone_total", COUNTER, ("cause",), FIRST_HOPS,
-    "430 Flow Failed sent (RFC 5626 §5.3.1): `closed` (the connection is gone), `reused_connection` (its id "
+    "430 Flow Failed sent (RFC 5626 §5.3.1; toward an endpoint in a dialog it goes out as 408, §11.5): "
+    "`closed` (the connection is gone), `reused_connection` (its id "
     "names another peer's connection now), `no_reply` (no answer over the flow), `not_here` (not a socket of ours)")
 FLOW_FAILOVERS = Metric(
     "kemi_outbound_flow_failovers_total", COUNTER, ("cause",), HOMES,

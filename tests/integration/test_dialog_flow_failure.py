@@ -9,6 +9,7 @@ Before the fix the caller got 430.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import pytest
@@ -45,7 +46,9 @@ def test_430_of_a_dead_flow_in_a_dialog_reaches_the_caller_as_408_through_the_fa
     registrar, callee_edge = topology["registrar"], topology["edge1"]
     status = call_whose_callee_leaves(registrar, callee_edge, topology["edge2"], workdir, local_port, "dlg-farm")
     assert status == "408"
-    wait_until(lambda: "430 to in-dialog BYE" in registrar.log(), "the registrar's log line")
+    # the registrar's decision line: the next hop's 430 answered 408 toward the endpoint
+    wait_until(lambda: re.search(r"decision=dialog_flow_failed code=408 .*408 Request Timeout to in-dialog BYE "
+                                 r"\(the next hop answered 430\)", registrar.log()), "the registrar's decision line")
     assert "is gone, no new connection opened" in callee_edge.log()  # the edge's own 430, toward the farm
 
 

@@ -149,13 +149,16 @@ class FlowRelay:
 
     @staticmethod
     def book_register(flow: Flow, aor: str, expires: int) -> None:
-        """A REGISTER with this flow's token goes on to the registrar: its 2xx
-        books the flow in ko_flows (:meth:`registered`; the RPC view and the
-        ``kemi_outbound_flows`` gauge read it), its close event unbooks it."""
+        """A REGISTER with this TCP/TLS/WS flow's token goes on to the registrar:
+        its 2xx books the connection in ko_flows (:meth:`registered`; the RPC view
+        and the ``kemi_outbound_flows`` gauge read it), its close event unbooks it.
+        UDP flows are not booked: no connection to show, and their REGISTERs'
+        replies stay out of Python (the bench's cost per REGISTER)."""
+        if not flow.is_stream:
+            return
         KSR.pv.sets(REGISTER_FLOW_AVP, f"{flow.key} {flow.conn_id} {expires} {aor}")
         KSR.tm.t_on_reply(HOME_REPLY_ROUTE)
-        if flow.is_stream:
-            KSR.tcpops.tcp_enable_closed_event()
+        KSR.tcpops.tcp_enable_closed_event()
 
     def expect_flow_timer(self, flow: Flow) -> None:
         """A REGISTER over ``flow`` goes on: its 2xx's Flow-Timer (the value the
@@ -189,10 +192,10 @@ class FlowRelay:
         if not aors:
             KSR.htable.sht_rm(FLOWS_TABLE, key)
             return
-        # an item lives as long as the longest registration on it (plus the grace): a
-        # UDP flow has no close event and is forgotten then; a TCP/TLS/WS flow's close
-        # event removes it before. One AOR leaving or refreshing for less never
-        # shortens the others' (the item's expiry is read before sht_sets resets it)
+        # an item lives as long as the longest registration on it (plus the grace),
+        # unless the connection's close event removes it first. One AOR leaving or
+        # refreshing for less never shortens the others' (the item's expiry is read
+        # before sht_sets resets it)
         KSR.pv.sets(FLOW_KEY_VAR, key)
         left = KSR.pv.get(f"$shtex({FLOWS_TABLE}=>{FLOW_KEY_VAR})") if aors != (aor,) else 0
         wanted = int(expires) + self.config.keepalive_grace_seconds if expires != "0" else 0

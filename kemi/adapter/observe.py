@@ -33,7 +33,7 @@ from outbound.metrics import REFUSALS as REFUSALS_METRIC
 
 from .names import FLOWS_TABLE, METRICS_ADDR_DEFINE, METRICS_PORT_DEFINE, NOMETRICS_SWITCH
 
-TRANSPORTS = ("udp", "tcp", "tls", "ws", "wss")
+TRANSPORTS = ("tcp", "tls", "ws", "wss")  # the connections ko_flows books (UDP flows are not)
 
 
 def _define(name: str) -> str:

@@ -83,8 +83,8 @@ RELAY_REFUSALS = Metric(
     "an in-dialog request without our seal, a Path from a stranger, a KDMQ from outside the pair")
 FLOWS = Metric(
     "kemi_outbound_flows", GAUGE, ("transport",), FIRST_HOPS,
-    "flows holding at least one outbound registration now (edge: a REGISTER with a flow token answered 2xx "
-    "over it; single server: the connections it watches)")
+    "TCP/TLS/WS connections holding at least one outbound registration now (edge: a REGISTER with a flow "
+    "token answered 2xx over it; single server: the connections it watches); UDP flows are not counted")
 BINDINGS = Metric(
     "kemi_outbound_bindings", GAUGE, (), HOMES,
     "bindings in the location table now (usrloc's statistic `location_contacts`: outbound or not)")

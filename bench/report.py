@@ -25,6 +25,7 @@ import analysis  # noqa: E402
 BEGIN = "<!-- bench:results:begin -->"
 END = "<!-- bench:results:end -->"
 IMPLS = ("ours", "native")
+FLOOR = "floor"  # issue 17: native's routes in Python (bench/floor), in runs that have it
 RAMPS = (("register_udp", "REGISTER over UDP"), ("register_tcp", "REGISTER over TCP"),
          ("calls_udp", "calls to UDP outbound UAs"), ("calls_tcp", "calls to TCP outbound UAs"))
 
@@ -102,21 +103,41 @@ def censored(results: dict, impl: str, key: str) -> bool:
     return any(r.get(key, {}).get("censored") for r in rounds_of(results, impl))
 
 
+def impls_of(results: dict) -> tuple[str, ...]:
+    """ours and native, and the floor when the run has floor rounds."""
+    return IMPLS + ((FLOOR,) if rounds_of(results, FLOOR) else ())
+
+
 def table(results: dict) -> str:
-    lines = ["| figure | unit | ours (median) | native C (median) | ours / native | better is |",
-             "| --- | --- | ---: | ---: | ---: | --- |"]
+    with_floor = FLOOR in impls_of(results)
+    if with_floor:
+        lines = ["| figure | unit | ours (median) | floor (median) | native C (median) | ours / floor | "
+                 "floor / native | ours / native | better is |",
+                 "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+    else:
+        lines = ["| figure | unit | ours (median) | native C (median) | ours / native | better is |",
+                 "| --- | --- | ---: | ---: | ---: | --- |"]
+    impls = impls_of(results)
     for label, unit, get, higher, ramp in METRICS:
-        medians = {impl: analysis.median(get(r) for r in rounds_of(results, impl)) for impl in IMPLS}
-        rat = analysis.ratio(medians["ours"], medians["native"])
-        cells = {impl: fmt(medians[impl]) for impl in IMPLS}
-        for impl in IMPLS:
+        medians = {impl: analysis.median(get(r) for r in rounds_of(results, impl)) for impl in impls}
+        cells = {impl: fmt(medians[impl]) for impl in impls}
+        for impl in impls:
             if ramp and censored(results, impl, ramp):
                 cells[impl] = "≥ " + cells[impl]  # a round passed the top step
-        ratio_text = fmt(rat, 2)
-        if ramp and censored(results, "native", ramp) and rat is not None:
-            ratio_text = "≤ " + ratio_text
-        lines.append(f"| {label} | {unit} | {cells['ours']} | {cells['native']} | "
-                     f"{ratio_text} | {'higher' if higher else 'lower'} |")
+
+        def ratio_text(a: str, b: str, medians: dict = medians, ramp: str = ramp) -> str:
+            rat = analysis.ratio(medians[a], medians[b])
+            text = fmt(rat, 2)
+            return "≤ " + text if ramp and censored(results, b, ramp) and rat is not None else text
+
+        better = "higher" if higher else "lower"
+        if with_floor:
+            lines.append(f"| {label} | {unit} | {cells['ours']} | {cells[FLOOR]} | {cells['native']} | "
+                         f"{ratio_text('ours', FLOOR)} | {ratio_text(FLOOR, 'native')} | "
+                         f"{ratio_text('ours', 'native')} | {better} |")
+        else:
+            lines.append(f"| {label} | {unit} | {cells['ours']} | {cells['native']} | "
+                         f"{ratio_text('ours', 'native')} | {better} |")
     return "\n".join(lines)
 
 
@@ -125,8 +146,9 @@ def cpu_by_rate(results: dict, key: str) -> str:
     Python's cost per message falls as the load rises (warmer caches)."""
     per = 1 if key.startswith("register") else 2
     rates: set[float] = set()
-    values: dict[str, dict[float, list[float]]] = {impl: {} for impl in IMPLS}
-    for impl in IMPLS:
+    impls = impls_of(results)
+    values: dict[str, dict[float, list[float]]] = {impl: {} for impl in impls}
+    for impl in impls:
         for r in rounds_of(results, impl):
             for s in r.get(key, {}).get("steps", []):
                 if s["passed"] and s["successful"]:
@@ -135,7 +157,7 @@ def cpu_by_rate(results: dict, key: str) -> str:
                     rates.add(s["offered"])
     head = "| offered /s | " + " | ".join(f"{x:g}" for x in sorted(rates)) + " |"
     lines = [head, "| --- |" + " ---: |" * len(rates)]
-    for impl in IMPLS:
+    for impl in impls:
         cells = [fmt(analysis.median(values[impl].get(x, []))) for x in sorted(rates)]
         lines.append(f"| {impl} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -186,10 +208,12 @@ def plot(results: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    colours = {"ours": "tab:blue", "native": "tab:orange"}
+    colours = {"ours": "tab:blue", "native": "tab:orange", FLOOR: "tab:green"}
+    names = {"ours": "ours (KEMI Python)", "native": "native (C outbound module)",
+             FLOOR: "floor (native's routes in Python)"}
     for ax, (key, label) in zip(axes.flat, RAMPS, strict=True):
         top = 0.0
-        for impl in IMPLS:
+        for impl in impls_of(results):
             by_rate: dict[float, list[float]] = {}
             for r in rounds_of(results, impl):
                 steps = r.get(key, {}).get("steps", [])
@@ -200,8 +224,7 @@ def plot(results: dict, path: Path) -> None:
                     by_rate.setdefault(s["offered"], []).append(s["throughput"])
                     top = max(top, s["offered"])
             rates = sorted(by_rate)
-            name = "ours (KEMI Python)" if impl == "ours" else "native (C outbound module)"
-            ax.plot(rates, [analysis.median(by_rate[x]) for x in rates], "-", color=colours[impl], label=name)
+            ax.plot(rates, [analysis.median(by_rate[x]) for x in rates], "-", color=colours[impl], label=names[impl])
         ax.plot([0, top], [0, top], ":", color="grey", label="offered = carried")
         ax.set_title(label)
         ax.set_xlabel("offered rate (per s)")

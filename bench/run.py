@@ -58,7 +58,11 @@ SIPP = BENCH / "sipp"
 IMPLS = {
     "ours": {"edge": ROOT / "cfg" / "edge.cfg", "registrar": ROOT / "cfg" / "registrar.cfg"},
     "native": {"edge": BENCH / "native" / "edge.cfg", "registrar": BENCH / "native" / "registrar.cfg"},
+    # the app_python3 floor (issue 17): native's cfg and modules, its routes in Python
+    # (bench/floor/*.py, loaded with -A KO_FLOOR)
+    "floor": {"edge": BENCH / "native" / "edge.cfg", "registrar": BENCH / "native" / "registrar.cfg"},
 }
+FLOOR = {"edge": BENCH / "floor" / "edge.py", "registrar": BENCH / "floor" / "registrar.py"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 RECV_TIMEOUT_MS = 3000
 # The ramps send up to 10000 requests/s from one SIPp address, and the registrar
@@ -252,6 +256,8 @@ class Round:
             defines["KO_USRLOC_DB_URL"] = f'"{sqlite_location_db(self.dir / "location.sqlite")}"'
         if self.impl == "ours":
             defines["KO_PIKE_REQS"] = PIKE_REQS
+        if self.impl == "floor":
+            defines["KO_FLOOR"] = f'"{FLOOR[role]}"'
         kam = BenchKamailio(name, IMPLS[self.impl][role].name, self.dir, addr, port, defines=defines,
                             env={"KO_FLOW_KEYS": TEST_KEY}, cfg_path=IMPLS[self.impl][role])
         kam.start()
@@ -602,8 +608,11 @@ def parse_args(argv: list[str]) -> Settings:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--net", default=os.environ.get("KO_TEST_NET", "127.0.0"),
                         help="loopback /24 to use (default $KO_TEST_NET or 127.0.0)")
-    parser.add_argument("--pairs", type=int, default=3, help="A B pairs (ours, native), alternated (default 3)")
+    parser.add_argument("--pairs", type=int, default=3,
+                        help="rounds of each implementation (ours, native, floor), alternated (default 3)")
     parser.add_argument("--first", choices=["ours", "native"], default="ours")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="leave out the app_python3 floor (bench/floor: native's routes in Python)")
     parser.add_argument("--step-seconds", type=float, default=2.0, help="duration of one ramp step")
     parser.add_argument("--register-rates", default="1000,2000,3000,4000,5000,6000,8000,10000")
     parser.add_argument("--call-rates", default="100,200,400,600,800,1000,1200,1500")
@@ -635,7 +644,8 @@ def parse_args(argv: list[str]) -> Settings:
         args.register_rates, args.call_rates = "500,1500", "100,300"
         args.memory_flows, args.latency_seconds = 300, 1.0
         args.durability = min(args.durability, 5000)
-    order = [args.first, "native" if args.first == "ours" else "ours"] * args.pairs
+    order = ([args.first, "native" if args.first == "ours" else "ours"] + ([] if args.no_floor else ["floor"])) \
+        * args.pairs
     # absolute: Kamailio changes its working directory to /
     workdir = (args.workdir or BENCH / ".work" / time.strftime("%Y%m%d-%H%M%S")).resolve()
     return Settings(
@@ -775,8 +785,9 @@ def main(argv: list[str]) -> int:
                "rounds": []}
     out_path = settings.workdir / "results.json"
     for index, impl in enumerate(settings.rounds):
-        # checked before the first round of a pair only: pairs stay whole
-        if index % 2 == 0 and time.monotonic() - started > settings.time_limit:
+        # checked before the first round of a set (ours, native[, floor]) only: sets stay whole
+        per_set = len(dict.fromkeys(settings.rounds))
+        if index % per_set == 0 and time.monotonic() - started > settings.time_limit:
             log(f"time limit reached: {len(results['rounds'])} rounds done")
             break
         try:

@@ -108,7 +108,7 @@ class FlowRelay:
         # request with a preloaded Route it removes it and answers "not driven"
         KSR.rr.loose_route()
         if decision.record_route:
-            self.record_route(decision.token)
+            self.record_route(decision.token, flow.transport)
         KSR.pv.sets("$fs", flow.socket)
         KSR.setdsturi(flow.destination)
         KSR.set_forward_no_connect()

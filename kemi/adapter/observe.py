@@ -58,6 +58,7 @@ class Observer:
         if not self.on:
             return
         prom = KSR.xhttp_prom
+        labels = tuple(label or "none" for label in labels)  # xhttp_prom refuses an empty label value
         if not labels:
             prom.counter_inc_l0(metric.name, by)
         elif len(labels) == 1:

@@ -17,6 +17,7 @@ from dns_setup import NS, NS_PORT  # noqa: E402
 from harness import Kamailio, SippRun  # noqa: E402
 from nsd import Nsd  # noqa: E402
 from topology import PORTS, RUNNING, TEST_NET, WORK_ROOT, farm_with_two_edges, net, registrar, stop  # noqa: E402
+from wsclient import WsClient  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -40,6 +41,15 @@ def callees() -> Iterator[list[SippRun]]:
     yield runs
     for run in runs:
         run.kill()
+
+
+@pytest.fixture
+def sockets() -> Iterator[list[WsClient]]:
+    """WebSocket clients (tests/wsclient.py) a test opened: aborted when it ends."""
+    opened: list[WsClient] = []
+    yield opened
+    for client in opened:
+        client.abort()
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ from nsd import Nsd
 from outbound.metrics import CALL_BRANCHES
 from outbound.sipmsg import parse_name_addr
 from prom import delta, key, scrape
-from topology import net, registrar, single, start, stop, subscriber, two_edges
+from topology import farm_with_two_edges, net, registrar, single, start, stop, subscriber, two_edges
 
 REG_B = net(22)  # reg-b.ko.test; reg-a.ko.test (net(21)), tried first, is dead
 FARM = "sip:farm.ko.test"
@@ -48,14 +48,7 @@ def farm(workdir: Path, nsd: Nsd) -> Iterator[dict[str, Kamailio]]:
     edges = two_edges(workdir, FARM, yaml_text=dns_yaml(hold_down=HOLD_DOWN))
     for n, kam in edges.items():
         kam.name = f"metrics-edge{n}"
-    started: list[Kamailio] = []
-    try:
-        for kam in (reg, *edges.values()):
-            started.append(start(kam))
-        yield {"registrar": reg, "edge1": edges[1], "edge2": edges[2]}
-    finally:
-        for kam in started:
-            stop(kam)
+    yield from farm_with_two_edges(workdir, reg, edges)
 
 
 class Scrapes:

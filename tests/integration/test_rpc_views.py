@@ -49,14 +49,6 @@ def farm(workdir: Path) -> Iterator[dict[str, Kamailio]]:
     yield from farm_with_two_edges(workdir, reg, edges)
 
 
-@pytest.fixture
-def sockets() -> Iterator[list[WsClient]]:
-    opened: list[WsClient] = []
-    yield opened
-    for client in opened:
-        client.abort()
-
-
 def ko_view(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     done = subprocess.run(["/usr/bin/python3", str(KO_VIEW), *args], capture_output=True, text=True, timeout=30)
     if check:

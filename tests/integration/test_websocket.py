@@ -54,14 +54,6 @@ def ws_farm(workdir: Path) -> Iterator[dict[str, Kamailio]]:
     yield from farm_with_two_edges(workdir, reg, edges)
 
 
-@pytest.fixture
-def sockets() -> Iterator[list[WsClient]]:
-    opened: list[WsClient] = []
-    yield opened
-    for client in opened:
-        client.abort()
-
-
 def connect(kam: Kamailio, sockets: list[WsClient], *, local_ip: str = DEVICE, **handshake) -> WsClient:
     client = WsClient(kam.addr, WS, local_ip=local_ip)
     sockets.append(client)

@@ -199,9 +199,12 @@ def test_the_farm_counts_each_decision_once(farm, workdir, local_port, callees):
             k("refusals_total", code="430", cause="flow_closed"): 1,
             k("flows_gone_total", cause="closed"): 1,
         }
+        # edge2 also put the device's flow 2 token in the Record-Route of the one call it
+        # sent over that flow (RFC 5626 §5.3.2, the callee's side)
         assert scrapes.changes("edge2") == {
             k("flow_tokens_total", transport="tcp", where="path"): 2,
             k("flow_tokens_total", transport="udp", where="record_route"): 4,
+            k("flow_tokens_total", transport="tcp", where="record_route"): 1,
             k("registrar_failovers_total", cause="timeout"): 1,
             k("hold_downs_total"): 1,
             k("refusals_total", code="430", cause="flow_closed"): 1,

@@ -86,11 +86,12 @@ class EdgeRoutes(BaseRoutes):
             flow = source_flow(snap)
             KSR.path.add_path_user_params(self.codec.encode(flow), "ob")
             OBSERVER.count(FLOW_TOKENS, flow.transport, "path")
-            expires = max((contact_expiry(c, parse_delta_seconds(snap.headers.first("expires")),
-                                          self.runtime.config.default_expires) for c in contacts if not c.star),
-                          default=0)
-            self.flows.book_register(flow, KSR.kx.get_turi(), expires)
             if flow.is_stream:
+                # the connection is booked (the flows view); a UDP REGISTER skips this work
+                expires = max((contact_expiry(c, parse_delta_seconds(snap.headers.first("expires")),
+                                              self.runtime.config.default_expires) for c in contacts if not c.star),
+                              default=0)
+                self.flows.book_register(flow, KSR.kx.get_turi(), expires)
                 self.flows.keep_open()  # until the 2xx says the registrar's Flow-Timer
                 self.flows.expect_flow_timer(flow)
         else:

@@ -152,13 +152,10 @@ class FlowRelay:
         """A REGISTER with this TCP/TLS/WS flow's token goes on to the registrar:
         its 2xx books the connection in ko_flows (:meth:`registered`; the RPC view
         and the ``kemi_outbound_flows`` gauge read it), its close event unbooks it.
-        UDP flows are not booked: no connection to show, and their REGISTERs'
-        replies stay out of Python (the bench's cost per REGISTER)."""
-        if not flow.is_stream:
-            return
+        Only for a stream flow: UDP flows are not booked (no connection to show,
+        and their REGISTERs' replies stay out of Python: the bench's cost per REGISTER)."""
         KSR.pv.sets(REGISTER_FLOW_AVP, f"{flow.key} {flow.conn_id} {expires} {aor}")
-        KSR.tm.t_on_reply(HOME_REPLY_ROUTE)
-        KSR.tcpops.tcp_enable_closed_event()
+        KSR.tcpops.tcp_enable_closed_event()  # the 2xx is seen in the reply route expect_flow_timer arms
 
     def expect_flow_timer(self, flow: Flow) -> None:
         """A REGISTER over ``flow`` goes on: its 2xx's Flow-Timer (the value the

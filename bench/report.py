@@ -288,6 +288,59 @@ def metrics_cost_section(results: dict) -> str:
             "| role | metrics on | metrics off | on/off |\n|---|---|---|---|\n" + "\n".join(rows) + "\n\n")
 
 
+def instructions_section(results: dict) -> str:
+    """Issue 17: instructions per registration and per call (callgrind), and
+    the profile of our routes (bench/instructions.py)."""
+    ins = results.get("instructions")
+    if not ins:
+        return ""
+    if "error" in ins:
+        return f"Instructions: failed: `{ins['error'][:300]}`\n\n"
+    impls = [i for i in ("native", "floor", "ours") if i in ins["impls"]]
+    head = "| role | work | " + " | ".join(f"{i} Ir" for i in impls) + " | ours/floor | floor/native | ours/native |"
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    for role in ("edge", "registrar"):
+        for work, label in (("register", "per registration"), ("call", "per call")):
+            got = {i: ins["impls"][i][work][role]["total"] for i in impls}
+
+            def ratio(a: str, b: str, got: dict = got) -> str:
+                return f"{got[a] / got[b]:.2f}" if a in got and b in got and got[b] else "n/a"
+
+            rows.append(f"| {role} | {label} | " + " | ".join(f"{got[i] / 1e6:.2f} M" for i in impls)
+                        + f" | {ratio('ours', 'floor')} | {ratio('floor', 'native')} | {ratio('ours', 'native')} |")
+    split = ["| impl | role | work | SIP messages | Python entries | in Python | of it in KSR calls (C) "
+             "| interpreter (ours/floor code, entry, exit) | outside Python |", "|---|---|---|---|---|---|---|---|---|"]
+    for impl in (i for i in ("floor", "ours") if i in ins["impls"]):
+        for role in ("edge", "registrar"):
+            for work in ("register", "call"):
+                c = ins["impls"][impl][work][role]
+                split.append(f"| {impl} | {role} | {work} | {c['messages']:g} | {c['python_entries']:g} "
+                             f"| {c['python'] / 1e6:.2f} M | {c['ksr'] / 1e6:.2f} M "
+                             f"| {(c['python'] - c['ksr']) / 1e6:.2f} M | {(c['total'] - c['python']) / 1e6:.2f} M |")
+    runs = ins["impls"][impls[0]]["runs"]
+    text = (f"Instructions per transaction (callgrind, issue 17): {ins['registrations']} registrations (UDP, "
+            f"4/s) and {ins['calls']} calls (UDP, 2/s, to 5 registered UAs) per implementation, edge and "
+            f"registrar each under `valgrind --tool=callgrind`, counted only inside "
+            f"{', '.join('`' + f + '`' for f in ins['entry_functions'])} (a message's work; not start-up, idle "
+            "timers or RPC). Ir = instructions executed, summed over the role's processes"
+            + (f"; from `{ins['command']}`" if ins.get("command") else "") + ". A call is INVITE (407, INVITE, "
+            "100, 180, 200, ACK) and BYE, through the edge twice. Deterministic: a change of 1 % is a real "
+            f"change. (First run's SIPp retransmissions: {runs['register']['retransmissions']} / "
+            f"{runs['call']['retransmissions']}.)\n\n" + "\n".join(rows) + "\n\nWhere it goes, per registration / "
+            "per call (`in Python`: inclusive in app_python3's route entry, apy_exec; `KSR calls`: inclusive in "
+            "sr_apy_kemi_exec_func_ex, the C work called from Python):\n\n" + "\n".join(split) + "\n\n")
+    for role, prof in (ins.get("profile") or {}).items():
+        lines = ["| function | calls | own ms | cumulative ms |", "|---|---|---|---|"]
+        for row in prof["rows"][:20]:
+            lines.append(f"| `{row['function']}` | {row['calls']} | {row['own_s'] * 1e3:.1f} "
+                         f"| {row['cum_s'] * 1e3:.1f} |")
+        text += (f"Profile of our {role} (cProfile in each of its {prof.get('processes', 0)} processes that ran "
+                 f"Python, merged; {prof['total_s'] * 1e3:.0f} ms of Python in all; {4 * ins['registrations']} "
+                 f"registrations and {4 * ins['calls']} calls, not under valgrind; most own time first):\n\n"
+                 + "\n".join(lines) + "\n\n")
+    return text
+
+
 def persistence_line(results: dict) -> str:
     mode = (results.get("settings") or {}).get("usrloc_db_mode")
     if mode is None:
@@ -304,7 +357,7 @@ def render(results: dict) -> str:
             f"medians of the passing steps:\n\n{cpu_by_rate(results, 'register_udp')}\n\n"
             f"Edge + registrar CPU µs per transaction (UDP call ramp, 2 per call):\n\n"
             f"{cpu_by_rate(results, 'calls_udp')}\n\n{durability_section(results)}{replication_section(results)}"
-            f"{metrics_cost_section(results)}"
+            f"{metrics_cost_section(results)}{instructions_section(results)}"
             f"Every round:\n\n{per_round(results)}\n\n{END}")
 
 
@@ -324,8 +377,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("results", type=Path)
     parser.add_argument("--doc", type=Path)
     parser.add_argument("--png", type=Path)
+    parser.add_argument("--instructions", type=Path,
+                        help="a results.json whose instruction counts to show (run.py --only-instructions)")
     args = parser.parse_args(argv)
     results = json.loads(args.results.read_text())
+    if args.instructions:
+        other = json.loads(args.instructions.read_text())
+        results["instructions"] = {**other["instructions"], "command": other.get("command", "")}
     text = render(results)
     if args.doc:
         replace_section(args.doc, BEGIN, END, text)

@@ -47,6 +47,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import instructions  # noqa: E402
+
 import analysis  # noqa: E402
 import durability  # noqa: E402
 from harness import TEST_KEY, Kamailio, ProcessError, SippRun, read_log, start_sipp  # noqa: E402
@@ -99,6 +101,7 @@ class Subscribers:
 
 
 SUBSCRIBERS: list[Subscribers] = []  # set by main()
+MEM_MANAGER: list[str] = [""]  # set by main() from --mem-manager
 
 
 def log(text: str) -> None:
@@ -113,13 +116,16 @@ class BenchKamailio(Kamailio):
     cfg_path: Path = ROOT / "cfg" / "edge.cfg"
     shm_mb: int = 512
     pkg_mb: int = 16
+    # Kamailio's memory manager for shm and pkg (-x): "" keeps Kamailio's default, qm
+    # (bench/run.py --mem-manager; the same for every implementation of a run)
+    mem_manager: str = dataclasses.field(default_factory=lambda: MEM_MANAGER[0])
 
     def command(self) -> list[str]:
         cmd = super().command()
         cmd[cmd.index("-f") + 1] = str(self.cfg_path)
         cmd[cmd.index("-m") + 1] = str(self.shm_mb)
         cmd[cmd.index("-M") + 1] = str(self.pkg_mb)
-        return cmd + ["--loadmodule=cfg_rpc.so"]
+        return cmd + ["--loadmodule=cfg_rpc.so"] + (["-x", self.mem_manager] if self.mem_manager else [])
 
     def cpu_seconds(self) -> float:
         assert self.proc is not None
@@ -221,6 +227,9 @@ class Settings:
     usrloc_db_mode: int = 2
     durability: int = 0
     metrics_cost: int = 0
+    instructions: int = 0
+    impls: tuple[str, ...] = ("ours", "native", "floor")
+    mem_manager: str = ""
 
     def addr(self, host: int) -> str:
         return f"{self.net}.{host}"
@@ -642,6 +651,13 @@ def parse_args(argv: list[str]) -> Settings:
                         help="bindings for the reload / DMQ resync / write-back figures (0: skip)")
     parser.add_argument("--metrics-cost", type=int, default=3,
                         help="on/off pairs of the metrics' cost run (our edge + registrar, -A WITH_NOMETRICS; 0: skip)")
+    parser.add_argument("--instructions", type=int, default=100,
+                        help="registrations (and half as many calls) per implementation under callgrind "
+                             "(bench/instructions.py; 0: skip)")
+    parser.add_argument("--only-instructions", action="store_true",
+                        help="no rounds: the instruction counts and the profile alone")
+    parser.add_argument("--mem-manager", choices=["", "qm", "fm", "tlsf"], default="",
+                        help="Kamailio's memory manager for every Kamailio of the run (-x; default: Kamailio's, qm)")
     parser.add_argument("--quick", action="store_true", help="one short pair, for development")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -650,19 +666,22 @@ def parse_args(argv: list[str]) -> Settings:
         args.register_rates, args.call_rates = "500,1500", "100,300"
         args.memory_flows, args.latency_seconds = 300, 1.0
         args.durability = min(args.durability, 5000)
+        args.instructions = min(args.instructions, 20)
     order = ([args.first, "native" if args.first == "ours" else "ours"] + ([] if args.no_floor else ["floor"])) \
         * args.pairs
     # absolute: Kamailio changes its working directory to /
     workdir = (args.workdir or BENCH / ".work" / time.strftime("%Y%m%d-%H%M%S")).resolve()
     return Settings(
-        net=args.net, rounds=order, step_seconds=args.step_seconds,
+        net=args.net, rounds=[] if args.only_instructions else order, step_seconds=args.step_seconds,
         register_rates=[int(x) for x in args.register_rates.split(",")],
         call_rates=[int(x) for x in args.call_rates.split(",")], overshoot=args.overshoot,
         callees=args.callees, memory_flows=args.memory_flows, tcp_flows=args.tcp_flows, failovers=args.failovers,
         latency_seconds=args.latency_seconds, latency_register_rate=args.latency_register_rate,
         latency_call_rate=args.latency_call_rate, cpu_ref_register_rate=args.cpu_ref_register_rate,
         cpu_ref_call_rate=args.cpu_ref_call_rate, time_limit=args.time_limit, workdir=workdir,
-        usrloc_db_mode=args.usrloc_db_mode, durability=args.durability, metrics_cost=args.metrics_cost,
+        usrloc_db_mode=args.usrloc_db_mode, durability=0 if args.only_instructions else args.durability,
+        metrics_cost=0 if args.only_instructions else args.metrics_cost, instructions=args.instructions,
+        impls=tuple(dict.fromkeys(order)), mem_manager=args.mem_manager,
     )
 
 
@@ -782,6 +801,7 @@ def main(argv: list[str]) -> int:
     settings = parse_args(argv)
     settings.workdir.mkdir(parents=True, exist_ok=True)
     SUBSCRIBERS[:] = [Subscribers(settings.workdir)]
+    MEM_MANAGER[:] = [settings.mem_manager]
     log(f"benchmark in {settings.workdir}, rounds {' '.join(settings.rounds)}, net {settings.net}.x")
     started = time.monotonic()
     results = {"command": " ".join(["bench/run.py", *argv]), "machine": machine(),
@@ -802,6 +822,13 @@ def main(argv: list[str]) -> int:
             log(f"round {index} ({impl}) failed: {exc}")
             results["rounds"].append({"impl": impl, "index": index, "error": str(exc)[:2000]})
         out_path.write_text(json.dumps(results, indent=1))
+    if settings.instructions:
+        try:
+            results["instructions"] = instructions.measure(sys.modules[__name__], settings, list(settings.impls),
+                                                           settings.instructions, settings.instructions // 2, log)
+        except (ProcessError, RuntimeError, KeyError, OSError) as exc:
+            log(f"instructions failed: {exc}")
+            results["instructions"] = {"error": str(exc)[:2000]}
     if settings.durability:
         log(f"durability: {settings.durability} bindings")
         try:
@@ -827,7 +854,7 @@ def main(argv: list[str]) -> int:
     out_path.write_text(json.dumps(results, indent=1))
     log(f"results: {out_path}")
     failed = any("error" in r for r in results["rounds"]) or any(
-        "error" in results.get(part, {}) for part in ("durability", "replication", "metrics_cost"))
+        "error" in results.get(part, {}) for part in ("durability", "replication", "metrics_cost", "instructions"))
     return 1 if failed else 0
 
 

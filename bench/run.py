@@ -125,7 +125,7 @@ class BenchKamailio(Kamailio):
         cmd[cmd.index("-f") + 1] = str(self.cfg_path)
         cmd[cmd.index("-m") + 1] = str(self.shm_mb)
         cmd[cmd.index("-M") + 1] = str(self.pkg_mb)
-        return cmd + ["--loadmodule=cfg_rpc.so"] + (["-x", self.mem_manager] if self.mem_manager else [])
+        return cmd + ["--loadmodule=cfg_rpc.so"]
 
     def cpu_seconds(self) -> float:
         assert self.proc is not None

@@ -85,7 +85,8 @@ case "$role" in
             ensure_subscriber_db
         fi
         set -- -f "/usr/share/kemi-outbound/cfg/$role.cfg" -DD -E \
-            -m "${KO_SHM_MB:-64}" -M "${KO_PKG_MB:-8}" -P "/run/kamailio/$role.pid" "$@"
+            -m "${KO_SHM_MB:-64}" -M "${KO_PKG_MB:-8}" -x "${KO_MEM_MANAGER:-tlsf}" \
+            -P "/run/kamailio/$role.pid" "$@"
         # YAML keys that the cfg does not read from the environment itself
         # (adapter/runtime.py DEFINE_OVERRIDES) become -A defines
         for name in KO_FORCE_OUTBOUND KO_FLOW_KEYS_FILE KO_FLOW_TIMER; do

@@ -103,6 +103,10 @@ class Kamailio(GroupProcess):
     etc_files: dict[str, str] = field(default_factory=dict)
     # a network namespace the test made (tests/netns.py): Kamailio runs inside it
     netns: str | None = None
+    # Kamailio's memory manager (-x, shm and pkg): tlsf, as docs/operations.md
+    # recommends (Debian's default, qm with debug bookkeeping, costs ~20 % more
+    # CPU per message: docs/benchmarks.md); "" leaves Kamailio's default
+    mem_manager: str = field(default_factory=lambda: os.environ.get("KO_MEM_MANAGER", "tlsf"))
     proc: subprocess.Popen | None = None
 
     def stop(self) -> None:
@@ -141,7 +145,8 @@ class Kamailio(GroupProcess):
         if os.environ.get("KO_DEBUG"):  # KO_DEBUG=1: every Kamailio of the run logs at debug level
             defines["WITH_DEBUG"] = ""
         cmd = ["kamailio", "-f", str(CFG_DIR / self.cfg), *(["-c"] if check else []), "-DD", "-E", "-m", "96",
-               "-M", "16", "-P", str(self.workdir / f"{self.name}.pid"), "-Y", str(self.workdir)]
+               "-M", "16", *(["-x", self.mem_manager] if self.mem_manager else []),
+               "-P", str(self.workdir / f"{self.name}.pid"), "-Y", str(self.workdir)]
         for key, value in defines.items():
             cmd += ["-A", f"{key}={value}" if value != "" else key]
         return in_netns(self.netns) + self._private_etc() + cmd

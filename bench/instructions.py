@@ -12,8 +12,9 @@ another. Callgrind counts only inside the functions that do a message's work,
 ENTRY_FUNCTIONS (receive_msg for every SIP message read from UDP, TCP or
 WebSocket; tm's retransmission/final-response and wait timers; tcpops' close
 event), so start-up, idle timers and the RPC polling of the run are not in the
-figures. The counts are deterministic: two runs of the same code differ by
-well under 1 %.
+figures. The machine's other load does not change a count; each process's
+first messages, which cost more once, are in it (hence 100 registrations by
+default).
 
 Per process, the counts split into:
 * ``python``: inclusive in app_python3's route entry (apy_exec), that is

@@ -325,7 +325,8 @@ def instructions_section(results: dict) -> str:
             "timers or RPC). Ir = instructions executed, summed over the role's processes"
             + (f"; from `{ins['command']}`" if ins.get("command") else "") + ". A call is INVITE (407, INVITE, "
             "100, 180, 200, ACK) and BYE, through the edge twice. Counts, not time: the machine's other load "
-            "does not change them; each process's first messages (a few M once) are included. (First run's SIPp retransmissions: {runs['register']['retransmissions']} / "
+            "does not change them; each process's first messages (a few M once) are included. (First run's "
+            f"SIPp retransmissions: {runs['register']['retransmissions']} / "
             f"{runs['call']['retransmissions']}.)\n\n" + "\n".join(rows) + "\n\nWhere it goes, per registration / "
             "per call (`in Python`: inclusive in app_python3's route entry, apy_exec; `KSR calls`: inclusive in "
             "sr_apy_kemi_exec_func_ex, the C work called from Python):\n\n" + "\n".join(split) + "\n\n")

@@ -89,7 +89,7 @@ def parse_callgrind(text: str) -> dict:
             if len(parts) >= 2:
                 cost = int(parts[1])
                 if pending_call:
-                    if cfn != fn:
+                    if function_name(cfn) != function_name(fn):  # a recursion is inside the outer call
                         inclusive[cfn] += cost
                     pending_call = False
     return {"total": total, "calls": dict(calls), "inclusive": dict(inclusive)}

@@ -1,0 +1,93 @@
+"""The pure parts of bench/instructions.py (issue 17): reading callgrind's
+output and turning counts into per-transaction figures."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+
+import instructions  # noqa: E402
+
+import report  # noqa: E402
+
+# the shape callgrind 3.19 writes with --compress-strings=no --compress-pos=no
+CALLGRIND_OUT = """\
+version: 1
+creator: callgrind-3.19.0
+events: Ir
+fl=???
+fn=receive_msg
+10 100
+cfl=???
+cfn=apy_exec
+calls=2 0
+11 700
+cfn=parse_headers
+calls=3 0
+12 50
+fn=apy_exec
+20 300
+cfn=sr_apy_kemi_exec_func_ex
+calls=4 0
+21 400
+cfn=apy_exec'2
+calls=1 0
+22 5
+fn=sr_apy_kemi_exec_func_ex
+30 400
+summary: 1255
+totals: 1255
+"""
+
+
+def test_callgrind_totals_calls_and_inclusive_costs_are_read(tmp_path: Path) -> None:
+    got = instructions.parse_callgrind(CALLGRIND_OUT)
+    assert got["total"] == 1255
+    assert got["calls"] == {"apy_exec": 2, "parse_headers": 3, "sr_apy_kemi_exec_func_ex": 4, "apy_exec'2": 1}
+    assert got["inclusive"]["apy_exec"] == 700
+    assert "apy_exec'2" not in got["inclusive"]
+    assert got["inclusive"]["sr_apy_kemi_exec_func_ex"] == 400
+    (tmp_path / "callgrind.edge.1").write_text(CALLGRIND_OUT)
+    (tmp_path / "callgrind.edge.2").write_text("summary: 45\n")
+    role = instructions.role_counts(sorted(tmp_path.glob("callgrind.edge.*")))
+    # apy_exec'2 is apy_exec called from itself: its 5 are inside the 700 already
+    # (counted as a call, not again as cost)
+    assert role == {"total": 1300, "python": 700, "ksr": 400, "messages": 0, "python_entries": 3, "processes": 2}
+
+
+def counts(total: float, python: float = 0, ksr: float = 0, messages: float = 0, entries: float = 0) -> dict:
+    return {"total": total, "python": python, "ksr": ksr, "messages": messages, "python_entries": entries}
+
+
+def test_a_call_run_pays_for_its_callees_registrations_at_the_registration_rate() -> None:
+    reg = {"ok": 10, "failed": 0, "retransmissions": 0, "callee_registrations": 0,
+           "counts": {"edge": counts(1000, 800, 300, 40, 50), "registrar": counts(500, 400, 100, 20, 20)}}
+    call = {"ok": 4, "failed": 0, "retransmissions": 0, "callee_registrations": 5,
+            "counts": {"edge": counts(2500, 2000, 500, 76, 85), "registrar": counts(1250, 1000, 250, 42, 42)}}
+    got = instructions.per_transaction(reg, call)
+    assert got["register"]["edge"] == {"total": 100, "python": 80, "ksr": 30, "messages": 4, "python_entries": 5}
+    # (2500 - 5 * 100) / 4
+    assert got["call"]["edge"]["total"] == 500
+    assert got["call"]["edge"]["messages"] == 14
+    assert got["call"]["registrar"]["total"] == (1250 - 5 * 50) / 4
+    assert got["summary"]["registrar"] == {"register_ir": 50, "call_ir": 250}
+
+
+def test_the_report_shows_the_ratios_of_the_counts() -> None:
+    def impl(reg_edge: float, call_edge: float) -> dict:
+        reg = {"ok": 1, "failed": 0, "retransmissions": 0, "callee_registrations": 0,
+               "counts": {"edge": counts(reg_edge), "registrar": counts(reg_edge / 2)}}
+        call = {"ok": 1, "failed": 0, "retransmissions": 0, "callee_registrations": 0,
+                "counts": {"edge": counts(call_edge), "registrar": counts(call_edge / 2)}}
+        return instructions.per_transaction(reg, call)
+
+    results = {"instructions": {"registrations": 1, "calls": 1, "entry_functions": ["receive_msg"],
+                                "impls": {"native": impl(1e6, 4e6), "floor": impl(1.5e6, 5e6),
+                                          "ours": impl(3e6, 6e6)}}}
+    text = report.instructions_section(results)
+    assert "| edge | per registration | 1.00 M | 1.50 M | 3.00 M | 2.00 | 1.50 | 3.00 |" in text
+    assert "| edge | per call | 4.00 M | 5.00 M | 6.00 M | 1.20 | 1.25 | 1.50 |" in text
+    assert report.instructions_section({"instructions": {"error": "no callgrind files"}}).startswith(
+        "Instructions: failed")

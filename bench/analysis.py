@@ -143,6 +143,21 @@ def route_latencies(log_text: str) -> dict[str, list[int]]:
     return out
 
 
+def parse_sipp_rtt(text: str) -> list[float]:
+    """Response times in ms from a SIPp ``-trace_rtt`` file
+    (``Date_ms;response_time_ms;rtd_no`` rows, a header first). Every row
+    counts: bench/sipp/caller/uac.xml has one response time only ("setup")."""
+    values = []
+    for line in text.splitlines():
+        cells = line.strip().rstrip(";").split(";")
+        if len(cells) >= 2:
+            try:
+                values.append(float(cells[1]))
+            except ValueError:  # the header
+                continue
+    return values
+
+
 def percentile(values: Sequence[float], share: float) -> float:
     """Nearest-rank percentile (share in 0..1); 0.0 for no values."""
     if not values:

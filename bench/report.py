@@ -70,6 +70,13 @@ for kam in ("edge1", "registrar"):
                     dig("calls_udp", "latency", kam, "request", "p90_us"), False, ""))
     METRICS.append((f"script time per reply, {name} (median)", "µs",
                     dig("calls_udp", "latency", kam, "reply", "median_us"), False, ""))
+for key, label in (("calls_udp", "UDP"), ("calls_tcp", "TCP")):
+    METRICS.append((f"call setup time under load, {label}: rate (half the highest)", "calls/s",
+                    dig(key, "setup_latency", "rate"), True, ""))
+    METRICS.append((f"call setup time under load, {label}: INVITE -> 200, median", "ms",
+                    dig(key, "setup_latency", "median_ms"), False, ""))
+    METRICS.append((f"call setup time under load, {label}: INVITE -> 200, 99th percentile", "ms",
+                    dig(key, "setup_latency", "p99_ms"), False, ""))
 METRICS += [
     ("shared memory per 10,000 registered TCP flows, edge", "MiB",
      dig("memory", "shm_per_10k_mib", "edge1"), False, ""),

@@ -228,6 +228,7 @@ class Settings:
     durability: int = 0
     metrics_cost: int = 0
     instructions: int = 0
+    setup_seconds: float = 5.0
     impls: tuple[str, ...] = ("ours", "native", "floor")
     mem_manager: str = ""
 
@@ -418,7 +419,8 @@ class Round:
         log(f"{self.impl} round {self.index}: calls to outbound UAs over {transport}")
         users = write_users(self.dir / f"callees-{transport}.csv", f"c{transport}", self.s.callees,
                             3 if transport == "udp" else 4)
-        hold = (len(self.s.call_rates) * (self.s.step_seconds + 3) + 3 * self.s.latency_seconds + 20)
+        hold = (len(self.s.call_rates) * (self.s.step_seconds + 3) + 3 * self.s.latency_seconds
+                + 3 * self.s.setup_seconds + 30)
         callee = self.start_callees(f"callees-{transport}", transport, mode, users, self.s.callees,
                                     self.s.addr(20 if transport == "udp" else 21), hold, self.edge1)
         remote = f"{self.edge1.addr}:{self.edge1.port}"
@@ -432,8 +434,29 @@ class Round:
                                       rate, users, 2)
 
         steps = self.ramp(f"calls-{transport}", self.s.call_rates, step)
-        callee.kill()
         out.update(summarise_ramp(steps, self.s.cpu_ref_call_rate))
+        if out["max_rate"]:
+            out["setup_latency"] = self.setup_latency(f"setup-{transport}", remote, caller_ip, users,
+                                                      max(1, int(out["max_rate"] // 2)))
+        callee.kill()
+        return out
+
+    def setup_latency(self, tag: str, remote: str, caller_ip: str, callee_users: Path, rate: int) -> dict:
+        """Call setup time under load (issue 17): every call's INVITE -> 200 (the
+        407 round trip included: SIPp's response-time "setup", -trace_rtt) at
+        ``rate``, half this round's highest passing call rate."""
+        seconds = self.s.setup_seconds
+        sipp = self.sipp(tag, "caller/uac.xml", remote, caller_ip, "u1", calls=max(1, int(rate * seconds)),
+                         timeout=seconds * 3 + 10, rate=rate, inf=callee_users, extra=["-trace_rtt", "-rtt_freq", "1"])
+        sipp.wait()
+        stats = sipp_stats(sipp)
+        values: list[float] = []
+        for path in sipp.run_dir.glob("*_rtt.csv"):
+            values += analysis.parse_sipp_rtt(path.read_text())
+        out = {"rate": rate, "calls": len(values), "failed": stats.failed,
+               "median_ms": round(analysis.percentile(values, 0.5), 2) if values else None,
+               "p99_ms": round(analysis.percentile(values, 0.99), 2) if values else None}
+        log(f"  {self.impl} {tag}: {out}")
         return out
 
     def latency_window(self, callee_users: Path, caller_ip: str) -> dict:
@@ -656,6 +679,8 @@ def parse_args(argv: list[str]) -> Settings:
                              "(bench/instructions.py; 0: skip)")
     parser.add_argument("--only-instructions", action="store_true",
                         help="no rounds: the instruction counts and the profile alone")
+    parser.add_argument("--setup-seconds", type=float, default=5.0,
+                        help="length of the call setup time window at half the highest call rate")
     parser.add_argument("--mem-manager", choices=["", "qm", "fm", "tlsf"], default="",
                         help="Kamailio's memory manager for every Kamailio of the run (-x; default: Kamailio's, qm)")
     parser.add_argument("--quick", action="store_true", help="one short pair, for development")
@@ -681,7 +706,7 @@ def parse_args(argv: list[str]) -> Settings:
         cpu_ref_call_rate=args.cpu_ref_call_rate, time_limit=args.time_limit, workdir=workdir,
         usrloc_db_mode=args.usrloc_db_mode, durability=0 if args.only_instructions else args.durability,
         metrics_cost=0 if args.only_instructions else args.metrics_cost, instructions=args.instructions,
-        impls=tuple(dict.fromkeys(order)), mem_manager=args.mem_manager,
+        impls=tuple(dict.fromkeys(order)), mem_manager=args.mem_manager, setup_seconds=args.setup_seconds,
     )
 
 

@@ -91,3 +91,10 @@ def test_the_report_shows_the_ratios_of_the_counts() -> None:
     assert "| edge | per call | 4.00 M | 5.00 M | 6.00 M | 1.20 | 1.25 | 1.50 |" in text
     assert report.instructions_section({"instructions": {"error": "no callgrind files"}}).startswith(
         "Instructions: failed")
+
+
+def test_sipp_response_times_are_read_from_the_rtt_file() -> None:
+    import analysis
+
+    text = "Date_ms;response_time_ms;rtd_no\n1764680000000.1;12.5;setup\n1764680000001.2;3.25;setup\n"
+    assert analysis.parse_sipp_rtt(text) == [12.5, 3.25]

@@ -243,6 +243,13 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=90)
 
 
+CARRIED = ("durability", "replication", "metrics_cost")
+
+
+def carried_note(part: dict) -> str:
+    return f" (from an earlier run: `{part['from']}`)" if part.get("from") else ""
+
+
 def durability_section(results: dict) -> str:
     """bench/durability.py's figures (runs before issue 14 have none)."""
     d = results.get("durability")
@@ -251,7 +258,7 @@ def durability_section(results: dict) -> str:
     if "error" in d:
         return f"Durability ({d['bindings']} bindings): failed: `{d['error'][:300]}`\n\n"
     return (f"Durability of our registrar with {d['bindings']} outbound bindings (usrloc write-back on SQLite, "
-            "a DMQ pair on loopback; bench/durability.py):\n\n"
+            f"a DMQ pair on loopback; bench/durability.py){carried_note(d)}:\n\n"
             "| figure | value |\n| --- | --- |\n"
             f"| reload at start (exec until all bindings are served) | {fmt(d['reload_seconds'])} s |\n"
             f"| shared memory per binding | {d['shm_bytes_per_binding']} B |\n"
@@ -268,7 +275,8 @@ def replication_section(results: dict) -> str:
     if "error" in r:
         return f"Registrar pair: failed: `{r['error'][:300]}`\n\n"
     cpu = r["cpu_us_per_register"]
-    return (f"Registrar pair on DMQ, {r['registrations']} REGISTER at {r['rate']}/s over UDP through our edge to "
+    return (f"Registrar pair on DMQ{carried_note(r)}, {r['registrations']} REGISTER at {r['rate']}/s over UDP "
+            "through our edge to "
             f"reg1 ({r['failed']} failed; {r['replicated']} bindings at reg2 afterwards): CPU µs per REGISTER at "
             f"the saving registrar {cpu.get('pair-reg1')}, at its peer {cpu.get('pair-reg2')}, at the edge "
             f"{cpu.get('pair-edge')}.\n\n")
@@ -289,7 +297,7 @@ def metrics_cost_section(results: dict) -> str:
             mid_on, mid_off = statistics.median(on), statistics.median(off)
             rows.append(f"| {role} | {mid_on:g} ({', '.join(map(str, on))}) | {mid_off:g} ({', '.join(map(str, off))}) "
                         f"| {mid_on / mid_off:.2f} |")
-    return ("Metrics cost (issue 16): our edge + registrar at "
+    return (f"Metrics cost (issue 16){carried_note(m)}: our edge + registrar at "
             f"{m['rate']} REGISTER/s over UDP for {m['seconds']:g} s, metrics on (the default) and off "
             "(`-A WITH_NOMETRICS`), alternated; CPU µs per REGISTER, median (each run):\n\n"
             "| role | metrics on | metrics off | on/off |\n|---|---|---|---|\n" + "\n".join(rows) + "\n\n")
@@ -385,10 +393,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument("results", type=Path)
     parser.add_argument("--doc", type=Path)
     parser.add_argument("--png", type=Path)
+    parser.add_argument("--carry-from", type=Path,
+                        help="an earlier results.json whose durability, replication and metrics-cost figures "
+                             "to show when this run has none")
     parser.add_argument("--instructions", type=Path,
                         help="a results.json whose instruction counts to show (run.py --only-instructions)")
     args = parser.parse_args(argv)
     results = json.loads(args.results.read_text())
+    if args.carry_from:
+        # parts this run skipped (e.g. --durability 0), shown from an earlier run and said so
+        earlier = json.loads(args.carry_from.read_text())
+        for part in CARRIED:
+            if part not in results and part in earlier:
+                results[part] = {**earlier[part], "from": earlier.get("command", str(args.carry_from))}
     if args.instructions:
         other = json.loads(args.instructions.read_text())
         results["instructions"] = {**other["instructions"], "command": other.get("command", "")}

@@ -4,6 +4,7 @@ tests/unit/test_bench_analysis.py)."""
 
 from __future__ import annotations
 
+import datetime
 import math
 import re
 import statistics
@@ -143,19 +144,33 @@ def route_latencies(log_text: str) -> dict[str, list[int]]:
     return out
 
 
-def parse_sipp_rtt(text: str) -> list[float]:
-    """Response times in ms from a SIPp ``-trace_rtt`` file
-    (``Date_ms;response_time_ms;rtd_no`` rows, a header first). Every row
-    counts: bench/sipp/caller/uac.xml has one response time only ("setup")."""
-    values = []
-    for line in text.splitlines():
-        cells = line.strip().rstrip(";").split(";")
-        if len(cells) >= 2:
-            try:
-                values.append(float(cells[1]))
-            except ValueError:  # the header
-                continue
-    return values
+TRACE_BLOCK = re.compile(r"^-{20,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)$", re.M)
+
+
+def setup_times_ms(trace: str) -> list[float]:
+    """Call setup times in ms from a SIPp ``-trace_msg`` file (its stamps have
+    microseconds; SIPp's own response times tick in 4 ms steps here): for each
+    Call-ID, from the first INVITE sent to the first 200 received for an INVITE.
+    Calls without a 200 are left out (SIPp counts them as failed)."""
+    parts = TRACE_BLOCK.split(trace)
+    first_invite: dict[str, float] = {}
+    answered: dict[str, float] = {}
+    for stamp_text, body in zip(parts[1::2], parts[2::2], strict=False):
+        stamp = datetime.datetime.strptime(stamp_text, "%Y-%m-%d %H:%M:%S.%f").timestamp()
+        lines = [line.strip() for line in body.strip().splitlines()]
+        if len(lines) < 2:
+            continue
+        sent = " sent" in lines[0]
+        start = lines[2] if len(lines) > 2 and not lines[1] else lines[1]
+        call_id = next((line.split(":", 1)[1].strip() for line in lines if line.lower().startswith("call-id:")), "")
+        cseq = next((line for line in lines if line.lower().startswith("cseq:")), "")
+        if not call_id:
+            continue
+        if sent and start.startswith("INVITE "):
+            first_invite.setdefault(call_id, stamp)
+        elif not sent and start.startswith("SIP/2.0 200") and cseq.endswith("INVITE"):
+            answered.setdefault(call_id, stamp)
+    return [(answered[c] - first_invite[c]) * 1000 for c in answered if c in first_invite]
 
 
 def percentile(values: Sequence[float], share: float) -> float:

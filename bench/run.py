@@ -442,17 +442,15 @@ class Round:
         return out
 
     def setup_latency(self, tag: str, remote: str, caller_ip: str, callee_users: Path, rate: int) -> dict:
-        """Call setup time under load (issue 17): every call's INVITE -> 200 (the
-        407 round trip included: SIPp's response-time "setup", -trace_rtt) at
-        ``rate``, half this round's highest passing call rate."""
+        """Call setup time under load (issue 17): every call's first INVITE -> 200
+        (the 407 round trip included), from SIPp's message trace, at ``rate``,
+        half this round's highest passing call rate."""
         seconds = self.s.setup_seconds
         sipp = self.sipp(tag, "caller/uac.xml", remote, caller_ip, "u1", calls=max(1, int(rate * seconds)),
-                         timeout=seconds * 3 + 10, rate=rate, inf=callee_users, extra=["-trace_rtt", "-rtt_freq", "1"])
+                         timeout=seconds * 3 + 10, rate=rate, inf=callee_users, trace=True)
         sipp.wait()
         stats = sipp_stats(sipp)
-        values: list[float] = []
-        for path in sipp.run_dir.glob("*_rtt.csv"):
-            values += analysis.parse_sipp_rtt(path.read_text())
+        values = analysis.setup_times_ms(read_log(sipp.run_dir / "messages.log"))
         out = {"rate": rate, "calls": len(values), "failed": stats.failed,
                "median_ms": round(analysis.percentile(values, 0.5), 2) if values else None,
                "p99_ms": round(analysis.percentile(values, 0.99), 2) if values else None}

@@ -93,8 +93,53 @@ def test_the_report_shows_the_ratios_of_the_counts() -> None:
         "Instructions: failed")
 
 
-def test_sipp_response_times_are_read_from_the_rtt_file() -> None:
+TRACE = """\
+----------------------------------------------- 2026-12-02 14:46:36.430363
+UDP message sent (332 bytes):
+
+INVITE sip:fo0@example.com SIP/2.0
+Call-ID: 1-7673@127.0.0.42
+CSeq: 1 INVITE
+
+----------------------------------------------- 2026-12-02 14:46:36.430436
+UDP message received [444] bytes :
+
+SIP/2.0 407 Proxy Authentication Required
+Call-ID: 1-7673@127.0.0.42
+CSeq: 1 INVITE
+
+----------------------------------------------- 2026-12-02 14:46:36.430500
+UDP message sent (340 bytes):
+
+INVITE sip:fo0@example.com SIP/2.0
+Call-ID: 1-7673@127.0.0.42
+CSeq: 2 INVITE
+
+----------------------------------------------- 2026-12-02 14:46:36.432863
+UDP message received [400] bytes :
+
+SIP/2.0 200 OK
+Call-ID: 1-7673@127.0.0.42
+CSeq: 2 INVITE
+
+----------------------------------------------- 2026-12-02 14:46:36.433000
+UDP message received [300] bytes :
+
+SIP/2.0 200 OK
+Call-ID: 1-7673@127.0.0.42
+CSeq: 3 BYE
+
+----------------------------------------------- 2026-12-02 14:46:36.440000
+UDP message sent (332 bytes):
+
+INVITE sip:fo1@example.com SIP/2.0
+Call-ID: 2-7673@127.0.0.42
+CSeq: 1 INVITE
+"""
+
+
+def test_call_setup_time_runs_from_the_first_invite_to_the_invites_200() -> None:
     import analysis
 
-    text = "Date_ms;response_time_ms;rtd_no\n1764680000000.1;12.5;setup\n1764680000001.2;3.25;setup\n"
-    assert analysis.parse_sipp_rtt(text) == [12.5, 3.25]
+    (only,) = analysis.setup_times_ms(TRACE)  # the second call never got its 200: left out
+    assert abs(only - 2.5) < 1e-3

@@ -179,14 +179,9 @@ class CountedWork:
 
     def kamailio(self, name: str, role: str, addr: str, port: int, registrar_uri: str = "", env: dict | None = None):
         run = self.run
-        defines = {"KO_REGISTRAR": f'"{registrar_uri}"'} if registrar_uri else {}
+        defines = run.impl_defines(self.impl, role, registrar_uri)
         if role == "registrar":
-            defines.update(run.SUBSCRIBERS[0].defines())
             defines["KO_USRLOC_DB_MODE"] = "0"  # memory only: the SQLite timer is not a message's work
-        if self.impl == "ours":
-            defines["KO_PIKE_REQS"] = run.PIKE_REQS
-        if self.impl == "floor":
-            defines["KO_FLOOR"] = f'"{run.FLOOR[role]}"'
         prefix = valgrind_prefix(self.dir, name) if self.valgrind else []
 
         class Counted(run.BenchKamailio):
@@ -202,10 +197,14 @@ class CountedWork:
         kam.rpc("cfg.seti", "tm", "retr_timer2", TM_RETR_T1_MS * 2)
         return kam
 
-    def start(self, env: dict | None = None) -> None:
+    def start(self, profile_dirs: dict[str, Path] | None = None) -> None:
+        """The registrar and the edge; with ``profile_dirs`` (by role), ours' profile on."""
+        def env(role: str) -> dict:
+            return {"KO_PROFILE_DIR": str(profile_dirs[role])} if profile_dirs else {}
+
         net = self.s.addr
-        self.registrar = self.kamailio("registrar", "registrar", net(101), 5070, env=env)
-        self.edge = self.kamailio("edge", "edge", net(102), 5060, self.registrar.uri, env=env)
+        self.registrar = self.kamailio("registrar", "registrar", net(101), 5070, env=env("registrar"))
+        self.edge = self.kamailio("edge", "edge", net(102), 5060, self.registrar.uri, env=env("edge"))
 
     def stop(self) -> None:
         for sipp in self.sipps:
@@ -283,10 +282,7 @@ class CountedWork:
         prof_dirs = {"edge": self.dir / "prof-edge", "registrar": self.dir / "prof-registrar"}
         net = self.s.addr
         try:
-            self.registrar = self.kamailio("registrar", "registrar", net(101), 5070,
-                                           env={"KO_PROFILE_DIR": str(prof_dirs["registrar"])})
-            self.edge = self.kamailio("edge", "edge", net(102), 5060, self.registrar.uri,
-                                      env={"KO_PROFILE_DIR": str(prof_dirs["edge"])})
+            self.start(prof_dirs)
             users = self.run.write_users(self.dir / "users.csv", "cgp", registrations * 4, 63)
             self.sipp("register", "register/uac.xml", net(110), registrations * 4, 50.0, users).wait()
             callee_users = self.run.write_users(self.dir / "callees.csv", "cgq", 5, 64)

@@ -239,6 +239,20 @@ class Settings:
 # ---------------------------------------------------------------- one round
 
 
+def impl_defines(impl: str, role: str, registrar_uri: str = "") -> dict[str, str]:
+    """The -A defines every bench start of ``impl``'s ``role`` takes: the edge's
+    registrar, the registrar's subscriber database and nonce secret (the same
+    for every implementation), our flood limit raised, the floor's script."""
+    defines = {"KO_REGISTRAR": f'"{registrar_uri}"'} if registrar_uri else {}
+    if role == "registrar":
+        defines.update(SUBSCRIBERS[0].defines())
+    if impl == "ours":
+        defines["KO_PIKE_REQS"] = PIKE_REQS
+    if impl == "floor":
+        defines["KO_FLOOR"] = f'"{FLOOR[role]}"'
+    return defines
+
+
 class Round:
     """One implementation started fresh and measured once."""
 
@@ -255,19 +269,14 @@ class Round:
     # -- topology
 
     def kamailio(self, name: str, role: str, addr: str, port: int, registrar_uri: str = "") -> BenchKamailio:
-        defines = {"KO_REGISTRAR": f'"{registrar_uri}"'} if registrar_uri else {}
-        if role == "registrar":  # the same subscriber database and nonce secret for both implementations
-            defines.update(SUBSCRIBERS[0].defines())
+        defines = impl_defines(self.impl, role, registrar_uri)
+        if role == "registrar":
             # the same usrloc persistence for both: a fresh SQLite location file per round,
             # written every second, so that each 2 s step pays for its own writes
             # (with the cfg's 10 s, a burst of thousands of rows lands in one step)
             defines["KO_USRLOC_DB_MODE"] = str(self.s.usrloc_db_mode)
             defines["KO_USRLOC_TIMER"] = "1"
             defines["KO_USRLOC_DB_URL"] = f'"{sqlite_location_db(self.dir / "location.sqlite")}"'
-        if self.impl == "ours":
-            defines["KO_PIKE_REQS"] = PIKE_REQS
-        if self.impl == "floor":
-            defines["KO_FLOOR"] = f'"{FLOOR[role]}"'
         kam = BenchKamailio(name, IMPLS[self.impl][role].name, self.dir, addr, port, defines=defines,
                             env={"KO_FLOW_KEYS": TEST_KEY}, cfg_path=IMPLS[self.impl][role])
         kam.start()

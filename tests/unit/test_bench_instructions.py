@@ -61,11 +61,15 @@ def counts(total: float, python: float = 0, ksr: float = 0, messages: float = 0,
     return {"total": total, "python": python, "ksr": ksr, "messages": messages, "python_entries": entries}
 
 
+def work_run(ok: int, callees: int, edge: dict, registrar: dict) -> dict:
+    """What CountedWork.registrations / calls return."""
+    return {"ok": ok, "failed": 0, "retransmissions": 0, "callee_registrations": callees,
+            "counts": {"edge": edge, "registrar": registrar}}
+
+
 def test_a_call_run_pays_for_its_callees_registrations_at_the_registration_rate() -> None:
-    reg = {"ok": 10, "failed": 0, "retransmissions": 0, "callee_registrations": 0,
-           "counts": {"edge": counts(1000, 800, 300, 40, 50), "registrar": counts(500, 400, 100, 20, 20)}}
-    call = {"ok": 4, "failed": 0, "retransmissions": 0, "callee_registrations": 5,
-            "counts": {"edge": counts(2500, 2000, 500, 76, 85), "registrar": counts(1250, 1000, 250, 42, 42)}}
+    reg = work_run(10, 0, counts(1000, 800, 300, 40, 50), counts(500, 400, 100, 20, 20))
+    call = work_run(4, 5, counts(2500, 2000, 500, 76, 85), counts(1250, 1000, 250, 42, 42))
     got = instructions.per_transaction(reg, call)
     assert got["register"]["edge"] == {"total": 100, "python": 80, "ksr": 30, "messages": 4, "python_entries": 5}
     # (2500 - 5 * 100) / 4
@@ -77,11 +81,8 @@ def test_a_call_run_pays_for_its_callees_registrations_at_the_registration_rate(
 
 def test_the_report_shows_the_ratios_of_the_counts() -> None:
     def impl(reg_edge: float, call_edge: float) -> dict:
-        reg = {"ok": 1, "failed": 0, "retransmissions": 0, "callee_registrations": 0,
-               "counts": {"edge": counts(reg_edge), "registrar": counts(reg_edge / 2)}}
-        call = {"ok": 1, "failed": 0, "retransmissions": 0, "callee_registrations": 0,
-                "counts": {"edge": counts(call_edge), "registrar": counts(call_edge / 2)}}
-        return instructions.per_transaction(reg, call)
+        return instructions.per_transaction(work_run(1, 0, counts(reg_edge), counts(reg_edge / 2)),
+                                            work_run(1, 0, counts(call_edge), counts(call_edge / 2)))
 
     results = {"instructions": {"registrations": 1, "calls": 1, "entry_functions": ["receive_msg"],
                                 "impls": {"native": impl(1e6, 4e6), "floor": impl(1.5e6, 5e6),

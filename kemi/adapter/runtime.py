@@ -21,7 +21,7 @@ from outbound.config import Config, load_keys, parse_config
 from outbound.decisions import Reply
 from outbound.errors import ConfigError, OutboundError, SipSyntaxError
 from outbound.metrics import REFUSALS
-from outbound.sipmsg import Headers, bracket
+from outbound.sipmsg import Headers, bracket, is_digits
 from outbound.tokens import Flow, FlowTokenCodec
 
 from .names import ADDR_DEFINE, CONFIG_DEFINE, CONID_VAR, DEFINE_OVERRIDES, HDR_INDEX_VAR, PORT_DEFINE, TLS_PORT_DEFINE
@@ -184,8 +184,30 @@ def snapshot() -> Snapshot:
     return taken
 
 
+# the transport facts of a message in one pv call (method and addresses hold no space)
+_TRANSPORT_FACTS = "$_s($rm $pr $si $sp $Ri $Rp $conid)"
+
+
 def _read_snapshot() -> Snapshot:
     headers = Headers.from_kamailio(kamailio_fields())
+    facts = str(KSR.pv.get(_TRANSPORT_FACTS)).split(" ")
+    if len(facts) != 7 or not (is_digits(facts[3]) and is_digits(facts[5])):
+        return _read_snapshot_by_call(headers)
+    method, proto, src_ip, src_port, rcv_ip, rcv_port, conn_id = facts
+    return Snapshot(
+        method=method,
+        headers=headers,
+        transport=proto.lower(),
+        src_ip=src_ip,
+        src_port=int(src_port),
+        rcv_ip=rcv_ip,
+        rcv_port=int(rcv_port),
+        conn_id=int(conn_id) if is_digits(conn_id) else 0,
+    )
+
+
+def _read_snapshot_by_call(headers: Headers) -> Snapshot:
+    """The same facts one KSR call each (a method Kamailio could not split on)."""
     conn_id = KSR.kx.get_conid()
     return Snapshot(
         method=KSR.kx.get_method(),

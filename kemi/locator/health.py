@@ -28,6 +28,7 @@ into one short string, so the adapter can keep it in Kamailio shared memory
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -74,6 +75,7 @@ def key_of(transport: str, address: str, port: int) -> Key:
     return (transport.lower(), canonical_ip(address) if ip_family(address) else address.lower(), port)
 
 
+@functools.lru_cache(maxsize=1024)  # a process sees the few URIs its plans write
 def key_of_uri(uri: str) -> Key | None:
     """The target key of a ``$du`` URI as the planner writes it
     (``sip:192.0.2.1:5070;transport=udp``); None when it is not one."""

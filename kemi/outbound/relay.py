@@ -26,6 +26,7 @@ Pure: addresses, keys and the decision of ``routing.route_decision`` are passed 
 from __future__ import annotations
 
 import base64
+import functools
 import hmac
 import ipaddress
 from collections.abc import Sequence
@@ -228,6 +229,9 @@ def _via_host(sent_by: str) -> str:
         return ""
 
 
+# a dialog's seal is made for its Record-Route and checked on each later request
+# (ACK, BYE, re-INVITE), in the same process more often than not: computed once
+@functools.lru_cache(maxsize=4096)
 def _seal_mac(key: bytes, call_id: str) -> str:
     digest = hmac.digest(key, b"ko-dialog\x00" + call_id.encode("utf-8", "surrogateescape"), "sha256")
     return base64.urlsafe_b64encode(digest[:SEAL_BYTES]).decode("ascii")

@@ -128,10 +128,13 @@ class Headers:
     """Headers of one message, by lower-case full name (compact forms expanded),
     bodies unfolded, in message order."""
 
-    __slots__ = ("_by_name",)
+    __slots__ = ("_by_name", "_values", "_name_addrs")
 
     def __init__(self, block: str = "", wanted: frozenset[str] | None = None) -> None:
         self._by_name: dict[str, list[str]] = {}
+        # split and parsed once per message however many parts ask (the bodies never change)
+        self._values: dict[str, tuple[str, ...]] = {}
+        self._name_addrs: dict[str, tuple[NameAddr, ...]] = {}
         if block:
             self._add(split_fields(block), wanted)
 
@@ -183,10 +186,19 @@ class Headers:
 
     def values(self, name: str) -> list[str]:
         """Every comma-separated value of every header with this name."""
-        out: list[str] = []
-        for body in self.bodies(name):
-            out.extend(split_values(body))
-        return out
+        split = self._values.get(name)
+        if split is None:
+            split = tuple(value for body in self.bodies(name) for value in split_values(body))
+            self._values[name] = split
+        return list(split)
+
+    def name_addrs(self, name: str) -> tuple[NameAddr, ...]:
+        """Every value of a Contact/Path/Route-like header, parsed (:func:`parse_name_addr`)."""
+        parsed = self._name_addrs.get(name)
+        if parsed is None:
+            parsed = tuple(parse_name_addr(value) for value in self.values(name))
+            self._name_addrs[name] = parsed
+        return parsed
 
     def first(self, name: str) -> str | None:
         bodies = self._by_name.get(name)
@@ -423,7 +435,7 @@ def format_name_addr(value: NameAddr) -> str:
 
 
 def parse_name_addrs(headers: Headers, name: str) -> list[NameAddr]:
-    return [parse_name_addr(v) for v in headers.values(name)]
+    return list(headers.name_addrs(name))
 
 
 # delta-seconds longer than this is refused, as Kamailio's parse_expires does

@@ -170,10 +170,16 @@ def _check_port(value: int, what: str) -> None:
         raise TokenError(f"{what} port out of range: {value}")
 
 
+# A device refreshes over the same flow and its dialogs bring the same token
+# back: a codec signs each flow, and checks each valid token, once (per process,
+# bounded; only valid tokens are kept, so forged ones cannot fill it).
+MEMO_MAX = 8192
+
+
 class FlowTokenCodec:
     """Signs flows into tokens and verifies tokens back into flows."""
 
-    __slots__ = ("_keys",)
+    __slots__ = ("_keys", "_signed", "_verified")
 
     def __init__(self, keys: Sequence[bytes]) -> None:
         if not keys:
@@ -182,6 +188,8 @@ class FlowTokenCodec:
             if len(key) < MIN_KEY_BYTES:
                 raise ValueError(f"flow-token keys need at least {MIN_KEY_BYTES} bytes")
         self._keys = tuple(bytes(k) for k in keys)
+        self._signed: dict[Flow, str] = {}
+        self._verified: dict[str, Decoded] = {}
 
     @property
     def keys(self) -> tuple[bytes, ...]:
@@ -193,6 +201,13 @@ class FlowTokenCodec:
         return self._keys[0]
 
     def encode(self, flow: Flow) -> str:
+        token = self._signed.get(flow)
+        if token is None:
+            token = self._sign(flow)
+            _remember(self._signed, flow, token)
+        return token
+
+    def _sign(self, flow: Flow) -> str:
         code = _TRANSPORT_CODE.get(flow.transport.lower())
         if code is None:
             raise TokenError(f"unknown transport: {flow.transport!r}")
@@ -218,6 +233,15 @@ class FlowTokenCodec:
         return decoded.flow if decoded.verdict is Verdict.VALID else None
 
     def decode(self, token: str) -> Decoded:
+        known = self._verified.get(token)
+        if known is not None:
+            return known
+        decoded = self._verify(token)
+        if decoded.verdict is Verdict.VALID:
+            _remember(self._verified, token, decoded)
+        return decoded
+
+    def _verify(self, token: str) -> Decoded:
         raw = _raw_bytes(token)
         if raw is None:
             return Decoded(Verdict.NOT_A_TOKEN)
@@ -231,6 +255,12 @@ class FlowTokenCodec:
         if flow is None:  # signed by us but not in a form we know: treat as forged
             return Decoded(Verdict.FORGED)
         return Decoded(Verdict.VALID, flow)
+
+
+def _remember(memo: dict, key: object, value: object) -> None:
+    if len(memo) >= MEMO_MAX:
+        memo.clear()
+    memo[key] = value
 
 
 def peek_flow(token: str | None) -> Flow | None:

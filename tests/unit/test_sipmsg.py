@@ -366,3 +366,17 @@ def test_first_hop_is_exactly_one_via_value(vias, first_hop):
     """RFC 5626 §5.1 / §6: the UA's first hop sees the UA's own Via and no other."""
     headers = Headers(block(*(f"Via: {v}" for v in vias), "Contact: <sip:ua@h>"))
     assert headers.first_hop is first_hop
+
+
+def test_values_are_split_once_and_handed_out_as_copies():
+    headers = Headers("Via: SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2\r\n")
+    first = headers.values("via")
+    first.append("changed by a caller")
+    assert headers.values("via") == ["SIP/2.0/UDP a;branch=z9hG4bK1", "SIP/2.0/UDP b;branch=z9hG4bK2"]
+
+
+def test_name_addrs_are_parsed_once_per_message():
+    headers = Headers("Route: <sip:edge.example.com;lr>, <sip:core.example.com;lr>\r\n")
+    assert headers.name_addrs("route") == headers.name_addrs("route")
+    assert headers.name_addrs("route")[0] is headers.name_addrs("route")[0]
+    assert [r.sip_uri.host for r in parse_name_addrs(headers, "route")] == ["edge.example.com", "core.example.com"]

@@ -264,3 +264,51 @@ def test_flow_key_is_one_spelling_of_an_ipv6_flow():
 
     assert as_kamailio_says.key == as_token_says.key == "tcp:2001:db8::10:5060>2001:db8::7:49152"
     assert as_kamailio_says.canonical() == as_token_says
+
+
+def count_macs(monkeypatch) -> list[int]:
+    """Counts the HMACs the codec computes (outbound.tokens._mac)."""
+    import outbound.tokens as tokens
+
+    calls = [0]
+    real = tokens._mac
+
+    def counted(key: bytes, body: bytes) -> bytes:
+        calls[0] += 1
+        return real(key, body)
+
+    monkeypatch.setattr(tokens, "_mac", counted)
+    return calls
+
+
+def test_a_flow_is_signed_once_and_a_valid_token_checked_once(codec, monkeypatch):
+    """A device refreshing over one flow costs one HMAC per process, not one per REGISTER."""
+    macs = count_macs(monkeypatch)
+    token = codec.encode(TCP_V4)
+    assert codec.encode(TCP_V4) == token
+    assert macs[0] == 1
+    assert codec.decode(token).flow == TCP_V4
+    assert codec.decode(token).flow == TCP_V4
+    assert macs[0] == 2
+
+
+def test_forged_tokens_are_checked_every_time(codec, monkeypatch):
+    """Only valid tokens are remembered: a forged one is refused on every request."""
+    forged = flip_bit(codec.encode(UDP_V4), 8 * 20)
+    macs = count_macs(monkeypatch)
+    assert codec.decode(forged).verdict is Verdict.FORGED
+    assert codec.decode(forged).verdict is Verdict.FORGED
+    assert macs[0] == 2
+
+
+def test_remembered_tokens_are_bounded(codec, monkeypatch):
+    import outbound.tokens as tokens
+
+    monkeypatch.setattr(tokens, "MEMO_MAX", 4)
+    flows = [Flow("tcp", "192.0.2.10", 5060, "198.51.100.7", 40000 + i, i + 1) for i in range(10)]
+    tokens_made = [codec.encode(f) for f in flows]
+    macs = count_macs(monkeypatch)
+    # the first ones were let go: signed again, to the same token
+    assert codec.encode(flows[0]) == tokens_made[0]
+    assert macs[0] == 1
+    assert [codec.decode(t).flow for t in tokens_made] == flows

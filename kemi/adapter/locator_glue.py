@@ -75,6 +75,10 @@ def effective_families(dns: DnsConfig, listening: set[str], source: str) -> tupl
     return kept
 
 
+# numeric URIs whose plan a worker keeps (a registrar URI, a Path's edge address)
+FIXED_PLANS_MAX = 1024
+
+
 class Locator:
     """RFC 3263 resolution for one worker process (see module docstring)."""
 
@@ -92,6 +96,8 @@ class Locator:
         self.hold_policy = HoldPolicy(dns.hold_down, dns.max_hold_down, dns.hold_down_entries)
         # SystemRandom: workers forked from one parent must not share a seed
         self.rng = rng if rng is not None else random.SystemRandom()
+        # plans that looked nothing up (a numeric URI) are the same every time
+        self._fixed_plans: dict[str, Plan] = {}
 
     @classmethod
     def for_kamailio(cls, config: Config) -> Locator:
@@ -100,7 +106,15 @@ class Locator:
         return cls(config.dns, families)
 
     def plan(self, uri: str) -> Plan:
-        return plan(uri, self.resolver.session(), self.rng, self.policy)
+        found = self._fixed_plans.get(uri)
+        if found is not None:
+            return found
+        found = plan(uri, self.resolver.session(), self.rng, self.policy)
+        if found.ttl is None and not found.problems and found.targets:
+            if len(self._fixed_plans) >= FIXED_PLANS_MAX:
+                self._fixed_plans.clear()
+            self._fixed_plans[uri] = found
+        return found
 
     def resolve_next_hop(self, uri: str) -> list[str]:
         """The ``$du`` URIs to try for ``uri``, best first (empty: nothing found;

@@ -52,3 +52,22 @@ def test_resolve_next_hop_gives_du_uris_in_rfc3263_order():
     ]
     assert locator.resolve_next_hop("sip:nowhere.ko.test;lr") == []
     assert locator.resolve_next_hop("sip:192.0.2.9:5070;lr") == ["sip:192.0.2.9:5070;transport=udp"]
+
+
+def test_a_numeric_uri_is_planned_once_and_a_name_is_asked_again_when_its_ttl_ends():
+    """RFC 3263 §4.2: a numeric URI needs no lookup, so its plan never changes and a
+    worker keeps it; a name's plan follows the DNS (the resolver's cache and TTLs)."""
+    clock = Clock()
+    server = Server(clock)
+    server.answers["reg.ko.test", "A"] = records("reg.ko.test. 5 IN A 192.0.2.7")
+    locator = Locator(DnsConfig(nameservers=("192.0.2.53",)), ("ipv4",), clock=clock, send=server)
+
+    first = locator.plan("sip:192.0.2.9:5070;lr")
+    assert locator.plan("sip:192.0.2.9:5070;lr") is first
+    assert server.sent == []
+    assert [t.uri for t in locator.plan("sip:reg.ko.test:5070").targets] == ["sip:192.0.2.7:5070;transport=udp"]
+    asked = len(server.sent)
+    clock.now += 10
+    server.answers["reg.ko.test", "A"] = records("reg.ko.test. 5 IN A 192.0.2.8")
+    assert [t.uri for t in locator.plan("sip:reg.ko.test:5070").targets] == ["sip:192.0.2.8:5070;transport=udp"]
+    assert len(server.sent) > asked

@@ -21,11 +21,13 @@ def ob_params(inst: str, reg_id: int, extra: str = "") -> str:
 def start_callee(kam: Kamailio, workdir: Path, port: int, user: str, *, ua_ip: str,
                  transport: str = "tcp", uas: str = "uas.xml", cparams: str | None = None,
                  who: str | None = None, timeout: int = 30, cid: str | None = None,
-                 netns: str | None = None) -> SippRun:
-    """A registered outbound UA (tests/sipp/callee_ob) holding its flow open."""
+                 netns: str | None = None, cseq: int = 1) -> SippRun:
+    """A registered outbound UA (tests/sipp/callee_ob) holding its flow open;
+    ``cseq``: its REGISTER's CSeq (higher to refresh the registration of ``cid``)."""
     return start_sipp("callee_ob/register.xml", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=ua_ip,
                       local_port=port, transport=transport, timeout=timeout, auth=subscriber(user),
                       keys={"user": user, "domain": "example.com", "expires": "600", "who": who or user,
+                            "cseq": str(cseq), "cseq_auth": str(cseq + 1),
                             "cparams": cparams if cparams is not None else ob_params(instance(port), 1)},
                       oocsf=f"callee_ob/{uas}", extra=["-cid_str", cid] if cid else None, netns=netns)
 

@@ -179,6 +179,7 @@ class Branch:
     record_route: str = ""
     outbound: bool = False
     addresses: EdgeAddresses | None = None  # an edge named by hostname: the address tried and the rest
+    path: str = ""  # the binding's Path when the branch started: which flow it is
 
 
 @dataclass(slots=True)
@@ -205,7 +206,7 @@ class ForkState:
             "tried": self.tried,
             "slots": self.slots,
             "branches": {str(slot): [b.ruid, b.group, b.route, b.record_route, b.outbound,
-                                     list(b.addresses.all) if b.addresses else []]
+                                     list(b.addresses.all) if b.addresses else [], b.path]
                          for slot, b in self.branches.items()},
             "best": None if self.best is None else [self.best, self.best_reason],
             "received": self.received,
@@ -228,10 +229,11 @@ class ForkState:
         fields = _typed(data, dict)
         branches = {}
         for slot, item in _typed(fields["branches"], dict).items():
-            ruid, group, route, record_route, outbound, addresses = _typed(item, list)
+            ruid, group, route, record_route, outbound, addresses, path = _typed(item, list)
             branches[int(slot)] = Branch(
                 _typed(ruid, str), _typed(group, str), _typed(route, str), _typed(record_route, str),
-                _typed(outbound, bool), EdgeAddresses.of([_typed(a, str) for a in _typed(addresses, list)]))
+                _typed(outbound, bool), EdgeAddresses.of([_typed(a, str) for a in _typed(addresses, list)]),
+                _typed(path, str))
         best = fields["best"]
         code, reason = (None, "") if best is None else _typed(best, list)
         return cls(
@@ -326,11 +328,21 @@ class Fork:
             # 430 is an edge's word about a flow (RFC 5626 §11.5); a plain binding has none
             yield Note(f"{status} from {branch.ruid} of {aor}, which is no outbound flow: binding kept")
             return
-        yield Unregister(aor, branch.ruid, f"flow {branch.ruid} of {aor} failed with {status}"
-                                           f"{' (local)' if locally else ''}; removing it",
-                         failover=f"{status}{'_local' if locally else ''}")
-        bindings = yield Fetch(aor)
-        found = yield from self._first_usable(other_flows(list(bindings), branch.group, branch.ruid))
+        bindings = list((yield Fetch(aor)))
+        now = next((b for b in bindings if b.ruid == branch.ruid), None)
+        candidates = other_flows(bindings, branch.group, branch.ruid)
+        if now is not None and now.path != branch.path:
+            # the device registered this reg-id again, over a new flow, while the
+            # branch was out (usrloc updated the binding in place): only the flow
+            # that failed goes (§7), the new one is the instance's first to try
+            yield Note(f"{status} from {branch.ruid} of {aor}, registered again over another flow since: "
+                       "binding kept")
+            candidates = (now, *candidates)
+        else:
+            yield Unregister(aor, branch.ruid, f"flow {branch.ruid} of {aor} failed with {status}"
+                                               f"{' (local)' if locally else ''}; removing it",
+                             failover=f"{status}{'_local' if locally else ''}")
+        found = yield from self._first_usable(candidates)
         if found is None:
             yield Note(f"no flow left for {branch.group} of {aor}")
             return
@@ -427,7 +439,7 @@ class Fork:
         self.state.slots += 1
         slot = self.state.slots
         self.state.branches[slot] = Branch(binding.ruid, binding.group, target.route, target.record_route,
-                                           binding.outbound, target.addresses)
+                                           binding.outbound, target.addresses, binding.path)
         return AddBranch(slot, binding, target, in_ruri)
 
     def picked_locally(self, status: int) -> bool:

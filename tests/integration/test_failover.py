@@ -12,8 +12,8 @@ from datetime import datetime
 from pathlib import Path
 
 from actors import call, instance, ob_params, start_callee, wait_bindings, wait_until
-from harness import Kamailio, SippRun, describe
-from topology import edge, net, registrar, start, stop
+from harness import Kamailio, SippRun, describe, start_sipp
+from topology import edge, net, registrar, start, stop, subscriber
 
 UA_DEVICE = net(21)
 UA_OTHER = net(22)
@@ -174,6 +174,44 @@ def test_a_408_the_device_sends_reaches_the_caller(topology, workdir, local_port
                   ruri=f"sip:{user}@example.com", extra="X-Case: own-408")
     assert result.value("final") == "408"
     assert len(topology["registrar"].bindings(user)) == 1, "a device's answer removes no binding"
+
+
+def test_a_flow_registered_again_while_the_call_waits_on_the_old_one_is_kept_and_called(topology, workdir,
+                                                                                        local_port, callees):
+    """RFC 5626 §7: only the flow that failed is removed. The device's first flow
+    carries the INVITE and nothing comes back; meanwhile the device registers the
+    same reg-id again (same Call-ID, higher CSeq) over a new connection, so usrloc
+    updates that binding in place. The edge's 430 for the old flow then must not
+    remove the new registration: the call goes to the new flow (it found the race
+    in the soak: the binding was removed and the device got 404 until its refresh)."""
+    user = "dev-again"
+    inst = instance(local_port)
+    registrar_kam, edge1 = topology["registrar"], topology["edge1"]
+    old = start_callee(edge1, workdir, local_port, user, ua_ip=UA_DEVICE, uas="uas_silent.xml",
+                       cparams=ob_params(inst, 1), who="ua-old", cid="again-flow@test")
+    callees.append(old)
+    [first] = wait_bindings(registrar_kam, user, [old])
+    caller = start_sipp("caller/uac_short.xml", f"{topology['edge2'].addr}:{topology['edge2'].port}",
+                        workdir=workdir, local_ip=UA_CALLER, local_port=local_port + 10, timeout=20,
+                        auth=subscriber("alice"), keys={"callee": user, "domain": "example.com", "user": "alice"})
+    wait_until(lambda: "incoming=" in old_log(old), "the INVITE on the old flow")
+    new = start_callee(edge1, workdir, local_port + 1, user, ua_ip=UA_DEVICE, cparams=ob_params(inst, 1),
+                       who="ua-new", cid="again-flow@test", cseq=3)
+    callees.append(new)
+    wait_until(lambda: [b["Path"] for b in registrar_kam.bindings(user)] not in ([], [first["Path"]]),
+               "the registration over the new flow")
+    result = caller.wait()
+    assert result.returncode == 0, describe(result)
+    assert result.value("who") == "ua-new", describe(result)
+    log = registrar_kam.log()
+    assert f"430 from {first['Ruid']} of sip:{user}@example.com, registered again over another flow since" in log
+    assert [b["Path"] for b in registrar_kam.bindings(user)] != [first["Path"]]
+    assert len(registrar_kam.bindings(user)) == 1
+
+
+def old_log(run: SippRun) -> str:
+    path = run.run_dir / "log.log"
+    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def test_nothing_answered_at_all_gives_the_caller_408(workdir, local_port, callees):

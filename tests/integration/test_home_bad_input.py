@@ -36,7 +36,8 @@ def test_430_from_a_contact_without_flow_keeps_the_binding(topology, workdir, lo
     user = "plain-430"
     plain = start_sipp("callee_ob/register.xml", f"{topology['edge2'].addr}:5060", workdir=workdir,
                        local_ip=UA_PLAIN, local_port=local_port, transport="udp", timeout=30, auth=subscriber(user),
-                       keys={"user": user, "domain": "example.com", "expires": "600", "who": "plain", "cparams": ""},
+                       keys={"user": user, "domain": "example.com", "expires": "600", "who": "plain", "cparams": "",
+                             "cseq": "1", "cseq_auth": "2"},
                        oocsf="callee_ob/uas_flow_failed.xml")
     callees.append(plain)
     wait_bindings(topology["registrar"], user, [plain])

@@ -91,6 +91,7 @@ def tls_callee(kam: Kamailio, workdir: Path, port: int, user: str, certs: Certs,
     callee = start_sipp("callee_ob/register.xml", f"{UA_TLS}:{port + 10}", workdir=workdir, local_ip=UA_TLS,
                         local_port=port, transport="tcp", timeout=30, auth=subscriber(user),
                         keys={"user": user, "domain": "example.com", "expires": "600", "who": user,
+                              "cseq": "1", "cseq_auth": "2",
                               "cparams": ob_params(instance(port), 1)},
                         oocsf=f"callee_ob/{uas}")
     callees.append(callee)

@@ -7,6 +7,8 @@ with the core's questions answered by a scripted :class:`World`.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from outbound.bindings import Binding, EdgeAddresses, Target, Unusable
@@ -201,11 +203,43 @@ def test_rfc5626_7_failover_to_the_next_flow_only_on_430_or_a_local_408_503(stat
 
     if fails_over:
         local = " (local)" if status != 430 else ""
-        assert actions[0] == Unregister(AOR, "p1", f"flow p1 of {AOR} failed with {status}{local}; removing it",
+        assert actions[0] == Fetch(AOR)
+        assert actions[1] == Unregister(AOR, "p1", f"flow p1 of {AOR} failed with {status}{local}; removing it",
                                         failover=f"{status}{'_local' if status != 430 else ''}")
         assert added(actions) == ["p2"] and actions[-1] == Relay()
     else:
         assert actions == []
+
+
+def test_rfc5626_7_a_flow_registered_again_while_its_branch_was_out_is_kept_and_tried_first():
+    """The device's flow died and the device registered the same reg-id again over
+    a new flow (usrloc updated the binding in place, same RUID, new Path) before
+    the old flow's 430 came back: only the failed flow goes, not the new one."""
+    old = replace(flow("p1", modified=2), path="<sip:OLDTOKEN@192.0.2.1;lr;ob>")
+    world = World([old, flow("p2", reg_id=2, modified=1)])
+    call = Call(world)
+    call.lookup()
+    world.bindings[0] = replace(old, path="<sip:NEWTOKEN@192.0.2.1;lr;ob>", modified=3)
+
+    actions = call.fail("p1", 430)
+
+    assert removed(actions) == []
+    assert notes(actions) == [f"430 from p1 of {AOR}, registered again over another flow since: binding kept"]
+    assert added(actions) == ["p1"] and actions[-1] == Relay()
+    assert call.state.branches[call.slot("p1")].path == "<sip:NEWTOKEN@192.0.2.1;lr;ob>"
+
+
+def test_rfc5626_7_the_same_flow_refreshed_while_its_branch_was_out_still_goes_on_430():
+    """A refresh over the failed flow itself (same Path) does not save the binding."""
+    old = replace(flow("p1", modified=2), path="<sip:OLDTOKEN@192.0.2.1;lr;ob>")
+    world = World([old, flow("p2", reg_id=2, modified=1)])
+    call = Call(world)
+    call.lookup()
+    world.bindings[0] = replace(old, modified=3)
+
+    actions = call.fail("p1", 430)
+
+    assert removed(actions) == ["p1"] and added(actions) == ["p2"]
 
 
 @pytest.mark.parametrize("status", [486, 603, 404, 480])

@@ -20,8 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import analysis  # noqa: E402
 import soak  # noqa: E402
+
+import analysis  # noqa: E402
 
 BEGIN = "<!-- bench:results:begin -->"
 END = "<!-- bench:results:end -->"

@@ -49,11 +49,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import analysis
-from harness import ProcessError, SippRun, read_log, start_sipp
-
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "kemi"))  # outbound.tokens.peek_flow reads the Path tokens
+sys.path.insert(0, str(ROOT / "tests"))  # harness (bench/report.py imports this module too)
+sys.path.append(str(ROOT / "kemi"))  # outbound.tokens.peek_flow reads the Path tokens
+
+import analysis  # noqa: E402
+from harness import ProcessError, SippRun, read_log, start_sipp  # noqa: E402
+
 BEGIN = "<!-- bench:soak:begin -->"
 END = "<!-- bench:soak:end -->"
 
@@ -66,6 +68,8 @@ EXPIRY_SLACK_S = 5.0  # usrloc's timer (every second in the bench) removes an ex
 FLAT_TOLERANCE = 0.05
 FLAT_WINDOW_S = 600.0
 REGISTER_RATE = 50  # new registrations per second of a (re)starting group
+RPC_TIMEOUT_S = 20.0
+MEASUREMENT_ERRORS = (OSError, ProcessError, KeyError, ValueError)  # an RPC unanswered under load, ...
 
 
 # ---------------------------------------------------------------- pure: calls
@@ -185,7 +189,7 @@ def path_flow(path: str) -> Any:
     """The flow (kemi outbound.tokens.Flow) that a binding's Path names: the
     user part of its first entry, read as our flow token (without its MAC:
     the bench has no business with the key); None when it names none."""
-    from outbound.tokens import peek_flow  # kemi/ is on sys.path (main())
+    from outbound.tokens import peek_flow  # kemi/ is on sys.path (above)
 
     match = re.match(r"\s*<?sips?:([^@;>]+)@", path or "")
     return peek_flow(match.group(1)) if match else None
@@ -325,6 +329,7 @@ class Soak:
         self.t0 = 0.0
         self.samples_file = self.dir / "samples.jsonl"
         self.callee_inf = self.dir / "callees.csv"
+        self.missed: list[dict] = []
 
     # -- processes
 
@@ -370,6 +375,16 @@ class Soak:
     def kamailios(self) -> list[Any]:
         return [self.round.registrar, self.round.edge1, self.round.edge2]
 
+    def try_measure(self, what: str, measure: Callable[[], Any]) -> Any:
+        """``measure()``, or None when Kamailio did not answer (a loaded machine):
+        the miss is counted and logged, the soak goes on."""
+        try:
+            return measure()
+        except MEASUREMENT_ERRORS as exc:
+            self.missed.append({"what": what, "t": round(time.time() - self.t0, 1), "error": str(exc)[:200]})
+            self.log(f"  soak: {what} missed: {exc}")
+            return None
+
     def sample(self) -> None:
         """One sample: shared memory of each Kamailio, VmRSS (and RssAnon) of
         each of their processes, and context (bindings, connections,
@@ -377,7 +392,7 @@ class Soak:
         row: dict[str, Any] = {"t": round(time.time() - self.t0, 1), "shm": {}, "rss_kib": {}, "anon_kib": {},
                                "pids": {}}
         for kam in self.kamailios():
-            row["shm"][kam.name] = kam.shm_used()
+            row["shm"][kam.name] = int(kam.rpc("core.shmmem", timeout=RPC_TIMEOUT_S)["real_used"])
             row["pids"][kam.name] = len(kam.pids())
             for pid in kam.pids():
                 status = read_status(pid)
@@ -399,14 +414,20 @@ class Soak:
         reregistered: set[str] = set()
         for group in self.groups:
             reregistered |= group.registered_now()
-        tcp = {e.addr: e.rpc("core.tcp_list") or [] for e in (self.round.edge1, self.round.edge2)}
-        bindings = self.round.registrar.bindings()
+        tcp = {e.addr: e.rpc("core.tcp_list", timeout=RPC_TIMEOUT_S) or []
+               for e in (self.round.edge1, self.round.edge2)}
+        # one ul.lookup per AOR: ul.dump of a few hundred bindings is more than jsonrpcs'
+        # datagram answer can carry (128 kB); the count of all bindings shows any other AOR
+        registrar = self.round.registrar
+        bindings = [b for group in self.groups for user in group.users for b in registrar.bindings(user)]
+        total = registrar.stat("usrloc:location_contacts")
         out = {"when": when, "t": round(time.time() - self.t0, 1),
                **check_bindings(bindings, live_connections(tcp), reregistered),
-               "connections": sum(len(v) for v in tcp.values())}
+               "connections": sum(len(v) for v in tcp.values()), "registrar_contacts": total}
         self.checks.append(out)
         if out["left_behind"] or out["missing"] or out["duplicates"]:
-            self.log(f"  soak bindings {when}: {json.dumps({k: v for k, v in out.items() if k != 'left_behind_bindings'})}")
+            brief = {k: v for k, v in out.items() if k != "left_behind_bindings"}
+            self.log(f"  soak bindings {when}: {json.dumps(brief)}")
         return out
 
     # -- the loop
@@ -453,7 +474,7 @@ class Soak:
                         caller_index += 1
                     next_caller += CALLER_CHUNK_S
                 if now >= next_sample:
-                    self.sample()
+                    self.try_measure("sample", self.sample)
                     next_sample += plan.sample_every_s
                 for when, group in list(restarts):
                     if now >= when:
@@ -462,7 +483,7 @@ class Soak:
                 # a kill needs the time to restart and register before the load ends
                 if now >= next_kill and end - now > plan.restart_delay_s + plan.users / REGISTER_RATE + 10:
                     if self.kills:  # the previous kill has had its time: compare bindings and flows
-                        self.bindings_check(f"before kill {kill_index}")
+                        self.try_measure("bindings check", lambda i=kill_index: self.bindings_check(f"before kill {i}"))
                     group = self.groups[kill_index % plan.groups]
                     if group.current is not None:
                         group.current.kill()
@@ -479,21 +500,23 @@ class Soak:
                         restarts.append((time.time() + plan.restart_delay_s, group))
                 wake = min([next_caller, next_sample, next_kill, end, *(w for w, _ in restarts)])
                 time.sleep(max(0.05, min(1.0, wake - time.time())))
-            for when, group in restarts:  # a restart still due: the group registers before the end check
+            for _, group in restarts:  # a restart still due: the group registers before the end check
                 self.start_group(group, bound)
             load_end = time.time()
             for caller in self.callers:
                 caller.wait()
-            self.sample()
+            self.try_measure("sample", self.sample)
             for group in self.groups:
                 self.wait_registered(group, 10 + plan.users / REGISTER_RATE)
-            end_check = self.bindings_check("end, every group running")
+            end_check = self.try_measure("bindings check", lambda: self.bindings_check("end, every group running"))
             for group in self.groups:  # every UA gone: its bindings must expire
                 if group.current is not None:
                     group.current.kill()
+                    group.down_since = time.time()
             gone = time.time()
             time.sleep(plan.expires + EXPIRY_SLACK_S + 2)
-            drain = self.bindings_check(f"{plan.expires + EXPIRY_SLACK_S + 2:g} s after every UA was killed")
+            drain = self.try_measure("bindings check", lambda: self.bindings_check(
+                f"{plan.expires + EXPIRY_SLACK_S + 2:g} s after every UA was killed"))
             drained_s = round(time.time() - gone, 1)
         calls = self.calls_result(group_of)
         memory = self.memory_result(load_end - self.t0)
@@ -507,6 +530,7 @@ class Soak:
                          "end": end_check, "drain": drain, "drain_seconds": drained_s},
             "callee_registrations_failed": self.callee_failures(),
             "kill_times": [round(k["at"] - self.t0, 1) for k in self.kills],
+            "missed_measurements": self.missed,
             "samples": self.samples,
         }
         out["verdict"] = verdict(out)
@@ -623,6 +647,7 @@ def render(soak: Mapping, command: str = "", short: bool = False) -> str:
         return f"{BEGIN}\n\nSoak: failed: `{str(soak['error'])[:500]}`\n\n{END}"
     plan, calls, memory, bind = soak["plan"], soak["calls"], soak["memory"], soak["bindings"]
     v = soak["verdict"]
+    drain = bind.get("drain") or {}
     label = (f"**A short validation run ({soak['minutes']:g} minutes), not the issue's 30-minute figure.** "
              if short or soak["minutes"] < 30 else "")
     lines = [BEGIN, "", f"{label}From `{command}`: {soak['load_seconds']:g} s of load, {soak['seconds']:g} s in all; "
@@ -641,8 +666,9 @@ def render(soak: Mapping, command: str = "", short: bool = False) -> str:
              f"{_yes(v['memory_flat'])} |",
              f"| bindings left behind (all checks) | {bind['left_behind']} ({_yes(v['no_binding_left_behind'])} "
              f"for 0); missing {bind['missing']}, duplicated AORs {bind['duplicates']} |",
-             f"| after every UA was killed: bindings left {bind['drain']['bindings']} "
-             f"({bind['drain_seconds']:g} s later) | left behind {bind['drain']['left_behind']} |", "",
+             f"| after every UA was killed: bindings left ({bind['drain_seconds']:g} s later) | "
+             f"{drain.get('bindings', 'n/a')}, left behind {drain.get('left_behind', 'n/a')} |",
+             f"| measurements missed (an RPC unanswered) | {len(soak.get('missed_measurements', []))} |", "",
              "Shared memory (core.shmmem real_used, MiB), mean of the first and the last window:", "",
              "| Kamailio | first | last | last / first | flat |", "| --- | ---: | ---: | ---: | --- |"]
     for name, f in memory["shm"].items():

@@ -12,8 +12,9 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "kemi"))
 
 import soak  # noqa: E402
-from outbound.tokens import Flow, FlowTokenCodec, parse_key  # noqa: E402
 from soak import CallStart, Kill  # noqa: E402
+
+from outbound.tokens import Flow, FlowTokenCodec, parse_key  # noqa: E402
 
 KEY = "hex:9f9a95f1f24968cd191273341861ce06e3446dd05ced9654970d91ea69ba7ab9"
 

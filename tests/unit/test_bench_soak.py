@@ -148,9 +148,9 @@ def test_duplicates_and_missing_registrations_are_counted():
 
 def test_verdict_needs_every_figure():
     base = {"calls": {"unexplained": 0}, "bindings": {"left_behind": 0},
-            "memory": {"shm": {"edge1": {"flat": True}}, "rss": {"edge1:1": {"flat": True}}}}
+            "memory": {"shm": {"edge1": {"flat": True}}, "rss": {"edge1:1": {"flat": True}}, "rss_anon": {}}}
     assert soak.verdict(base) == {"no_unexplained_failures": True, "memory_flat": True,
-                                  "no_binding_left_behind": True}
+                                  "no_binding_left_behind": True, "private_memory_flat": False}
     base["memory"]["rss"]["edge1:1"]["flat"] = False
     base["calls"]["unexplained"] = 2
     got = soak.verdict(base)

@@ -152,7 +152,8 @@ def classify_failures(starts: Iterable[CallStart], oks: set[str], group_of: Mapp
     failed = explained + len(unexplained)
     return {"started": started, "succeeded": started - failed, "failed": failed, "explained": explained,
             "unexplained": len(unexplained),
-            "unexplained_calls": [dataclasses.asdict(c) for c in unexplained[:50]]}
+            "unexplained_calls": [dataclasses.asdict(c) for c in unexplained[:50]],
+            "unexplained_at": [c.at for c in unexplained]}
 
 
 # ---------------------------------------------------------------- pure: memory
@@ -567,6 +568,7 @@ class Soak:
                     "sipp_successful": sipp_ok, "sipp_failed": sipp_failed, "caller_runs": len(self.callers)})
         for call in out["unexplained_calls"]:
             call["t"] = round(call.pop("at") - self.t0, 3)
+        out["unexplained_per_10s"] = per_10s([at - self.t0 for at in out.pop("unexplained_at")])
         return out
 
     def memory_result(self, duration: float) -> dict:
@@ -590,6 +592,15 @@ class Soak:
                 except ProcessError:
                     continue  # a life killed before its first statistics line
         return failed
+
+
+def per_10s(times: Iterable[float]) -> dict[str, int]:
+    """How many of ``times`` (seconds) fall in each 10 s bucket, named by its start."""
+    out: dict[str, int] = {}
+    for at in sorted(times):
+        key = str(int(at // 10 * 10))
+        out[key] = out.get(key, 0) + 1
+    return out
 
 
 def read_status(pid: int) -> dict[str, int]:
@@ -692,8 +703,12 @@ def render(soak: Mapping, command: str = "", short: bool = False) -> str:
     for c in bind["checks"]:
         lines.append(f"| {c['when']} | {c['t']:g} | {c['bindings']} | {c['live']} | {c['pending']} | "
                      f"{c['left_behind']} | {c['missing']} | {c['duplicates']} | {c['connections']} |")
+    buckets = calls.get("unexplained_per_10s") or {}
+    if buckets:
+        lines += ["", "Unexplained failed calls per 10 s of load (bucket start in s: count): "
+                  + ", ".join(f"{k}: {n}" for k, n in buckets.items())]
     if calls["unexplained_calls"]:
-        lines += ["", "Unexplained failed calls (first 50; t: seconds since the load began): "
+        lines += ["", "The first 50 unexplained failed calls (callee at seconds since the load began): "
                   + ", ".join(f"{c['callee']} at {c['t']:g}" for c in calls["unexplained_calls"])]
     lines += ["", "![shared memory and RSS over the soak](soak.png)", "", END]
     return "\n".join(lines)

@@ -66,6 +66,11 @@ def test_classification_counts_each_failure_by_its_callees_group():
     assert got["explained"] == 1  # f1 only: b0's group was not killed, f3 came long after a0 was back
     assert got["unexplained"] == 3
     assert {c["call_id"] for c in got["unexplained_calls"]} == {"f2", "f3", "f4"}
+    assert sorted(got["unexplained_at"]) == [101.0, 101.0, 300.0]
+
+
+def test_unexplained_failures_are_counted_per_ten_seconds():
+    assert soak.per_10s([0.5, 9.9, 10.0, 158.2, 159.9]) == {"0": 2, "10": 1, "150": 2}
 
 
 def test_flatness_uses_ten_minute_windows_for_long_soaks_and_thirds_for_short_ones():

@@ -161,3 +161,15 @@ def test_verdict_needs_every_figure():
     got = soak.verdict(base)
     assert got["memory_flat"] is False
     assert got["no_unexplained_failures"] is False
+
+
+def test_the_report_section_of_a_soak_carries_its_markers_rate_and_verdicts():
+    import json
+
+    results = json.loads((ROOT / "docs" / "soak-short.json").read_text())
+    text = soak.render(results["soak"], results["command"])
+    assert text.startswith(soak.BEGIN) and text.endswith(soak.END)
+    assert f"calls at **{results['soak']['calls']['rate']} calls/s**" in text
+    assert "A short validation run" in text  # shorter than 30 minutes: never shown as the figure
+    failed = soak.render({"minutes": 30, "error": "edge1 exited"})
+    assert "failed: `edge1 exited`" in failed

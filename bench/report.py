@@ -20,6 +20,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import soak  # noqa: E402
+
 import analysis  # noqa: E402
 
 BEGIN = "<!-- bench:results:begin -->"
@@ -409,6 +411,16 @@ def main(argv: list[str]) -> int:
     if args.instructions:
         other = json.loads(args.instructions.read_text())
         results["instructions"] = {**other["instructions"], "command": other.get("command", "")}
+    if "soak" in results and not results.get("rounds"):
+        # bench/run.py --soak: only the soak section and docs/soak.png (beside the doc)
+        text = soak.render(results["soak"], results.get("command", ""))
+        if args.doc:
+            replace_section(args.doc, soak.BEGIN, soak.END, text)
+            if "samples" in results["soak"]:
+                soak.plot(results["soak"], args.doc.with_name("soak.png"))
+        else:
+            print(text)
+        return 0
     text = render(results)
     if args.doc:
         replace_section(args.doc, BEGIN, END, text)

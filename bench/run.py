@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import instructions  # noqa: E402
+import soak  # noqa: E402
 
 import analysis  # noqa: E402
 import durability  # noqa: E402
@@ -231,6 +232,8 @@ class Settings:
     setup_seconds: float = 5.0
     impls: tuple[str, ...] = ("ours", "native", "floor")
     mem_manager: str = ""
+    soak: float = 0.0  # --soak MINUTES: the soak alone (bench/soak.py)
+    soak_call_rate: int = 0
 
     def addr(self, host: int) -> str:
         return f"{self.net}.{host}"
@@ -690,6 +693,11 @@ def parse_args(argv: list[str]) -> Settings:
                         help="length of the call setup time window at half the highest call rate")
     parser.add_argument("--mem-manager", choices=["", "qm", "fm", "tlsf"], default="",
                         help="Kamailio's memory manager for every Kamailio of the run (-x; default: Kamailio's, qm)")
+    parser.add_argument("--soak", type=float, default=0.0, metavar="MINUTES",
+                        help="run only the soak (bench/soak.py) for MINUTES of load (the issue's figure: 30)")
+    parser.add_argument("--soak-call-rate", type=int, default=0,
+                        help="the soak's calls/s (default: half our highest passing TCP call rate in "
+                             "docs/benchmarks.json)")
     parser.add_argument("--quick", action="store_true", help="one short pair, for development")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -704,7 +712,7 @@ def parse_args(argv: list[str]) -> Settings:
     # absolute: Kamailio changes its working directory to /
     workdir = (args.workdir or BENCH / ".work" / time.strftime("%Y%m%d-%H%M%S")).resolve()
     return Settings(
-        net=args.net, rounds=[] if args.only_instructions else order, step_seconds=args.step_seconds,
+        net=args.net, rounds=[] if args.only_instructions or args.soak else order, step_seconds=args.step_seconds,
         register_rates=[int(x) for x in args.register_rates.split(",")],
         call_rates=[int(x) for x in args.call_rates.split(",")], overshoot=args.overshoot,
         callees=args.callees, memory_flows=args.memory_flows, tcp_flows=args.tcp_flows, failovers=args.failovers,
@@ -714,6 +722,7 @@ def parse_args(argv: list[str]) -> Settings:
         usrloc_db_mode=args.usrloc_db_mode, durability=0 if args.only_instructions else args.durability,
         metrics_cost=0 if args.only_instructions else args.metrics_cost, instructions=args.instructions,
         impls=tuple(dict.fromkeys(order)), mem_manager=args.mem_manager, setup_seconds=args.setup_seconds,
+        soak=args.soak, soak_call_rate=args.soak_call_rate,
     )
 
 
@@ -842,6 +851,8 @@ def main(argv: list[str]) -> int:
                         "challenged": "every REGISTER (401) and every call's INVITE (407)"},
                "rounds": []}
     out_path = settings.workdir / "results.json"
+    if settings.soak:  # the soak alone: no rounds (report.py then updates only the soak section)
+        return soak_only(settings, results, out_path, started)
     for index, impl in enumerate(settings.rounds):
         # checked before the first round of a set (ours, native[, floor]) only: sets stay whole
         per_set = len(dict.fromkeys(settings.rounds))
@@ -888,6 +899,20 @@ def main(argv: list[str]) -> int:
     failed = any("error" in r for r in results["rounds"]) or any(
         "error" in results.get(part, {}) for part in ("durability", "replication", "metrics_cost", "instructions"))
     return 1 if failed else 0
+
+
+def soak_only(settings: Settings, results: dict, out_path: Path, started: float) -> int:
+    """bench/run.py --soak MINUTES: results["soak"] and nothing else (bench/soak.py)."""
+    try:
+        results["soak"] = soak.measure(sys.modules[__name__], settings, log)
+    except (ProcessError, RuntimeError, KeyError, OSError, ValueError) as exc:
+        log(f"soak failed: {exc}")
+        results["soak"] = {"minutes": settings.soak, "error": str(exc)[:2000]}
+    results["seconds"] = round(time.monotonic() - started, 1)
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    out_path.write_text(json.dumps(results, indent=1))
+    log(f"results: {out_path}")
+    return 1 if "error" in results["soak"] else 0
 
 
 if __name__ == "__main__":

@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import instructions  # noqa: E402
+import scale_registrar  # noqa: E402
 
 import analysis  # noqa: E402
 import durability  # noqa: E402
@@ -231,6 +232,7 @@ class Settings:
     setup_seconds: float = 5.0
     impls: tuple[str, ...] = ("ours", "native", "floor")
     mem_manager: str = ""
+    scale_bindings: tuple[int, ...] = ()
 
     def addr(self, host: int) -> str:
         return f"{self.net}.{host}"
@@ -690,6 +692,11 @@ def parse_args(argv: list[str]) -> Settings:
                         help="length of the call setup time window at half the highest call rate")
     parser.add_argument("--mem-manager", choices=["", "qm", "fm", "tlsf"], default="",
                         help="Kamailio's memory manager for every Kamailio of the run (-x; default: Kamailio's, qm)")
+    parser.add_argument("--scale-bindings", default="",
+                        help="registrar scale run (bench/scale_registrar.py): bindings held, comma-separated, "
+                             "e.g. 10000,100000,1000000 (empty: skip)")
+    parser.add_argument("--only-scale", action="store_true",
+                        help="no rounds, instructions, durability or metrics cost: the scale runs alone")
     parser.add_argument("--quick", action="store_true", help="one short pair, for development")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -703,6 +710,8 @@ def parse_args(argv: list[str]) -> Settings:
         * args.pairs
     # absolute: Kamailio changes its working directory to /
     workdir = (args.workdir or BENCH / ".work" / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    if args.only_scale:
+        args.only_instructions, args.instructions = True, 0
     return Settings(
         net=args.net, rounds=[] if args.only_instructions else order, step_seconds=args.step_seconds,
         register_rates=[int(x) for x in args.register_rates.split(",")],
@@ -714,6 +723,7 @@ def parse_args(argv: list[str]) -> Settings:
         usrloc_db_mode=args.usrloc_db_mode, durability=0 if args.only_instructions else args.durability,
         metrics_cost=0 if args.only_instructions else args.metrics_cost, instructions=args.instructions,
         impls=tuple(dict.fromkeys(order)), mem_manager=args.mem_manager, setup_seconds=args.setup_seconds,
+        scale_bindings=scale_registrar.parse_sizes(args.scale_bindings),
     )
 
 
@@ -881,12 +891,16 @@ def main(argv: list[str]) -> int:
         except (ProcessError, RuntimeError, KeyError) as exc:
             log(f"metrics cost failed: {exc}")
             results["metrics_cost"] = {"error": str(exc)[:2000]}
+    if settings.scale_bindings:
+        results["scale_registrar"] = scale_registrar.measure(sys.modules[__name__], settings, log)
+        out_path.write_text(json.dumps(results, indent=1))
     results["seconds"] = round(time.monotonic() - started, 1)
     results["machine"]["loadavg_end"] = os.getloadavg()
     out_path.write_text(json.dumps(results, indent=1))
     log(f"results: {out_path}")
     failed = any("error" in r for r in results["rounds"]) or any(
-        "error" in results.get(part, {}) for part in ("durability", "replication", "metrics_cost", "instructions"))
+        "error" in results.get(part, {})
+        for part in ("durability", "replication", "metrics_cost", "instructions", "scale_registrar"))
     return 1 if failed else 0
 
 

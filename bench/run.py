@@ -692,9 +692,9 @@ def parse_args(argv: list[str]) -> Settings:
                         help="length of the call setup time window at half the highest call rate")
     parser.add_argument("--mem-manager", choices=["", "qm", "fm", "tlsf"], default="",
                         help="Kamailio's memory manager for every Kamailio of the run (-x; default: Kamailio's, qm)")
-    parser.add_argument("--scale-bindings", default="",
-                        help="registrar scale run (bench/scale_registrar.py): bindings held, comma-separated, "
-                             "e.g. 10000,100000,1000000 (empty: skip)")
+    parser.add_argument("--scale-bindings", default="10000,100000,1000000",
+                        help="registrar scale run (bench/scale_registrar.py): bindings held, comma-separated "
+                             "(default 10000,100000,1000000, about 12 minutes; empty: skip)")
     parser.add_argument("--only-scale", action="store_true",
                         help="no rounds, instructions, durability or metrics cost: the scale runs alone")
     parser.add_argument("--quick", action="store_true", help="one short pair, for development")
@@ -706,6 +706,7 @@ def parse_args(argv: list[str]) -> Settings:
         args.memory_flows, args.latency_seconds = 300, 1.0
         args.durability = min(args.durability, 5000)
         args.instructions = min(args.instructions, 20)
+        args.scale_bindings = "2000,20000" if args.scale_bindings else ""
     order = ([args.first, "native" if args.first == "ours" else "ours"] + ([] if args.no_floor else ["floor"])) \
         * args.pairs
     # absolute: Kamailio changes its working directory to /

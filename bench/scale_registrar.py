@@ -162,7 +162,7 @@ def cost_ratio(sizes: dict[str, dict], key: str) -> float | None:
 
 FIGURES = (
     ("load_seconds", "load at start (exec until all are served)", "s"),
-    ("idle_ms_per_s", "idle CPU (timers: usrloc's walk of the table), ms per s", "ms"),
+    ("idle_ms_per_s", "idle CPU per second (timers: usrloc's walk of the table)", "ms"),
     ("shm_bytes_per_binding", "shared memory per binding", "B"),
     ("register_us", "CPU per REGISTER, all registrar processes, its write-back included", "µs"),
     ("register_workers_us", "CPU per REGISTER, SIP receivers only", "µs"),
@@ -207,7 +207,7 @@ def render(results: dict) -> str:
                 cells.append("failed" if "error" in got else fmt(got.get(key)))
             ratio = cost_ratio(by_size, key) if key in RATIO_KEYS else None
             lines.append(f"| {label} ({unit}) | {impl} | " + " | ".join(cells) + f" | {fmt(ratio)} |")
-    lines += ["", target_line(part, impls), ""]
+    lines += ["", failures_line(part, impls), "", target_line(part, impls), ""]
     errors = [(impl, n, got["error"]) for impl in impls for n, got in part["impls"][impl]["sizes"].items()
               if isinstance(got, dict) and "error" in got]
     for impl, n, error in errors:
@@ -216,6 +216,18 @@ def render(results: dict) -> str:
         lines.append("")
     lines += ["![registrar cost against bindings](scale-registrar.png)", "", END]
     return "\n".join(lines)
+
+
+def failures_line(part: dict, impls: list[str]) -> str:
+    """SIPp's failed REGISTERs and calls of each measured step (0 expected)."""
+    bad = []
+    for impl in impls:
+        for n, got in sorted(part["impls"][impl]["sizes"].items(), key=lambda kv: int(kv[0])):
+            for what in ("register", "calls"):
+                failed = (got.get(what) or {}).get("failed", 0)
+                if failed:
+                    bad.append(f"{impl} {int(n):,} {what}: {failed}")
+    return "Failed transactions in the measured steps: " + ("; ".join(bad) if bad else "none") + "."
 
 
 def target_line(part: dict, impls: list[str]) -> str:
@@ -244,21 +256,25 @@ def plot(results: dict, path: Path) -> None:
     part = results["scale_registrar"]
     colours = {"ours": "tab:blue", "native": "tab:orange", "floor": "tab:green"}
     fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    panels = (("register_us", "CPU µs per REGISTER (registrar)"),
-              ("call_tx_us", "CPU µs per call transaction (registrar)"),
-              ("shm_bytes_per_binding", "shared memory per binding (B)"))
-    for ax, (key, title) in zip(axes, panels, strict=True):
+    panels = (("register_us", "register_workers_us", "CPU µs per REGISTER (registrar)"),
+              ("call_tx_us", "call_tx_workers_us", "CPU µs per call transaction (registrar)"),
+              ("shm_bytes_per_binding", "", "shared memory per binding (B)"))
+    for ax, (key, workers_key, title) in zip(axes, panels, strict=True):
+        top = 0.0
         for impl in IMPLS:
             by_size = part.get("impls", {}).get(impl, {}).get("sizes", {})
-            points = sorted((int(n), v[key]) for n, v in by_size.items() if v.get(key) is not None)
-            if points:
-                ax.plot([p[0] for p in points], [p[1] for p in points], "o-", color=colours[impl], label=impl)
+            for k, style, label in ((key, "o-", impl), (workers_key, "x--", f"{impl}, SIP receivers only")):
+                points = sorted((int(n), v[k]) for n, v in by_size.items() if k and v.get(k) is not None)
+                if points:
+                    ax.plot([p[0] for p in points], [p[1] for p in points], style, color=colours[impl],
+                            label=label, alpha=1.0 if k == key else 0.5)
+                    top = max(top, *(p[1] for p in points))
         ax.set_xscale("log")
-        ax.set_ylim(bottom=0)
+        ax.set_ylim(0, top * 1.25 or 1)
         ax.set_xlabel("bindings held by the registrar")
         ax.set_title(title, fontsize=10)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="best")
     fig.suptitle("Registrar cost against the number of bindings (issue 17; bench/scale_registrar.py)")
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import sqlite3
 import time
@@ -435,7 +436,7 @@ class ScaleRun:
 
     def one(self, impl: str, bindings: int, template: dict[str, Any]) -> dict:
         """Every figure of ``impl`` holding ``bindings``."""
-        out: dict[str, Any] = {"bindings": bindings, "hash_size": hash_exponent(bindings),
+        out: dict[str, Any] = {"bindings": bindings, "hash_size": hash_exponent(bindings), "loadavg": os.getloadavg(),
                                "shm_mb": shm_mb(bindings), "pkg_mb": self.run.durability.pkg_mb(bindings)}
         out["shm_empty"] = self.shm_empty(impl, bindings)
         url = self.location(f"loc-{impl}-{bindings}")

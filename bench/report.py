@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import scale_registrar  # noqa: E402
 import soak  # noqa: E402
 
 import analysis  # noqa: E402
@@ -421,13 +422,22 @@ def main(argv: list[str]) -> int:
         else:
             print(text)
         return 0
-    text = render(results)
-    if args.doc:
+    # a results file of the scale runs alone (run.py --only-scale) leaves the main section alone
+    main_part = bool(results.get("rounds")) or "scale_registrar" not in results
+    text = render(results) if main_part else ""
+    if args.doc and main_part:
         replace_section(args.doc, BEGIN, END, text)
-    else:
+    elif main_part:
         print(text)
-    if args.png:
+    if args.png and main_part:
         plot(results, args.png)
+    if "scale_registrar" in results:  # bench/scale_registrar.py's section and plot
+        section = scale_registrar.render(results)
+        if args.doc:
+            replace_section(args.doc, scale_registrar.BEGIN, scale_registrar.END, section)
+            scale_registrar.plot(results, args.doc.parent / "scale-registrar.png")
+        else:
+            print(section)
     return 0
 
 

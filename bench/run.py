@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import instructions  # noqa: E402
+import scale_registrar  # noqa: E402
 import soak  # noqa: E402
 
 import analysis  # noqa: E402
@@ -234,6 +235,7 @@ class Settings:
     mem_manager: str = ""
     soak: float = 0.0  # --soak MINUTES: the soak alone (bench/soak.py)
     soak_call_rate: int = 0
+    scale_bindings: tuple[int, ...] = ()
 
     def addr(self, host: int) -> str:
         return f"{self.net}.{host}"
@@ -698,6 +700,11 @@ def parse_args(argv: list[str]) -> Settings:
     parser.add_argument("--soak-call-rate", type=int, default=0,
                         help="the soak's calls/s (default: half our highest passing TCP call rate in "
                              "docs/benchmarks.json)")
+    parser.add_argument("--scale-bindings", default="10000,100000,1000000",
+                        help="registrar scale run (bench/scale_registrar.py): bindings held, comma-separated "
+                             "(default 10000,100000,1000000, about 12 minutes; empty: skip)")
+    parser.add_argument("--only-scale", action="store_true",
+                        help="no rounds, instructions, durability or metrics cost: the scale runs alone")
     parser.add_argument("--quick", action="store_true", help="one short pair, for development")
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args(argv)
@@ -707,10 +714,13 @@ def parse_args(argv: list[str]) -> Settings:
         args.memory_flows, args.latency_seconds = 300, 1.0
         args.durability = min(args.durability, 5000)
         args.instructions = min(args.instructions, 20)
+        args.scale_bindings = "2000,20000" if args.scale_bindings else ""
     order = ([args.first, "native" if args.first == "ours" else "ours"] + ([] if args.no_floor else ["floor"])) \
         * args.pairs
     # absolute: Kamailio changes its working directory to /
     workdir = (args.workdir or BENCH / ".work" / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    if args.only_scale:
+        args.only_instructions, args.instructions = True, 0
     return Settings(
         net=args.net, rounds=[] if args.only_instructions or args.soak else order, step_seconds=args.step_seconds,
         register_rates=[int(x) for x in args.register_rates.split(",")],
@@ -723,6 +733,7 @@ def parse_args(argv: list[str]) -> Settings:
         metrics_cost=0 if args.only_instructions else args.metrics_cost, instructions=args.instructions,
         impls=tuple(dict.fromkeys(order)), mem_manager=args.mem_manager, setup_seconds=args.setup_seconds,
         soak=args.soak, soak_call_rate=args.soak_call_rate,
+        scale_bindings=scale_registrar.parse_sizes(args.scale_bindings),
     )
 
 
@@ -892,12 +903,16 @@ def main(argv: list[str]) -> int:
         except (ProcessError, RuntimeError, KeyError) as exc:
             log(f"metrics cost failed: {exc}")
             results["metrics_cost"] = {"error": str(exc)[:2000]}
+    if settings.scale_bindings:
+        results["scale_registrar"] = scale_registrar.measure(sys.modules[__name__], settings, log)
+        out_path.write_text(json.dumps(results, indent=1))
     results["seconds"] = round(time.monotonic() - started, 1)
     results["machine"]["loadavg_end"] = os.getloadavg()
     out_path.write_text(json.dumps(results, indent=1))
     log(f"results: {out_path}")
     failed = any("error" in r for r in results["rounds"]) or any(
-        "error" in results.get(part, {}) for part in ("durability", "replication", "metrics_cost", "instructions"))
+        "error" in results.get(part, {})
+        for part in ("durability", "replication", "metrics_cost", "instructions", "scale_registrar"))
     return 1 if failed else 0
 
 

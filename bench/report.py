@@ -6,7 +6,10 @@ offered rate.
     /usr/bin/python3 bench/report.py RESULTS.json [--doc docs/benchmarks.md] [--png docs/benchmarks.png]
 
 With --doc, the text between ``<!-- bench:results:begin -->`` and
-``<!-- bench:results:end -->`` in that file is replaced.
+``<!-- bench:results:end -->`` in that file is replaced, and the edge scale
+run's section (``<!-- bench:scale-edge:begin -->``, bench/scale_edge.py) when
+the results have one (its plot: scale-edge.png beside --png). Results without
+rounds (run.py --only-scale) leave the rounds' section and plot alone.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import scale_edge  # noqa: E402
 
 import analysis  # noqa: E402
 
@@ -409,13 +414,23 @@ def main(argv: list[str]) -> int:
     if args.instructions:
         other = json.loads(args.instructions.read_text())
         results["instructions"] = {**other["instructions"], "command": other.get("command", "")}
-    text = render(results)
+    # a run with only scale parts (run.py --only-scale) leaves the rounds' section and plot alone
+    main_part = bool(results.get("rounds")) or "instructions" in results
+    text = render(results) if main_part else ""
     if args.doc:
-        replace_section(args.doc, BEGIN, END, text)
+        if main_part:
+            replace_section(args.doc, BEGIN, END, text)
+        if "scale_edge" in results:
+            replace_section(args.doc, scale_edge.BEGIN, scale_edge.END, scale_edge.render(results))
     else:
         print(text)
+        if "scale_edge" in results:
+            print(scale_edge.render(results))
     if args.png:
-        plot(results, args.png)
+        if main_part:
+            plot(results, args.png)
+        if "scale_edge" in results:
+            scale_edge.plot(results, args.png.with_name("scale-edge.png"))
     return 0
 
 

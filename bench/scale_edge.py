@@ -204,15 +204,21 @@ COSTS: list[tuple[str, str, Callable[[dict], float | None]]] = [
 ]
 
 
+def reached(row: dict) -> bool:
+    """A size counts for the targets only when the edge held every flow of it."""
+    return "size" in row and row.get("flows", 0) >= row["size"]
+
+
 def by_size(rows: list[dict], get: Callable[[dict], float | None]) -> dict[int, float | None]:
-    return {int(r["size"]): get(r) for r in rows if "size" in r}
+    """A figure at each size that was reached."""
+    return {int(r["size"]): get(r) for r in rows if reached(r)}
 
 
 def targets(part: dict) -> list[dict]:
     """The issue's two scale targets, per implementation and figure: CPU per
     transaction at the largest size within FLAT_TARGET of the cost at 10k, and
     ours' shared memory per flow at most native's (at the largest size both
-    reached)."""
+    reached). Sizes not reached (fewer flows held) are left out."""
     out = []
     impls = part.get("impls", {})
     for impl in IMPLS:

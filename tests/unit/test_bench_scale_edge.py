@@ -167,3 +167,13 @@ def test_rounded_keeps_missing_figures_missing():
     assert se.rounded(None) is None
     assert se.rounded(1234.6) == 1235 and isinstance(se.rounded(1234.6), int)
     assert se.rounded(1.23456, 2) == 1.23
+
+
+def test_a_size_not_reached_is_left_out_of_the_targets():
+    part = scale_results()["scale_edge"]
+    short = row(19689, 5000, 9000, 9000)
+    short["flows"] = 15000
+    part["impls"]["native"]["sizes"][1] = short
+    got = {(t["impl"], t["figure"]): t for t in se.targets(part)}
+    assert got[("native", "CPU per REGISTER refresh, edge")]["ratio"] is None
+    assert ("ours", "edge shared memory per flow at 10,000 flows, ours / native") in got

@@ -75,6 +75,7 @@ CALL_RATE = 50
 CALL_COUNT = 500
 IDLE_SECONDS = 3.0
 RECV_TIMEOUT_MS = 10_000
+FLOW_TIMER = 999  # the registrars' Flow-Timer for the run (s; ours' highest): longer than the holds
 # SIPp ends a test once its watchdog (its main loop late by 500 ms, 3 s) has tripped 120
 # (10) times: the held flows' SIPps live for minutes on a loaded shared machine, and all
 # their flows would close at once. They count the trips but never stop for them.
@@ -272,8 +273,10 @@ def render(results: dict) -> str:
               f"{s.get('refresh_count')} REGISTERs of {s.get('refresh_users')} users at {s.get('refresh_rate')}/s over "
               f"one TCP connection; calls: {s.get('call_count')} at {s.get('call_rate')}/s over UDP to "
               f"{s.get('callees')} TCP callees; idle window {s.get('idle_seconds')} s. Registrars: usrloc in memory "
-              f"(db_mode 0), hash_size 2^{s.get('usrloc_hash')}. CPU is utime + stime of every process of the role "
-              "over the window (idle cost included), per successful REGISTER or per INVITE/BYE.", ""]
+              f"(db_mode 0), hash_size 2^{s.get('usrloc_hash')}, Flow-Timer {s.get('flow_timer', 25)} s (the held "
+              "flows send no keepalives; our edge closes a flow idle for Flow-Timer + 20 s). CPU is utime + stime of "
+              "every process of the role over the window (idle cost included), per successful REGISTER or per "
+              "INVITE/BYE.", ""]
     head = ("| impl | flows held | edge TCP connections | register step s | flows/s | edge shm B/flow | "
             "registrar shm B/flow | idle CPU ms/s edge, registrar | REGISTER µs edge | REGISTER µs registrar "
             "| call tx µs edge | call tx µs registrar | failed (hold, refresh, calls) |")
@@ -363,6 +366,9 @@ class ScaleRun:
         if role == "registrar":
             defines["KO_USRLOC_DB_MODE"] = "0"  # memory only: what a binding costs, not SQLite's writes
             defines["KO_USRLOC_HASH"] = str(usrloc_hash(self.largest))
+            # the held flows send no keepalives: our edge closes a flow idle for Flow-Timer + grace
+            # (RFC 5626 §5.4; 25 + 20 s by default), native's keeps it for tcp_connection_lifetime
+            defines["KO_FLOW_TIMER"] = str(FLOW_TIMER)
         else:
             # Kamailio's TCP connection limit (2048 by default) can only be lowered at run
             # time ("cannot override hard tcp_max_connections limit"): set at start
@@ -406,6 +412,8 @@ class ScaleRun:
 
     def measure(self, sizes: list[int]) -> dict:
         hold_s = 120 + len(sizes) * 90 + 3 * max(sizes) / HOLD_RATE
+        if hold_s + 20 > FLOW_TIMER:  # our edge would close the first flows before the end
+            self.log(f"  scale {self.impl}: warning: the run holds flows {hold_s:.0f} s, Flow-Timer {FLOW_TIMER} s")
         out = self.out
         try:
             self.registrar = self.kamailio("registrar", "registrar", REGISTRAR_HOST, 5070,
@@ -599,7 +607,7 @@ def measure(run_mod, settings, sizes: list[int], impls: list[str], log: Callable
                  "settings": {"hold_rate": HOLD_RATE, "users_per_sipp": USERS_PER_SIPP, "refresh_users": REFRESH_USERS,
                               "refresh_rate": REFRESH_RATE, "refresh_count": REFRESH_COUNT, "call_rate": CALL_RATE,
                               "call_count": CALL_COUNT, "callees": CALLEES, "idle_seconds": IDLE_SECONDS,
-                              "usrloc_hash": usrloc_hash(max(run_sizes, default=1)),
+                              "usrloc_hash": usrloc_hash(max(run_sizes, default=1)), "flow_timer": FLOW_TIMER,
                               "edge_shm_mb": edge_shm_mb(max(run_sizes, default=1))},
                  "impls": {}}
     if not run_sizes:

@@ -177,3 +177,10 @@ def test_a_size_not_reached_is_left_out_of_the_targets():
     got = {(t["impl"], t["figure"]): t for t in se.targets(part)}
     assert got[("native", "CPU per REGISTER refresh, edge")]["ratio"] is None
     assert ("ours", "edge shared memory per flow at 10,000 flows, ours / native") in got
+
+
+def test_a_size_is_reached_with_a_few_flows_missing():
+    assert se.reached({"size": 10000, "flows": 9999})
+    assert se.reached({"size": 10000, "flows": 9950})
+    assert not se.reached({"size": 10000, "flows": 9949})
+    assert not se.reached({"flows": 10000})

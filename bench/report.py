@@ -6,7 +6,10 @@ offered rate.
     /usr/bin/python3 bench/report.py RESULTS.json [--doc docs/benchmarks.md] [--png docs/benchmarks.png]
 
 With --doc, the text between ``<!-- bench:results:begin -->`` and
-``<!-- bench:results:end -->`` in that file is replaced.
+``<!-- bench:results:end -->`` in that file is replaced, and the edge scale
+run's section (``<!-- bench:scale-edge:begin -->``, bench/scale_edge.py) when
+the results have one (its plot: scale-edge.png beside --png). Results without
+rounds (run.py --only-scale) leave the rounds' section and plot alone.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import scale_edge  # noqa: E402
 import scale_registrar  # noqa: E402
 import soak  # noqa: E402
 
@@ -422,8 +426,9 @@ def main(argv: list[str]) -> int:
         else:
             print(text)
         return 0
-    # a results file of the scale runs alone (run.py --only-scale) leaves the main section alone
-    main_part = bool(results.get("rounds")) or "scale_registrar" not in results
+    # a results file of the scale runs alone (run.py --only-scale) leaves the rounds' section and plot alone
+    scale_parts = [part for part in ("scale_edge", "scale_registrar") if part in results]
+    main_part = bool(results.get("rounds")) or "instructions" in results or not scale_parts
     text = render(results) if main_part else ""
     if args.doc and main_part:
         replace_section(args.doc, BEGIN, END, text)
@@ -431,6 +436,14 @@ def main(argv: list[str]) -> int:
         print(text)
     if args.png and main_part:
         plot(results, args.png)
+    if "scale_edge" in results:  # bench/scale_edge.py's section and plot
+        section = scale_edge.render(results)
+        if args.doc:
+            replace_section(args.doc, scale_edge.BEGIN, scale_edge.END, section)
+        else:
+            print(section)
+        if args.png or args.doc:
+            scale_edge.plot(results, (args.png or args.doc).with_name("scale-edge.png"))
     if "scale_registrar" in results:  # bench/scale_registrar.py's section and plot
         section = scale_registrar.render(results)
         if args.doc:

@@ -48,6 +48,7 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 import instructions  # noqa: E402
+import scale_edge  # noqa: E402
 import scale_registrar  # noqa: E402
 import soak  # noqa: E402
 
@@ -236,6 +237,7 @@ class Settings:
     soak: float = 0.0  # --soak MINUTES: the soak alone (bench/soak.py)
     soak_call_rate: int = 0
     scale_bindings: tuple[int, ...] = ()
+    scale_flows: tuple[int, ...] = ()  # the edge scale run's sizes (bench/scale_edge.py)
 
     def addr(self, host: int) -> str:
         return f"{self.net}.{host}"
@@ -703,6 +705,9 @@ def parse_args(argv: list[str]) -> Settings:
     parser.add_argument("--scale-bindings", default="10000,100000,1000000",
                         help="registrar scale run (bench/scale_registrar.py): bindings held, comma-separated "
                              "(default 10000,100000,1000000, about 12 minutes; empty: skip)")
+    parser.add_argument("--scale-flows", default=scale_edge.DEFAULT_SIZES,
+                        help="the edge scale run's sizes, registered TCP flows held by one edge "
+                             f"(bench/scale_edge.py; default {scale_edge.DEFAULT_SIZES}; \"\": skip)")
     parser.add_argument("--only-scale", action="store_true",
                         help="no rounds, instructions, durability or metrics cost: the scale runs alone")
     parser.add_argument("--quick", action="store_true", help="one short pair, for development")
@@ -715,25 +720,26 @@ def parse_args(argv: list[str]) -> Settings:
         args.durability = min(args.durability, 5000)
         args.instructions = min(args.instructions, 20)
         args.scale_bindings = "2000,20000" if args.scale_bindings else ""
+        args.scale_flows = "500,1000" if args.scale_flows else ""
+    only_other = args.only_instructions or args.only_scale
     order = ([args.first, "native" if args.first == "ours" else "ours"] + ([] if args.no_floor else ["floor"])) \
         * args.pairs
     # absolute: Kamailio changes its working directory to /
     workdir = (args.workdir or BENCH / ".work" / time.strftime("%Y%m%d-%H%M%S")).resolve()
-    if args.only_scale:
-        args.only_instructions, args.instructions = True, 0
     return Settings(
-        net=args.net, rounds=[] if args.only_instructions or args.soak else order, step_seconds=args.step_seconds,
+        net=args.net, rounds=[] if only_other or args.soak else order, step_seconds=args.step_seconds,
         register_rates=[int(x) for x in args.register_rates.split(",")],
         call_rates=[int(x) for x in args.call_rates.split(",")], overshoot=args.overshoot,
         callees=args.callees, memory_flows=args.memory_flows, tcp_flows=args.tcp_flows, failovers=args.failovers,
         latency_seconds=args.latency_seconds, latency_register_rate=args.latency_register_rate,
         latency_call_rate=args.latency_call_rate, cpu_ref_register_rate=args.cpu_ref_register_rate,
         cpu_ref_call_rate=args.cpu_ref_call_rate, time_limit=args.time_limit, workdir=workdir,
-        usrloc_db_mode=args.usrloc_db_mode, durability=0 if args.only_instructions else args.durability,
-        metrics_cost=0 if args.only_instructions else args.metrics_cost, instructions=args.instructions,
+        usrloc_db_mode=args.usrloc_db_mode, durability=0 if only_other else args.durability,
+        metrics_cost=0 if only_other else args.metrics_cost, instructions=0 if args.only_scale else args.instructions,
         impls=tuple(dict.fromkeys(order)), mem_manager=args.mem_manager, setup_seconds=args.setup_seconds,
         soak=args.soak, soak_call_rate=args.soak_call_rate,
         scale_bindings=scale_registrar.parse_sizes(args.scale_bindings),
+        scale_flows=tuple(scale_edge.parse_sizes(args.scale_flows)),
     )
 
 
@@ -903,6 +909,11 @@ def main(argv: list[str]) -> int:
         except (ProcessError, RuntimeError, KeyError) as exc:
             log(f"metrics cost failed: {exc}")
             results["metrics_cost"] = {"error": str(exc)[:2000]}
+    if settings.scale_flows:
+        log(f"scale edge: {', '.join(map(str, settings.scale_flows))} flows")
+        results["scale_edge"] = scale_edge.measure(sys.modules[__name__], settings, list(settings.scale_flows),
+                                                   list(settings.impls), log)
+        out_path.write_text(json.dumps(results, indent=1))
     if settings.scale_bindings:
         results["scale_registrar"] = scale_registrar.measure(sys.modules[__name__], settings, log)
         out_path.write_text(json.dumps(results, indent=1))
@@ -913,6 +924,7 @@ def main(argv: list[str]) -> int:
     failed = any("error" in r for r in results["rounds"]) or any(
         "error" in results.get(part, {})
         for part in ("durability", "replication", "metrics_cost", "instructions", "scale_registrar"))
+    failed = failed or any("error" in r for r in results.get("scale_edge", {}).get("impls", {}).values())
     return 1 if failed else 0
 
 

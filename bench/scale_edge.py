@@ -523,28 +523,29 @@ class ScaleRun:
 
     def refresh(self, size: int) -> dict:
         """The refresh users registered again, REFRESH_COUNT REGISTERs at REFRESH_RATE over one TCP connection."""
-        run = self.run
-        before = self.cpu()
-        sipp = self.sipp(f"refresh-{size}", "register/uac.xml", REFRESH_HOST, "t1", REFRESH_COUNT, REFRESH_RATE,
-                         self.refresh_users, REFRESH_COUNT / REFRESH_RATE * 3 + 30, call_limit=REFRESH_RATE * 6)
-        sipp.wait()
-        after = self.cpu()
-        stats = run.sipp_stats(sipp)
+        stats, cpu = self.measured(f"refresh-{size}", "register/uac.xml", REFRESH_HOST, "t1", REFRESH_COUNT,
+                                   REFRESH_RATE, self.refresh_users)
         return {"registrations": stats.successful, "failed": stats.failed, "seconds": round(stats.elapsed, 2),
-                "cpu_us": {k: rounded(us_per(after[k] - before[k], stats.successful)) for k in before}}
+                "cpu_us": {k: rounded(us_per(used, stats.successful)) for k, used in cpu.items()}}
 
     def calls(self, size: int) -> dict:
         """CALL_COUNT calls at CALL_RATE over UDP to the callees; CPU per INVITE or BYE."""
-        run = self.run
-        before = self.cpu()
-        sipp = self.sipp(f"calls-{size}", "caller/uac.xml", CALLER_HOST, "u1", CALL_COUNT, CALL_RATE,
-                         self.callee_users, CALL_COUNT / CALL_RATE * 3 + 30, call_limit=CALL_RATE * 6)
-        sipp.wait()
-        after = self.cpu()
-        stats = run.sipp_stats(sipp)
+        stats, cpu = self.measured(f"calls-{size}", "caller/uac.xml", CALLER_HOST, "u1", CALL_COUNT, CALL_RATE,
+                                   self.callee_users)
         tx = stats.successful * 2
         return {"calls": stats.successful, "failed": stats.failed, "seconds": round(stats.elapsed, 2),
-                "cpu_us_per_tx": {k: rounded(us_per(after[k] - before[k], tx)) for k in before}}
+                "cpu_us_per_tx": {k: rounded(us_per(used, tx)) for k, used in cpu.items()}}
+
+    def measured(self, tag: str, scenario: str, host: int, transport: str, count: int, rate: int,
+                 users: Path) -> tuple:
+        """One bounded SIPp run of ``count`` calls at ``rate``; its statistics and the
+        CPU seconds each role used meanwhile."""
+        before = self.cpu()
+        sipp = self.sipp(tag, scenario, host, transport, count, rate, users, count / rate * 3 + 30,
+                         call_limit=rate * 6)
+        sipp.wait()
+        after = self.cpu()
+        return self.run.sipp_stats(sipp), {k: after[k] - before[k] for k in before}
 
 
 def rounded(value: float | None, digits: int = 0) -> float | None:

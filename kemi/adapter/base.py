@@ -57,6 +57,45 @@ def names_us(route: NameAddr) -> bool:
     return KSR.is_myself(f"sip:{uri.host}{port}{transport}") > 0
 
 
+# RFC 3261 §9.2: nothing to cancel here; say so rather than drop it
+CANCEL_UNMATCHED = Reply(481, "Call/Transaction Does Not Exist", "CANCEL matches no transaction",
+                         cause="cancel_unmatched")
+
+
+def max_forwards_refusal(maxfwd: int) -> Reply:
+    """The answer to a request process_maxfwd refused with ``maxfwd`` (< 0): the
+    module reads an empty Max-Forwards as 0, RFC 3261 §25.1 says 1*DIGIT."""
+    value = str(KSR.pv.get("$hdr(Max-Forwards)") or "").strip()
+    if maxfwd == MAXFWD_UNPARSABLE or not is_digits(value):
+        return Reply(400, "Bad Max-Forwards", f"Max-Forwards {value[:20]!r} is not a number",
+                     cause="bad_max_forwards")
+    return Reply(483, "Too Many Hops", "Max-Forwards exhausted", cause="too_many_hops")
+
+
+def next_hop_unreachable() -> Reply:
+    """t_relay could not send: a transport error counts as a 503 from the next hop
+    (RFC 3261 §16.9) and a proxy whose only answer is a 503 sends 500 (§16.7
+    step 6); sl_reply_error() would say "500 No error" here."""
+    next_hop = str(KSR.pv.get("$du") or "") or KSR.kx.get_ruri()
+    return Reply(500, "Next Hop Unreachable", f"could not send to {next_hop[:100]!r}",
+                 cause="next_hop_unreachable")
+
+
+def stray_reply_goes_on() -> bool:
+    """A reply that matches none of our transactions (a 2xx retransmission, a
+    stray reply) goes on statelessly along its Via, as RFC 3261 §16.7 says,
+    unless outbound.relay.stray_reply_refusal says no (False: drop it)."""
+    vias = snapshot().headers.values("via")
+    refusal = stray_reply_refusal(vias[1] if len(vias) > 1 else None)
+    if refusal is not None:
+        KSR.notice(f"kemi-outbound: reply {KSR.kx.get_status()} from {KSR.kx.get_srcip()} "
+                   f"matches no transaction: dropped, {refusal}\n")
+        return False
+    KSR.info(f"kemi-outbound: reply {KSR.kx.get_status()} from {KSR.kx.get_srcip()} "
+             "matches no transaction: forwarded statelessly\n")
+    return True
+
+
 class DialogSeal:
     """Our Record-Route entries carry a MAC of the Call-ID (outbound.relay.dialog_seal);
     an in-dialog request is relayed only when one of our leading Route entries
@@ -111,13 +150,7 @@ class BaseRoutes:
             return 1  # dropped without an answer: replying to a flood amplifies it
         maxfwd = KSR.maxfwd.process_maxfwd(10)
         if maxfwd < 0:
-            # the module reads an empty Max-Forwards as 0; RFC 3261 §25.1 says 1*DIGIT
-            value = str(KSR.pv.get("$hdr(Max-Forwards)") or "").strip()
-            if maxfwd == MAXFWD_UNPARSABLE or not is_digits(value):
-                send_reply(Reply(400, "Bad Max-Forwards", f"Max-Forwards {value[:20]!r} is not a number",
-                                 cause="bad_max_forwards"))
-            else:
-                send_reply(Reply(483, "Too Many Hops", "Max-Forwards exhausted", cause="too_many_hops"))
+            send_reply(max_forwards_refusal(maxfwd))
             return 1
         # 1511 + 512: Proxy-Require is checked too (RFC 3261 §16.3 step 4: 420 with
         # Unsupported for an extension we lack, which is every one)
@@ -129,9 +162,7 @@ class BaseRoutes:
             if KSR.tm.t_check_trans() > 0:
                 self.relay()
             else:
-                # RFC 3261 §9.2: nothing to cancel here; say so rather than drop it
-                send_reply(Reply(481, "Call/Transaction Does Not Exist", "CANCEL matches no transaction",
-                                 cause="cancel_unmatched"))
+                send_reply(CANCEL_UNMATCHED)
             return 1
         if KSR.siputils.has_totag() > 0:
             return self.within_dialog()
@@ -150,6 +181,11 @@ class BaseRoutes:
             return False
         if KSR.pike.pike_check_req() > 0:
             return True
+        return self.too_busy_allowed(src, ban_seconds)
+
+    def too_busy_allowed(self, src: str, ban_seconds: int) -> bool:
+        """pike finds ``src`` too busy: True when it is trusted or ourselves,
+        else False after banning it."""
         if self.trusted_source() or KSR.is_myself(f"sip:{bracket(src)}"):
             return True
         if KSR.htable.sht_inc(BAN_TABLE, src) == 1:
@@ -234,31 +270,69 @@ class BaseRoutes:
 
     def relay(self) -> None:
         if KSR.tm.t_relay() < 0:
-            # a transport error counts as a 503 from the next hop (RFC 3261 §16.9) and a
-            # proxy whose only answer is a 503 sends 500 (§16.7 step 6); sl_reply_error()
-            # would say "500 No error" here
-            next_hop = str(KSR.pv.get("$du") or "") or KSR.kx.get_ruri()
-            send_reply(Reply(500, "Next Hop Unreachable", f"could not send to {next_hop[:100]!r}",
-                             cause="next_hop_unreachable"))
+            send_reply(next_hop_unreachable())
 
     @guarded
     def ksr_reply_route(self, msg: Any) -> int:
         """A reply that matches none of our transactions (a 2xx retransmission, a
         stray reply) goes on statelessly along its Via, as RFC 3261 §16.7 says."""
-        if KSR.tm.t_check_trans() < 0:
-            vias = snapshot().headers.values("via")
-            refusal = stray_reply_refusal(vias[1] if len(vias) > 1 else None)
-            if refusal is not None:
-                KSR.notice(f"kemi-outbound: reply {KSR.kx.get_status()} from {KSR.kx.get_srcip()} "
-                           f"matches no transaction: dropped, {refusal}\n")
-                KSR.set_drop()
-                return 1
-            KSR.info(f"kemi-outbound: reply {KSR.kx.get_status()} from {KSR.kx.get_srcip()} "
-                     "matches no transaction: forwarded statelessly\n")
+        if KSR.tm.t_check_trans() < 0 and not stray_reply_goes_on():
+            KSR.set_drop()
         return 1
 
     def ksr_onsend_route(self, msg: Any) -> int:
         return 1
+
+    # ----- entries of a native cfg (python_exec, cfg/edge.cfg "Routing Logic") ----
+    # There Kamailio's own engine runs the prologue, the transaction matching
+    # and the replies, and enters Python only where outbound decides something
+    # or to answer a refusal (every answer of ours goes through send_reply:
+    # the decision log and the counters). docs/design.md, "Where Python runs".
+
+    @guarded
+    def ksr_register(self, msg: Any) -> int:
+        check_fault_injection(self.runtime)
+        return self.register()
+
+    @guarded
+    def ksr_initial(self, msg: Any) -> int:
+        check_fault_injection(self.runtime)
+        return self.initial()
+
+    @guarded
+    def ksr_within_dialog(self, msg: Any) -> int:
+        check_fault_injection(self.runtime)
+        return self.within_dialog()
+
+    @guarded
+    def ksr_flood(self, msg: Any) -> int:
+        """pike finds the source too busy: 1 when it may go on (trusted, or
+        ourselves), -1 when it is dropped without an answer (banned now)."""
+        if self.ban_seconds is None:
+            return 1
+        return 1 if self.too_busy_allowed(KSR.kx.get_srcip(), self.ban_seconds) else -1
+
+    @guarded
+    def ksr_max_forwards(self, msg: Any, maxfwd: str = "") -> int:
+        """process_maxfwd refused the request: ``maxfwd`` is its return code."""
+        send_reply(max_forwards_refusal(int(maxfwd) if maxfwd.lstrip("-").isdigit() else -1))
+        return 1
+
+    @guarded
+    def ksr_cancel_unmatched(self, msg: Any) -> int:
+        send_reply(CANCEL_UNMATCHED)
+        return 1
+
+    @guarded
+    def ksr_relay_failed(self, msg: Any) -> int:
+        """The cfg's t_relay could not send."""
+        send_reply(next_hop_unreachable())
+        return 1
+
+    @guarded
+    def ksr_stray_reply(self, msg: Any) -> int:
+        """A reply matching none of our transactions: 1 when it goes on, -1 to drop it."""
+        return 1 if stray_reply_goes_on() else -1
 
     def ksr_xhttp_event(self, msg: Any, event: str = "") -> int:
         """xhttp event callback: an HTTP request. Only the metrics socket answers

@@ -59,6 +59,11 @@ HOME_REPLY_ROUTE = "ksr_reply_home"
 DIALOG_FAILURE_ROUTE = "ksr_failure_dialog"
 TM_CALLBACKS = (BRANCH_ROUTE, BRANCH_FAILURE_ROUTE, FAILURE_ROUTE,
                 FLOW_FAILURE_ROUTE, HOME_FAILURE_ROUTE, HOME_REPLY_ROUTE, DIALOG_FAILURE_ROUTE)
+# the edge's tm routes in its native cfg (failure_route[...], onreply_route[...]), each calling the method
+EDGE_TM_ROUTES = (FLOW_FAILURE_ROUTE, HOME_FAILURE_ROUTE, HOME_REPLY_ROUTE, DIALOG_FAILURE_ROUTE)
+# what a native cfg's routes call with python_exec (cfg/edge.cfg, adapter.base.BaseRoutes)
+NATIVE_ENTRIES = ("ksr_register", "ksr_initial", "ksr_within_dialog", "ksr_flood", "ksr_max_forwards",
+                  "ksr_cancel_unmatched", "ksr_relay_failed", "ksr_stray_reply")
 
 # ----- cfg defines the Python reads --------------------------------------------
 
@@ -92,7 +97,7 @@ DEFINE_OVERRIDES = {
 # ----- names only the Python uses ---------------------------------------------
 
 DNS_REMAINING_AVP = "$avp(ko_dns_remaining)"  # targets still to try (transaction AVP)
-DNS_CURRENT_AVP = "$avp(ko_dns_current)"  # the target being tried
+DNS_CURRENT_AVP = "$avp(ko_dns_current)"  # the target being tried (cfg/edge.cfg reads it too)
 REGISTER_CONID_AVP = "$avp(ko_reg_conid)"  # edge: the device connection of a REGISTER (its 2xx sets the lifetime)
 REGISTER_FLOW_AVP = "$avp(ko_reg_flow)"  # edge: "flow-key conn-id expires aor" of a REGISTER (its 2xx books the flow)
 FORK_XAVP = "ko_tx"  # the home proxy's transaction state (outbound.forking.ForkState.to_text)
@@ -142,6 +147,10 @@ CFG_NAMES = (
     CfgName(XHTTP_CALLBACK, "callback", ALL_ROLES),
     CfgName(WS_EVENT_CALLBACK, "callback", (EDGE, SINGLE)),
     CfgName(SWEEP_TIMER, "timer", (SINGLE,)),
+    # the edge's native cfg: its tm routes and python_exec entries, and the AVP its
+    # failure route reads (the target being tried)
+    *(CfgName(name, "callback", (EDGE,)) for name in EDGE_TM_ROUTES + NATIVE_ENTRIES),
+    CfgName("ko_dns_current", "avp", (EDGE,)),
 )
 
 

@@ -28,7 +28,8 @@ ROLE_CLASSES = {names.EDGE: EdgeRoutes, names.REGISTRAR: RegistrarRoutes, names.
 # the tm callbacks each role arms (t_on_failure, t_on_branch, ...) and the cfg callbacks it declares
 ROLE_CALLBACKS = {
     names.EDGE: (names.FLOW_FAILURE_ROUTE, names.HOME_FAILURE_ROUTE, names.HOME_REPLY_ROUTE,
-                 names.DIALOG_FAILURE_ROUTE, names.XHTTP_CALLBACK, names.WS_EVENT_CALLBACK, names.TCP_EVENT_CALLBACK),
+                 names.DIALOG_FAILURE_ROUTE, names.XHTTP_CALLBACK, names.WS_EVENT_CALLBACK, names.TCP_EVENT_CALLBACK,
+                 *names.NATIVE_ENTRIES),
     names.REGISTRAR: (names.BRANCH_ROUTE, names.BRANCH_FAILURE_ROUTE, names.FAILURE_ROUTE,
                       names.DIALOG_FAILURE_ROUTE, names.XHTTP_CALLBACK),
     names.SINGLE: (names.FLOW_FAILURE_ROUTE, names.DIALOG_FAILURE_ROUTE, names.BRANCH_ROUTE,

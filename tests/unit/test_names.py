@@ -112,3 +112,21 @@ def test_no_module_spells_a_shared_name_itself():
                 text = node.value
                 assert not re.search(r"\$x?avp\(|\bko_\w+|\bksr_\w+_(outbound|flow|home|flows)\b|^ipban$", text), \
                     f"{path.name}: literal {text!r} belongs in adapter/names.py"
+
+
+def test_each_tm_route_of_the_edge_cfg_calls_the_python_method_of_its_own_name():
+    """cfg/edge.cfg runs Kamailio's cfg engine: a tm route the Python arms by
+    name (t_on_failure, t_on_reply) is a cfg block, and a block that called
+    another method than its own name would run the wrong rule."""
+    code = code_lines(CFG[names.EDGE])
+    for name in names.EDGE_TM_ROUTES:
+        block = re.search(rf"^(?:failure|onreply)_route\[{name}\]\s*\{{(.*?)^\}}", code, re.M | re.S)
+        assert block is not None, f"cfg/edge.cfg has no tm route {name}"
+        assert re.findall(r'python_exec\("(ksr_\w+)"', block.group(1)) == [name], name
+
+
+def test_every_python_exec_of_the_edge_cfg_names_a_method_of_its_routes():
+    called = set(re.findall(r'python_exec\("(\w+)"', code_lines(CFG[names.EDGE])))
+    assert called >= set(names.NATIVE_ENTRIES)
+    for name in called:
+        assert callable(getattr(EdgeRoutes, name, None)), f"cfg/edge.cfg calls {name}, which EdgeRoutes lacks"

@@ -19,7 +19,7 @@ from outbound.metrics import FLOW_TOKENS
 from outbound.policy import contact_expiry, edge_path_kind
 from outbound.relay import EdgeStep, Onward, ToHome, edge_step, next_hop_refusal
 from outbound.routing import DIALOG_FORMING, RouteView, ToFlow, record_route_token, route_decision
-from outbound.sipmsg import NameAddr, SipSyntaxError, SipUri, parse_delta_seconds, parse_name_addrs
+from outbound.sipmsg import NameAddr, SipSyntaxError, SipUri, parse_delta_seconds
 
 from .base import BaseRoutes
 from .flows import FlowRelay, source_flow
@@ -80,7 +80,7 @@ class EdgeRoutes(BaseRoutes):
     def add_path(self) -> PathKind:
         """Path with a flow token and ``;ob`` when outbound applies, else plain."""
         snap = snapshot()
-        contacts = tuple(parse_name_addrs(snap.headers, "contact"))
+        contacts = snap.headers.name_addrs("contact")
         kind = edge_path_kind(snap.headers.first_hop, contacts, self.runtime.config.force_outbound)
         if kind is PathKind.FLOW:
             flow = source_flow(snap)

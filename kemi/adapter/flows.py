@@ -16,7 +16,7 @@ from outbound.decisions import Reply
 from outbound.metrics import FLOW_TOKENS
 from outbound.policy import idle_lifetime
 from outbound.routing import RouteView, ToFlow, flow_refusal, toward_endpoint
-from outbound.sipmsg import NameAddr, SipSyntaxError, parse_name_addr, parse_name_addrs
+from outbound.sipmsg import NameAddr, SipSyntaxError, parse_name_addr
 from outbound.tokens import Flow, FlowTokenCodec
 
 from .base import leading_own_routes, names_us
@@ -77,13 +77,13 @@ class FlowRelay:
     def route_view(self) -> RouteView:
         """What outbound.routing needs of the current request."""
         snap = snapshot()
-        routes = tuple(parse_name_addrs(snap.headers, "route")[:ROUTES_READ])
+        routes = snap.headers.name_addrs("route")[:ROUTES_READ]
         strict = _strict_routed_uri()
         if strict is not None:
             # RFC 3261 §16.4: a strict router upstream put our Record-Route URI in the
             # Request-URI; it counts as our top Route (loose_route restores the R-URI)
             routes = (strict, *routes[:1])
-        contacts = parse_name_addrs(snap.headers, "contact")
+        contacts = snap.headers.name_addrs("contact")
         return RouteView(
             method=snap.method.upper(),
             first_hop=snap.headers.first_hop,

@@ -173,27 +173,29 @@ class Snapshot:
 # numbers may repeat, so the Call-ID is part of the key
 _LAST_SNAPSHOT: list[tuple[object, Snapshot]] = []
 
+# the key and the transport facts of a message in one pv call: the method and
+# the addresses hold no space; the Call-ID goes last, so a space in it (a
+# malformed one) stays inside it
+_MESSAGE_FACTS = "$_s($mi $rm $pr $si $sp $Ri $Rp $conid $ci)"
+_FACT_COUNT = 9
+
 
 def snapshot() -> Snapshot:
     """The current message as the core reads it; read from Kamailio once per message."""
-    message_id = (KSR.pv.get("$mi"), KSR.kx.get_callid())
+    facts = str(KSR.pv.get(_MESSAGE_FACTS)).split(" ", _FACT_COUNT - 1)
+    message_id = (facts[0], facts[-1])
     if _LAST_SNAPSHOT and _LAST_SNAPSHOT[0][0] == message_id:
         return _LAST_SNAPSHOT[0][1]
-    taken = _read_snapshot()
+    taken = _read_snapshot(facts)
     _LAST_SNAPSHOT[:] = [(message_id, taken)]
     return taken
 
 
-# the transport facts of a message in one pv call (method and addresses hold no space)
-_TRANSPORT_FACTS = "$_s($rm $pr $si $sp $Ri $Rp $conid)"
-
-
-def _read_snapshot() -> Snapshot:
+def _read_snapshot(facts: list[str]) -> Snapshot:
     headers = Headers.from_kamailio(kamailio_fields())
-    facts = str(KSR.pv.get(_TRANSPORT_FACTS)).split(" ")
-    if len(facts) != 7 or not (is_digits(facts[3]) and is_digits(facts[5])):
+    if len(facts) != _FACT_COUNT or not (is_digits(facts[4]) and is_digits(facts[6])):
         return _read_snapshot_by_call(headers)
-    method, proto, src_ip, src_port, rcv_ip, rcv_port, conn_id = facts
+    _, method, proto, src_ip, src_port, rcv_ip, rcv_port, conn_id, _ = facts
     return Snapshot(
         method=method,
         headers=headers,

@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
 from .errors import SipSyntaxError
+from .memo import remember
 
 COMPACT_FORMS = {
     "v": "via",
@@ -182,6 +183,9 @@ class Headers:
         value (RFC 5626 §5.1 "the edge proxy is the first hop", §6 "the
         registrar is the first hop"; RFC 3261 §16.6: every proxy adds one).
         The one place this rule lives."""
+        vias = self._by_name.get("via")
+        if vias is not None and len(vias) == 1 and _single_value(vias[0]):
+            return True  # one field holding one plain value: no split needed
         return len(self.values("via")) == 1
 
     def values(self, name: str) -> list[str]:
@@ -196,7 +200,11 @@ class Headers:
         """Every value of a Contact/Path/Route-like header, parsed (:func:`parse_name_addr`)."""
         parsed = self._name_addrs.get(name)
         if parsed is None:
-            parsed = tuple(parse_name_addr(value) for value in self.values(name))
+            bodies = self.bodies(name)
+            if len(bodies) == 1:
+                parsed = name_addrs_of(bodies[0])  # the common case: one field
+            else:
+                parsed = tuple(value for body in bodies for value in name_addrs_of(body))
             self._name_addrs[name] = parsed
         return parsed
 
@@ -206,6 +214,12 @@ class Headers:
 
     def option_tags(self, name: str) -> frozenset[str]:
         return frozenset(v.strip().lower() for v in self.values(name) if v.strip())
+
+
+def _single_value(body: str) -> bool:
+    """The body is one value for :func:`split_values` beyond doubt: not empty,
+    no comma, and nothing (a quote, an angle bracket) that could make it fail."""
+    return bool(body) and "," not in body and '"' not in body and "<" not in body
 
 
 # Outside quotes only '<', '>' and ',' matter; a quoted string runs to its closing
@@ -351,7 +365,42 @@ def _find_outside_quotes(text: str, char: str) -> int:
     return -1
 
 
+# Values are parsed once per process (outbound.memo): a device's Contact comes
+# again with its refresh, our Record-Route entries with every request of the
+# dialog. Only short values are kept (a memo never holds a long header value).
+MEMO_ENTRIES = 4096
+MEMO_VALUE_CHARS = 512
+_NAME_ADDRS: dict[str, NameAddr] = {}
+_SIP_URIS: dict[str, SipUri] = {}
+
+
 def parse_name_addr(value: str) -> NameAddr:
+    """One Contact/Path/Route value (RFC 3261 §20.10 name-addr / addr-spec
+    with header parameters); the same result object for the same text."""
+    known = _NAME_ADDRS.get(value)
+    if known is None:
+        known = _parse_name_addr(value)
+        if len(value) <= MEMO_VALUE_CHARS:
+            remember(_NAME_ADDRS, value, known, MEMO_ENTRIES)
+    return known
+
+
+_BODY_NAME_ADDRS: dict[str, tuple[NameAddr, ...]] = {}
+
+
+def name_addrs_of(body: str) -> tuple[NameAddr, ...]:
+    """Every value of one Contact/Path/Route-like header field, parsed (split
+    with :func:`split_values`, each value with :func:`parse_name_addr`); the
+    same result for the same text, kept like :func:`parse_name_addr`'s."""
+    known = _BODY_NAME_ADDRS.get(body)
+    if known is None:
+        known = tuple(parse_name_addr(value) for value in split_values(body))
+        if len(body) <= MEMO_VALUE_CHARS:
+            remember(_BODY_NAME_ADDRS, body, known, MEMO_ENTRIES)
+    return known
+
+
+def _parse_name_addr(value: str) -> NameAddr:
     value = value.strip()
     if value == "*":
         return NameAddr(uri="*", star=True)
@@ -387,6 +436,17 @@ class SipUri:
 
     @classmethod
     def parse(cls, uri: str) -> SipUri:
+        """The URI's parts; the same result object for the same text (the memo
+        of :func:`parse_name_addr`)."""
+        known = _SIP_URIS.get(uri)
+        if known is None:
+            known = cls._parse(uri)
+            if len(uri) <= MEMO_VALUE_CHARS:
+                remember(_SIP_URIS, uri, known, MEMO_ENTRIES)
+        return known
+
+    @classmethod
+    def _parse(cls, uri: str) -> SipUri:
         scheme, colon, rest = uri.partition(":")
         scheme = scheme.strip().lower()
         if not colon or scheme not in ("sip", "sips"):

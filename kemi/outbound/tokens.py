@@ -42,6 +42,7 @@ from enum import Enum
 
 from .addresses import canonical_ip
 from .errors import KeyFormatError, TokenError
+from .memo import remember
 from .sipmsg import bracket
 
 MAC_BYTES = 10
@@ -204,7 +205,7 @@ class FlowTokenCodec:
         token = self._signed.get(flow)
         if token is None:
             token = self._sign(flow)
-            _remember(self._signed, flow, token)
+            remember(self._signed, flow, token, MEMO_MAX)
         return token
 
     def _sign(self, flow: Flow) -> str:
@@ -238,7 +239,7 @@ class FlowTokenCodec:
             return known
         decoded = self._verify(token)
         if decoded.verdict is Verdict.VALID:
-            _remember(self._verified, token, decoded)
+            remember(self._verified, token, decoded, MEMO_MAX)
         return decoded
 
     def _verify(self, token: str) -> Decoded:
@@ -255,12 +256,6 @@ class FlowTokenCodec:
         if flow is None:  # signed by us but not in a form we know: treat as forged
             return Decoded(Verdict.FORGED)
         return Decoded(Verdict.VALID, flow)
-
-
-def _remember(memo: dict, key: object, value: object) -> None:
-    if len(memo) >= MEMO_MAX:
-        memo.clear()
-    memo[key] = value
 
 
 def peek_flow(token: str | None) -> Flow | None:

@@ -1,0 +1,22 @@
+"""Bounded per-process memos of pure functions (tokens, header values).
+
+A memo maps an input text (or value) to the result a pure function gave for
+it, so a value seen again (a device's refresh, a dialog's Route set coming
+back, the farm's URIs) costs one dict lookup. Bounded by clearing: a stream of
+new values (a flood, a scan) costs the work it would cost without a memo and
+never more memory than ``limit`` entries.
+"""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+def remember(memo: dict[K, V], key: K, value: V, limit: int) -> None:
+    """Keep ``key -> value``; a full memo is emptied first."""
+    if len(memo) >= limit:
+        memo.clear()
+    memo[key] = value

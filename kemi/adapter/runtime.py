@@ -38,11 +38,11 @@ WANTED_HEADERS = frozenset(
 
 # Kamailio's own view of those header fields (docs/parsing.md): $hdrc / $hdr
 # match a known header by its type, so "v:" counts as Via, "m:" as Contact,
-# "k:" as Supported. One $_s call gives every count; $msg(hdrc) is null when
-# Kamailio's parser fails on any header of the message.
+# "k:" as Supported. One $_s call gives every count, after $msg(hdrc): the
+# number of header fields, null (written "<null>") when Kamailio's parser
+# fails on any header of the message.
 _READ_ORDER = ("via", "contact", "path", "route", "supported", "require", "expires")
-_PARSE_CHECK = "$msg(hdrc)"
-_COUNTS = "$_s(" + " ".join(f"$hdrc({name})" for name in _READ_ORDER) + ")"
+_COUNTS = "$_s($msg(hdrc) " + " ".join(f"$hdrc({name})" for name in _READ_ORDER) + ")"
 # $hdr(name)[i] with a literal index for the first fields (each spelling is one
 # entry of Kamailio's pv cache); beyond, one spec with the index in a $var, so
 # a message with thousands of Routes cannot fill the cache
@@ -57,10 +57,11 @@ def kamailio_fields() -> dict[str, list[str]]:
     a second parser's). Never the raw buffer, so a body is never decoded; a
     field we read that is not UTF-8 raises UnicodeDecodeError (answered 400)."""
     pv_get = KSR.pv.get
-    if pv_get(_PARSE_CHECK) is None:
+    all_fields, *counts = str(pv_get(_COUNTS)).split(" ")
+    if not is_digits(all_fields):
         raise SipSyntaxError("Kamailio's parser cannot read every header field of the message")
     by_name: dict[str, list[str]] = {}
-    for name, count in zip(_READ_ORDER, str(pv_get(_COUNTS)).split(" "), strict=True):
+    for name, count in zip(_READ_ORDER, counts, strict=True):
         if count == "0":
             continue
         specs = _FIELD_SPECS[name]

@@ -2,6 +2,7 @@
 
 import pytest
 
+from outbound import sipmsg
 from outbound.errors import SipSyntaxError
 from outbound.sipmsg import (
     Headers,
@@ -358,6 +359,9 @@ def test_rfc3261_25_1_port_with_leading_zeros():
 
 @pytest.mark.parametrize(("vias", "first_hop"), [
     (("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1",), True),
+    (('SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1;x="a,b"',), True),  # a quoted comma is no second value
+    (('SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1;x="a,b", SIP/2.0/UDP 192.0.2.2',), False),
+    ((",SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1,",), True),  # empty values do not count
     (("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1, SIP/2.0/UDP 192.0.2.2;branch=z9hG4bK2",), False),
     (("SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK1", "SIP/2.0/UDP 192.0.2.2;branch=z9hG4bK2"), False),
     ((), False),
@@ -366,6 +370,13 @@ def test_first_hop_is_exactly_one_via_value(vias, first_hop):
     """RFC 5626 §5.1 / §6: the UA's first hop sees the UA's own Via and no other."""
     headers = Headers(block(*(f"Via: {v}" for v in vias), "Contact: <sip:ua@h>"))
     assert headers.first_hop is first_hop
+
+
+@pytest.mark.parametrize("via", ['SIP/2.0/UDP 192.0.2.1;x="open', "SIP/2.0/UDP 192.0.2.1;x=<open"])
+def test_rfc5626_5_1_an_unreadable_single_via_is_a_syntax_error_not_a_first_hop(via):
+    """The one-field shortcut of first_hop never answers for a value the split refuses."""
+    with pytest.raises(SipSyntaxError):
+        _ = Headers(block(f"Via: {via}")).first_hop
 
 
 def test_values_are_split_once_and_handed_out_as_copies():
@@ -380,3 +391,33 @@ def test_name_addrs_are_parsed_once_per_message():
     assert headers.name_addrs("route") == headers.name_addrs("route")
     assert headers.name_addrs("route")[0] is headers.name_addrs("route")[0]
     assert [r.sip_uri.host for r in parse_name_addrs(headers, "route")] == ["edge.example.com", "core.example.com"]
+
+
+def test_a_value_seen_again_is_parsed_once_per_process():
+    """A device's Contact on its refresh, our Route entries with each request of
+    the dialog: the same text gives the same parsed object (outbound.memo)."""
+    contact = f"<sip:ua@192.0.2.9:5070;ob>;+sip.instance={INSTANCE};reg-id=1"
+    first = Headers(block("Via: SIP/2.0/UDP h", f"Contact: {contact}")).name_addrs("contact")
+    again = Headers(block("Via: SIP/2.0/UDP h", f"Contact: {contact}")).name_addrs("contact")
+    assert first == again and first[0] is again[0]
+    assert parse_name_addr(contact) is first[0]
+    assert SipUri.parse("sip:ua@192.0.2.9:5070;ob") is first[0].sip_uri
+
+
+def test_the_memo_keeps_no_long_value_and_no_refusal(monkeypatch):
+    long_uri = "sip:" + "a" * (sipmsg.MEMO_VALUE_CHARS + 10) + "@h"
+    parse_name_addr(f"<{long_uri}>")
+    SipUri.parse(long_uri)
+    assert f"<{long_uri}>" not in sipmsg._NAME_ADDRS and long_uri not in sipmsg._SIP_URIS
+    for _ in range(2):
+        with pytest.raises(SipSyntaxError):
+            parse_name_addr("<sip:never-closed")
+    assert "<sip:never-closed" not in sipmsg._NAME_ADDRS
+
+
+def test_the_memo_is_bounded(monkeypatch):
+    monkeypatch.setattr(sipmsg, "MEMO_ENTRIES", 3)
+    monkeypatch.setattr(sipmsg, "_SIP_URIS", {})
+    for index in range(10):
+        assert SipUri.parse(f"sip:ua{index}@h").user == f"ua{index}"
+        assert len(sipmsg._SIP_URIS) <= 3

@@ -37,7 +37,7 @@ import hmac
 import ipaddress
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from enum import Enum
 
 from .addresses import canonical_ip
@@ -97,7 +97,10 @@ class Flow:
             local, remote = canonical_ip(self.local_ip), canonical_ip(self.remote_ip)
         except ValueError:
             return self
-        return replace(self, transport=self.transport.lower(), local_ip=local, remote_ip=remote)
+        transport = self.transport.lower()
+        if transport == self.transport and local == self.local_ip and remote == self.remote_ip:
+            return self  # already spelled so (Kamailio's own $si, $Ri are)
+        return Flow(transport, local, self.local_port, remote, self.remote_port, self.conn_id)
 
     @property
     def destination(self) -> str:

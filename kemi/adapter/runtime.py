@@ -48,6 +48,7 @@ _COUNTS = "$_s($msg(hdrc) " + " ".join(f"$hdrc({name})" for name in _READ_ORDER)
 # a message with thousands of Routes cannot fill the cache
 _LITERAL_INDEXES = 16
 _FIELD_SPECS = {name: tuple(f"$(hdr({name})[{i}])" for i in range(_LITERAL_INDEXES)) for name in _READ_ORDER}
+_FIRST_FIELD = {name: specs[0] for name, specs in _FIELD_SPECS.items()}
 _FIELD_BY_VAR = {name: f"$(hdr({name})[{HDR_INDEX_VAR}])" for name in _READ_ORDER}
 
 
@@ -63,6 +64,9 @@ def kamailio_fields() -> dict[str, list[str]]:
     by_name: dict[str, list[str]] = {}
     for name, count in zip(_READ_ORDER, counts, strict=True):
         if count == "0":
+            continue
+        if count == "1":  # the common case, without a comprehension
+            by_name[name] = [pv_get(_FIRST_FIELD[name]) or ""]
             continue
         specs = _FIELD_SPECS[name]
         total = int(count)  # Kamailio's count of fields: a small number

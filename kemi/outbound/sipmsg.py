@@ -164,10 +164,12 @@ class Headers:
         same normalisation as :meth:`from_fields`."""
         headers = cls()
         control = _CONTROL.search
-        headers._by_name = {
-            name: [body.strip(" \t") if control(body) is None else _checked(name, unfold(body)) for body in bodies]
-            for name, bodies in by_name.items()
-        }
+        kept = headers._by_name
+        for name, bodies in by_name.items():  # plain loops: no comprehension frame per name
+            normal = []
+            for body in bodies:
+                normal.append(body.strip(" \t") if control(body) is None else _checked(name, unfold(body)))
+            kept[name] = normal
         return headers
 
     def as_dict(self) -> dict[str, list[str]]:
@@ -183,9 +185,11 @@ class Headers:
         value (RFC 5626 §5.1 "the edge proxy is the first hop", §6 "the
         registrar is the first hop"; RFC 3261 §16.6: every proxy adds one).
         The one place this rule lives."""
-        vias = self._by_name.get("via")
-        if vias is not None and len(vias) == 1 and _single_value(vias[0]):
+        vias = self._by_name.get("via", ())
+        if len(vias) == 1 and _single_value(vias[0]):
             return True  # one field holding one plain value: no split needed
+        if len(vias) == 2 and _single_value(vias[0]) and _single_value(vias[1]):
+            return False  # two such fields (a request a proxy passed on)
         return len(self.values("via")) == 1
 
     def values(self, name: str) -> list[str]:

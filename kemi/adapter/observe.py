@@ -58,13 +58,13 @@ class Observer:
         if not self.on:
             return
         prom = KSR.xhttp_prom
-        labels = tuple(label or "none" for label in labels)  # xhttp_prom refuses an empty label value
+        # xhttp_prom refuses an empty label value: "none" instead
         if not labels:
             prom.counter_inc_l0(metric.name, by)
         elif len(labels) == 1:
-            prom.counter_inc_l1(metric.name, by, labels[0])
+            prom.counter_inc_l1(metric.name, by, labels[0] or "none")
         else:
-            prom.counter_inc_l2(metric.name, by, labels[0], labels[1])
+            prom.counter_inc_l2(metric.name, by, labels[0] or "none", labels[1] or "none")
 
     def observe(self, metric: Metric, value: float) -> None:
         if self.on:

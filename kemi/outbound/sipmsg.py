@@ -370,9 +370,12 @@ def _find_outside_quotes(text: str, char: str) -> int:
 
 
 # Values are parsed once per process (outbound.memo): a device's Contact comes
-# again with its refresh, our Record-Route entries with every request of the
-# dialog. Only short values are kept (a memo never holds a long header value).
-MEMO_ENTRIES = 4096
+# again with the REGISTER that answers our challenge, our Record-Route entries
+# with the dialog's next requests. Only short values are kept, and few: at most
+# 1024 values of up to 512 characters in each memo, about 1.5 kB per
+# Contact-like value in the three, so about 1.5 MB per process. A repeat comes
+# soon, or (a refresh an hour later) after thousands of other values anyway.
+MEMO_ENTRIES = 1024
 MEMO_VALUE_CHARS = 512
 _NAME_ADDRS: dict[str, NameAddr] = {}
 _SIP_URIS: dict[str, SipUri] = {}

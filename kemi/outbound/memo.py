@@ -1,8 +1,8 @@
 """Bounded per-process memos of pure functions (tokens, header values).
 
 A memo maps an input text (or value) to the result a pure function gave for
-it, so a value seen again (a device's refresh, a dialog's Route set coming
-back, the farm's URIs) costs one dict lookup. Bounded by clearing: a stream of
+it, so a value seen again (the REGISTER that answers a challenge, a dialog's
+Route set coming back, a flow's token, the farm's URIs) costs one dict lookup. Bounded by clearing: a stream of
 new values (a flood, a scan) costs the work it would cost without a memo and
 never more memory than ``limit`` entries.
 """

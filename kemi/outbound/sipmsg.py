@@ -12,11 +12,14 @@ the caller answers with 400.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from .errors import SipSyntaxError
-from .memo import remember
+from .memo import text_memo
+
+V = TypeVar("V")
 
 COMPACT_FORMS = {
     "v": "via",
@@ -185,12 +188,7 @@ class Headers:
         value (RFC 5626 §5.1 "the edge proxy is the first hop", §6 "the
         registrar is the first hop"; RFC 3261 §16.6: every proxy adds one).
         The one place this rule lives."""
-        vias = self._by_name.get("via", ())
-        if len(vias) == 1 and _single_value(vias[0]):
-            return True  # one field holding one plain value: no split needed
-        if len(vias) == 2 and _single_value(vias[0]) and _single_value(vias[1]):
-            return False  # two such fields (a request a proxy passed on)
-        return len(self.values("via")) == 1
+        return self.value_count("via") == 1
 
     def values(self, name: str) -> list[str]:
         """Every comma-separated value of every header with this name."""
@@ -199,6 +197,14 @@ class Headers:
             split = tuple(value for body in self.bodies(name) for value in split_values(body))
             self._values[name] = split
         return list(split)
+
+    def value_count(self, name: str) -> int:
+        """``len(self.values(name))``, without splitting a field that is one
+        plain value (the common Via) nor building the list."""
+        count = 0
+        for body in self.bodies(name):
+            count += 1 if _single_value(body) else len(split_values(body))
+        return count
 
     def name_addrs(self, name: str) -> tuple[NameAddr, ...]:
         """Every value of a Contact/Path/Route-like header, parsed (:func:`parse_name_addr`)."""
@@ -221,8 +227,9 @@ class Headers:
 
 
 def _single_value(body: str) -> bool:
-    """The body is one value for :func:`split_values` beyond doubt: not empty,
-    no comma, and nothing (a quote, an angle bracket) that could make it fail."""
+    """The (normalised, so never blank) body is one value for
+    :func:`split_values` beyond doubt: not empty, no comma, and nothing (a
+    quote, an angle bracket) that could make the split fail."""
     return bool(body) and "," not in body and '"' not in body and "<" not in body
 
 
@@ -378,36 +385,17 @@ def _find_outside_quotes(text: str, char: str) -> int:
 MEMO_ENTRIES = 1024
 MEMO_VALUE_CHARS = 512
 _NAME_ADDRS: dict[str, NameAddr] = {}
+_BODY_NAME_ADDRS: dict[str, tuple[NameAddr, ...]] = {}
 _SIP_URIS: dict[str, SipUri] = {}
 
 
-def parse_name_addr(value: str) -> NameAddr:
-    """One Contact/Path/Route value (RFC 3261 §20.10 name-addr / addr-spec
-    with header parameters); the same result object for the same text."""
-    known = _NAME_ADDRS.get(value)
-    if known is None:
-        known = _parse_name_addr(value)
-        if len(value) <= MEMO_VALUE_CHARS:
-            remember(_NAME_ADDRS, value, known, MEMO_ENTRIES)
-    return known
-
-
-_BODY_NAME_ADDRS: dict[str, tuple[NameAddr, ...]] = {}
-
-
-def name_addrs_of(body: str) -> tuple[NameAddr, ...]:
-    """Every value of one Contact/Path/Route-like header field, parsed (split
-    with :func:`split_values`, each value with :func:`parse_name_addr`); the
-    same result for the same text, kept like :func:`parse_name_addr`'s."""
-    known = _BODY_NAME_ADDRS.get(body)
-    if known is None:
-        known = tuple(parse_name_addr(value) for value in split_values(body))
-        if len(body) <= MEMO_VALUE_CHARS:
-            remember(_BODY_NAME_ADDRS, body, known, MEMO_ENTRIES)
-    return known
+def _memo(function: Callable[[str], V], memo: dict[str, V]) -> Callable[[str], V]:
+    return text_memo(function, memo, limit=MEMO_ENTRIES, max_chars=MEMO_VALUE_CHARS)
 
 
 def _parse_name_addr(value: str) -> NameAddr:
+    """One Contact/Path/Route value (RFC 3261 §20.10 name-addr / addr-spec
+    with header parameters); the same result object for the same text."""
     value = value.strip()
     if value == "*":
         return NameAddr(uri="*", star=True)
@@ -431,6 +419,19 @@ def _parse_name_addr(value: str) -> NameAddr:
     return NameAddr(uri=uri, params=params)
 
 
+parse_name_addr = _memo(_parse_name_addr, _NAME_ADDRS)
+
+
+def _name_addrs_of(body: str) -> tuple[NameAddr, ...]:
+    """Every value of one Contact/Path/Route-like header field, parsed (split
+    with :func:`split_values`, each value with :func:`parse_name_addr`); the
+    same result for the same text."""
+    return tuple(parse_name_addr(value) for value in split_values(body))
+
+
+name_addrs_of = _memo(_name_addrs_of, _BODY_NAME_ADDRS)
+
+
 @dataclass(frozen=True, slots=True)
 class SipUri:
     """The parts of a sip:/sips: URI that routing needs (RFC 3261 §19.1)."""
@@ -441,16 +442,10 @@ class SipUri:
     port: int | None
     params: dict[str, str | None]
 
-    @classmethod
-    def parse(cls, uri: str) -> SipUri:
-        """The URI's parts; the same result object for the same text (the memo
-        of :func:`parse_name_addr`)."""
-        known = _SIP_URIS.get(uri)
-        if known is None:
-            known = cls._parse(uri)
-            if len(uri) <= MEMO_VALUE_CHARS:
-                remember(_SIP_URIS, uri, known, MEMO_ENTRIES)
-        return known
+    @staticmethod
+    def parse(uri: str) -> SipUri:
+        """The URI's parts; the same result object for the same text."""
+        return _parse_sip_uri(uri)
 
     @classmethod
     def _parse(cls, uri: str) -> SipUri:
@@ -466,6 +461,9 @@ class SipUri:
         hostport, _, param_text = rest.partition(";")
         host, port = split_hostport(hostport)
         return cls(scheme, user, host, port, parse_params(param_text))
+
+
+_parse_sip_uri = _memo(SipUri._parse, _SIP_URIS)
 
 
 def split_hostport(hostport: str) -> tuple[str, int | None]:

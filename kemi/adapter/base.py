@@ -1,4 +1,5 @@
-"""What every role's routes object shares: the request prologue and tm plumbing."""
+"""What every role's routes object shares: the entries of the shared native routes
+(cfg/routing.cfg: the prologue's refusals, the dispatch of a request) and tm plumbing."""
 
 from __future__ import annotations
 
@@ -128,7 +129,8 @@ def leading_own_routes(routes: Sequence[NameAddr], limit: int = 2) -> list[NameA
 
 
 class BaseRoutes:
-    """The object app_python3 calls for every message (``mod_init`` returns it)."""
+    """The object whose methods the cfg's routes call with app_python3's
+    ``python_exec`` (``mod_init`` returns it)."""
 
     def __init__(self, runtime: Runtime, next_hops: NextHopLocator | None = None,
                  bus: ReplicationBus | None = None) -> None:
@@ -141,47 +143,6 @@ class BaseRoutes:
 
     def child_init(self, rank: int) -> int:
         return 0
-
-    @guarded
-    def ksr_request_route(self, msg: Any) -> int:
-        if self.bus is not None and self.bus.handles():
-            return 1
-        if self.ban_seconds is not None and not self.flood_check(self.ban_seconds):
-            return 1  # dropped without an answer: replying to a flood amplifies it
-        maxfwd = KSR.maxfwd.process_maxfwd(10)
-        if maxfwd < 0:
-            send_reply(max_forwards_refusal(maxfwd))
-            return 1
-        # 1511 + 512: Proxy-Require is checked too (RFC 3261 §16.3 step 4: 420 with
-        # Unsupported for an extension we lack, which is every one)
-        if KSR.sanity.sanity_check(2023, 7) < 0:
-            KSR.notice(f"kemi-outbound: malformed request from {KSR.kx.get_srcip()}\n")
-            return 1
-        check_fault_injection(self.runtime)
-        if KSR.is_CANCEL():
-            if KSR.tm.t_check_trans() > 0:
-                self.relay()
-            else:
-                send_reply(CANCEL_UNMATCHED)
-            return 1
-        if KSR.siputils.has_totag() > 0:
-            return self.within_dialog()
-        if KSR.tm.t_check_trans() == 0:
-            return 1  # a retransmission, absorbed by tm
-        if KSR.is_REGISTER():
-            return self.register()
-        return self.initial()
-
-    def flood_check(self, ban_seconds: int) -> bool:
-        """False when the request must be dropped: its source is banned, or pike
-        finds it sends too many and it is neither trusted nor ourselves. A new
-        ban is logged once (the worker whose increment made the entry)."""
-        src = KSR.kx.get_srcip()
-        if (KSR.htable.sht_get(BAN_TABLE, src) or 0) > 0:
-            return False
-        if KSR.pike.pike_check_req() > 0:
-            return True
-        return self.too_busy_allowed(src, ban_seconds)
 
     def too_busy_allowed(self, src: str, ban_seconds: int) -> bool:
         """pike finds ``src`` too busy: True when it is trusted or ourselves,
@@ -272,22 +233,19 @@ class BaseRoutes:
         if KSR.tm.t_relay() < 0:
             send_reply(next_hop_unreachable())
 
+    # ----- entries of the native cfg (python_exec, cfg/routing.cfg) --------------
+    # Kamailio's own engine runs the prologue, the transaction matching and the
+    # replies, and enters Python only where outbound decides something or to
+    # answer a refusal (every answer of ours goes through send_reply: the
+    # decision log and the counters). docs/design.md, "Where Python runs".
+
     @guarded
-    def ksr_reply_route(self, msg: Any) -> int:
-        """A reply that matches none of our transactions (a 2xx retransmission, a
-        stray reply) goes on statelessly along its Via, as RFC 3261 §16.7 says."""
-        if KSR.tm.t_check_trans() < 0 and not stray_reply_goes_on():
-            KSR.set_drop()
+    def ksr_kdmq(self, msg: Any) -> int:
+        """A KDMQ request (a registrar pair, WITH_DMQ): the peer's go to dmq,
+        anyone else's is 403 (adapter.replication)."""
+        if self.bus is not None:
+            self.bus.handles()
         return 1
-
-    def ksr_onsend_route(self, msg: Any) -> int:
-        return 1
-
-    # ----- entries of a native cfg (python_exec, cfg/edge.cfg "Routing Logic") ----
-    # There Kamailio's own engine runs the prologue, the transaction matching
-    # and the replies, and enters Python only where outbound decides something
-    # or to answer a refusal (every answer of ours goes through send_reply:
-    # the decision log and the counters). docs/design.md, "Where Python runs".
 
     @guarded
     def ksr_register(self, msg: Any) -> int:

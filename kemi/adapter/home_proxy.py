@@ -38,7 +38,7 @@ from outbound.tokens import Flow, FlowTokenCodec
 from . import usrloc
 from .locator_glue import HealthMemory, Locator, own_socket_toward
 from .names import (
-    BRANCH_FAILURE_ROUTE,
+    BRANCH_FAILURE_EVENT,
     BRANCH_ROUTE,
     FAILURE_ROUTE,
     FLB_OUTBOUND,
@@ -227,7 +227,7 @@ class HomeProxy:
 
     def _arm(self) -> None:
         KSR.tm.t_on_branch(BRANCH_ROUTE)
-        KSR.tm.t_on_branch_failure(BRANCH_FAILURE_ROUTE)
+        KSR.tm.t_on_branch_failure(BRANCH_FAILURE_EVENT)
         KSR.tm.t_on_failure(FAILURE_ROUTE)
         if KSR.is_INVITE() and self.first_reply_timeout_ms > 0:
             # a live edge answers 100 Trying at once: a dead one is given up quickly

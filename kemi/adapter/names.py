@@ -52,6 +52,10 @@ WS_CLOSED_EVENT = "websocket:closed"
 # tm callbacks armed from Python (methods of the routes object)
 BRANCH_ROUTE = "ksr_branch_outbound"
 BRANCH_FAILURE_ROUTE = "ksr_branch_failure_outbound"
+# tm's t_on_branch_failure, called from Python under a native cfg, looks the route up
+# among the event routes by its whole name (and adds an empty one, which crashes the
+# worker that runs it, for any other name): event_route[tm:branch-failure:NAME]
+BRANCH_FAILURE_EVENT = f"tm:branch-failure:{BRANCH_FAILURE_ROUTE}"
 FAILURE_ROUTE = "ksr_failure_outbound"
 FLOW_FAILURE_ROUTE = "ksr_failure_flow"
 HOME_FAILURE_ROUTE = "ksr_failure_home"
@@ -59,10 +63,15 @@ HOME_REPLY_ROUTE = "ksr_reply_home"
 DIALOG_FAILURE_ROUTE = "ksr_failure_dialog"
 TM_CALLBACKS = (BRANCH_ROUTE, BRANCH_FAILURE_ROUTE, FAILURE_ROUTE,
                 FLOW_FAILURE_ROUTE, HOME_FAILURE_ROUTE, HOME_REPLY_ROUTE, DIALOG_FAILURE_ROUTE)
-# the edge's tm routes in its native cfg (failure_route[...], onreply_route[...]), each calling the method
-EDGE_TM_ROUTES = (FLOW_FAILURE_ROUTE, HOME_FAILURE_ROUTE, HOME_REPLY_ROUTE, DIALOG_FAILURE_ROUTE)
-# what a native cfg's routes call with python_exec (cfg/edge.cfg, adapter.base.BaseRoutes)
-NATIVE_ENTRIES = ("ksr_register", "ksr_initial", "ksr_within_dialog", "ksr_flood", "ksr_max_forwards",
+# each role's tm routes in its cfg (failure_route[...], onreply_route[...], branch_route[...],
+# event_route[tm:branch-failure:...]), each calling the method of its own name
+TM_ROUTES = {
+    EDGE: (FLOW_FAILURE_ROUTE, HOME_FAILURE_ROUTE, HOME_REPLY_ROUTE, DIALOG_FAILURE_ROUTE),
+    REGISTRAR: (BRANCH_ROUTE, BRANCH_FAILURE_ROUTE, FAILURE_ROUTE, DIALOG_FAILURE_ROUTE),
+    SINGLE: (FLOW_FAILURE_ROUTE, BRANCH_ROUTE, BRANCH_FAILURE_ROUTE, FAILURE_ROUTE, DIALOG_FAILURE_ROUTE),
+}
+# what the shared routes call with python_exec (cfg/routing.cfg, adapter.base.BaseRoutes)
+NATIVE_ENTRIES = ("ksr_kdmq", "ksr_register", "ksr_initial", "ksr_within_dialog", "ksr_flood", "ksr_max_forwards",
                   "ksr_cancel_unmatched", "ksr_relay_failed", "ksr_stray_reply")
 
 # ----- cfg defines the Python reads --------------------------------------------
@@ -147,9 +156,11 @@ CFG_NAMES = (
     CfgName(XHTTP_CALLBACK, "callback", ALL_ROLES),
     CfgName(WS_EVENT_CALLBACK, "callback", (EDGE, SINGLE)),
     CfgName(SWEEP_TIMER, "timer", (SINGLE,)),
-    # the edge's native cfg: its tm routes and python_exec entries, and the AVP its
-    # failure route reads (the target being tried)
-    *(CfgName(name, "callback", (EDGE,)) for name in EDGE_TM_ROUTES + NATIVE_ENTRIES),
+    # the native cfg: each role's tm routes, the shared python_exec entries, and
+    # the AVP the edge's failure route reads (the target being tried)
+    *(CfgName(name, "callback", tuple(role for role in ALL_ROLES if name in TM_ROUTES[role]))
+      for name in TM_CALLBACKS),
+    *(CfgName(name, "callback", ALL_ROLES) for name in NATIVE_ENTRIES),
     CfgName("ko_dns_current", "avp", (EDGE,)),
 )
 

@@ -1,4 +1,5 @@
-"""The order of the flood check in the request prologue (adapter.base).
+"""The flood check of the request prologue: its order in cfg/routing.cfg, and
+what the Python decides once pike finds a source too busy (adapter.base).
 
 ``KSR`` exists only inside Kamailio. Here a stand-in records the calls and
 returns scripted answers of the types Kamailio gives (pike and sht_inc ints,
@@ -9,8 +10,10 @@ is shown by tests/integration/test_flood.py.
 
 from __future__ import annotations
 
+import re
 import sys
 import types
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +27,7 @@ from adapter.names import BAN_TABLE  # noqa: E402
 from outbound.errors import ConfigError  # noqa: E402
 
 SRC = "198.51.100.9"
+ROUTING_CFG = Path(__file__).resolve().parents[2] / "cfg" / "routing.cfg"
 
 
 @pytest.fixture
@@ -52,51 +56,54 @@ class Routes(BaseRoutes):
         return self.trusted
 
 
-def test_banned_source_is_dropped_before_pike_or_any_parsing(script):
-    script.answers["htable.sht_get"] = 1
-    routes = Routes()
-
-    assert routes.ksr_request_route(None) == 1
-
-    assert script.names() == ["kx.get_srcip", "htable.sht_get"], "nothing else, no log line, no reply"
-    assert routes.asked_trusted == 0
+def cfg_block(head: str) -> str:
+    """The statements of one route block of cfg/routing.cfg, its comment lines left out."""
+    text = ROUTING_CFG.read_text()
+    found = re.search(rf"^{re.escape(head)} {{\n(.*?)^}}", text, re.M | re.S)
+    assert found is not None, head
+    return "\n".join(line.strip() for line in found.group(1).splitlines() if not line.strip().startswith("#"))
 
 
-def test_source_within_the_limit_goes_on_and_trust_is_not_asked(script):
-    routes = Routes()
-
-    assert routes.flood_check(300) is True
-
-    assert script.names() == ["kx.get_srcip", "htable.sht_get", "pike.pike_check_req"]
-    assert routes.asked_trusted == 0
+def test_the_prologue_is_the_first_step_of_every_request_after_a_pairs_kdmq():
+    steps = [line for line in cfg_block("request_route").splitlines() if line and not line.startswith("#!")]
+    kdmq = steps.index('if (is_method("KDMQ")) {')
+    assert steps[kdmq + 1:kdmq + 4] == ['python_exec("ksr_kdmq");', "exit;", "}"]
+    assert steps[kdmq + 4] == "route(KO_PROLOGUE);"
 
 
-@pytest.mark.parametrize("pike", [-1, -2], ids=["still-red", "newly-red"])
-def test_trusted_source_over_the_limit_goes_on_unbanned(script, pike):
-    script.answers["pike.pike_check_req"] = pike
+def test_a_banned_source_is_dropped_before_pike_or_any_parsing_and_pike_comes_before_the_python():
+    prologue = cfg_block("route[KO_PROLOGUE]")
+    ban = prologue.index("if ($sht(ipban=>$si) > 0) {\nexit;\n}")
+    pike = prologue.index("if (!pike_check_req()) {")
+    python = prologue.index('if (!python_exec("ksr_flood")) {\nexit;\n}')
+    assert ban < pike < python < prologue.index("maxfwd_process")
+    assert "python_exec" not in prologue[:pike], "a source within the limit never enters the Python for it"
+
+
+def test_trusted_source_over_the_limit_goes_on_unbanned(script):
     routes = Routes()
     routes.trusted = True
 
-    assert routes.flood_check(300) is True
+    assert routes.ksr_flood(None) == 1
 
     assert routes.asked_trusted == 1
     assert "htable.sht_inc" not in script.names()
 
 
 def test_our_own_address_over_the_limit_goes_on_unbanned(script):
-    script.answers["pike.pike_check_req"] = -1
     script.answers["is_myself"] = True
 
-    assert Routes().flood_check(300) is True
+    assert Routes().ksr_flood(None) == 1
 
     assert ("is_myself", (f"sip:{SRC}",)) in script.calls
     assert "htable.sht_inc" not in script.names()
 
 
 def test_first_worker_to_ban_sets_the_expiry_and_logs_once(script):
-    script.answers["pike.pike_check_req"] = -2
+    routes = Routes()
+    routes.ban_seconds = 120
 
-    assert Routes().flood_check(120) is False
+    assert routes.ksr_flood(None) == -1
 
     assert ("htable.sht_inc", (BAN_TABLE, SRC)) in script.calls
     assert ("htable.sht_setex", (BAN_TABLE, SRC, 120)) in script.calls
@@ -105,21 +112,27 @@ def test_first_worker_to_ban_sets_the_expiry_and_logs_once(script):
 
 
 def test_a_second_worker_racing_the_ban_neither_logs_nor_touches_the_expiry(script):
-    script.answers["pike.pike_check_req"] = -1
     script.answers["htable.sht_inc"] = 2
 
-    assert Routes().flood_check(120) is False
+    assert Routes().ksr_flood(None) == -1
 
     assert "notice" not in script.names() and "htable.sht_setex" not in script.names()
 
 
 def test_ipv6_source_is_bracketed_for_is_myself(script):
     script.answers["kx.get_srcip"] = "2001:db8::9"
-    script.answers["pike.pike_check_req"] = -1
 
-    Routes().flood_check(300)
+    Routes().ksr_flood(None)
 
     assert ("is_myself", ("sip:[2001:db8::9]",)) in script.calls
+
+
+def test_with_the_limit_off_the_python_lets_everything_on(script):
+    routes = Routes()
+    routes.ban_seconds = None
+
+    assert routes.ksr_flood(None) == 1
+    assert script.names() == []
 
 
 def test_base_routes_trust_nobody_by_default():

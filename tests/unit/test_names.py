@@ -23,18 +23,23 @@ from adapter.registrar_routes import RegistrarRoutes  # noqa: E402
 from adapter.single_routes import SingleRoutes  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
-CFG = {role: (ROOT / "cfg" / f"{role}.cfg").read_text() for role in names.ALL_ROLES}
+
+
+def cfg_text(name: str) -> str:
+    """A cfg file with the files it includes (``include_file``) in place, as Kamailio reads it."""
+    text = (ROOT / "cfg" / name).read_text()
+    return re.sub(r'^include_file "([^"]+)"$', lambda m: cfg_text(m.group(1)), text, flags=re.M)
+
+
+CFG = {role: cfg_text(f"{role}.cfg") for role in names.ALL_ROLES}
 ROLE_CLASSES = {names.EDGE: EdgeRoutes, names.REGISTRAR: RegistrarRoutes, names.SINGLE: SingleRoutes}
 # the tm callbacks each role arms (t_on_failure, t_on_branch, ...) and the cfg callbacks it declares
 ROLE_CALLBACKS = {
-    names.EDGE: (names.FLOW_FAILURE_ROUTE, names.HOME_FAILURE_ROUTE, names.HOME_REPLY_ROUTE,
-                 names.DIALOG_FAILURE_ROUTE, names.XHTTP_CALLBACK, names.WS_EVENT_CALLBACK, names.TCP_EVENT_CALLBACK,
-                 *names.NATIVE_ENTRIES),
-    names.REGISTRAR: (names.BRANCH_ROUTE, names.BRANCH_FAILURE_ROUTE, names.FAILURE_ROUTE,
-                      names.DIALOG_FAILURE_ROUTE, names.XHTTP_CALLBACK),
-    names.SINGLE: (names.FLOW_FAILURE_ROUTE, names.DIALOG_FAILURE_ROUTE, names.BRANCH_ROUTE,
-                   names.BRANCH_FAILURE_ROUTE, names.FAILURE_ROUTE, names.TCP_EVENT_CALLBACK, names.SWEEP_CALLBACK,
-                   names.XHTTP_CALLBACK, names.WS_EVENT_CALLBACK),
+    names.EDGE: (*names.TM_ROUTES[names.EDGE], names.XHTTP_CALLBACK, names.WS_EVENT_CALLBACK,
+                 names.TCP_EVENT_CALLBACK, *names.NATIVE_ENTRIES),
+    names.REGISTRAR: (*names.TM_ROUTES[names.REGISTRAR], names.XHTTP_CALLBACK, *names.NATIVE_ENTRIES),
+    names.SINGLE: (*names.TM_ROUTES[names.SINGLE], names.TCP_EVENT_CALLBACK, names.SWEEP_CALLBACK,
+                   names.XHTTP_CALLBACK, names.WS_EVENT_CALLBACK, *names.NATIVE_ENTRIES),
 }
 
 
@@ -52,7 +57,7 @@ def declared(text: str) -> dict[str, set[str]]:
         "avp": set(re.findall(r"\$avp\((\w+)\)", code)),
         "htable": set(re.findall(r'modparam\("htable",\s*"htable",\s*"(\w+)=>', code)),
         "callback": set(re.findall(r'"(ksr_\w+)"', code)) | set(re.findall(r"route=(ksr_\w+)", code)),
-        "timer": set(re.findall(r"name=(\w+);", code)),
+        "timer": set(re.findall(r'modparam\("rtimer",\s*"timer",\s*"name=(\w+);', code)),
     }
 
 
@@ -114,19 +119,40 @@ def test_no_module_spells_a_shared_name_itself():
                     f"{path.name}: literal {text!r} belongs in adapter/names.py"
 
 
-def test_each_tm_route_of_the_edge_cfg_calls_the_python_method_of_its_own_name():
-    """cfg/edge.cfg runs Kamailio's cfg engine: a tm route the Python arms by
-    name (t_on_failure, t_on_reply) is a cfg block, and a block that called
-    another method than its own name would run the wrong rule."""
-    code = code_lines(CFG[names.EDGE])
-    for name in names.EDGE_TM_ROUTES:
-        block = re.search(rf"^(?:failure|onreply)_route\[{name}\]\s*\{{(.*?)^\}}", code, re.M | re.S)
-        assert block is not None, f"cfg/edge.cfg has no tm route {name}"
+@pytest.mark.parametrize("role", names.ALL_ROLES)
+def test_each_tm_route_of_a_cfg_calls_the_python_method_of_its_own_name(role):
+    """Every role runs Kamailio's cfg engine: a tm route the Python arms by name
+    (t_on_failure, t_on_reply, t_on_branch, t_on_branch_failure) is a cfg block,
+    and a block that called another method than its own name would run the wrong rule."""
+    code = code_lines(CFG[role])
+    for name in names.TM_ROUTES[role]:
+        block = re.search(rf"^(?:failure_route|onreply_route|branch_route|event_route\[tm:branch-failure:)"
+                          rf"\[?{name}\]\s*\{{(.*?)^\}}", code, re.M | re.S)
+        assert block is not None, f"cfg/{role}.cfg has no tm route {name}"
         assert re.findall(r'python_exec\("(ksr_\w+)"', block.group(1)) == [name], name
 
 
-def test_every_python_exec_of_the_edge_cfg_names_a_method_of_its_routes():
-    called = set(re.findall(r'python_exec\("(\w+)"', code_lines(CFG[names.EDGE])))
+@pytest.mark.parametrize("role", names.ALL_ROLES)
+def test_every_python_exec_of_a_cfg_names_a_method_of_its_routes(role):
+    called = set(re.findall(r'python_exec\("(\w+)"', code_lines(CFG[role])))
     assert called >= set(names.NATIVE_ENTRIES)
     for name in called:
-        assert callable(getattr(EdgeRoutes, name, None)), f"cfg/edge.cfg calls {name}, which EdgeRoutes lacks"
+        assert callable(getattr(ROLE_CLASSES[role], name, None)), f"cfg/{role}.cfg calls {name}, which its routes lack"
+
+
+@pytest.mark.parametrize("role", names.ALL_ROLES)
+def test_no_cfg_hands_routing_to_a_kemi_engine(role):
+    """With ``cfgengine "python"`` Kamailio would enter Python for every message
+    and reply, and the routes object has no ksr_request_route for it."""
+    assert not re.search(r"^\s*cfgengine\b", code_lines(CFG[role]), re.M)
+    assert not re.search(r'modparam\("\w+",\s*"event_callback"', code_lines(CFG[role]))
+
+
+def test_the_python_arms_the_branch_failure_route_by_its_event_route_name():
+    """tm's t_on_branch_failure under a native cfg looks the name up among the
+    event routes as it stands: the bare method name would add an empty route."""
+    assert names.BRANCH_FAILURE_EVENT == f"tm:branch-failure:{names.BRANCH_FAILURE_ROUTE}"
+    assert "t_on_branch_failure(BRANCH_FAILURE_EVENT)" in (ROOT / "kemi" / "adapter" / "home_proxy.py").read_text()
+    for role in names.ALL_ROLES:
+        if names.BRANCH_FAILURE_ROUTE in names.TM_ROUTES[role]:
+            assert f"event_route[{names.BRANCH_FAILURE_EVENT}]" in code_lines(CFG[role]), role

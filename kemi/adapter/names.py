@@ -53,8 +53,8 @@ WS_CLOSED_EVENT = "websocket:closed"
 BRANCH_ROUTE = "ksr_branch_outbound"
 BRANCH_FAILURE_ROUTE = "ksr_branch_failure_outbound"
 # tm's t_on_branch_failure, called from Python under a native cfg, looks the route up
-# among the event routes by its whole name (and adds an empty one, which crashes the
-# worker that runs it, for any other name): event_route[tm:branch-failure:NAME]
+# among the event routes by its whole name, event_route[tm:branch-failure:NAME], and
+# adds an empty one for any other name (with the bare name a registrar worker died)
 BRANCH_FAILURE_EVENT = f"tm:branch-failure:{BRANCH_FAILURE_ROUTE}"
 FAILURE_ROUTE = "ksr_failure_outbound"
 FLOW_FAILURE_ROUTE = "ksr_failure_flow"

@@ -160,8 +160,11 @@ def test_the_farm_counts_each_decision_once(farm, workdir, local_port, callees):
                              who="ua1", cid="metrics-flow1-%u-%p@%s")
         callees.append(flow1)
         bindings = wait_bindings(reg, user, [flow1, flow2], 2)
-        assert scrapes.value("edge1", PREFIX + "flows", transport="tcp") == 1
-        assert scrapes.value("edge2", PREFIX + "flows", transport="tcp") == 1
+        # an edge books a flow when the registrar's 2xx passes it, just after the
+        # registrar saved the binding: wait for each edge, as for the drops below
+        for edge in ("edge1", "edge2"):
+            wait_until(lambda edge=edge: scrapes.value(edge, PREFIX + "flows", transport="tcp") == 1,
+                       f"{edge}'s flow gauge to count the flow its REGISTER's 2xx booked")
         assert scrapes.value("registrar", PREFIX + "bindings") == 2
 
         token = parse_name_addr(next(b for b in bindings if b["Reg-Id"] == 1)["Path"]).sip_uri.user or ""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -57,6 +58,21 @@ def call(kam: Kamailio, workdir: Path, port: int, callee: str, *, ua_ip: str, sc
     return sipp(f"caller/{scenario}", f"{kam.addr}:{kam.port}", workdir=workdir, local_ip=ua_ip,
                 local_port=port, transport="udp", timeout=timeout, check=scenario != "uac_final.xml",
                 auth=subscriber(user, domain), keys={"callee": callee, "domain": domain, "user": user, **keys})
+
+
+def assert_refusal_acked_hop_by_hop(caller: SippResult, callee: SippResult, last_hop: str) -> None:
+    """RFC 3261 §17.2.1, §16.7 (S13), for a call caller/uac_refused.xml made to a
+    callee_ob/uas_busy.xml: the caller's ACK of the 486 ends the transaction of the
+    hop it reached, which stops sending the 486 again (timer G), and goes no
+    further: the callee gets the ACK of ``last_hop``'s own transaction, with that
+    hop's Via alone (§17.1.1.3), never the caller's ACK passed on."""
+    assert "quiet" in caller.log, describe(caller)  # it listened 2 s after its ACK, no other 486
+    assert caller.messages.count("SIP/2.0 486 Busy Here") == 1, describe(caller)  # nor a copy of the 486
+    assert "call refused busy" in callee.log, describe(callee)
+    acks = re.findall(r"^ACK .*?(?=^-{5,}|\Z)", callee.messages, re.M | re.S)
+    assert len(acks) == 1, describe(callee)
+    vias = re.findall(r"^Via:(.*)$", acks[0], re.M | re.I)
+    assert len(vias) == 1 and last_hop in vias[0] and "," not in vias[0], acks[0]
 
 
 def tcp_stat(kam: Kamailio, name: str) -> int:

@@ -123,6 +123,16 @@ def test_closed_tcp_flow_gets_430_from_edge_and_480_for_the_caller(topology, wor
     assert "is gone, no new connection opened" in edge1.log()
 
 
+def test_ack_of_a_refusal_is_absorbed_at_each_edge_and_the_refusal_not_repeated(topology, workdir, local_port):
+    """RFC 3261 §17.2.1, §16.7 (S13) through edge2, the registrar and edge1: the
+    caller hears the callee's 486 once, and the callee's ACK is edge1's own."""
+    user = "bob-refuses"
+    callee = start_callee(topology["edge1"], workdir, local_port, user, uas="uas_busy.xml")
+    wait_binding(topology["registrar"], user, callee)
+    result = call(topology["edge2"], workdir, local_port + 1, user, "uac_refused.xml")
+    actors.assert_refusal_acked_hop_by_hop(result, callee.wait(20), topology["edge1"].addr)
+
+
 def one_char_changed(token: str) -> str:
     index = len(token) // 2
     return token[:index] + ("A" if token[index] != "A" else "B") + token[index + 1:]

@@ -8,7 +8,16 @@ from collections.abc import Iterator
 import pytest
 from netns import ipv6_loopback
 
-from actors import call, instance, ob_params, start_callee, tcp_stat, wait_bindings, wait_until
+from actors import (
+    assert_refusal_acked_hop_by_hop,
+    call,
+    instance,
+    ob_params,
+    start_callee,
+    tcp_stat,
+    wait_bindings,
+    wait_until,
+)
 from harness import SIPP_DIR, TEST_KEY, Kamailio, describe, start_sipp
 from outbound.sipmsg import parse_name_addr
 from outbound.tokens import FlowTokenCodec, parse_key
@@ -52,6 +61,19 @@ def test_call_over_the_local_flow_both_ways(server, workdir, local_port, callees
     assert "call ended" in callee.wait(20).log
     assert tcp_stat(server, "connect_success") + tcp_stat(server, "connect_failed") == connects, \
         "the server opened a connection toward the UA instead of using its flow"
+
+
+def test_ack_of_a_refusal_is_absorbed_hop_by_hop_and_the_refusal_not_repeated(server, workdir, local_port,
+                                                                               callees):
+    """RFC 3261 §17.2.1, §16.7 (S13): the caller's ACK of a 486 ends the server
+    transaction that relayed it, which stops repeating the 486 (timer G), and it
+    goes no further: the callee gets the server's own ACK, with one Via (§17.1.1.3)."""
+    user = "s-refuses"
+    callee = start_callee(server, workdir, local_port, user, ua_ip=UA_DEVICE, uas="uas_busy.xml")
+    callees.append(callee)
+    wait_bindings(server, user, [callee])
+    result = call(server, workdir, local_port + 1, user, ua_ip=UA_CALLER, scenario="uac_refused.xml")
+    assert_refusal_acked_hop_by_hop(result, callee.wait(20), server.addr)
 
 
 def test_closed_connection_removes_its_bindings_at_once_and_calls_fail_over(server, workdir, local_port, callees):

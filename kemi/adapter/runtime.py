@@ -27,16 +27,7 @@ from outbound.tokens import Flow, FlowTokenCodec
 from .names import ADDR_DEFINE, CONFIG_DEFINE, CONID_VAR, DEFINE_OVERRIDES, HDR_INDEX_VAR, PORT_DEFINE, TLS_PORT_DEFINE
 from .observe import OBSERVER
 
-# Branch flag that marks a binding as an outbound flow (stored in usrloc cflags).
-# Mirrors FLB_OUTBOUND in cfg/*.cfg.
-
-# Kamailio cfg defines that override YAML keys (set with -A or from the environment).
-
-WANTED_HEADERS = frozenset(
-    {"via", "contact", "path", "route", "supported", "require", "expires"}
-)
-
-# Kamailio's own view of those header fields (docs/parsing.md): $hdrc / $hdr
+# Kamailio's own view of the header fields we read (docs/parsing.md): $hdrc / $hdr
 # match a known header by its type, so "v:" counts as Via, "m:" as Contact,
 # "k:" as Supported. One $_s call gives every count, after $msg(hdrc): the
 # number of header fields, null (written "<null>") when Kamailio's parser
@@ -255,9 +246,6 @@ def t_reply(reply: Reply, toward: str) -> None:
 
 
 Route = TypeVar("Route", bound=Callable[..., int])
-
-
-# tcp_get_conid() writes the id of the connection to an address here
 
 
 # (connection id, peer address, port) already seen to match, in this process:

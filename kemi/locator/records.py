@@ -20,7 +20,6 @@ class RType(StrEnum):
 
 
 FAMILY_RTYPE = {"ipv4": RType.A, "ipv6": RType.AAAA}
-FAMILIES = tuple(FAMILY_RTYPE)
 
 
 def normalize_name(name: str) -> str:

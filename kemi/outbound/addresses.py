@@ -40,8 +40,3 @@ def canonical_ip(text: str) -> str:
     """One spelling per address (RFC 5952: ``2001:DB8:0:0:0:0:0:1`` and
     ``2001:db8::1`` are one peer); ValueError when ``text`` is no IP literal."""
     return str(ipaddress.ip_address(_unbracket(text)))
-
-
-def canonical_host(text: str) -> str:
-    """An IP literal in its one spelling, a host name lower-cased."""
-    return canonical_ip(text) if is_ip_literal(text) else text.strip().lower()

@@ -13,6 +13,7 @@ htable keeps an item.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -99,22 +100,60 @@ def gruu_remembered(aor: str, instance: str) -> bool:
     return (KSR.htable.sht_get(GRUU_TABLE, memory_key(aor, instance)) or 0) > 0
 
 
-def _binding(index: int) -> Binding:
-    def field(name: str) -> object:
-        return KSR.pv.get(f"$(ulc({LOOKUP_HANDLE}=>{name})[{index}])")
+# the fields of a binding, in the order Binding needs them
+_BINDING_FIELDS = ("ruid", "addr", "path", "instance", "regid", "q", "modified", "cflags", "received", "callid",
+                   "cseq", "expires")
+# the strings a stored value may spell any way (a device wrote them); the other
+# fields are numbers
+_TEXT_FIELDS = frozenset({"ruid", "addr", "path", "instance", "received", "callid"})
+# all fields of one binding in one $_s, joined by a control byte: a value that
+# holds one (a quoted-pair may) makes too many parts, and the binding is read
+# field by field instead. $_s writes a null value as "<null>"
+_JOIN = "\x1f"
+_NULL = "<null>"
 
-    q = int(field("q") or -1)  # in thousandths
+
+def _field_spec(name: str, index: int) -> str:
+    return f"$(ulc({LOOKUP_HANDLE}=>{name})[{index}])"
+
+
+@functools.lru_cache(maxsize=64)
+def _binding_spec(index: int) -> str:
+    return "$_s(" + _JOIN.join(_field_spec(name, index) for name in _BINDING_FIELDS) + ")"
+
+
+def _field(name: str, index: int) -> str:
+    value = KSR.pv.get(_field_spec(name, index))
+    return "" if value is None else str(value)
+
+
+def _binding_values(index: int) -> list[str]:
+    """The binding's fields as text, "" for a null one: one pv call for all,
+    then one more for each text field that reads "<null>" (null, or a device's
+    literal "<null>": only its own read says which)."""
+    values = str(KSR.pv.get(_binding_spec(index))).split(_JOIN)
+    if len(values) != len(_BINDING_FIELDS):
+        return [_field(name, index) for name in _BINDING_FIELDS]
+    for position, (name, value) in enumerate(zip(_BINDING_FIELDS, values, strict=True)):
+        if value == _NULL:
+            values[position] = _field(name, index) if name in _TEXT_FIELDS else ""
+    return values
+
+
+def _binding(index: int) -> Binding:
+    ruid, addr, path, instance, regid, q, modified, cflags, received, callid, cseq, expires = _binding_values(index)
+    thousandths = int(q or -1)  # -1: the Contact had no q
     return Binding(
-        ruid=str(field("ruid") or ""),
-        contact=str(field("addr") or ""),
-        path=str(field("path") or ""),
-        instance=normalize_instance(str(field("instance") or "")),
-        reg_id=int(field("regid") or 0),
-        q=1.0 if q < 0 else q / 1000.0,
-        modified=int(field("modified") or 0),
-        outbound=bool(int(field("cflags") or 0) & (1 << FLB_OUTBOUND)),
-        received=str(field("received") or ""),
-        callid=str(field("callid") or ""),
-        cseq=int(field("cseq") or 0),
-        expires=int(field("expires") or 0),
+        ruid=ruid,
+        contact=addr,
+        path=path,
+        instance=normalize_instance(instance),
+        reg_id=int(regid or 0),
+        q=1.0 if thousandths < 0 else thousandths / 1000.0,
+        modified=int(modified or 0),
+        outbound=bool(int(cflags or 0) & (1 << FLB_OUTBOUND)),
+        received=received,
+        callid=callid,
+        cseq=int(cseq or 0),
+        expires=int(expires or 0),
     )

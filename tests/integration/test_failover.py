@@ -11,6 +11,8 @@ import time
 from datetime import datetime
 from pathlib import Path
 
+import pytest
+
 from actors import call, instance, ob_params, start_callee, wait_bindings, wait_until
 from harness import Kamailio, SippRun, describe, start_sipp
 from topology import edge, net, registrar, start, stop, subscriber
@@ -85,10 +87,13 @@ def message_times(messages: str, first_line: str) -> list[datetime]:
     return stamps
 
 
-def test_q_values_parallel_then_serial(topology, workdir, local_port, callees):
-    """RFC 3261 §16.6: q 1.0 and 1.0 ring together; q 0.5 only after both failed."""
-    user = "three-devices"
-    specs = [("d1", "1.0", "uas_busy.xml"), ("d2", "1.0", "uas_busy.xml"), ("d3", "0.5", "uas.xml")]
+@pytest.mark.parametrize("low_q", ["0.5", "0"], ids=["q=0.5", "q=0"])
+def test_q_values_parallel_then_serial(topology, workdir, local_port, callees, low_q):
+    """RFC 3261 §16.6: q 1.0 and 1.0 ring together; the lower q only after both
+    failed. q=0 is the lowest preference (§20.10), not "no q" (usrloc's 0 was
+    read as unset, 1.0, and that device rang with the others)."""
+    user = f"three-devices-q{low_q}"
+    specs = [("d1", "1.0", "uas_busy.xml"), ("d2", "1.0", "uas_busy.xml"), ("d3", low_q, "uas.xml")]
     for index, (who, q, uas) in enumerate(specs):
         callees.append(start_callee(topology["edge1"], workdir, local_port + index, user, ua_ip=UA_DEVICE, uas=uas,
                                     cparams=ob_params(instance(local_port + index), 1, f";q={q}"), who=who))
@@ -102,7 +107,7 @@ def test_q_values_parallel_then_serial(topology, workdir, local_port, callees):
     busy_d2 = message_times(runs[1].messages, "SIP/2.0 486")[0]
     invite_d3 = message_times(runs[2].messages, "INVITE sip:")[0]
     assert invite_d1 < busy_d2 and invite_d2 < busy_d1, "the two q=1.0 devices did not ring in parallel"
-    assert invite_d3 > max(busy_d1, busy_d2), "the q=0.5 device rang before the others failed"
+    assert invite_d3 > max(busy_d1, busy_d2), f"the q={low_q} device rang before the others failed"
 
 
 def test_outbound_device_and_plain_contact_ring_together(topology, workdir, local_port, callees):

@@ -33,6 +33,9 @@ from .observe import OBSERVER
 # number of header fields, null (written "<null>") when Kamailio's parser
 # fails on any header of the message.
 _READ_ORDER = ("via", "contact", "path", "route", "supported", "require", "expires")
+# the same names as a set: the fields a second reading of the message compares
+# (tests/integration/probe, the parser view)
+WANTED_HEADERS = frozenset(_READ_ORDER)
 _COUNTS = "$_s($msg(hdrc) " + " ".join(f"$hdrc({name})" for name in _READ_ORDER) + ")"
 # $hdr(name)[i] with a literal index for the first fields (each spelling is one
 # entry of Kamailio's pv cache); beyond, one spec with the index in a $var, so

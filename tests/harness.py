@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -84,6 +85,9 @@ class GroupProcess:
 
     def log(self) -> str:
         return read_log(self.log_path)
+
+
+ANNOUNCED_PROCESSES = re.compile(r"processes \(at least\): (\d+)")
 
 
 @dataclass
@@ -170,8 +174,11 @@ class Kamailio(GroupProcess):
                               text=True, env={**os.environ, **self.env}, timeout=60)
 
     def start(self, timeout: float = 20.0) -> Kamailio:
+        """Start, and return once ready: the RPC answers and every process the
+        main one announced is forked (all_forked)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
+        since = log.tell()
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **self.env}, start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -179,11 +186,24 @@ class Kamailio(GroupProcess):
             if self.proc.poll() is not None:
                 raise ProcessError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                self.rpc("core.uptime", timeout=0.5)
-                return self
+                if self.all_forked(since):
+                    return self
             except (OSError, ProcessError):
-                time.sleep(0.05)
+                pass
+            time.sleep(0.05)
         raise ProcessError(f"{self.name} not ready after {timeout}s:\n{self.log()}")
+
+    def all_forked(self, since: int) -> bool:
+        """True when core.psx lists as many processes as the main process
+        announced at start ("processes (at least): N", in the log after byte
+        ``since``). The RPC process answers before the main process has forked
+        the ones after it; a child whose child_init fails later (its database
+        just went down) would stop Kamailio in the middle of a test."""
+        listed = len(self.rpc("core.psx", timeout=0.5))
+        with open(self.log_path, "rb") as log:
+            log.seek(since)
+            announced = ANNOUNCED_PROCESSES.search(log.read().decode(errors="replace"))
+        return announced is None or listed >= int(announced.group(1))
 
     def rpc(self, method: str, *params: object, timeout: float = 5.0) -> object:
         client_path = self.workdir / f"rpc-client-{os.getpid()}-{time.monotonic_ns()}.sock"

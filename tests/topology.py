@@ -26,6 +26,7 @@ REGISTRAR_ADDR = net(1)
 REGISTRAR_PORT = 5070
 FAULT_HEADER = "X-KO-Fault"
 RUNNING: list[Kamailio] = []
+STOPPED: list[Kamailio] = []  # stopped during the current test (conftest prints their logs too)
 PORTS = itertools.count(15000, 50)  # a block of 50 ports per test
 
 
@@ -78,6 +79,8 @@ def stop(kam: Kamailio) -> None:
     kam.stop()
     if kam in RUNNING:
         RUNNING.remove(kam)
+    if kam not in STOPPED:
+        STOPPED.append(kam)
 
 
 TLS_PORT = 5061

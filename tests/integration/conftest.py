@@ -16,7 +16,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "kemi"))
 from dns_setup import NS, NS_PORT  # noqa: E402
 from harness import Kamailio, SippRun  # noqa: E402
 from nsd import Nsd  # noqa: E402
-from topology import PORTS, RUNNING, TEST_NET, WORK_ROOT, farm_with_two_edges, net, registrar, stop  # noqa: E402
+from topology import (  # noqa: E402
+    PORTS,
+    RUNNING,
+    STOPPED,
+    TEST_NET,
+    WORK_ROOT,
+    farm_with_two_edges,
+    net,
+    registrar,
+    stop,
+)
 from wsclient import WsClient  # noqa: E402
 
 
@@ -88,6 +98,8 @@ def nsd(request: pytest.FixtureRequest, workdir: Path) -> Iterator[Nsd]:
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     outcome = yield
     report = outcome.get_result()
+    if report.when == "setup":
+        STOPPED.clear()
     if report.when == "call" and report.failed:
-        for kam in list(RUNNING):
+        for kam in [*RUNNING, *(k for k in STOPPED if k not in RUNNING)]:
             report.sections.append((f"kamailio {kam.name} log (tail)", kam.log()[-6000:]))

@@ -112,6 +112,27 @@ class Kamailio(GroupProcess):
     # CPU per message: docs/benchmarks.md); "" leaves Kamailio's default
     mem_manager: str = field(default_factory=lambda: os.environ.get("KO_MEM_MANAGER", "tlsf"))
     proc: subprocess.Popen | None = None
+    # byte offset in the log file where this test's lines begin: set by start()
+    # (the file is appended across restarts and test modules) and, for a
+    # Kamailio that outlives a test, at each test's start (tests/integration/conftest.py)
+    log_mark: int = 0
+
+    def mark_log(self) -> None:
+        """What is logged from now on is what new_log() returns."""
+        try:
+            self.log_mark = self.log_path.stat().st_size
+        except OSError:
+            self.log_mark = 0
+
+    def new_log(self) -> str:
+        """The log since log_mark: the current test's lines only, so an earlier
+        test's line cannot satisfy an assertion about this one."""
+        try:
+            with open(self.log_path, "rb") as log:
+                log.seek(self.log_mark)
+                return log.read().decode(errors="replace")
+        except OSError:
+            return ""
 
     def stop(self) -> None:
         """A clean stop: SIGTERM to Kamailio's main process alone, which stops its
@@ -178,7 +199,7 @@ class Kamailio(GroupProcess):
         main one announced is forked (all_forked)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        since = log.tell()
+        since = self.log_mark = log.tell()
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **self.env}, start_new_session=True)
         deadline = time.monotonic() + timeout

@@ -94,6 +94,14 @@ def nsd(request: pytest.FixtureRequest, workdir: Path) -> Iterator[Nsd]:
         server.stop()
 
 
+@pytest.fixture(autouse=True)
+def log_marks() -> None:
+    """Every Kamailio still running from an earlier test (a module's topology)
+    starts this test with an empty new_log()."""
+    for kam in RUNNING:
+        kam.mark_log()
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     outcome = yield

@@ -48,8 +48,8 @@ def test_430_of_a_dead_flow_in_a_dialog_reaches_the_caller_as_408_through_the_fa
     assert status == "408"
     # the registrar's decision line: the next hop's 430 answered 408 toward the endpoint
     wait_until(lambda: re.search(r"decision=dialog_flow_failed code=408 .*408 Request Timeout to in-dialog BYE "
-                                 r"\(the next hop answered 430\)", registrar.log()), "the registrar's decision line")
-    assert "is gone, no new connection opened" in callee_edge.log()  # the edge's own 430, toward the farm
+                                 r"\(the next hop answered 430\)", registrar.new_log()), "the registrar's decision line")
+    assert "is gone, no new connection opened" in callee_edge.new_log()  # the edge's own 430, toward the farm
 
 
 def test_430_of_a_dead_flow_in_a_dialog_reaches_the_caller_as_408_in_single_mode(single_server, workdir,
@@ -57,4 +57,4 @@ def test_430_of_a_dead_flow_in_a_dialog_reaches_the_caller_as_408_in_single_mode
     """The single server holds the dead flow itself: its refusal toward the caller is 408, not 430."""
     status = call_whose_callee_leaves(single_server, single_server, single_server, workdir, local_port, "dlg-single")
     assert status == "408"
-    wait_until(lambda: "430 in a dialog, answered 408 toward the endpoint" in single_server.log(), "the log line")
+    wait_until(lambda: "430 in a dialog, answered 408 toward the endpoint" in single_server.new_log(), "the log line")

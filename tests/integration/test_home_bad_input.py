@@ -45,7 +45,7 @@ def test_430_from_a_contact_without_flow_keeps_the_binding(topology, workdir, lo
                   ruri=f"sip:{user}@example.com", extra="X-Case: plain-430")
     assert result.value("final") == "480"
     assert len(topology["registrar"].bindings(user)) == 1
-    assert "which is no outbound flow: binding kept" in topology["registrar"].log()
+    assert "which is no outbound flow: binding kept" in topology["registrar"].new_log()
 
 
 def test_reply_for_no_transaction_is_logged_and_forwarded_statelessly(topology, workdir):
@@ -66,7 +66,7 @@ def test_reply_for_no_transaction_is_logged_and_forwarded_statelessly(topology, 
         forwarded, _ = sock.recvfrom(4096)
     assert forwarded.startswith(b"SIP/2.0 200 OK") and b"stray-reply@test" in forwarded
     assert b"z9hG4bKnosuchtransaction" not in forwarded, "the proxy must remove its own Via"
-    assert "matches no transaction: forwarded statelessly" in registrar.log()
+    assert "matches no transaction: forwarded statelessly" in registrar.new_log()
     assert registrar.rpc("core.uptime")
 
 
@@ -110,7 +110,7 @@ def test_binding_with_garbage_path_is_skipped_not_fatal(topology, workdir, local
                               "<sip:[zz;lr>", 0, 64, 4294967295)
     assert len(topology["registrar"].bindings(user)) == 2
     assert call(topology["edge2"], workdir, local_port + 1, user, ua_ip=CALLER).value("who") == user
-    assert "has an unusable Path" in topology["registrar"].log()
+    assert "has an unusable Path" in topology["registrar"].new_log()
     assert "call ended" in good.wait(20).log
     assert len(topology["registrar"].bindings(user)) == 2, "no binding may be lost"
 

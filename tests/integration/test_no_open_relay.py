@@ -205,14 +205,13 @@ def test_edge_is_no_open_relay(topology, sink, attacker, args, expected):
     routes = tuple(r.format(edge=hostport(edge1), reg=hostport(registrar)) for r in args.get("routes", ()))
     args = {**args, "routes": routes}
     before = len(sink.received)
-    logged = len(edge1.log()), len(registrar.log())  # log files outlive a module: only this test's lines
     if args["method"] == "INVITE" and "to_tag" not in args and expected != 403:
         # the farm's challenge comes first; then the relay policy shows
         assert attacker.send_authenticated(edge1, attacker.request(**args), "mallory") == (407, expected)
     else:
         assert attacker.send(edge1, attacker.request(**args)) == expected
     assert sink.received[before:] == [], "relayed to the sink"
-    edge_log, farm_log = edge1.log()[logged[0]:], registrar.log()[logged[1]:]
+    edge_log, farm_log = edge1.new_log(), registrar.new_log()
     assert "Traceback" not in edge_log + farm_log
     if expected == 403 and leads_to_farm:
         # the edge relays toward the farm; the registrar finds no seal of its own
@@ -229,7 +228,7 @@ def test_hostnames_a_device_names_are_never_resolved(topology, attacker):
     request = attacker.request("BYE", "sip:toll@lookup-me.invalid", to_tag="h1",
                                routes=(f"<sip:{hostport(edge1)};lr>", "<sip:lookup-me.invalid;lr>"))
     assert attacker.send(edge1, request) == 403
-    assert "lookup-me.invalid" in edge1.log() and "cannot locate" not in edge1.log()
+    assert "lookup-me.invalid" in edge1.new_log() and "cannot locate" not in edge1.log()
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +252,7 @@ def test_token_replayed_by_a_device_gets_403(topology, victim, sink, attacker, i
     request = attacker.request("INVITE", f"sip:victim@{UA_B}:14990;transport=tcp", to_tag="r1" if in_dialog else None,
                                routes=(f"<sip:{token}@{hostport(edge1)};lr;ob>",))
     assert attacker.send(edge1, request) == 403
-    assert "from outside the farm" in edge1.log()
+    assert "from outside the farm" in edge1.new_log()
 
 
 def answer_486(sock: socket.socket, timeout: float = 10.0) -> str:
@@ -291,7 +290,7 @@ def test_device_supplied_path_with_another_devices_token_never_steers_calls(topo
     assert token not in binding["Path"]
     flow = CODEC.decode(parse_name_addr(binding["Path"]).sip_uri.user or "").flow
     assert flow is not None and flow.remote_ip == ATTACKER
-    assert "Path written by" in edge1.log()
+    assert "Path written by" in edge1.new_log()
 
     result: dict[str, object] = {}
 
@@ -328,7 +327,7 @@ def test_registrar_refuses_a_path_the_edge_did_not_write(topology, victim, attac
     ).replace("To: <sip:victim@example.com>", "To: <sip:trudy@example.com>")
     assert attacker.send_authenticated(registrar, register, "trudy") == (401, 403)
     assert registrar.bindings("trudy") == []
-    assert f"but the REGISTER came from {ATTACKER}: not written by that edge" in registrar.log()
+    assert f"but the REGISTER came from {ATTACKER}: not written by that edge" in registrar.new_log()
 
 
 def test_legitimate_call_through_the_farm_still_works(topology, victim, workdir, local_port):
@@ -355,7 +354,7 @@ def test_single_server_relays_only_its_own_sealed_dialogs(server, sink, attacker
     request = attacker.request("BYE", SINK_URI, to_tag="s1", routes=(f"<sip:{hostport(server)};lr{route_params}>",))
     assert attacker.send(server, request) == 403
     assert sink.received[before:] == []
-    assert "without our sealed Record-Route" in server.log()
+    assert "without our sealed Record-Route" in server.new_log()
 
 
 def test_single_server_ignores_device_path_and_tokens(server, workdir, attacker, callees):
@@ -376,7 +375,7 @@ def test_single_server_ignores_device_path_and_tokens(server, workdir, attacker,
     assert attacker.send_authenticated(server, register, "s-mallory") == (401, 200)
     [stored] = server.bindings("s-mallory")
     assert token not in stored.get("Path", "")
-    assert "Path written by" in server.log()
+    assert "Path written by" in server.new_log()
 
 
 def read_reply(conn: socket.socket) -> bytes:
@@ -420,4 +419,4 @@ def test_one_connection_cannot_grow_the_single_servers_flow_table_without_bound(
         assert codes == [200] * MAX_AORS_PER_FLOW + [403]
         assert server.bindings(f"many-{MAX_AORS_PER_FLOW}") == []
         assert len(server.bindings(f"many-{MAX_AORS_PER_FLOW - 1}")) == 1
-    assert f"403 Too Many AORs On This Flow to REGISTER from {ATTACKER}:" in server.log()
+    assert f"403 Too Many AORs On This Flow to REGISTER from {ATTACKER}:" in server.new_log()

@@ -47,8 +47,9 @@ def test_430_of_a_dead_flow_in_a_dialog_reaches_the_caller_as_408_through_the_fa
     status = call_whose_callee_leaves(registrar, callee_edge, topology["edge2"], workdir, local_port, "dlg-farm")
     assert status == "408"
     # the registrar's decision line: the next hop's 430 answered 408 toward the endpoint
-    wait_until(lambda: re.search(r"decision=dialog_flow_failed code=408 .*408 Request Timeout to in-dialog BYE "
-                                 r"\(the next hop answered 430\)", registrar.new_log()), "the registrar's decision line")
+    decision = re.compile(r"decision=dialog_flow_failed code=408 .*408 Request Timeout to in-dialog BYE "
+                          r"\(the next hop answered 430\)")
+    wait_until(lambda: decision.search(registrar.new_log()), "the registrar's decision line")
     # the edge's own 430, toward the farm
     assert "is gone, no new connection opened" in callee_edge.new_log()
 

@@ -199,7 +199,7 @@ class Kamailio(GroupProcess):
         main one announced is forked (all_forked)."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")
-        since = self.log_mark = log.tell()
+        self.log_mark = log.tell()
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                      env={**os.environ, **self.env}, start_new_session=True)
         deadline = time.monotonic() + timeout
@@ -207,23 +207,21 @@ class Kamailio(GroupProcess):
             if self.proc.poll() is not None:
                 raise ProcessError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
             try:
-                if self.all_forked(since):
+                if self.all_forked():
                     return self
             except (OSError, ProcessError):
                 pass
             time.sleep(0.05)
         raise ProcessError(f"{self.name} not ready after {timeout}s:\n{self.log()}")
 
-    def all_forked(self, since: int) -> bool:
+    def all_forked(self) -> bool:
         """True when core.psx lists as many processes as the main process
-        announced at start ("processes (at least): N", in the log after byte
-        ``since``). The RPC process answers before the main process has forked
-        the ones after it; a child whose child_init fails later (its database
-        just went down) would stop Kamailio in the middle of a test."""
+        announced at this start ("processes (at least): N", in new_log()). The
+        RPC process answers before the main process has forked the ones after
+        it; a child whose child_init fails later (its database just went down)
+        would stop Kamailio in the middle of a test."""
         listed = len(self.rpc("core.psx", timeout=0.5))
-        with open(self.log_path, "rb") as log:
-            log.seek(since)
-            announced = ANNOUNCED_PROCESSES.search(log.read().decode(errors="replace"))
+        announced = ANNOUNCED_PROCESSES.search(self.new_log())
         return announced is None or listed >= int(announced.group(1))
 
     def rpc(self, method: str, *params: object, timeout: float = 5.0) -> object:

@@ -419,10 +419,11 @@ def main(argv: list[str]) -> int:
     if "soak" in results and not results.get("rounds"):
         # bench/run.py --soak: only the soak section and docs/soak.png (beside the doc)
         text = soak.render(results["soak"], results.get("command", ""))
+        impl = results["soak"].get("impl", "ours")
         if args.doc:
-            replace_section(args.doc, soak.BEGIN, soak.END, text)
+            replace_section(args.doc, *soak.markers(impl), text)
             if "samples" in results["soak"]:
-                soak.plot(results["soak"], args.doc.with_name("soak.png"))
+                soak.plot(results["soak"], args.doc.with_name(soak.plot_name(impl)))
         else:
             print(text)
         return 0

@@ -236,6 +236,7 @@ class Settings:
     mem_manager: str = ""
     soak: float = 0.0  # --soak MINUTES: the soak alone (bench/soak.py)
     soak_call_rate: int = 0
+    soak_impl: str = "ours"  # --soak-impl: native or the floor, for comparison with ours
     scale_bindings: tuple[int, ...] = ()
     scale_flows: tuple[int, ...] = ()  # the edge scale run's sizes (bench/scale_edge.py)
 
@@ -711,6 +712,9 @@ def parse_args(argv: list[str]) -> Settings:
     parser.add_argument("--soak-call-rate", type=int, default=0,
                         help="the soak's calls/s (default: half our highest passing TCP call rate in "
                              "docs/benchmarks.json)")
+    parser.add_argument("--soak-impl", choices=["ours", "native", "floor"], default="ours",
+                        help="whose cfgs the soak runs (default ours; native or floor for comparison: their own "
+                             "section of docs/benchmarks.md and their own plot)")
     parser.add_argument("--scale-bindings", default="10000,100000,1000000",
                         help="registrar scale run (bench/scale_registrar.py): bindings held, comma-separated "
                              "(default 10000,100000,1000000, about 12 minutes; empty: skip)")
@@ -746,7 +750,7 @@ def parse_args(argv: list[str]) -> Settings:
         usrloc_db_mode=args.usrloc_db_mode, durability=0 if only_other else args.durability,
         metrics_cost=0 if only_other else args.metrics_cost, instructions=0 if args.only_scale else args.instructions,
         impls=tuple(dict.fromkeys(order)), mem_manager=args.mem_manager, setup_seconds=args.setup_seconds,
-        soak=args.soak, soak_call_rate=args.soak_call_rate,
+        soak=args.soak, soak_call_rate=args.soak_call_rate, soak_impl=args.soak_impl,
         scale_bindings=scale_registrar.parse_sizes(args.scale_bindings),
         scale_flows=tuple(scale_edge.parse_sizes(args.scale_flows)),
     )

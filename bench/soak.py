@@ -38,7 +38,10 @@ Judged (pure functions below, tests/unit/test_bench_soak.py):
 
 from __future__ import annotations
 
+import base64
+import binascii
 import dataclasses
+import ipaddress
 import json
 import re
 import statistics
@@ -58,6 +61,21 @@ from harness import ProcessError, SippRun, read_log, start_sipp  # noqa: E402
 
 BEGIN = "<!-- bench:soak:begin -->"
 END = "<!-- bench:soak:end -->"
+
+
+def markers(impl: str) -> tuple[str, str]:
+    """The report section of a soak of ``impl`` (``--soak-impl``): ours has the
+    section above; native's or the floor's its own, so that a soak of the C
+    module for comparison never replaces ours."""
+    return (BEGIN, END) if impl == "ours" else (f"<!-- bench:soak-{impl}:begin -->", f"<!-- bench:soak-{impl}:end -->")
+
+
+def plot_name(impl: str) -> str:
+    return "soak.png" if impl == "ours" else f"soak-{impl}.png"
+
+
+IMPL_NAMES = {"native": "The native C outbound module's cfgs (bench/native/)",
+              "floor": "The app_python3 floor (bench/floor/)"}
 
 CALLER_CHUNK_S = 120.0  # one caller SIPp run carries this many seconds of calls
 CALLEE_RECV_TIMEOUT_MS = 10000  # a REGISTER unanswered this long fails that UA's registration
@@ -196,6 +214,39 @@ def path_flow(path: str) -> Any:
     return peek_flow(match.group(1)) if match else None
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class AddressFlow:
+    """A flow named by addresses alone (the C outbound module's token carries
+    no connection id): ``conn_id`` None, matched on the edge, peer and port."""
+
+    local_ip: str
+    remote_ip: str
+    remote_port: int
+    conn_id: None = None
+
+
+def native_path_flow(path: str) -> AddressFlow | None:
+    """The flow a binding's Path names when the C outbound module made its
+    token (native's and the floor's edges): the user part of the first entry,
+    base64 of a 10-byte MAC, a byte of protocol (bit 7: IPv6), the edge's
+    address and port, the device's address and port (ob_mod.c's layout; its
+    MAC is not checked here). None when it names none."""
+    match = re.match(r"\s*<?sips?:([^@;>]+)@", path or "")
+    if not match:
+        return None
+    text = match.group(1)
+    try:
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_" if "-" in text or "_" in text else None)
+    except (binascii.Error, ValueError):
+        return None
+    size = 16 if len(raw) == 47 else 4 if len(raw) == 23 else 0
+    if not size or bool(raw[10] & 0x80) != (size == 16):
+        return None
+    local, remote = raw[11:11 + size], raw[13 + size:13 + 2 * size]
+    return AddressFlow(local_ip=str(ipaddress.ip_address(local)), remote_ip=str(ipaddress.ip_address(remote)),
+                       remote_port=int.from_bytes(raw[13 + 2 * size:15 + 2 * size], "big"))
+
+
 def live_connections(tcp_lists: Mapping[str, Sequence[Mapping]]) -> set[tuple[str, int, str, int]]:
     """(edge address, connection id, peer address, peer port) of every TCP
     connection each edge lists (RPC core.tcp_list), by edge address."""
@@ -225,6 +276,7 @@ def check_bindings(bindings: Sequence[Mapping], live: set[tuple[str, int, str, i
     unregisters it), at the UA's next registration or at its expiry. Also
     counted: AORs of ``reregistered`` without a binding on a live flow
     (``missing``), and AORs with more than one binding (``duplicates``)."""
+    by_address = {(edge, ip, port) for edge, _, ip, port in live}  # for tokens without a connection id
     live_n = pending = 0
     left: list[dict] = []
     per_aor: dict[str, int] = {}
@@ -233,7 +285,9 @@ def check_bindings(bindings: Sequence[Mapping], live: set[tuple[str, int, str, i
         aor = str(b.get("AoR"))
         per_aor[aor] = per_aor.get(aor, 0) + 1
         flow = flow_of(str(b.get("Path", "")))
-        alive = flow is not None and (flow.local_ip, flow.conn_id, flow.remote_ip, flow.remote_port) in live
+        alive = flow is not None and (
+            (flow.local_ip, flow.conn_id, flow.remote_ip, flow.remote_port) in live if flow.conn_id is not None
+            else (flow.local_ip, flow.remote_ip, flow.remote_port) in by_address)
         expires = b.get("Expires")
         overdue = isinstance(expires, int | float) and expires < -slack_s
         if alive and not overdue:
@@ -318,8 +372,10 @@ class Soak:
         self.s = settings
         self.plan = plan
         self.log = log
-        self.round = bench.Round("ours", 0, settings)
-        self.round.dir = settings.workdir / "soak"
+        self.impl = settings.soak_impl
+        self.round = bench.Round(self.impl, 0, settings)
+        self.round.dir = settings.workdir / ("soak" if self.impl == "ours" else f"soak-{self.impl}")
+        self.flow_of = path_flow if self.impl == "ours" else native_path_flow
         self.dir = self.round.dir
         self.dir.mkdir(parents=True, exist_ok=True)
         self.samples: list[dict] = []
@@ -331,6 +387,7 @@ class Soak:
         self.samples_file = self.dir / "samples.jsonl"
         self.callee_inf = self.dir / "callees.csv"
         self.missed: list[dict] = []
+        self.process_names: dict[str, str] = {}  # "edge1:PID" -> core.psx's description of that process
 
     # -- processes
 
@@ -386,12 +443,20 @@ class Soak:
             self.log(f"  soak: {what} missed: {exc}")
             return None
 
+    def name_processes(self) -> None:
+        """What each Kamailio process is (core.psx: "udp receiver child=0 ...",
+        "slow timer", "tcp main process"), so that the report can say which
+        process's memory moved."""
+        for kam in self.kamailios():
+            for proc in kam.rpc("core.psx", timeout=RPC_TIMEOUT_S) or []:
+                self.process_names[f"{kam.name}:{proc['PID']}"] = str(proc.get("DSC", ""))
+
     def sample(self) -> None:
         """One sample: shared memory of each Kamailio, VmRSS (and RssAnon) of
         each of their processes, and context (bindings, connections,
         transactions)."""
         row: dict[str, Any] = {"t": round(time.time() - self.t0, 1), "shm": {}, "rss_kib": {}, "anon_kib": {},
-                               "pids": {}}
+                               "shmem_kib": {}, "pids": {}}
         for kam in self.kamailios():
             row["shm"][kam.name] = int(kam.rpc("core.shmmem", timeout=RPC_TIMEOUT_S)["real_used"])
             row["pids"][kam.name] = len(kam.pids())
@@ -400,6 +465,7 @@ class Soak:
                 if status:
                     row["rss_kib"][f"{kam.name}:{pid}"] = status.get("VmRSS", 0)
                     row["anon_kib"][f"{kam.name}:{pid}"] = status.get("RssAnon", 0)
+                    row["shmem_kib"][f"{kam.name}:{pid}"] = status.get("RssShmem", 0)
         row["contacts"] = self.round.registrar.stat("usrloc:location_contacts")
         row["tcp"] = {e.name: e.stat("tcp:current_opened_connections") for e in (self.round.edge1, self.round.edge2)}
         row["transactions"] = {k.name: k.stat("tmx:inuse_transactions") for k in self.kamailios()}
@@ -423,7 +489,7 @@ class Soak:
         bindings = [b for group in self.groups for user in group.users for b in registrar.bindings(user)]
         total = registrar.stat("usrloc:location_contacts")
         out = {"when": when, "t": round(time.time() - self.t0, 1),
-               **check_bindings(bindings, live_connections(tcp), reregistered),
+               **check_bindings(bindings, live_connections(tcp), reregistered, flow_of=self.flow_of),
                "connections": sum(len(v) for v in tcp.values()), "registrar_contacts": total}
         self.checks.append(out)
         if out["left_behind"] or out["missing"] or out["duplicates"]:
@@ -458,6 +524,7 @@ class Soak:
                     raise ProcessError(f"soak group {group.index}: {got} of {plan.users} registered")
             self.log(f"soak: {plan.groups} x {plan.users} UAs registered; calls at {plan.call_rate}/s for "
                      f"{plan.minutes:g} min, a group killed every {plan.kill_every_s:g} s")
+            self.try_measure("process names", self.name_processes)
             self.t0 = time.time()
             end = self.t0 + plan.seconds
             next_caller, caller_index = self.t0, 0
@@ -522,7 +589,8 @@ class Soak:
         calls = self.calls_result(group_of)
         memory = self.memory_result(load_end - self.t0)
         out = {
-            "minutes": plan.minutes, "plan": dataclasses.asdict(plan), "load_seconds": round(load_end - self.t0, 1),
+            "impl": self.impl, "minutes": plan.minutes, "plan": dataclasses.asdict(plan),
+            "load_seconds": round(load_end - self.t0, 1),
             "seconds": round(time.monotonic() - started, 1), "edges": 2, "users": len(all_users),
             "kills": len(self.kills), "calls": calls, "memory": memory,
             "bindings": {"checks": self.checks, "left_behind": sum(c["left_behind"] for c in self.checks),
@@ -580,7 +648,10 @@ class Soak:
                for p in procs}
         anon = {p: flatness([(s["t"], s["anon_kib"][p]) for s in self.samples if p in s["anon_kib"]], duration)
                 for p in procs}
+        shared = {p: flatness([(s["t"], s["shmem_kib"][p]) for s in self.samples if p in s.get("shmem_kib", {})],
+                              duration) for p in procs}
         return {"window": window, "tolerance": FLAT_TOLERANCE, "shm": shm, "rss": rss, "rss_anon": anon,
+                "rss_shmem": shared, "names": {p: self.process_names.get(p, "") for p in procs},
                 "processes": len(procs), "pids_changed": len({json.dumps(s["pids"]) for s in self.samples}) > 1}
 
     def callee_failures(self) -> int:
@@ -656,15 +727,20 @@ def _yes(flag: bool | None) -> str:
 
 
 def render(soak: Mapping, command: str = "", short: bool = False) -> str:
-    """The soak section of docs/benchmarks.md (between BEGIN and END)."""
+    """The soak section of docs/benchmarks.md (between the markers of its
+    implementation: :func:`markers`)."""
+    impl = soak.get("impl", "ours")
+    begin, end = markers(impl)
     if "error" in soak:
-        return f"{BEGIN}\n\nSoak: failed: `{str(soak['error'])[:500]}`\n\n{END}"
+        return f"{begin}\n\nSoak: failed: `{str(soak['error'])[:500]}`\n\n{end}"
     plan, calls, memory, bind = soak["plan"], soak["calls"], soak["memory"], soak["bindings"]
     v = soak["verdict"]
     drain = bind.get("drain") or {}
     label = (f"**A short validation run ({soak['minutes']:g} minutes), not the issue's 30-minute figure.** "
              if short or soak["minutes"] < 30 else "")
-    lines = [BEGIN, "", f"{label}From `{command}`: {soak['load_seconds']:g} s of load, {soak['seconds']:g} s in all; "
+    who = "" if impl == "ours" else f"**{IMPL_NAMES.get(impl, impl)}** (for comparison with ours, above). "
+    lines = [begin, "", f"{label}{who}From `{command}`: {soak['load_seconds']:g} s of load, "
+             f"{soak['seconds']:g} s in all; "
              f"{plan['groups']} groups x {plan['users']} outbound UAs over TCP ({soak['users']} flows, groups "
              f"alternating between edge1 and edge2), Expires {plan['expires']} s refreshed every "
              f"{plan['refresh_s']:g} s; calls at **{calls['rate']} calls/s** ({calls['rate_from']}); a group's SIPp "
@@ -689,14 +765,20 @@ def render(soak: Mapping, command: str = "", short: bool = False) -> str:
              "| Kamailio | first | last | last / first | flat |", "| --- | ---: | ---: | ---: | --- |"]
     for name, f in memory["shm"].items():
         lines.append(f"| {name} | {_mib(f['first'])} | {_mib(f['last'])} | {f['ratio']} | {_yes(f['flat'])} |")
-    lines += ["", f"RSS of each Kamailio process (VmRSS, MiB; {memory['processes']} processes; RssAnon, the "
-              "private part, beside it), mean of the first and the last window:", "",
-              "| process | RSS first | RSS last | last / first | flat | RssAnon first | RssAnon last | last / first |",
-              "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: |"]
+    names, shared = memory.get("names", {}), memory.get("rss_shmem", {})
+    lines += ["", f"RSS of each Kamailio process (VmRSS, MiB; {memory['processes']} processes), mean of the first and "
+              "the last window, with its two parts beside it: RssAnon (the process's private memory) and RssShmem "
+              "(the pages of Kamailio's shared memory segment this process has touched so far; a page once "
+              "touched stays counted, so it grows until the process has touched every page the allocator has "
+              "handed out, whether or not shared memory in use grows):", "",
+              "| process | what | RSS first | RSS last | last / first | flat | RssAnon first | RssAnon last "
+              "| last / first | RssShmem first | RssShmem last |",
+              "| --- | --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
     for proc, f in memory["rss"].items():
-        a = memory["rss_anon"].get(proc, {})
-        lines.append(f"| {proc} | {_kib_mib(f['first'])} | {_kib_mib(f['last'])} | {f['ratio']} | {_yes(f['flat'])} "
-                     f"| {_kib_mib(a.get('first'))} | {_kib_mib(a.get('last'))} | {a.get('ratio')} |")
+        a, sh = memory["rss_anon"].get(proc, {}), shared.get(proc, {})
+        lines.append(f"| {proc} | {names.get(proc) or 'n/a'} | {_kib_mib(f['first'])} | {_kib_mib(f['last'])} "
+                     f"| {f['ratio']} | {_yes(f['flat'])} | {_kib_mib(a.get('first'))} | {_kib_mib(a.get('last'))} "
+                     f"| {a.get('ratio')} | {_kib_mib(sh.get('first'))} | {_kib_mib(sh.get('last'))} |")
     lines += ["", "Bindings against flows (each check; `pending`: a dead flow's binding not yet due for removal):", "",
               "| check | at s | bindings | live | pending | left behind | missing | duplicated | edge connections |",
               "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
@@ -710,7 +792,7 @@ def render(soak: Mapping, command: str = "", short: bool = False) -> str:
     if calls["unexplained_calls"]:
         lines += ["", "The first 50 unexplained failed calls (callee at seconds since the load began): "
                   + ", ".join(f"{c['callee']} at {c['t']:g}" for c in calls["unexplained_calls"])]
-    lines += ["", "![shared memory and RSS over the soak](soak.png)", "", END]
+    lines += ["", f"![shared memory and RSS over the soak]({plot_name(impl)})", "", end]
     return "\n".join(lines)
 
 

@@ -173,3 +173,51 @@ def test_the_report_section_of_a_soak_carries_its_markers_rate_and_verdicts():
     assert "A short validation run" in text  # shorter than 30 minutes: never shown as the issue's figure
     failed = soak.render({"minutes": 30, "error": "edge1 exited"})
     assert "failed: `edge1 exited`" in failed
+
+
+def native_binding(aor: str, edge: str, port: int, expires: int = 50) -> dict:
+    """A binding whose Path token is laid out as the C outbound module makes
+    it: MAC (10 bytes, not checked), protocol, edge address and port, device
+    address and port, standard base64."""
+    import base64
+    import ipaddress
+
+    raw = (bytes(10) + bytes([2]) + ipaddress.ip_address(edge).packed + (5060).to_bytes(2, "big")
+           + ipaddress.ip_address("127.0.30.20").packed + port.to_bytes(2, "big"))
+    token = base64.b64encode(raw).decode()
+    return {"AoR": aor, "Path": f"<sip:{token}@{edge};lr;ob>", "Expires": expires}
+
+
+def test_native_path_flow_reads_the_c_modules_token_layout():
+    flow = soak.native_path_flow(native_binding("u0", "127.0.30.2", 40000)["Path"])
+    assert (flow.local_ip, flow.conn_id, flow.remote_ip, flow.remote_port) == ("127.0.30.2", None, "127.0.30.20",
+                                                                               40000)
+    assert soak.native_path_flow("<sip:127.0.30.2;lr>") is None
+    assert soak.native_path_flow("<sip:bm90LWEtdG9rZW4@127.0.30.2;lr>") is None  # base64, not 23 or 47 bytes
+
+
+def test_a_token_without_a_connection_id_is_live_by_its_addresses():
+    live = {("127.0.30.2", 5, "127.0.30.20", 40001)}
+    got = soak.check_bindings([native_binding("u0", "127.0.30.2", 40001)], live, {"u0"},
+                              flow_of=soak.native_path_flow)
+    assert (got["live"], got["left_behind"]) == (1, 0)
+    got = soak.check_bindings([native_binding("u0", "127.0.30.2", 40009)], live, {"u0"},
+                              flow_of=soak.native_path_flow)
+    assert (got["live"], got["left_behind"]) == (0, 1)
+
+
+def test_a_soak_of_native_has_its_own_section_and_plot_and_names_each_processs_memory_parts():
+    import json
+
+    results = json.loads((ROOT / "docs" / "soak-short.json").read_text())
+    data = {**results["soak"], "impl": "native"}
+    memory = data["memory"] = dict(data["memory"])
+    proc = next(iter(memory["rss"]))
+    memory["names"] = {proc: "tcp main process"}
+    memory["rss_shmem"] = {proc: {"first": 2048, "last": 4096, "ratio": 2.0, "flat": False}}
+    text = soak.render(data, results["command"])
+    begin, end = soak.markers("native")
+    assert text.startswith(begin) and text.endswith(end) and begin != soak.BEGIN
+    assert "(soak-native.png)" in text and soak.plot_name("native") == "soak-native.png"
+    row = next(line for line in text.splitlines() if line.startswith(f"| {proc} |"))
+    assert "| tcp main process |" in row and row.endswith("| 2.0 | 4.0 |")

@@ -138,7 +138,9 @@ def flow_refusal(flow: Flow | None, *, local: bool, alive: bool, gone: str = "fl
     if not local:
         return Reply(430, "Flow Failed", f"flow {flow} is not on a socket of this edge", cause="flow_not_here")
     if not alive:
-        return Reply(430, "Flow Failed", f"flow {flow} is gone, no new connection opened", cause=gone)
+        # None: the failure route of a request the UA never answered, where the flow is not at hand
+        what = "the flow" if flow is None else f"flow {flow}"
+        return Reply(430, "Flow Failed", f"{what} is gone, no new connection opened", cause=gone)
     return None
 
 

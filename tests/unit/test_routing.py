@@ -318,6 +318,15 @@ def test_flow_not_here_or_gone_is_430(local, alive, why):
     assert why in reply.log
 
 
+def test_a_flow_that_gave_no_reply_is_430_and_its_log_names_no_none():
+    """RFC 5626 §5.3.1: no reply at all over the flow is its failure (the tm
+    failure route, where the flow itself is not at hand)."""
+    reply = flow_refusal(None, local=True, alive=False, gone="flow_no_reply")
+
+    assert reply is not None and (reply.code, reply.cause) == (430, "flow_no_reply")
+    assert "the flow is gone, no new connection opened" in reply.log and "None" not in reply.log
+
+
 def test_a_live_local_flow_is_used():
     assert flow_refusal(UA_A, local=True, alive=True) is None
 

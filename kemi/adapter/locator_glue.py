@@ -41,6 +41,7 @@ from outbound.addresses import ip_family, is_ip_literal
 from outbound.config import Config, DnsConfig
 from outbound.decisions import Reply
 from outbound.errors import ConfigError, SipSyntaxError
+from outbound.memo import remember
 from outbound.metrics import HOLD_DOWNS, REGISTRAR_FAILOVERS
 from outbound.sipmsg import SipUri, is_hostname
 
@@ -77,6 +78,9 @@ def effective_families(dns: DnsConfig, listening: set[str], source: str) -> tupl
 
 # numeric URIs whose plan a worker keeps (a registrar URI, a Path's edge address)
 FIXED_PLANS_MAX = 1024
+# URIs whose last logged plan / held-down set a worker remembers, to log only a change
+# (a request can name any host: never more than this many, a full memo starts again)
+LOGGED_URIS_MAX = 1024
 
 
 class Locator:
@@ -111,9 +115,7 @@ class Locator:
             return found
         found = plan(uri, self.resolver.session(), self.rng, self.policy)
         if found.ttl is None and not found.problems and found.targets:
-            if len(self._fixed_plans) >= FIXED_PLANS_MAX:
-                self._fixed_plans.clear()
-            self._fixed_plans[uri] = found
+            remember(self._fixed_plans, uri, found, FIXED_PLANS_MAX)
         return found
 
     def resolve_next_hop(self, uri: str) -> list[str]:
@@ -232,7 +234,7 @@ class FailoverRelay:
         line = f"{LOG} {found.uri} -> {found.describe()}\n"
         key = (found.targets, found.problems)
         if self._last_plan.get(found.uri) != key:
-            self._last_plan[found.uri] = key
+            remember(self._last_plan, found.uri, key, LOGGED_URIS_MAX)
             KSR.info(line)
         else:
             KSR.dbg(line)
@@ -268,7 +270,7 @@ class FailoverRelay:
         ordered = memory.order(targets, now, target_key)
         held = tuple(t for t in targets if memory.is_held(target_key(t), now))
         if self._last_held.get(found.uri, ()) != held:
-            self._last_held[found.uri] = held
+            remember(self._last_held, found.uri, held, LOGGED_URIS_MAX)
             if held:
                 down = ", ".join(f"{t} ({memory.remaining(target_key(t), now):.0f}s)" for t in held)
                 every = "; every target is, plan order kept" if len(held) == len(targets) else ""

@@ -71,3 +71,22 @@ def test_a_numeric_uri_is_planned_once_and_a_name_is_asked_again_when_its_ttl_en
     server.answers["reg.ko.test", "A"] = records("reg.ko.test. 5 IN A 192.0.2.8")
     assert [t.uri for t in locator.plan("sip:reg.ko.test:5070").targets] == ["sip:192.0.2.8:5070;transport=udp"]
     assert len(server.sent) > asked
+
+
+def test_the_memory_of_logged_plans_is_bounded_whatever_hosts_requests_name(monkeypatch):
+    """A plan is logged at info level only when it changes (per URI and worker);
+    requests can name any number of hosts, so that memory is bounded."""
+    from adapter import locator_glue
+    from locator.plan import Plan
+
+    lines: list[str] = []
+    monkeypatch.setattr(sys.modules["KSR"], "info", lines.append, raising=False)
+    monkeypatch.setattr(sys.modules["KSR"], "dbg", lambda line: None, raising=False)
+    relay = locator_glue.FailoverRelay(Locator(DnsConfig(nameservers=("192.0.2.53",)), ("ipv4",)), "failure")
+    for i in range(locator_glue.LOGGED_URIS_MAX * 2 + 5):
+        relay._log_plan(Plan(uri=f"sip:host{i}.ko.test", domain=f"host{i}.ko.test", targets=(), ttl=60))
+    assert len(relay._last_plan) <= locator_glue.LOGGED_URIS_MAX
+    logged = len(lines)
+    relay._log_plan(Plan(uri="sip:host0.ko.test", domain="host0.ko.test", targets=(), ttl=60))
+    relay._log_plan(Plan(uri="sip:host0.ko.test", domain="host0.ko.test", targets=(), ttl=60))
+    assert len(lines) == logged + 1, "logged again after the memory started over, then not again"

@@ -821,6 +821,7 @@ def plot(soak: Mapping, path: Path) -> None:
     top.set_ylabel("shared memory in use, MiB")
     bottom.set_ylabel("all processes, MiB")
     bottom.set_xlabel("minutes since the load began (grey: a group of UAs killed)")
-    fig.suptitle(f"Soak: {soak.get('minutes', 0):g} min at {soak.get('calls', {}).get('rate', '?')} calls/s")
+    rate = soak.get("calls", {}).get("rate", "?")
+    fig.suptitle(f"Soak of {soak.get('impl', 'ours')}: {soak.get('minutes', 0):g} min at {rate} calls/s")
     fig.tight_layout()
     fig.savefig(path, dpi=80)

@@ -210,8 +210,14 @@ def path_flow(path: str) -> Any:
     the bench has no business with the key); None when it names none."""
     from outbound.tokens import peek_flow  # kemi/ is on sys.path (above)
 
+    user = first_path_user(path)
+    return peek_flow(user) if user else None
+
+
+def first_path_user(path: str) -> str | None:
+    """The user part of a Path's first entry (where an edge puts its flow token)."""
     match = re.match(r"\s*<?sips?:([^@;>]+)@", path or "")
-    return peek_flow(match.group(1)) if match else None
+    return match.group(1) if match else None
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -231,12 +237,11 @@ def native_path_flow(path: str) -> AddressFlow | None:
     base64 of a 10-byte MAC, a byte of protocol (bit 7: IPv6), the edge's
     address and port, the device's address and port (ob_mod.c's layout; its
     MAC is not checked here). None when it names none."""
-    match = re.match(r"\s*<?sips?:([^@;>]+)@", path or "")
-    if not match:
+    text = first_path_user(path)
+    if not text:
         return None
-    text = match.group(1)
-    try:
-        raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_" if "-" in text or "_" in text else None)
+    try:  # Kamailio's base64: the standard alphabet; padding added in case it was left out
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
     except (binascii.Error, ValueError):
         return None
     size = 16 if len(raw) == 47 else 4 if len(raw) == 23 else 0
@@ -276,7 +281,9 @@ def check_bindings(bindings: Sequence[Mapping], live: set[tuple[str, int, str, i
     unregisters it), at the UA's next registration or at its expiry. Also
     counted: AORs of ``reregistered`` without a binding on a live flow
     (``missing``), and AORs with more than one binding (``duplicates``)."""
-    by_address = {(edge, ip, port) for edge, _, ip, port in live}  # for tokens without a connection id
+    ids_at: dict[tuple[str, str, int], set[int]] = {}  # (edge, peer, port) -> the ids of its live connections
+    for edge, conn_id, ip, port in live:
+        ids_at.setdefault((edge, ip, port), set()).add(conn_id)
     live_n = pending = 0
     left: list[dict] = []
     per_aor: dict[str, int] = {}
@@ -285,9 +292,9 @@ def check_bindings(bindings: Sequence[Mapping], live: set[tuple[str, int, str, i
         aor = str(b.get("AoR"))
         per_aor[aor] = per_aor.get(aor, 0) + 1
         flow = flow_of(str(b.get("Path", "")))
-        alive = flow is not None and (
-            (flow.local_ip, flow.conn_id, flow.remote_ip, flow.remote_port) in live if flow.conn_id is not None
-            else (flow.local_ip, flow.remote_ip, flow.remote_port) in by_address)
+        ids = ids_at.get((flow.local_ip, flow.remote_ip, flow.remote_port), set()) if flow is not None else set()
+        # a token with a connection id names that connection; one without (the C module's), any from its address
+        alive = bool(ids) and (flow.conn_id is None or flow.conn_id in ids)
         expires = b.get("Expires")
         overdue = isinstance(expires, int | float) and expires < -slack_s
         if alive and not overdue:
@@ -648,8 +655,8 @@ class Soak:
                for p in procs}
         anon = {p: flatness([(s["t"], s["anon_kib"][p]) for s in self.samples if p in s["anon_kib"]], duration)
                 for p in procs}
-        shared = {p: flatness([(s["t"], s["shmem_kib"][p]) for s in self.samples if p in s.get("shmem_kib", {})],
-                              duration) for p in procs}
+        shared = {p: flatness([(s["t"], s["shmem_kib"][p]) for s in self.samples if p in s["shmem_kib"]], duration)
+                  for p in procs}
         return {"window": window, "tolerance": FLAT_TOLERANCE, "shm": shm, "rss": rss, "rss_anon": anon,
                 "rss_shmem": shared, "names": {p: self.process_names.get(p, "") for p in procs},
                 "processes": len(procs), "pids_changed": len({json.dumps(s["pids"]) for s in self.samples}) > 1}
